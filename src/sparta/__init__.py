@@ -1,0 +1,17 @@
+"""sparta: truly sparse neural-network training.
+
+Importing sparta sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it: with few
+cores on a shared machine, OpenMP threads that spin while waiting can slow a step many times over.
+It takes effect for OpenMP runtimes loaded after this import (import sparta before torch to cover
+torch's own).
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from sparta import nn  # noqa: E402
+from sparta.nn import MaskedLinear, SparseLinear  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["MaskedLinear", "SparseLinear", "__version__", "nn"]

@@ -1,0 +1,1 @@
+"""Sparse kernels: pure functions on arrays. ``cpu`` (numba) and ``torch_ops`` (any torch device)."""

@@ -1,0 +1,271 @@
+"""``SparseLinear``: a drop-in ``nn.Linear`` whose weight is a CSR structure, never a dense matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparta.nn import structure
+from sparta.nn.functional import BACKENDS, sparse_linear
+from sparta.nn.init import (
+    INITS,
+    bias_bound,
+    check_density,
+    density_of,
+    er_density,
+    init_values,
+    nnz_for,
+    random_topology,
+)
+
+
+def _check_features(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if value > structure.MAX_FEATURES:
+        raise ValueError(f"{name} must be < 2**31 (int32 indices), got {value}")
+    return value
+
+
+class SparseLinear(nn.Module):
+    """Linear layer ``y = x Wᵀ + b`` with ``W (out × in)`` stored as CSR.
+
+    State: ``values`` — ``nn.Parameter (nnz,)``, one weight per connection; ``bias`` — ``(out,)`` or
+    None; buffers ``indptr`` (int64, ``out + 1``) and ``indices`` (int32, ``nnz``, sorted column of each
+    connection within its row). Memory and time are ``O(nnz)``, not ``O(in · out)``.
+
+    Args:
+        in_features, out_features: sizes, as for ``nn.Linear``.
+        density: fraction of connections in ``(0, 1]``. Exactly one of ``density``/``epsilon``.
+        epsilon: Erdős–Rényi parameter; density ``ε (in + out) / (in · out)`` (SET uses ε = 20).
+        bias: learn an additive bias.
+        init: value initialisation, one of ``sparta.nn.init.INITS`` (default: ``nn.Linear``'s
+            U(±1/√fan_in), with the neuron's actual fan-in).
+        backend: ``"auto"`` (numba kernels on CPU, torch gather/scatter ops elsewhere), ``"numba"``,
+            or ``"torch"``.
+        generator: torch generator for the topology and values (default: torch's global RNG).
+
+    Input ``(..., in_features)`` → output ``(..., out_features)``, like ``nn.Linear``.
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        density: float | None = None,
+        *,
+        epsilon: float | None = None,
+        bias: bool = True,
+        init: str = "uniform",
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = _check_features("in_features", in_features)
+        self.out_features = _check_features("out_features", out_features)
+        if (density is None) == (epsilon is None):
+            raise ValueError("give exactly one of density (in (0, 1]) or epsilon (Erdős–Rényi), "
+                             f"got density={density!r}, epsilon={epsilon!r}")
+        if density is None:
+            density = er_density(in_features, out_features, float(epsilon))  # type: ignore[arg-type]
+        density = check_density(density)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        dtype = dtype or torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.backend = backend
+        self.init = init
+        indptr, indices = random_topology(out_features, in_features, nnz_for(density, in_features, out_features),
+                                          generator)
+        self.register_buffer("indptr", indptr.to(device))
+        self.register_buffer("indices", indices.to(device))
+        self.values = nn.Parameter(torch.empty(indices.numel(), dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
+        self.reset_parameters(generator)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def nnz(self) -> int:
+        """Number of connections."""
+        return self.indices.numel()
+
+    @property
+    def density(self) -> float:
+        """``nnz / (in · out)``."""
+        return density_of(self.nnz, self.in_features, self.out_features)
+
+    def fan_in(self) -> torch.Tensor:
+        """Connections into each output neuron, int64 ``(out,)``."""
+        return self.indptr[1:] - self.indptr[:-1]
+
+    def rows(self) -> torch.Tensor:
+        """Output neuron (row) of every connection, int64 ``(nnz,)``."""
+        return structure.rows_of(self.indptr, self.nnz)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Re-draw values (scheme ``self.init``) and bias (U(±1/√fan_in)) on the current topology."""
+        vals = init_values(self.indptr.cpu(), self.indices.cpu(), self.in_features, self.init,
+                           self.values.dtype, generator)
+        self.values.copy_(vals)
+        if self.bias is not None:
+            bound = bias_bound(self.fan_in().cpu())
+            u = torch.rand(self.out_features, generator=generator, dtype=torch.float64) * 2 - 1
+            self.bias.copy_(u * bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sparse_linear(x, self.indptr, self.indices, self.values, self.bias, self.in_features, self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+                f"density={self.density:.4g}, bias={self.bias is not None}")
+
+    # ------------------------------------------------------------- conversions
+    @torch.no_grad()
+    def to_dense(self) -> torch.Tensor:
+        """The weight as a dense ``(out, in)`` tensor (for inspection and tests; ``O(in · out)`` memory)."""
+        w = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype, device=self.values.device)
+        w[self.rows(), self.indices.long()] = self.values
+        return w
+
+    def mask(self) -> torch.Tensor:
+        """Boolean ``(out, in)`` connectivity (dense; for inspection and tests)."""
+        m = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=self.indices.device)
+        m[self.rows(), self.indices.long()] = True
+        return m
+
+    @classmethod
+    @torch.no_grad()
+    def from_dense(
+        cls,
+        linear: nn.Linear,
+        mask: torch.Tensor | None = None,
+        density: float | None = None,
+        backend: str = "auto",
+    ) -> SparseLinear:
+        """A ``SparseLinear`` holding ``linear``'s weights at the positions of ``mask`` (bool ``(out, in)``),
+        or at its ``density · in · out`` largest-magnitude weights; its bias is copied."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        out_f, in_f = w.shape
+        if (mask is None) == (density is None):
+            raise ValueError("give exactly one of mask or density")
+        if mask is None:
+            k = nnz_for(check_density(density), in_f, out_f)  # type: ignore[arg-type]
+            flat = torch.topk(w.abs().reshape(-1), k, sorted=False).indices
+            mask = torch.zeros(out_f * in_f, dtype=torch.bool, device=w.device)
+            mask[flat] = True
+            mask = mask.reshape(out_f, in_f)
+        mask = torch.as_tensor(mask, device=w.device)
+        if mask.shape != w.shape:
+            raise ValueError(f"mask must have shape {tuple(w.shape)}, got {tuple(mask.shape)}")
+        mask = mask.bool()
+        if not bool(mask.any()):
+            raise ValueError("mask must keep at least one connection")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = in_f, out_f
+        layer.backend, layer.init = backend, "uniform"
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        indptr, indices, _ = structure.from_coo(rows, cols, out_f, in_f)
+        layer.register_buffer("indptr", indptr)
+        layer.register_buffer("indices", indices)
+        layer.values = nn.Parameter(w[mask].clone())  # row-major order == CSR order
+        layer.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        return layer
+
+    # ------------------------------------------------------ topology changes
+    def _set_topology(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
+        self.indptr = indptr
+        self.indices = indices
+        # Same Parameter object, so optimizers keep referring to it; its gradient no longer fits.
+        self.values.data = values
+        self.values.grad = None
+
+    @torch.no_grad()
+    def remove_connections(self, which: torch.Tensor) -> torch.Tensor:
+        """Remove connections: ``which`` is a bool ``(nnz,)`` mask (True = remove) or int positions.
+
+        Returns the old positions of the surviving connections, in their new order (int64
+        ``(new_nnz,)``), for :func:`sparta.nn.structure.remap` of optimizer state.
+        """
+        which = torch.as_tensor(which, device=self.indices.device)
+        if which.dtype == torch.bool:
+            if which.shape != (self.nnz,):
+                raise ValueError(f"which must be a bool mask of shape ({self.nnz},), got {tuple(which.shape)}")
+            drop = which
+        else:
+            if which.dtype.is_floating_point:
+                raise TypeError(f"which must be a bool mask or integer positions, got {which.dtype}")
+            pos = which.long().reshape(-1)
+            if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= self.nnz):
+                raise ValueError(f"positions must lie in [0, {self.nnz}), got {int(pos.min())}..{int(pos.max())}")
+            drop = torch.zeros(self.nnz, dtype=torch.bool, device=self.indices.device)
+            drop[pos] = True
+        indptr, indices, source = structure.remove(self.indptr, self.indices, ~drop)
+        self._set_topology(indptr, indices, self.values.data[source])
+        return source
+
+    @torch.no_grad()
+    def add_connections(
+        self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
+        """Add connections at ``(rows[i], cols[i])`` with weights ``values[i]`` (default 0).
+
+        Raises ``ValueError`` for out-of-range, repeated or already present positions. Returns the
+        source map (int64 ``(new_nnz,)``): old position of each connection, ``-1 - i`` for new one ``i``.
+        """
+        rows = torch.as_tensor(rows, device=self.indices.device).reshape(-1)
+        cols = torch.as_tensor(cols, device=self.indices.device).reshape(-1)
+        if values is None:
+            values = 0.0
+        if isinstance(values, torch.Tensor) and values.numel() != rows.numel():
+            raise ValueError(f"values must have {rows.numel()} entries (one per new connection), got {values.numel()}")
+        indptr, indices, source = structure.add(self.indptr, self.indices, rows, cols, self.in_features)
+        self._set_topology(indptr, indices, structure.remap(self.values.data, source, values))
+        return source
+
+    # ---------------------------------------------------------- state dicts
+    def get_extra_state(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
+    def set_extra_state(self, state: Any) -> None:
+        shape = (state.get("in_features"), state.get("out_features")) if isinstance(state, dict) else None
+        if shape != (self.in_features, self.out_features):
+            raise ValueError(f"state_dict is for a SparseLinear of (in, out) = {shape}, this layer is "
+                             f"({self.in_features}, {self.out_features})")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # type: ignore[override]
+        """Accept a different connection count (topologies evolve) after checking the CSR is valid."""
+        keys = [prefix + k for k in ("indptr", "indices", "values")]
+        if all(k in state_dict for k in keys):
+            indptr, indices, values = (state_dict[k] for k in keys)
+            try:
+                structure.validate(indptr.cpu(), indices.cpu(), self.out_features, self.in_features,
+                                   name=f"{prefix}(SparseLinear state)")
+                if values.shape != indices.shape:
+                    raise ValueError(f"{prefix}values has shape {tuple(values.shape)}, expected "
+                                     f"{tuple(indices.shape)} like indices")
+            except ValueError as e:
+                error_msgs.append(str(e))
+                return
+            if indices.numel() != self.nnz:
+                dev = self.indices.device
+                self.indptr = torch.empty_like(indptr, device=dev)
+                self.indices = torch.empty_like(indices, device=dev)
+                self.values.data = self.values.data.new_empty(indices.numel())
+                self.values.grad = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
