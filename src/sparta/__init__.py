@@ -10,8 +10,10 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from sparta import nn  # noqa: E402
-from sparta.nn import MaskedLinear, SparseLinear  # noqa: E402
+from sparta import nn, topology  # noqa: E402
+from sparta.nn import AllReLU, MaskedConv2d, MaskedLinear, SparseLinear  # noqa: E402
+from sparta.topology import GMP, SET, ImportancePruning, RigL, Static, TopologyAlgorithm, sparsify  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["MaskedLinear", "SparseLinear", "__version__", "nn"]
+__all__ = ["GMP", "SET", "AllReLU", "ImportancePruning", "MaskedConv2d", "MaskedLinear", "RigL", "SparseLinear",
+           "Static", "TopologyAlgorithm", "__version__", "nn", "sparsify", "topology"]

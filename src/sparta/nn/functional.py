@@ -32,7 +32,7 @@ class SparseLinearFunction(torch.autograd.Function):
     """Autograd for ``y = x Wᵀ + b``; gradients flow to ``x``, ``values`` and ``bias`` only."""
 
     @staticmethod
-    def forward(ctx, x2d, values, bias, indptr, indices, n_in, backend):  # type: ignore[override]
+    def forward(ctx, x2d, values, bias, indptr, indices, n_in, backend, capture):  # type: ignore[override]
         numba_path = _use_numba(backend, x2d.device)
         xt = _feature_major(x2d)
         if numba_path:
@@ -47,6 +47,7 @@ class SparseLinearFunction(torch.autograd.Function):
         ctx.numba_path = numba_path
         ctx.n_in = n_in
         ctx.has_bias = bias is not None
+        ctx.capture = capture
         return yt.t()
 
     @staticmethod
@@ -71,7 +72,9 @@ class SparseLinearFunction(torch.autograd.Function):
                 dvalues = torch_ops.sddmm(indptr, indices, dyt, xt)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             dbias = dyt.sum(1)
-        return dx, dvalues, dbias, None, None, None, None
+        if ctx.capture is not None:  # for gradient-based growth (RigL): dense dL/dW = dyt @ xtᵀ, never formed whole
+            ctx.capture["xt"], ctx.capture["dyt"] = xt, dyt
+        return dx, dvalues, dbias, None, None, None, None, None
 
 
 def sparse_linear(
@@ -82,6 +85,7 @@ def sparse_linear(
     bias: torch.Tensor | None,
     in_features: int,
     backend: str = "auto",
+    capture: dict | None = None,
 ) -> torch.Tensor:
     """Apply ``y = x Wᵀ + b`` where ``W (out × in)`` is the CSR ``(indptr, indices, values)``.
 
@@ -90,6 +94,7 @@ def sparse_linear(
         indptr: int64 ``(out + 1,)`` row pointers. indices: int32 ``(nnz,)`` sorted column per row.
         values: ``(nnz,)`` weights. bias: ``(out,)`` or None.
         backend: ``"auto"`` (numba on CPU, torch ops elsewhere), ``"numba"`` or ``"torch"``.
+        capture: if a dict, backward stores the feature-major ``xt (in, B)`` and ``dyt (out, B)`` in it.
 
     Returns:
         ``(..., out)``. For 2-D input the result is a transposed view of a feature-major buffer,
@@ -113,5 +118,5 @@ def sparse_linear(
     if x2d.shape[0] == 0:
         y = x2d.new_zeros(0, n_out) + (0 if bias is None else bias) + 0 * values.sum()
         return y.reshape(*lead, n_out)
-    y = SparseLinearFunction.apply(x2d, values, bias, indptr, indices, in_features, backend)
+    y = SparseLinearFunction.apply(x2d, values, bias, indptr, indices, in_features, backend, capture)
     return y if x.dim() == 2 else y.reshape(*lead, n_out)

@@ -21,6 +21,20 @@ from sparta.nn.init import (
 )
 
 
+def set_param_data(param: nn.Parameter, data: torch.Tensor) -> None:
+    """Give ``param`` new data of any shape, keeping the Parameter object (optimizers refer to it).
+
+    PyTorch keeps a cached gradient accumulator per leaf that remembers the old shape while any old
+    graph (say, last step's loss) is alive, and resets it only on a dtype or device change; passing
+    through a different dtype forces that reset, so the next backward accepts the new shape.
+    """
+    if data.shape != param.shape:
+        other = torch.float16 if param.dtype != torch.float16 else torch.float32
+        param.data = torch.empty(0, dtype=other, device=param.device)
+    param.data = data
+    param.grad = None
+
+
 def _check_features(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -85,6 +99,7 @@ class SparseLinear(nn.Module):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.backend = backend
         self.init = init
+        self.capture: dict | None = None  # set to a dict to keep the last backward's inputs (RigL)
         indptr, indices = random_topology(out_features, in_features, nnz_for(density, in_features, out_features),
                                           generator)
         self.register_buffer("indptr", indptr.to(device))
@@ -124,7 +139,8 @@ class SparseLinear(nn.Module):
             self.bias.copy_(u * bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sparse_linear(x, self.indptr, self.indices, self.values, self.bias, self.in_features, self.backend)
+        return sparse_linear(x, self.indptr, self.indices, self.values, self.bias, self.in_features, self.backend,
+                             self.capture)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
@@ -176,7 +192,7 @@ class SparseLinear(nn.Module):
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         layer.in_features, layer.out_features = in_f, out_f
-        layer.backend, layer.init = backend, "uniform"
+        layer.backend, layer.init, layer.capture = backend, "uniform", None
         rows, cols = torch.nonzero(mask, as_tuple=True)
         indptr, indices, _ = structure.from_coo(rows, cols, out_f, in_f)
         layer.register_buffer("indptr", indptr)
@@ -189,9 +205,7 @@ class SparseLinear(nn.Module):
     def _set_topology(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
         self.indptr = indptr
         self.indices = indices
-        # Same Parameter object, so optimizers keep referring to it; its gradient no longer fits.
-        self.values.data = values
-        self.values.grad = None
+        set_param_data(self.values, values)
 
     @torch.no_grad()
     def remove_connections(self, which: torch.Tensor) -> torch.Tensor:
@@ -236,6 +250,39 @@ class SparseLinear(nn.Module):
         self._set_topology(indptr, indices, structure.remap(self.values.data, source, values))
         return source
 
+    @torch.no_grad()
+    def remove_neurons(self, keep_outputs: torch.Tensor | None = None,
+                       keep_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Shrink the layer: keep only the output rows where bool ``keep_outputs (out,)`` is True and the
+        input columns where ``keep_inputs (in,)`` is True; ``out_features``/``in_features`` shrink, the
+        remaining rows and columns are renumbered in order, the bias is sliced.
+
+        Returns the values' source map (old position of each surviving connection).
+        """
+        dev = self.indices.device
+        keep_out = torch.ones(self.out_features, dtype=torch.bool, device=dev) if keep_outputs is None \
+            else torch.as_tensor(keep_outputs, device=dev)
+        keep_in = torch.ones(self.in_features, dtype=torch.bool, device=dev) if keep_inputs is None \
+            else torch.as_tensor(keep_inputs, device=dev)
+        for name, k, n in (("keep_outputs", keep_out, self.out_features), ("keep_inputs", keep_in, self.in_features)):
+            if k.dtype != torch.bool or k.shape != (n,):
+                raise ValueError(f"{name} must be a bool tensor of shape ({n},), got {k.dtype} {tuple(k.shape)}")
+            if not bool(k.any()):
+                raise ValueError(f"{name} must keep at least one neuron")
+        cols = self.indices.long()
+        keep = keep_out[self.rows()] & keep_in[cols]
+        new_rows = (torch.cumsum(keep_out.long(), 0) - 1)[self.rows()[keep]]
+        new_cols = (torch.cumsum(keep_in.long(), 0) - 1)[cols[keep]]
+        n_out, n_in = int(keep_out.sum()), int(keep_in.sum())
+        indptr = torch.zeros(n_out + 1, dtype=torch.int64, device=dev)
+        indptr[1:] = torch.cumsum(torch.bincount(new_rows, minlength=n_out), 0)
+        source = torch.nonzero(keep).reshape(-1)
+        self.out_features, self.in_features = n_out, n_in
+        self._set_topology(indptr, new_cols.to(structure.INDEX_DTYPE), self.values.data[source])
+        if self.bias is not None:
+            set_param_data(self.bias, self.bias.data[keep_out])
+        return source
+
     # ---------------------------------------------------------- state dicts
     def get_extra_state(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features}
@@ -265,7 +312,6 @@ class SparseLinear(nn.Module):
                 dev = self.indices.device
                 self.indptr = torch.empty_like(indptr, device=dev)
                 self.indices = torch.empty_like(indices, device=dev)
-                self.values.data = self.values.data.new_empty(indices.numel())
-                self.values.grad = None
+                set_param_data(self.values, self.values.data.new_empty(indices.numel()))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

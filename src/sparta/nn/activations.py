@@ -1,0 +1,38 @@
+"""All-ReLU (Curci, Mocanu & Pechenizkiy, "Truly Sparse Neural Networks at Scale", 2021)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class AllReLU(nn.Module):
+    """``f(x) = x`` for ``x ≥ 0``; for ``x < 0``: ``−α·x`` after even-numbered hidden layers and ``+α·x``
+    after odd ones (hidden layers counted from the input, the first being 1 — so it alternates sign
+    from layer to layer). ``α`` is fixed, not trained (0.6 for Fashion-MNIST, 0.75 for CIFAR-10 in the
+    reference code).
+
+    Args:
+        alpha: slope magnitude for negative inputs, ``α ≥ 0``.
+        layer_index: 1-based index of the hidden layer this activation follows.
+    """
+
+    def __init__(self, alpha: float = 0.6, layer_index: int = 1) -> None:
+        super().__init__()
+        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha < 0:
+            raise ValueError(f"alpha must be a number ≥ 0, got {alpha!r}")
+        if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 1:
+            raise ValueError(f"layer_index must be an int ≥ 1, got {layer_index!r}")
+        self.alpha = float(alpha)
+        self.layer_index = layer_index
+
+    @property
+    def negative_slope(self) -> float:
+        """Slope applied to negative inputs: ``−α`` on even layers, ``+α`` on odd ones."""
+        return -self.alpha if self.layer_index % 2 == 0 else self.alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, x * self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, layer_index={self.layer_index}"

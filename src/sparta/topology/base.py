@@ -1,0 +1,164 @@
+"""The one contract every topology algorithm follows.
+
+An update, per layer: pick the connections to drop (by default the ``n`` with the lowest
+:meth:`TopologyAlgorithm.drop_score`), pick as many absent positions to grow
+(:meth:`TopologyAlgorithm.grow`), give them values (:meth:`TopologyAlgorithm.grow_values`), apply both at
+once and carry the optimizer state across (kept connections keep it, new ones start at zero). How many
+to drop at time ``t`` is the schedule (:meth:`TopologyAlgorithm.num_drop`). SET and RigL differ only in
+``grow``; pruning is a schedule with nothing grown.
+
+Time ``t`` counts optimizer steps: call :meth:`step` after each ``optimizer.step()``; it runs
+:meth:`update` every ``every`` steps from ``start`` up to (not including) ``end``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparta.topology.layers import LayerView, find_layers
+
+
+def check_int(name: str, value: Any, minimum: int = 0, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int ≥ {minimum}, got {value!r}")
+    return value
+
+
+def check_fraction(name: str, value: Any, low_open: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and (0 < value < 1 if low_open
+                                                                            else 0 <= value < 1)
+    if not ok:
+        raise ValueError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
+    return float(value)
+
+
+class TopologyAlgorithm:
+    """Base class. Subclasses set ``drop_score``/``grow``/``grow_values``/``num_drop`` as needed.
+
+    Args:
+        model: any ``nn.Module``; its ``SparseLinear``/``MaskedLinear``/``MaskedConv2d`` layers are evolved.
+        optimizer: its per-connection state is carried across topology changes (SGD, Adam, AdamW).
+        every: optimizer steps between updates. start, end: steps at which updates begin and stop.
+        seed: seed of the algorithm's own random generator (random regrowth).
+    """
+
+    needs_dense_grad = False
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 100,
+                 start: int = 0, end: int | None = None, seed: int = 0) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.optimizer = optimizer
+        self.every = check_int("every", every, 1)
+        self.start = check_int("start", start, 0)
+        self.end = check_int("end", end, 0, allow_none=True)
+        if self.end is not None and self.end < self.start:
+            raise ValueError(f"end must be ≥ start, got start={start}, end={end}")
+        self.t = 0
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.layers: list[LayerView] = find_layers(model)
+        if not self.layers:
+            raise ValueError(f"no sparse layer found in {type(model).__name__}: expected SparseLinear, MaskedLinear "
+                             "or MaskedConv2d modules (see sparta.topology.sparsify)")
+        self.stats: dict[str, dict[str, float]] = {}
+        self.time_in_updates = 0.0
+        if self.needs_dense_grad:
+            for v in self.layers:
+                v.capture(True)
+
+    # ---------------------------------------------------------------- cadence
+    def due(self, t: int) -> bool:
+        """Whether an update runs at step ``t``."""
+        if t < self.start or (self.end is not None and t >= self.end):
+            return False
+        return (t - self.start) % self.every == 0 and t > 0
+
+    def step(self) -> bool:
+        """Count one optimizer step; run :meth:`update` if one is due. Returns whether it ran."""
+        self.t += 1
+        if self.due(self.t):
+            self.update()
+            return True
+        return False
+
+    # ------------------------------------------------------------- the rule
+    def num_drop(self, view: LayerView) -> int:
+        """How many connections of ``view`` to drop now."""
+        return 0
+
+    def num_grow(self, view: LayerView, dropped: int) -> int:
+        """How many to grow after dropping ``dropped`` (default: as many, so ``nnz`` stays exactly the same)."""
+        return dropped
+
+    def drop_score(self, view: LayerView) -> torch.Tensor:
+        """Score of each existing connection, ``(nnz,)``; the lowest are dropped. Default |w|."""
+        return view.weights().abs()
+
+    def drop_mask(self, view: LayerView, n: int) -> torch.Tensor:
+        """Bool ``(nnz,)``: True for the ``n`` connections to drop."""
+        drop = torch.zeros(view.nnz, dtype=torch.bool)
+        if n > 0:
+            drop[torch.topk(self.drop_score(view).cpu(), n, largest=False).indices] = True
+        return drop
+
+    def grow(self, view: LayerView, n: int, present: torch.Tensor) -> torch.Tensor:
+        """Keys of ``n`` absent positions to grow (``present``: sorted keys that stay). Default: none."""
+        return torch.empty(0, dtype=torch.int64)
+
+    def grow_values(self, view: LayerView, keys: torch.Tensor) -> torch.Tensor:
+        """Initial values of grown connections. Default: zero."""
+        return torch.zeros(keys.numel(), dtype=view.weights().dtype)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Apply one topology update to every layer now, whatever the cadence."""
+        t0 = time.perf_counter()
+        for view in self.layers:
+            n_drop = min(self.num_drop(view), view.nnz)
+            drop = self.drop_mask(view, n_drop)
+            keep = ~drop.to(view.keys().device)
+            present = view.keys()[keep].cpu()
+            new = self.grow(view, max(0, self.num_grow(view, int(drop.sum()))), present)
+            view.apply(keep, new, self.grow_values(view, new), self.optimizer)
+            w = view.weights()
+            self.stats[view.name] = {"nnz": view.nnz, "density": view.density, "pruned": int(drop.sum()),
+                                     "grown": int(new.numel()), "mean_abs_w": float(w.abs().mean()) if w.numel() else 0.0}
+        self.time_in_updates += time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"t": self.t, "generator": self.generator.get_state(),
+                "stats": {k: dict(v) for k, v in self.stats.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.t = int(state["t"])
+        self.generator.set_state(state["generator"])
+        self.stats = {k: dict(v) for k, v in state["stats"].items()}
+
+
+def sample_absent(total: int, n: int, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``n`` distinct keys drawn uniformly from ``[0, total)`` minus sorted ``present`` (sorted result)."""
+    absent = total - present.numel()
+    if n > absent:
+        raise ValueError(f"cannot grow {n} connections: only {absent} positions are free")
+    if n <= 0:
+        return torch.empty(0, dtype=torch.int64)
+    if absent <= 4 * n or total <= 1 << 20:  # dense enough to enumerate the free positions
+        free = torch.ones(total, dtype=torch.bool)
+        free[present] = False
+        cand = torch.nonzero(free).reshape(-1)
+        return torch.sort(cand[torch.randperm(cand.numel(), generator=generator)[:n]]).values
+    chosen = torch.empty(0, dtype=torch.int64)
+    while chosen.numel() < n:  # rejection sampling: at least 3/4 of draws are free
+        cand = torch.randint(0, total, (2 * (n - chosen.numel()) + 16,), generator=generator)
+        pos = torch.searchsorted(present, cand).clamp_max(max(present.numel() - 1, 0))
+        ok = present[pos] != cand if present.numel() else torch.ones_like(cand, dtype=torch.bool)
+        chosen = torch.unique(torch.cat([chosen, cand[ok]]))
+    return torch.sort(chosen[torch.randperm(chosen.numel(), generator=generator)[:n]]).values

@@ -1,0 +1,80 @@
+"""Make a dense model sparse: per-layer densities (uniform, Erdős–Rényi, ERK) and layer conversion."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from sparta.nn.init import check_density, er_density, erk_densities
+from sparta.nn.linear import SparseLinear
+from sparta.nn.masked import MaskedConv2d, MaskedLinear
+
+DISTRIBUTIONS = ("uniform", "er", "erk")
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule called ``name`` is."""
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+
+
+def layer_densities(shapes: list[tuple[int, int]], distribution: str = "erk", density: float | None = None,
+                    epsilon: float | None = None, dense: tuple[int, ...] = ()) -> list[float]:
+    """Densities for layers of ``shapes = [(out, in), ...]``.
+
+    ``uniform``: every layer at ``density``; ``er``: ``ε (in + out)/(in · out)`` per layer (give
+    ``epsilon``); ``erk``: ERK budgets reaching ``density`` overall. Layers listed in ``dense`` stay dense.
+    """
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    if distribution == "er":
+        if epsilon is None:
+            raise ValueError("distribution 'er' needs epsilon")
+        return [1.0 if j in dense else er_density(i, o, epsilon) for j, (o, i) in enumerate(shapes)]
+    if density is None:
+        raise ValueError(f"distribution {distribution!r} needs density")
+    density = check_density(density)
+    if distribution == "uniform":
+        return [1.0 if j in dense else density for j in range(len(shapes))]
+    return erk_densities(shapes, density, dense)
+
+
+def sparsify(model: nn.Module, density: float | None = None, *, distribution: str = "erk",
+             epsilon: float | None = None, keep_dense: tuple[str, ...] = (), masked: bool = False,
+             **layer_kwargs) -> nn.Module:
+    """Replace ``model``'s ``nn.Linear`` layers (in place) by ``SparseLinear`` (or ``MaskedLinear`` when
+    ``masked=True``; ``nn.Conv2d`` always become ``MaskedConv2d``) with densities from ``distribution``.
+
+    ``keep_dense`` may name layers, or hold ``"first"``/``"last"``, to leave dense. Build the optimizer
+    after calling this. Returns ``model``.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    if not layers:
+        raise ValueError(f"no nn.Linear or nn.Conv2d layer found in {type(model).__name__}")
+    names = [n for n, _ in layers]
+    dense = tuple(j for j, n in enumerate(names) if n in keep_dense or (j == 0 and "first" in keep_dense)
+                  or (j == len(names) - 1 and "last" in keep_dense))
+    shapes = [(m.weight.shape[0], m.weight[0].numel()) for _, m in layers]
+    densities = layer_densities(shapes, distribution, density, epsilon, dense)
+    for j, ((name, mod), d) in enumerate(zip(layers, densities, strict=True)):
+        if j in dense:
+            continue
+        if isinstance(mod, nn.Conv2d):
+            new: nn.Module = MaskedConv2d.from_conv(mod, _random_mask(mod.weight, d))
+        elif masked:
+            new = MaskedLinear.from_linear(mod, _random_mask(mod.weight, d))
+        else:
+            new = SparseLinear(mod.in_features, mod.out_features, density=d, bias=mod.bias is not None,
+                               device=mod.weight.device, dtype=mod.weight.dtype, **layer_kwargs)
+        replace_module(model, name, new)
+    return model
+
+
+def _random_mask(weight, density: float):
+    import torch
+
+    from sparta.nn.init import nnz_for
+
+    n = weight.numel()
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n)[: nnz_for(density, weight[0].numel(), weight.shape[0])]] = True
+    return mask.reshape(weight.shape)

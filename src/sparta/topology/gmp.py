@@ -1,0 +1,139 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017), as used for RL agents by Obando-Ceron et al. 2024.
+
+Target sparsity ``s_t = s_F (1 − (1 − (t − t_s)/(t_e − t_s))³)`` between ``t_s`` and ``t_e``, 0 before,
+``s_F`` after; every ``every`` steps each layer drops its smallest |w| down to its share of the target.
+The model starts dense: its ``nn.Linear``/``nn.Conv2d`` layers become masked layers that share their
+parameters (so the optimizer is untouched), and each ``MaskedLinear`` is converted to a truly sparse
+``SparseLinear`` once its density falls below ``breakeven`` — so the dense phase runs at plain PyTorch
+speed and the sparse phase at sparse speed. Defaults: ``t_s`` = 20 %, ``t_e`` = 80 % of
+``total_steps``, ``s_F`` = 0.95, every 1000 steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparta.nn.linear import SparseLinear
+from sparta.nn.masked import MaskedConv2d, MaskedLinear
+from sparta.topology.base import TopologyAlgorithm, check_fraction
+from sparta.topology.distribution import replace_module
+from sparta.topology.layers import LayerView, SparseView, find_layers
+
+
+def cubic_sparsity(t: int, final: float, start: int, end: int) -> float:
+    """Zhu & Gupta's schedule: 0 before ``start``, ``final`` after ``end``, cubic in between."""
+    if t <= start:
+        return 0.0
+    if t >= end:
+        return final
+    return final * (1.0 - (1.0 - (t - start) / (end - start)) ** 3)
+
+
+def _share_masked(mod: nn.Module) -> nn.Module:
+    """A masked layer that uses ``mod``'s own Parameter objects (all connections present)."""
+    if isinstance(mod, nn.Linear):
+        new = MaskedLinear(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                           device=mod.weight.device, dtype=mod.weight.dtype)
+    else:
+        new = MaskedConv2d(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
+                           dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None,
+                           padding_mode=mod.padding_mode, device=mod.weight.device, dtype=mod.weight.dtype)
+    new.weight, new.bias = mod.weight, mod.bias
+    return new
+
+
+class GMP(TopologyAlgorithm):
+    """``GMP(model, optimizer, final_sparsity=0.95, total_steps=T)`` or with explicit ``start``/``end``.
+
+    ``layers``: names of the ``nn.Linear``/``nn.Conv2d`` modules to prune (default: all).
+    ``breakeven``: density under which a masked linear layer becomes a ``SparseLinear`` (None: never).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 final_sparsity: float = 0.95, start: int | None = None, end: int | None = None,
+                 every: int = 1000, total_steps: int | None = None, layers: tuple[str, ...] | None = None,
+                 breakeven: float | None = 0.3, seed: int = 0) -> None:
+        self.final_sparsity = check_fraction("final_sparsity", final_sparsity, low_open=True)
+        if start is None or end is None:
+            if total_steps is None:
+                raise ValueError("give start and end, or total_steps (then start = 20%, end = 80% of it)")
+            start = int(0.2 * total_steps) if start is None else start
+            end = int(0.8 * total_steps) if end is None else end
+        if end <= start:
+            raise ValueError(f"end must be > start, got start={start}, end={end}")
+        if breakeven is not None and not 0 < breakeven <= 1:
+            raise ValueError(f"breakeven must be in (0, 1] or None, got {breakeven!r}")
+        self.breakeven = breakeven
+        for name, mod in list(model.named_modules()):
+            if type(mod) in (nn.Linear, nn.Conv2d) and (layers is None or name in layers):
+                replace_module(model, name, _share_masked(mod))
+        super().__init__(model, optimizer, every=every, start=start, end=end, seed=seed)
+        self.dense_size = {v.name: v.total for v in self.layers}
+
+    def due(self, t: int) -> bool:
+        assert self.end is not None
+        return self.start <= t <= self.end and ((t - self.start) % self.every == 0 or t == self.end) and t > 0
+
+    def sparsity(self, t: int) -> float:
+        """Target sparsity at step ``t``."""
+        assert self.end is not None
+        return cubic_sparsity(t, self.final_sparsity, self.start, self.end)
+
+    def num_drop(self, view: LayerView) -> int:
+        target = round((1.0 - self.sparsity(self.t)) * self.dense_size[view.name])
+        return max(0, view.nnz - max(1, target))
+
+    def num_grow(self, view: LayerView, dropped: int) -> int:
+        return 0
+
+    def update(self) -> None:
+        super().update()
+        if self.breakeven is not None:
+            self._convert_sparse()
+
+    @torch.no_grad()
+    def _convert_sparse(self) -> None:
+        for j, view in enumerate(self.layers):
+            mod = view.module
+            if not isinstance(mod, MaskedLinear) or view.density >= self.breakeven:
+                continue
+            new = SparseLinear.from_dense(mod, mask=mod.mask)
+            new.bias = mod.bias  # same Parameter
+            if self.optimizer is not None:
+                _swap_param(self.optimizer, mod.weight, new.values, mod.mask)
+            replace_module(self.model, view.name, new)
+            self.layers[j] = SparseView(view.name, new)
+
+    def load_state_dict(self, state) -> None:
+        """Restore the schedule; layers converted to ``SparseLinear`` in the saved run are converted here
+        too (call this before loading the model's and optimizer's state dicts)."""
+        super().load_state_dict(state)
+        for name in state.get("sparse_layers", ()):
+            j = next(i for i, v in enumerate(self.layers) if v.name == name)
+            mod = self.layers[j].module
+            if isinstance(mod, MaskedLinear):
+                new = SparseLinear.from_dense(mod, mask=mod.mask)
+                new.bias = mod.bias
+                if self.optimizer is not None:
+                    _swap_param(self.optimizer, mod.weight, new.values, mod.mask)
+                replace_module(self.model, name, new)
+                self.layers[j] = SparseView(name, new)
+
+    def state_dict(self):
+        s = super().state_dict()
+        s["sparse_layers"] = [v.name for v in self.layers if isinstance(v, SparseView)]
+        return s
+
+
+def _swap_param(opt: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter, mask: torch.Tensor) -> None:
+    """Replace ``old`` (dense, masked by ``mask``) by ``new`` (its values) in ``opt``, gathering state."""
+    for group in opt.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    if old in opt.state:
+        st = opt.state.pop(old)
+        opt.state[new] = {k: (v[mask] if isinstance(v, torch.Tensor) and v.shape == mask.shape else v)
+                          for k, v in st.items()}
+
+
+__all__ = ["GMP", "cubic_sparsity", "find_layers"]

@@ -1,0 +1,94 @@
+"""Importance Pruning of hidden neurons (Curci, Mocanu & Pechenizkiy 2021).
+
+A hidden neuron's importance is the sum of |w| over its incoming connections. At each update the
+neurons at or below the P-th percentile of their layer are removed for real: the layer's
+``out_features`` and the next layer's ``in_features`` shrink, and their connections, biases and
+optimizer state go with them, so memory and time fall. It works on a chain of ``SparseLinear``
+layers (registration order), each feeding the next through element-wise operations only; the last
+layer's outputs are never pruned. Paper defaults: P = 20, every 10 epochs after a start epoch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from sparta.topology.base import TopologyAlgorithm
+from sparta.topology.layers import SparseView, carry_state
+
+
+class ImportancePruning(TopologyAlgorithm):
+    """``ImportancePruning(model, optimizer, percentile=20, every=10 * steps_per_epoch, start=...)``."""
+
+    def __init__(self, model, optimizer=None, *, percentile: float = 20.0, every: int = 1, start: int = 0,
+                 end: int | None = None, min_neurons: int = 1, seed: int = 0) -> None:
+        if not isinstance(percentile, int | float) or isinstance(percentile, bool) or not 0 <= percentile < 100:
+            raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
+        if isinstance(min_neurons, bool) or not isinstance(min_neurons, int) or min_neurons < 1:
+            raise ValueError(f"min_neurons must be an int ≥ 1, got {min_neurons!r}")
+        self.percentile = float(percentile)
+        self.min_neurons = min_neurons
+        super().__init__(model, optimizer, every=every, start=start, end=end, seed=seed)
+        sparse = [v for v in self.layers if isinstance(v, SparseView)]
+        if len(sparse) < 2:
+            raise ValueError("ImportancePruning needs at least two SparseLinear layers (hidden neurons to remove)")
+        for a, b in zip(sparse, sparse[1:], strict=False):
+            if a.module.out_features != b.module.in_features:
+                raise ValueError(f"{a.name} has {a.module.out_features} outputs but {b.name} has "
+                                 f"{b.module.in_features} inputs: ImportancePruning needs a chain of SparseLinear")
+        self.chain = sparse
+
+    @staticmethod
+    def importance(view: SparseView) -> torch.Tensor:
+        """``I_j = Σ_i |W_ji|`` over the incoming connections of each output neuron ``j``, ``(out,)``."""
+        m = view.module
+        return torch.zeros(m.out_features, dtype=m.values.dtype, device=m.values.device).index_add_(
+            0, m.rows(), m.values.detach().abs())
+
+    def neurons_to_keep(self, view: SparseView) -> torch.Tensor:
+        """Bool ``(out,)``: neurons strictly above the P-th percentile of importance (at least ``min_neurons``)."""
+        imp = self.importance(view).cpu().to(torch.float64)
+        cut = torch.quantile(imp, self.percentile / 100.0)
+        keep = imp > cut
+        if int(keep.sum()) < self.min_neurons:
+            keep = torch.zeros_like(keep)
+            keep[torch.topk(imp, min(self.min_neurons, imp.numel())).indices] = True
+        return keep
+
+    @torch.no_grad()
+    def update(self) -> None:
+        t0 = time.perf_counter()
+        for a, b in zip(self.chain, self.chain[1:], strict=False):
+            la, lb = a.module, b.module
+            keep = self.neurons_to_keep(a).to(la.indices.device)
+            removed = int((~keep).sum())
+            if removed == 0:
+                continue
+            old_a, old_b, old_out = la.nnz, lb.nnz, la.out_features
+            carry_state(self.optimizer, la.values, la.remove_neurons(keep_outputs=keep), old_a)
+            if la.bias is not None:
+                carry_state(self.optimizer, la.bias, torch.nonzero(keep).reshape(-1), old_out)
+            carry_state(self.optimizer, lb.values, lb.remove_neurons(keep_inputs=keep), old_b)
+            self.stats[a.name] = {"nnz": la.nnz, "density": la.density, "neurons": la.out_features,
+                                  "neurons_removed": removed}
+            self.stats[b.name] = {"nnz": lb.nnz, "density": lb.density, "neurons": lb.out_features,
+                                  "neurons_removed": 0}
+        self.time_in_updates += time.perf_counter() - t0
+
+    def state_dict(self):
+        s = super().state_dict()
+        s["shapes"] = {v.name: (v.module.out_features, v.module.in_features) for v in self.chain}
+        return s
+
+    def load_state_dict(self, state) -> None:
+        """Restore the schedule and shrink layers to their saved sizes (call before loading the model's
+        state dict, which then fills in the connections)."""
+        super().load_state_dict(state)
+        for v in self.chain:
+            out_f, in_f = state["shapes"][v.name]
+            m = v.module
+            if (out_f, in_f) != (m.out_features, m.in_features):
+                keep_o = torch.arange(m.out_features) < out_f
+                keep_i = torch.arange(m.in_features) < in_f
+                m.remove_neurons(keep_o.to(m.indices.device), keep_i.to(m.indices.device))

@@ -1,0 +1,201 @@
+"""One view over every kind of sparse layer, so an algorithm is written once.
+
+A layer is seen as an ``n_out × n_in`` matrix of possible connections (a conv kernel is flattened to
+``out_channels × (in_channels · kh · kw)``). Connections are named by their flat *key*
+``row · n_in + col``. ``SparseLinear`` is edited truly sparsely (CSR edits, O(nnz log nnz));
+masked layers (``MaskedLinear``, ``MaskedConv2d``) by flipping mask entries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparta.nn.linear import SparseLinear
+from sparta.nn.masked import MaskedConv2d, MaskedLinear
+from sparta.nn.structure import keys as csr_keys
+from sparta.nn.structure import remap
+
+_GROW_BLOCK_ELEMS = 1 << 22  # dense-gradient elements formed at once when scoring absent connections
+
+
+def carry_state(optimizer: torch.optim.Optimizer | None, param: nn.Parameter, source: torch.Tensor, old: int) -> None:
+    """Carry per-connection optimizer state of ``param`` across a topology change.
+
+    Every state tensor shaped ``(old,)`` (SGD momentum, Adam/AdamW moments) is remapped with
+    ``source`` (see :func:`sparta.nn.structure.remap`): surviving connections keep their state, new
+    ones start at zero. Scalars such as Adam's ``step`` are left alone.
+    """
+    if optimizer is None or param not in optimizer.state:
+        return
+    state = optimizer.state[param]
+    for k, v in list(state.items()):
+        if isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() == old:
+            state[k] = remap(v, source, 0.0)
+
+
+def _top_keys(scores: torch.Tensor, flat_keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(k, scores.numel())
+    s, i = torch.topk(scores, k, sorted=False)
+    return s, flat_keys[i]
+
+
+class LayerView:
+    """Common interface; see :class:`SparseView` and :class:`MaskedView`."""
+
+    module: nn.Module
+    n_out: int
+    n_in: int
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        self.name = name
+        self.module = module
+
+    @property
+    def total(self) -> int:
+        return self.n_out * self.n_in
+
+    def keys(self) -> torch.Tensor:  # sorted int64 (nnz,)
+        raise NotImplementedError
+
+    def weights(self) -> torch.Tensor:  # (nnz,), aligned with keys()
+        raise NotImplementedError
+
+    def grads(self) -> torch.Tensor | None:  # (nnz,) gradient at existing connections
+        raise NotImplementedError
+
+    def apply(self, keep: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor,
+              optimizer: torch.optim.Optimizer | None) -> None:
+        """Drop the connections where ``keep`` is False, add ``new_keys`` with ``new_values``."""
+        raise NotImplementedError
+
+    def dense_grad_blocks(self):
+        """Yield ``(row0, |dL/dW| block (rows, n_in))`` from the last backward, block by block."""
+        raise NotImplementedError
+
+    def capture(self, on: bool) -> None:
+        self.module.capture = {} if on else None  # type: ignore[assignment]
+
+    def fan_in(self) -> torch.Tensor:
+        """Connections into each output neuron, int64 ``(n_out,)``."""
+        return torch.bincount(self.keys() // self.n_in, minlength=self.n_out)
+
+    @property
+    def nnz(self) -> int:
+        return self.keys().numel()
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.total
+
+    def top_grad_absent(self, n: int, present: torch.Tensor) -> torch.Tensor:
+        """Keys of the ``n`` absent positions (not in sorted ``present``) with the largest |dL/dW|.
+
+        The dense gradient is formed one block of rows at a time with a running top-n, so memory is
+        ``O(block + n)``.
+        """
+        best_s = torch.empty(0)
+        best_k = torch.empty(0, dtype=torch.int64)
+        if n <= 0:
+            return best_k
+        for r0, g in self.dense_grad_blocks():
+            g = g.abs().reshape(-1).to(torch.float64).cpu()
+            base = r0 * self.n_in
+            lo, hi = torch.searchsorted(present, torch.tensor([base, base + g.numel()]))
+            g[present[lo:hi] - base] = -1.0  # present: never chosen (|grad| ≥ 0 elsewhere)
+            keys = torch.arange(base, base + g.numel())
+            s, k = _top_keys(g, keys, n)
+            best_s, best_k = _top_keys(torch.cat([best_s.to(s), s]), torch.cat([best_k, k]), n)
+        ok = best_s >= 0
+        return torch.sort(best_k[ok]).values
+
+
+class SparseView(LayerView):
+    """A :class:`~sparta.nn.SparseLinear`: edits are CSR edits."""
+
+    module: SparseLinear
+
+    def __init__(self, name: str, module: SparseLinear) -> None:
+        super().__init__(name, module)
+        self.n_out, self.n_in = module.out_features, module.in_features
+
+    def keys(self) -> torch.Tensor:
+        return csr_keys(self.module.indptr, self.module.indices, self.n_in)
+
+    def weights(self) -> torch.Tensor:
+        return self.module.values.detach()
+
+    def grads(self) -> torch.Tensor | None:
+        g = self.module.values.grad
+        return None if g is None else g.detach()
+
+    @torch.no_grad()
+    def apply(self, keep, new_keys, new_values, optimizer) -> None:
+        m = self.module
+        old = m.nnz
+        s1 = m.remove_connections(~keep)
+        s2 = m.add_connections(new_keys // self.n_in, new_keys % self.n_in, new_values)
+        source = torch.where(s2 >= 0, s1[s2.clamp_min(0)], s2)
+        carry_state(optimizer, m.values, source, old)
+
+    def dense_grad_blocks(self):
+        cap = self.module.capture or {}
+        if "xt" not in cap:
+            raise RuntimeError(f"{self.name}: no gradient captured; run a backward pass after enabling capture")
+        xt, dyt = cap["xt"], cap["dyt"]
+        rows = max(1, _GROW_BLOCK_ELEMS // self.n_in)
+        for r0 in range(0, self.n_out, rows):
+            yield r0, dyt[r0:r0 + rows] @ xt.t()
+
+
+class MaskedView(LayerView):
+    """A masked dense layer (``MaskedLinear``/``MaskedConv2d``): edits flip mask entries."""
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        super().__init__(name, module)
+        w = module.weight
+        self.n_out, self.n_in = w.shape[0], w[0].numel()
+
+    def keys(self) -> torch.Tensor:
+        return torch.nonzero(self.module.mask.reshape(-1)).reshape(-1)
+
+    def weights(self) -> torch.Tensor:
+        return self.module.weight.detach().reshape(-1)[self.keys()]
+
+    def grads(self) -> torch.Tensor | None:
+        g = self.module.weight.grad
+        return None if g is None else g.detach().reshape(-1)[self.keys()]
+
+    @torch.no_grad()
+    def apply(self, keep, new_keys, new_values, optimizer) -> None:
+        m = self.module
+        flat_mask, flat_w = m.mask.view(-1), m.weight.data.view(-1)
+        touched = torch.cat([self.keys()[~keep], new_keys.to(flat_mask.device)])
+        flat_mask[touched] = False
+        flat_w[touched] = 0.0
+        flat_mask[new_keys] = True
+        flat_w[new_keys] = new_values.to(flat_w)
+        if m.weight.grad is not None:
+            m.weight.grad.view(-1)[touched] = 0.0
+        if optimizer is not None and m.weight in optimizer.state:
+            for v in optimizer.state[m.weight].values():
+                if isinstance(v, torch.Tensor) and v.shape == m.weight.shape:
+                    v.view(-1)[touched] = 0.0
+
+    def dense_grad_blocks(self):
+        cap = self.module.capture or {}
+        if "grad" not in cap:
+            raise RuntimeError(f"{self.name}: no gradient captured; run a backward pass after enabling capture")
+        yield 0, cap["grad"].reshape(self.n_out, self.n_in)
+
+
+def find_layers(model: nn.Module) -> list[LayerView]:
+    """Views of every sparse layer in ``model`` (``SparseLinear``, ``MaskedLinear``, ``MaskedConv2d``),
+    in registration order."""
+    views: list[LayerView] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, SparseLinear):
+            views.append(SparseView(name, mod))
+        elif isinstance(mod, MaskedLinear | MaskedConv2d):
+            views.append(MaskedView(name, mod))
+    return views
