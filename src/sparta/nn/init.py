@@ -75,17 +75,19 @@ def random_topology(
 
 
 def erk_densities(
-    shapes: Sequence[tuple[int, int]], density: float, dense: Sequence[int] = ()
+    shapes: Sequence[Sequence[int]], density: float, dense: Sequence[int] = ()
 ) -> list[float]:
-    """Erdős–Rényi-Kernel densities for layers of ``shapes = [(out, in), ...]``.
+    """Erdős–Rényi-Kernel densities for layers with weight ``shapes`` (``(out, in)``, or a conv's
+    ``(out, in, kh, kw)``).
 
-    Each sparse layer gets a density ∝ ``(in + out) / (in · out)``, scaled so that the total number of
-    connections equals ``density · Σ in · out``. Layers listed in ``dense`` (indices), and layers whose
-    density would exceed 1, are made dense and the others re-scaled, until all fit.
+    Each sparse layer gets a density ∝ ``Σ dims / Π dims`` (``(in + out) / (in · out)`` for a linear
+    layer, ``(in + out + kh + kw) / (in · out · kh · kw)`` for a convolution, as in RigL), scaled so the
+    total number of connections equals ``density · Σ Π dims``. Layers listed in ``dense`` (indices),
+    and layers whose density would exceed 1, are made dense and the others re-scaled, until all fit.
     """
     density = check_density(density)
-    sizes = [o * i for o, i in shapes]
-    raw = [(o + i) / (o * i) for o, i in shapes]
+    sizes = [math.prod(s) for s in shapes]
+    raw = [sum(s) / math.prod(s) for s in shapes]
     dense_set = set(dense)
     for j in dense_set:
         if not 0 <= j < len(shapes):
@@ -94,8 +96,9 @@ def erk_densities(
     while True:
         fixed = sum(sizes[j] for j in dense_set)
         free = [j for j in range(len(shapes)) if j not in dense_set]
-        if fixed > budget + 1e-9:
-            raise ValueError(f"the dense layers alone hold {fixed} connections, more than the budget {budget:.0f}")
+        if fixed >= budget - 1e-9 and len(dense_set) < len(shapes):
+            raise ValueError(f"the dense layers alone hold {fixed} connections, more than the budget {budget:.0f} "
+                             "allows while leaving some to the sparse layers; keep fewer layers dense or raise density")
         if not free:
             break
         scale = (budget - fixed) / sum(raw[j] * sizes[j] for j in free)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from sparta.nn.init import check_density, er_density, erk_densities
@@ -17,9 +19,9 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
 
 
-def layer_densities(shapes: list[tuple[int, int]], distribution: str = "erk", density: float | None = None,
+def layer_densities(shapes: list[tuple[int, ...]], distribution: str = "erk", density: float | None = None,
                     epsilon: float | None = None, dense: tuple[int, ...] = ()) -> list[float]:
-    """Densities for layers of ``shapes = [(out, in), ...]``.
+    """Densities for layers with weight ``shapes`` (``(out, in)`` or ``(out, in, kh, kw)``).
 
     ``uniform``: every layer at ``density``; ``er``: ``ε (in + out)/(in · out)`` per layer (give
     ``epsilon``); ``erk``: ERK budgets reaching ``density`` overall. Layers listed in ``dense`` stay dense.
@@ -29,7 +31,7 @@ def layer_densities(shapes: list[tuple[int, int]], distribution: str = "erk", de
     if distribution == "er":
         if epsilon is None:
             raise ValueError("distribution 'er' needs epsilon")
-        return [1.0 if j in dense else er_density(i, o, epsilon) for j, (o, i) in enumerate(shapes)]
+        return [1.0 if j in dense else er_density(math.prod(s[1:]), s[0], epsilon) for j, s in enumerate(shapes)]
     if density is None:
         raise ValueError(f"distribution {distribution!r} needs density")
     density = check_density(density)
@@ -53,7 +55,7 @@ def sparsify(model: nn.Module, density: float | None = None, *, distribution: st
     names = [n for n, _ in layers]
     dense = tuple(j for j, n in enumerate(names) if n in keep_dense or (j == 0 and "first" in keep_dense)
                   or (j == len(names) - 1 and "last" in keep_dense))
-    shapes = [(m.weight.shape[0], m.weight[0].numel()) for _, m in layers]
+    shapes = [tuple(m.weight.shape) for _, m in layers]
     densities = layer_densities(shapes, distribution, density, epsilon, dense)
     for j, ((name, mod), d) in enumerate(zip(layers, densities, strict=True)):
         if j in dense:

@@ -16,7 +16,7 @@ from torch import nn
 
 from sparta.nn.linear import SparseLinear
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
-from sparta.topology.base import TopologyAlgorithm, check_fraction
+from sparta.topology.base import TopologyAlgorithm, check_fraction, check_int
 from sparta.topology.distribution import replace_module
 from sparta.topology.layers import LayerView, SparseView, find_layers
 
@@ -65,6 +65,8 @@ class GMP(TopologyAlgorithm):
         if breakeven is not None and not 0 < breakeven <= 1:
             raise ValueError(f"breakeven must be in (0, 1] or None, got {breakeven!r}")
         self.breakeven = breakeven
+        check_int("every", every, 1)
+        check_int("start", start, 0)
         for name, mod in list(model.named_modules()):
             if type(mod) in (nn.Linear, nn.Conv2d) and (layers is None or name in layers):
                 replace_module(model, name, _share_masked(mod))

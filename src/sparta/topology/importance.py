@@ -70,10 +70,12 @@ class ImportancePruning(TopologyAlgorithm):
             if la.bias is not None:
                 carry_state(self.optimizer, la.bias, torch.nonzero(keep).reshape(-1), old_out)
             carry_state(self.optimizer, lb.values, lb.remove_neurons(keep_inputs=keep), old_b)
-            self.stats[a.name] = {"nnz": la.nnz, "density": la.density, "neurons": la.out_features,
-                                  "neurons_removed": removed}
-            self.stats[b.name] = {"nnz": lb.nnz, "density": lb.density, "neurons": lb.out_features,
-                                  "neurons_removed": 0}
+            self.stats[a.name] = {"nnz": la.nnz, "density": la.density, "pruned": old_a - la.nnz, "grown": 0,
+                                  "mean_abs_w": float(la.values.abs().mean()) if la.nnz else 0.0,
+                                  "neurons": la.out_features, "neurons_removed": removed}
+            self.stats[b.name] = {"nnz": lb.nnz, "density": lb.density, "pruned": old_b - lb.nnz, "grown": 0,
+                                  "mean_abs_w": float(lb.values.abs().mean()) if lb.nnz else 0.0,
+                                  "neurons": lb.out_features, "neurons_removed": 0}
         self.time_in_updates += time.perf_counter() - t0
 
     def state_dict(self):

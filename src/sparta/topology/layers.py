@@ -135,7 +135,9 @@ class SparseView(LayerView):
         old = m.nnz
         s1 = m.remove_connections(~keep)
         s2 = m.add_connections(new_keys // self.n_in, new_keys % self.n_in, new_values)
-        source = torch.where(s2 >= 0, s1[s2.clamp_min(0)], s2)
+        source = s2.clone()
+        kept = s2 >= 0
+        source[kept] = s1[s2[kept]]
         carry_state(optimizer, m.values, source, old)
 
     def dense_grad_blocks(self):
@@ -169,18 +171,20 @@ class MaskedView(LayerView):
     @torch.no_grad()
     def apply(self, keep, new_keys, new_values, optimizer) -> None:
         m = self.module
-        flat_mask, flat_w = m.mask.view(-1), m.weight.data.view(-1)
-        touched = torch.cat([self.keys()[~keep], new_keys.to(flat_mask.device)])
-        flat_mask[touched] = False
-        flat_w[touched] = 0.0
-        flat_mask[new_keys] = True
-        flat_w[new_keys] = new_values.to(flat_w)
+        shape = m.weight.shape
+        # Index through unravel_index so any memory layout (e.g. channels_last) is edited correctly.
+        touched = torch.unravel_index(torch.cat([self.keys()[~keep], new_keys]).to(m.mask.device), shape)
+        grown = torch.unravel_index(new_keys.to(m.mask.device), shape)
+        m.mask[touched] = False
+        m.weight.data[touched] = 0.0
+        m.mask[grown] = True
+        m.weight.data[grown] = new_values.to(m.weight)
         if m.weight.grad is not None:
-            m.weight.grad.view(-1)[touched] = 0.0
+            m.weight.grad[touched] = 0.0
         if optimizer is not None and m.weight in optimizer.state:
             for v in optimizer.state[m.weight].values():
-                if isinstance(v, torch.Tensor) and v.shape == m.weight.shape:
-                    v.view(-1)[touched] = 0.0
+                if isinstance(v, torch.Tensor) and v.shape == shape:
+                    v[touched] = 0.0
 
     def dense_grad_blocks(self):
         cap = self.module.capture or {}
