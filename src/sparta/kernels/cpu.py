@@ -200,6 +200,9 @@ def spmm_t(indptr, indices, values, dyt, dxt, threads: int = 1) -> None:
 
 def sddmm(indptr, indices, dyt, xt, out, threads: int = 1) -> None:
     """Write ``out[k] = dyt[row(k)] · xt[indices[k]]`` in place. Shapes: ``out (nnz,)``."""
+    if xt.shape[1] == 0:
+        out[:] = 0
+        return
     t = _threads(threads, out.shape[0] * xt.shape[1])
     if t == 1:
         _sddmm_ser(indptr, indices, dyt, xt, out)

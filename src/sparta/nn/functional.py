@@ -29,7 +29,8 @@ def _use_numba(backend: str, device: torch.device) -> bool:
 
 
 class SparseLinearFunction(torch.autograd.Function):
-    """Autograd for ``y = x Wᵀ + b``; gradients flow to ``x``, ``values`` and ``bias`` only."""
+    """Autograd for ``yᵀ = W xᵀ + b``: takes ``x (B, in)``, returns ``yᵀ (out, B)``; gradients flow to
+    ``x``, ``values`` and ``bias`` only."""
 
     @staticmethod
     def forward(ctx, x2d, values, bias, indptr, indices, n_in, backend, capture):  # type: ignore[override]
@@ -48,12 +49,12 @@ class SparseLinearFunction(torch.autograd.Function):
         ctx.n_in = n_in
         ctx.has_bias = bias is not None
         ctx.capture = capture
-        return yt.t()
+        return yt  # (out, B); the caller transposes outside the Function, so in-place ops on y stay legal
 
     @staticmethod
-    def backward(ctx, dy):  # type: ignore[override]
+    def backward(ctx, dyt):  # type: ignore[override]
         xt, values, indptr, indices = ctx.saved_tensors
-        dyt = _feature_major(dy)
+        dyt = dyt.contiguous()  # gradient of the (out, B) output: already feature-major
         dx = dvalues = dbias = None
         if ctx.numba_path:
             threads = torch.get_num_threads()
@@ -115,8 +116,5 @@ def sparse_linear(
     n_out = indptr.numel() - 1
     lead = x.shape[:-1]
     x2d = x.reshape(-1, in_features)
-    if x2d.shape[0] == 0:
-        y = x2d.new_zeros(0, n_out) + (0 if bias is None else bias) + 0 * values.sum()
-        return y.reshape(*lead, n_out)
-    y = SparseLinearFunction.apply(x2d, values, bias, indptr, indices, in_features, backend, capture)
+    y = SparseLinearFunction.apply(x2d, values, bias, indptr, indices, in_features, backend, capture).t()
     return y if x.dim() == 2 else y.reshape(*lead, n_out)
