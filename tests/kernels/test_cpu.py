@@ -110,6 +110,15 @@ def test_kernels_no_connections(dtype):
     run_all(indptr, indices, values, dense, rows, rng, 5, 1, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_empty_batch(dtype, threads):
+    rng = np.random.default_rng(0)
+    indptr, indices, values, dense, rows = random_csr(9, 7, 0.5, rng, dtype, empty_rows=[2])
+    assert values.size > 0
+    run_all(indptr, indices, values, dense, rows, rng, 0, threads, dtype)
+
+
 @pytest.mark.parametrize("nparts_kind", ["one", "two", "three", "seven", "n_in", "more_than_n_in"])
 @pytest.mark.parametrize("compiled", ["serial", "parallel"])
 def test_spmm_t_column_partitions(nparts_kind, compiled):

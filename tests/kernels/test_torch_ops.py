@@ -35,7 +35,7 @@ def test_rows_of(n_out, counts):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize(
-    "n_out,n_in,density,batch", [(1, 1, 1.0, 1), (7, 11, 1.0, 3), (40, 30, 0.1, 17), (64, 90, 0.01, 5)]
+    "n_out,n_in,density,batch", [(1, 1, 1.0, 1), (7, 11, 1.0, 3), (40, 30, 0.1, 17), (64, 90, 0.01, 5), (6, 8, 0.5, 0)]
 )
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("small_chunks", [False, True])

@@ -1,0 +1,161 @@
+"""Helpers shared by sparta's benchmark scripts: environment, statistics, memory probes, markdown tables.
+
+Import this module before torch or numba: like ``import sparta`` it sets ``OMP_WAIT_POLICY=PASSIVE``
+(unless the environment sets it), which only takes effect for OpenMP runtimes loaded afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import platform  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+# ---------------------------------------------------------------- formatting
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """A number with about ``digits`` significant digits, never in exponent form; ``–`` for None/NaN."""
+    if x is None or x != x:
+        return "–"
+    ax = abs(x)
+    if ax >= 10 ** (digits - 1) or ax == 0:
+        return f"{x:.0f}"
+    decimals = digits - 1 - int(f"{ax:e}".split("e")[1])
+    return f"{x:.{max(0, decimals)}f}"
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return fmt(None if seconds is None else seconds * 1e3)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """A markdown table with padded columns. ``align``: one of ``l``/``r`` per column (default: first
+    column left, the others right)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    ncol = len(headers)
+    align = align or "l" + "r" * (ncol - 1)
+    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(ncol)]
+
+    def line(row: Sequence[str]) -> str:
+        padded = (c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=True))
+        return "| " + " | ".join(padded) + " |"
+
+    dashes = ("-" * (w + 1) + ":" if a == "r" else ":" + "-" * (w + 1) for w, a in zip(widths, align, strict=True))
+    rule = "|" + "|".join(dashes) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+# ------------------------------------------------------------------- memory
+
+
+def proc_status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM`` …); -1 where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
+    except OSError:
+        return -1
+    return int(m.group(1)) if m else -1
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` (peak RSS) to the current RSS (Linux ≥ 4.0); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    hwm, rss = proc_status_kib("VmHWM"), proc_status_kib("VmRSS")
+    return 0 <= hwm <= rss + 1024  # took effect (1 MiB slack for RSS moving in between)
+
+
+class PeakRSS:
+    """Context manager: peak RSS increase (bytes) over the RSS at entry.
+
+    Uses the kernel's high-water mark after resetting it; where that cannot be reset, polls ``VmRSS``
+    every millisecond from a thread (which can miss a short-lived peak).
+    """
+
+    def __init__(self) -> None:
+        self.base_kib = 0
+        self.peak_kib = 0
+        self._poll: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.method = ""
+
+    def __enter__(self) -> PeakRSS:
+        self.base_kib = proc_status_kib("VmRSS")
+        if reset_peak_rss():
+            self.method = "VmHWM reset via /proc/self/clear_refs"
+        else:
+            self.method = "VmRSS polled every 1 ms"
+            self.peak_kib = self.base_kib
+            self._poll = threading.Thread(target=self._run, daemon=True)
+            self._poll.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, proc_status_kib("VmRSS"))
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._poll is not None:
+            self._stop.set()
+            self._poll.join()
+        else:
+            self.peak_kib = proc_status_kib("VmHWM")
+
+    @property
+    def extra_bytes(self) -> int:
+        return max(0, self.peak_kib - self.base_kib) * 1024
+
+
+# -------------------------------------------------------------- environment
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+        if m:
+            return m.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def machine_info() -> dict[str, Any]:
+    """Versions and machine facts worth printing above benchmark tables (imports torch and numba)."""
+    import numba
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numba": numba.__version__,
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", ""),
+        "load_average": load_average(),
+    }
