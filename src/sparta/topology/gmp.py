@@ -94,18 +94,22 @@ class GMP(TopologyAlgorithm):
         if self.breakeven is not None:
             self._convert_sparse()
 
-    @torch.no_grad()
     def _convert_sparse(self) -> None:
         for j, view in enumerate(self.layers):
-            mod = view.module
-            if not isinstance(mod, MaskedLinear) or view.density >= self.breakeven:
-                continue
-            new = SparseLinear.from_dense(mod, mask=mod.mask)
-            new.bias = mod.bias  # same Parameter
-            if self.optimizer is not None:
-                _swap_param(self.optimizer, mod.weight, new.values, mod.mask)
-            replace_module(self.model, view.name, new)
-            self.layers[j] = SparseView(view.name, new)
+            if isinstance(view.module, MaskedLinear) and view.density < self.breakeven:
+                self._to_sparse(j)
+
+    @torch.no_grad()
+    def _to_sparse(self, j: int) -> None:
+        """Replace masked layer ``j`` by a ``SparseLinear`` with its weights, bias Parameter and optimizer state."""
+        view = self.layers[j]
+        mod = view.module
+        new = SparseLinear.from_dense(mod, mask=mod.mask)
+        new.bias = mod.bias  # same Parameter
+        if self.optimizer is not None:
+            _swap_param(self.optimizer, mod.weight, new.values, mod.mask)
+        replace_module(self.model, view.name, new)
+        self.layers[j] = SparseView(view.name, new)
 
     def load_state_dict(self, state) -> None:
         """Restore the schedule; layers converted to ``SparseLinear`` in the saved run are converted here
@@ -113,14 +117,8 @@ class GMP(TopologyAlgorithm):
         super().load_state_dict(state)
         for name in state.get("sparse_layers", ()):
             j = next(i for i, v in enumerate(self.layers) if v.name == name)
-            mod = self.layers[j].module
-            if isinstance(mod, MaskedLinear):
-                new = SparseLinear.from_dense(mod, mask=mod.mask)
-                new.bias = mod.bias
-                if self.optimizer is not None:
-                    _swap_param(self.optimizer, mod.weight, new.values, mod.mask)
-                replace_module(self.model, name, new)
-                self.layers[j] = SparseView(name, new)
+            if isinstance(self.layers[j].module, MaskedLinear):
+                self._to_sparse(j)
 
     def state_dict(self):
         s = super().state_dict()
