@@ -170,3 +170,15 @@ def test_parallel_kernels_are_used(monkeypatch):
     calls.clear()
     run_all(indptr, indices, values, dense, rows, rng, 1, 2, np.float64)
     assert [c[0] for c in calls] == ["spmm_ser", "spmm_t_ser", "sddmm_ser"]
+
+
+def test_parallel_and_serial_builds_have_distinct_cache_entries():
+    """numba keys its on-disk cache by qualified name, not by compile flags: if the parallel and serial
+    builds shared a name, whichever was cached first would be loaded for both (the parallel kernels then
+    silently ran serially)."""
+    from sparta.kernels import cpu
+
+    for par, ser in ((cpu._spmm_par, cpu._spmm_ser), (cpu._spmm_t_par, cpu._spmm_t_ser), (cpu._sddmm_par, cpu._sddmm_ser)):
+        assert par.targetoptions.get("parallel") and not ser.targetoptions.get("parallel")
+        assert par.py_func.__qualname__ != ser.py_func.__qualname__
+        assert par._cache._cache_file._index_path != ser._cache._cache_file._index_path

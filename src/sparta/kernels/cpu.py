@@ -17,6 +17,8 @@ launch.
 
 from __future__ import annotations
 
+import types
+
 import numba
 import numpy as np
 from numba import prange
@@ -157,8 +159,18 @@ def _sddmm(indptr, indices, dyt, xt, out):  # pragma: no cover - compiled by num
 
 
 def _compile(fn):
+    """Parallel and serial builds of ``fn``.
+
+    numba's on-disk cache is keyed by the function's qualified name, not by its compile flags, so the
+    serial build is made from a copy of ``fn`` under another name; otherwise whichever build was cached
+    first would be loaded for both.
+    """
+    serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                                   fn.__closure__)
+    serial_fn.__qualname__ = fn.__qualname__ + "_serial"
+    serial_fn.__module__ = fn.__module__
     par = numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)(fn)
-    ser = numba.njit(parallel=False, fastmath=True, cache=True, nogil=True)(fn)
+    ser = numba.njit(parallel=False, fastmath=True, cache=True, nogil=True)(serial_fn)
     return par, ser
 
 
