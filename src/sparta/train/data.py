@@ -1,0 +1,81 @@
+"""Embedded data sets (nothing is downloaded): scikit-learn's digits, Madelon-style and teacher–student.
+
+Every loader returns a :class:`Dataset` of float32 features and int64 labels (or float32 targets for
+regression-style losses), already split into train and test parts and standardised with the
+training part's statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Dataset:
+    """Train/test tensors. ``x_*``: ``(n, features)`` float32; ``y_*``: ``(n,)`` int64 class labels."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu = x_train.mean(0)
+    sd = x_train.std(0)
+    sd[sd == 0] = 1.0
+    return (x_train - mu) / sd, (x_test - mu) / sd
+
+
+def _split(name, x, y, n_test, n_classes, seed) -> Dataset:
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(x))
+    x, y = x[perm], y[perm]
+    xtr, xte = _standardise(x[n_test:], x[:n_test])
+    return Dataset(name, torch.from_numpy(xtr.astype(np.float32)), torch.from_numpy(y[n_test:].astype(np.int64)),
+                   torch.from_numpy(xte.astype(np.float32)), torch.from_numpy(y[:n_test].astype(np.int64)), n_classes)
+
+
+def digits(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
+    """scikit-learn's 8×8 handwritten digits (1797 images, 64 features, 10 classes), shipped with sklearn."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return _split("digits", d.data, d.target, int(round(test_fraction * len(d.target))), 10, seed)
+
+
+def madelon(seed: int = 0, n_train: int = 2000, n_test: int = 600) -> Dataset:
+    """A Madelon-style problem (Guyon, NIPS 2003 feature-selection challenge) made with scikit-learn's
+    ``make_classification``: 500 features of which 20 are relevant (5 informative on the vertices of a
+    5-cube with 16 clusters per class, 15 linear combinations of them), 480 noise probes, 2 classes,
+    1 % label noise; 2000 training and 600 test samples like the challenge's train/valid sets."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=n_train + n_test, n_features=500, n_informative=5, n_redundant=15,
+                               n_repeated=0, n_classes=2, n_clusters_per_class=16, class_sep=2.0, hypercube=True,
+                               flip_y=0.01, shuffle=True, random_state=seed)
+    return _split("madelon", x, y, n_test, 2, seed)
+
+
+def teacher_student(n_train: int = 60000, n_test: int = 10000, n_features: int = 784, n_classes: int = 10,
+                    hidden: int = 256, seed: int = 0) -> Dataset:
+    """Synthetic labels from a random one-hidden-layer teacher network: any size, for speed and scale tests."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + n_test, n_features, generator=g)
+    w1 = torch.randn(n_features, hidden, generator=g) / n_features**0.5
+    w2 = torch.randn(hidden, n_classes, generator=g) / hidden**0.5
+    y = (torch.tanh(x @ w1) @ w2).argmax(1)
+    return Dataset("teacher_student", x[:n_train].contiguous(), y[:n_train].contiguous(), x[n_train:].contiguous(),
+                   y[n_train:].contiguous(), n_classes)
+
+
+EMBEDDED = {"digits": digits, "madelon": madelon, "teacher_student": teacher_student}

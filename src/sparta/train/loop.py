@@ -1,0 +1,132 @@
+"""The supervised training loop: minibatch epochs, evaluation, and a topology algorithm on its cadence."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from sparta.topology.base import TopologyAlgorithm
+from sparta.topology.layers import find_layers
+
+
+@dataclass
+class EpochStats:
+    """One epoch's metrics. ``seconds`` includes ``topology_seconds`` (time in topology updates)."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    seconds: float
+    topology_seconds: float
+    connections: int
+    density: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over ``n`` samples, shuffled with ``generator`` (or in order when None)."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for s in range(0, n, batch_size):
+        yield order[s:s + batch_size]
+
+
+def connections(model: nn.Module) -> tuple[int, float]:
+    """Total connections of the model's weight layers and their overall density (dense layers count fully)."""
+    nnz = total = 0
+    sparse_ids = set()
+    for v in find_layers(model):
+        nnz += v.nnz
+        total += v.total
+        sparse_ids.add(id(v.module))
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d) and id(m) not in sparse_ids:
+            nnz += m.weight.numel()
+            total += m.weight.numel()
+    return nnz, (nnz / total if total else 1.0)
+
+
+def _accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+    if out.shape[-1] == 1:
+        return float(((out.reshape(-1) > 0).long() == y).float().sum())
+    return float((out.argmax(-1) == y).float().sum())
+
+
+def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == "ce":
+        return nn.functional.cross_entropy
+    if name == "mse":  # single sigmoid output against 0/1 labels (Madelon's SET-MLP setting)
+        return lambda out, y: nn.functional.mse_loss(torch.sigmoid(out.reshape(-1)), y.to(out.dtype))
+    raise ValueError(f"loss must be 'ce' or 'mse', got {name!r}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
+             batch_size: int = 1024) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``x (n, features)``, ``y (n,)``."""
+    fn = _loss_fn(loss)
+    was = model.training
+    model.eval()
+    tot_loss = tot_acc = 0.0
+    for idx in batches(len(x), batch_size):
+        out = model(x[idx])
+        tot_loss += float(fn(out, y[idx])) * len(idx)
+        tot_acc += _accuracy(out, y[idx])
+    model.train(was)
+    return tot_loss / len(x), tot_acc / len(x)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                batch_size: int, algo: TopologyAlgorithm | None = None, loss: str = "ce",
+                generator: torch.Generator | None = None) -> tuple[float, float, float]:
+    """One pass over ``(x, y)``; calls ``algo.step()`` after every optimizer step.
+
+    Returns ``(mean loss, accuracy, seconds spent in topology updates)``.
+    """
+    fn = _loss_fn(loss)
+    model.train()
+    tot_loss = tot_acc = 0.0
+    topo0 = algo.time_in_updates if algo is not None else 0.0
+    for idx in batches(len(x), batch_size, generator):
+        out = model(x[idx])
+        batch_loss = fn(out, y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        optimizer.step()
+        if algo is not None:
+            algo.step()
+        tot_loss += float(batch_loss.detach()) * len(idx)
+        tot_acc += _accuracy(out.detach(), y[idx])
+    topo = (algo.time_in_updates - topo0) if algo is not None else 0.0
+    return tot_loss / len(x), tot_acc / len(x), topo
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data, *, epochs: int, batch_size: int,
+        algo: TopologyAlgorithm | None = None, loss: str = "ce", seed: int = 0, start_epoch: int = 0,
+        generator: torch.Generator | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+    """Train for ``epochs`` epochs on ``data`` (a :class:`~sparta.train.data.Dataset`), evaluating on its test
+    part after each; ``on_epoch`` is called with each epoch's :class:`EpochStats`."""
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"epochs must be ≥ 0 and batch_size ≥ 1, got {epochs}, {batch_size}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(start_epoch, start_epoch + epochs):
+        t0 = time.perf_counter()
+        tr_loss, tr_acc, topo = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size=batch_size,
+                                            algo=algo, loss=loss, generator=gen)
+        secs = time.perf_counter() - t0
+        te_loss, te_acc = evaluate(model, data.x_test, data.y_test, loss)
+        nnz, dens = connections(model)
+        st = EpochStats(epoch + 1, tr_loss, tr_acc, te_loss, te_acc, secs, topo, nnz, dens)
+        history.append(st)
+        if on_epoch is not None:
+            on_epoch(st)
+    return history

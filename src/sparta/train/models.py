@@ -1,0 +1,50 @@
+"""Multi-layer perceptrons built from sparse layers, as in the SET / truly-sparse papers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sparta.nn.activations import AllReLU
+from sparta.nn.linear import SparseLinear
+
+ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
+
+
+def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | None = None, sparse: bool = True,
+        activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.0, init: str = "uniform",
+        dense_last: bool = False, generator: torch.Generator | None = None) -> nn.Sequential:
+    """``sizes = [in, h1, ..., out]`` → Linear/activation/(dropout) stack, no activation after the last layer.
+
+    With ``sparse=True`` every layer is a ``SparseLinear`` at ``density`` or Erdős–Rényi ``epsilon``
+    (a layer whose ER density would exceed 1 is made dense); with ``sparse=False`` they are ``nn.Linear``.
+    ``dense_last`` keeps the output layer dense. ``activation="allrelu"`` alternates the sign of the
+    negative slope from hidden layer to hidden layer (Curci et al.).
+    """
+    if len(sizes) < 2:
+        raise ValueError(f"sizes must list at least input and output sizes, got {list(sizes)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    layers: list[nn.Module] = []
+    n = len(sizes) - 1
+    for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        last = j == n - 1
+        if sparse and not (last and dense_last):
+            d = density
+            if epsilon is not None:
+                d = min(1.0, epsilon * (a + b) / (a * b))
+            layers.append(SparseLinear(a, b, density=d, init=init, generator=generator))
+        else:
+            layers.append(nn.Linear(a, b))
+        if not last:
+            if activation == "allrelu":
+                layers.append(AllReLU(alpha, j + 1))
+            else:
+                layers.append({"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[activation]())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
