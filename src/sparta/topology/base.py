@@ -121,10 +121,11 @@ class TopologyAlgorithm:
         """Apply one topology update to every layer now, whatever the cadence."""
         t0 = time.perf_counter()
         for view in self.layers:
-            n_drop = min(self.num_drop(view), view.nnz)
+            keys = view.keys()
+            n_drop = min(self.num_drop(view), keys.numel())
             drop = self.drop_mask(view, n_drop)
-            keep = ~drop.to(view.keys().device)
-            present = view.keys()[keep].cpu()
+            keep = ~drop.to(keys.device)
+            present = keys[keep].cpu()
             new = self.grow(view, max(0, self.num_grow(view, int(drop.sum()))), present)
             view.apply(keep, new, self.grow_values(view, new), self.optimizer)
             w = view.weights()
@@ -150,7 +151,7 @@ def sample_absent(total: int, n: int, present: torch.Tensor, generator: torch.Ge
         raise ValueError(f"cannot grow {n} connections: only {absent} positions are free")
     if n <= 0:
         return torch.empty(0, dtype=torch.int64)
-    if absent <= 4 * n or total <= 1 << 20:  # dense enough to enumerate the free positions
+    if absent <= 4 * n:  # few free positions: enumerate them (O(total)); otherwise rejection sampling, O(n)
         free = torch.ones(total, dtype=torch.bool)
         free[present] = False
         cand = torch.nonzero(free).reshape(-1)

@@ -122,6 +122,13 @@ class SparseView(LayerView):
     def keys(self) -> torch.Tensor:
         return csr_keys(self.module.indptr, self.module.indices, self.n_in)
 
+    @property
+    def nnz(self) -> int:
+        return self.module.nnz
+
+    def fan_in(self) -> torch.Tensor:
+        return self.module.fan_in()
+
     def weights(self) -> torch.Tensor:
         return self.module.values.detach()
 
