@@ -208,6 +208,23 @@ class SparseLinear(nn.Module):
         set_param_data(self.values, values)
 
     @torch.no_grad()
+    def rewire(self, keep: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor,
+               values: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Keep the connections where bool ``keep (nnz,)`` is True (all when None) and add ``(rows[i], cols[i])``
+        with weights ``values[i]`` (default 0), in one ``O(nnz log nnz)`` pass.
+
+        Raises ``ValueError`` for out-of-range, repeated or already present new positions. Returns the source
+        map (int64 ``(new_nnz,)``): old position of each connection, ``-1 - i`` for new one ``i``; carry
+        optimizer state across with :func:`sparta.nn.structure.remap`.
+        """
+        rows = torch.as_tensor(rows, device=self.indices.device).reshape(-1)
+        cols = torch.as_tensor(cols, device=self.indices.device).reshape(-1)
+        if isinstance(values, torch.Tensor) and values.numel() != rows.numel():
+            raise ValueError(f"values must have {rows.numel()} entries (one per new connection), got {values.numel()}")
+        indptr, indices, source = structure.rewire(self.indptr, self.indices, keep, rows, cols, self.in_features)
+        self._set_topology(indptr, indices, structure.remap(self.values.data, source, 0.0 if values is None else values))
+        return source
+
     def remove_connections(self, which: torch.Tensor) -> torch.Tensor:
         """Remove connections: ``which`` is a bool ``(nnz,)`` mask (True = remove) or int positions.
 
@@ -227,28 +244,14 @@ class SparseLinear(nn.Module):
                 raise ValueError(f"positions must lie in [0, {self.nnz}), got {int(pos.min())}..{int(pos.max())}")
             drop = torch.zeros(self.nnz, dtype=torch.bool, device=self.indices.device)
             drop[pos] = True
-        indptr, indices, source = structure.remove(self.indptr, self.indices, ~drop)
-        self._set_topology(indptr, indices, self.values.data[source])
-        return source
+        empty = torch.empty(0, dtype=torch.int64)
+        return self.rewire(~drop, empty, empty)
 
-    @torch.no_grad()
     def add_connections(
         self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor | float | None = None
     ) -> torch.Tensor:
-        """Add connections at ``(rows[i], cols[i])`` with weights ``values[i]`` (default 0).
-
-        Raises ``ValueError`` for out-of-range, repeated or already present positions. Returns the
-        source map (int64 ``(new_nnz,)``): old position of each connection, ``-1 - i`` for new one ``i``.
-        """
-        rows = torch.as_tensor(rows, device=self.indices.device).reshape(-1)
-        cols = torch.as_tensor(cols, device=self.indices.device).reshape(-1)
-        if values is None:
-            values = 0.0
-        if isinstance(values, torch.Tensor) and values.numel() != rows.numel():
-            raise ValueError(f"values must have {rows.numel()} entries (one per new connection), got {values.numel()}")
-        indptr, indices, source = structure.add(self.indptr, self.indices, rows, cols, self.in_features)
-        self._set_topology(indptr, indices, structure.remap(self.values.data, source, values))
-        return source
+        """Add connections at ``(rows[i], cols[i])`` with weights ``values[i]`` (default 0); see :meth:`rewire`."""
+        return self.rewire(None, rows, cols, values)
 
     @torch.no_grad()
     def remove_neurons(self, keep_outputs: torch.Tensor | None = None,

@@ -71,6 +71,54 @@ def from_coo(
     return indptr, (k_sorted % n_in).to(INDEX_DTYPE), order
 
 
+def rewire(
+    indptr: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor,
+    n_in: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the connections where bool ``keep (nnz,)`` is True (all when None) and add ``(rows[i], cols[i])``,
+    in one sort.
+
+    Returns ``(indptr, indices, source)``: ``source[p]`` is the old position of the connection now at ``p``,
+    or ``-1 - i`` for the ``i``-th new one. Raises ``ValueError`` when a new connection is out of range,
+    repeated, or already present among the kept ones.
+    """
+    n_out = indptr.numel() - 1
+    nnz = indices.numel()
+    dev = indices.device
+    if keep is None:
+        kept_pos = torch.arange(nnz, device=dev)
+        old_k = keys(indptr, indices, n_in)
+    else:
+        keep = torch.as_tensor(keep, device=dev)
+        if keep.dtype != torch.bool or keep.shape != indices.shape:
+            raise ValueError(f"keep must be a bool tensor of shape ({nnz},), got {keep.dtype} {tuple(keep.shape)}")
+        kept_pos = torch.nonzero(keep).reshape(-1)
+        old_k = keys(indptr, indices, n_in)[kept_pos]
+    rows = torch.as_tensor(rows, device=dev).long().reshape(-1)
+    cols = torch.as_tensor(cols, device=dev).long().reshape(-1)
+    if rows.numel() != cols.numel():
+        raise ValueError(f"rows and cols must have the same length, got {rows.numel()} and {cols.numel()}")
+    if rows.numel():
+        if int(rows.min()) < 0 or int(rows.max()) >= n_out:
+            raise ValueError(f"rows must lie in [0, {n_out}), got {int(rows.min())}..{int(rows.max())}")
+        if int(cols.min()) < 0 or int(cols.max()) >= n_in:
+            raise ValueError(f"cols must lie in [0, {n_in}), got {int(cols.min())}..{int(cols.max())}")
+    n_kept = old_k.numel()
+    all_k, order = torch.sort(torch.cat([old_k, rows * n_in + cols]), stable=True)
+    same = all_k[1:] == all_k[:-1]
+    if bool(same.any()):
+        i = int(torch.nonzero(same)[0])
+        r, c = int(all_k[i]) // n_in, int(all_k[i]) % n_in
+        if int(order[i]) < n_kept:  # stable sort: a kept connection comes first
+            raise ValueError(f"connection (row={r}, col={c}) already exists")
+        raise ValueError(f"duplicate connection (row={r}, col={c})")
+    source = torch.where(order < n_kept, kept_pos[order.clamp_max(max(n_kept - 1, 0))] if n_kept else order,
+                         -1 - (order - n_kept))
+    new_indptr = torch.zeros_like(indptr)
+    new_indptr[1:] = torch.cumsum(torch.bincount(all_k // n_in, minlength=n_out), 0)
+    return new_indptr, (all_k % n_in).to(INDEX_DTYPE), source
+
+
 def remove(
     indptr: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,44 +126,16 @@ def remove(
 
     Returns ``(indptr, indices, source)``; ``source`` holds the old position of each kept connection.
     """
-    keep = torch.as_tensor(keep, device=indices.device)
-    if keep.dtype != torch.bool or keep.shape != indices.shape:
-        raise ValueError(f"keep must be a bool tensor of shape ({indices.numel()},), got {keep.dtype} {tuple(keep.shape)}")
-    n_out = indptr.numel() - 1
-    rows = rows_of(indptr, indices.numel())[keep]
-    new_indptr = torch.zeros_like(indptr)
-    new_indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
-    return new_indptr, indices[keep], torch.nonzero(keep).reshape(-1)
+    empty = torch.empty(0, dtype=torch.int64, device=indices.device)
+    n_in = int(indices.max()) + 1 if indices.numel() else 1
+    return rewire(indptr, indices, keep, empty, empty, n_in)
 
 
 def add(
     indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n_in: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Insert new connections ``(rows[i], cols[i])``.
-
-    Returns ``(indptr, indices, source)`` where ``source[p]`` is the old position of the connection now
-    at ``p``, or ``-1 - i`` when it is the ``i``-th new one. Raises ``ValueError`` when a new connection
-    is out of range, repeated, or already present.
-    """
-    n_out = indptr.numel() - 1
-    nnz = indices.numel()
-    new_indptr, _, _ = from_coo(rows, cols, n_out, n_in)  # validates range and repeats among the new
-    old_k = keys(indptr, indices, n_in)
-    rows = torch.as_tensor(rows, device=indices.device).long().reshape(-1)
-    cols = torch.as_tensor(cols, device=indices.device).long().reshape(-1)
-    new_k = rows * n_in + cols
-    if nnz and new_k.numel():
-        pos = torch.searchsorted(old_k, new_k).clamp_max(nnz - 1)
-        clash = old_k[pos] == new_k
-        if bool(clash.any()):
-            r, c = int(rows[clash][0]), int(cols[clash][0])
-            raise ValueError(f"connection (row={r}, col={c}) already exists")
-    all_k = torch.cat([old_k, new_k])
-    all_k, order = torch.sort(all_k, stable=True)
-    source = torch.where(order < nnz, order, -1 - (order - nnz))
-    indptr_out = torch.zeros_like(indptr)
-    indptr_out[1:] = indptr[1:] + new_indptr[1:]
-    return indptr_out, (all_k % n_in).to(INDEX_DTYPE), source
+    """Insert new connections ``(rows[i], cols[i])``; see :func:`rewire` for the source map and errors."""
+    return rewire(indptr, indices, None, rows, cols, n_in)
 
 
 def remap(old: torch.Tensor, source: torch.Tensor, new: torch.Tensor | float = 0.0) -> torch.Tensor:

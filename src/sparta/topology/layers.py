@@ -140,11 +140,7 @@ class SparseView(LayerView):
     def apply(self, keep, new_keys, new_values, optimizer) -> None:
         m = self.module
         old = m.nnz
-        s1 = m.remove_connections(~keep)
-        s2 = m.add_connections(new_keys // self.n_in, new_keys % self.n_in, new_values)
-        source = s2.clone()
-        kept = s2 >= 0
-        source[kept] = s1[s2[kept]]
+        source = m.rewire(keep, new_keys // self.n_in, new_keys % self.n_in, new_values)
         carry_state(optimizer, m.values, source, old)
 
     def dense_grad_blocks(self):
