@@ -149,3 +149,26 @@ def test_other_bad_arguments():
         SET(sparse_mlp(), init="normal")
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         SET([SparseLinear(3, 3, 0.5)])
+
+
+def test_attach_runs_step_after_every_optimizer_step():
+    import sparta
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(sparta.SparseLinear(12, 8, density=0.5), torch.nn.ReLU(), sparta.SparseLinear(8, 3, density=0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    algo = sparta.SET(model, opt, zeta=0.3, every=2)
+    handle = algo.attach()
+    x = torch.randn(16, 12)
+    keys0 = algo.layers[0].keys().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    assert algo.t == 3 and algo.stats, "the hook must count steps and run the update due at t=2"
+    assert not torch.equal(algo.layers[0].keys(), keys0)
+    handle.remove()
+    opt.step()
+    assert algo.t == 3
+    with pytest.raises(ValueError, match="needs the optimizer"):
+        sparta.SET(model, None).attach()

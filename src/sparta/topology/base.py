@@ -7,8 +7,9 @@ once and carry the optimizer state across (kept connections keep it, new ones st
 to drop at time ``t`` is the schedule (:meth:`TopologyAlgorithm.num_drop`). SET and RigL differ only in
 ``grow``; pruning is a schedule with nothing grown.
 
-Time ``t`` counts optimizer steps: call :meth:`step` after each ``optimizer.step()``; it runs
-:meth:`update` every ``every`` steps from ``start`` up to (not including) ``end``.
+Time ``t`` counts optimizer steps: call :meth:`step` after each ``optimizer.step()`` (or :meth:`attach`
+it as an optimizer step hook); it runs :meth:`update` every ``every`` steps from ``start`` up to (not
+including) ``end``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ class TopologyAlgorithm:
             self.update()
             return True
         return False
+
+    def attach(self) -> torch.utils.hooks.RemovableHandle:
+        """Run :meth:`step` automatically after every ``optimizer.step()`` (a step post-hook).
+
+        Returns the hook's handle; ``handle.remove()`` detaches it.
+        """
+        if self.optimizer is None:
+            raise ValueError("attach() needs the optimizer this algorithm was built with, got optimizer=None")
+        return self.optimizer.register_step_post_hook(lambda *_: self.step())
 
     # ------------------------------------------------------------- the rule
     def num_drop(self, view: LayerView) -> int:
