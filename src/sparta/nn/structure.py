@@ -145,12 +145,10 @@ def remap(old: torch.Tensor, source: torch.Tensor, new: torch.Tensor | float = 0
     new connections, ``-1 - i`` for the ``i``-th added one). New connections take ``new``: a scalar, or a
     tensor indexed by ``i``.
     """
-    out = old.new_empty((source.numel(), *old.shape[1:]))
-    kept = source >= 0
-    out[kept] = old[source[kept]]
-    fresh = ~kept
+    kept = (source >= 0).reshape(-1, *([1] * (old.dim() - 1)))
+    gathered = old[source.clamp_min(0)] if old.shape[0] else old.new_zeros((source.numel(), *old.shape[1:]))
     if isinstance(new, torch.Tensor):
-        out[fresh] = new.to(old)[(-1 - source[fresh])]
-    else:
-        out[fresh] = new
-    return out
+        new = new.to(old)
+        fresh = new[(-1 - source).clamp(0, max(new.shape[0] - 1, 0))] if new.shape[0] else torch.zeros_like(gathered)
+        return torch.where(kept, gathered, fresh)
+    return torch.where(kept, gathered, torch.tensor(new, dtype=old.dtype, device=old.device))

@@ -1,0 +1,454 @@
+"""The ``sparta`` command: train, evaluate and inspect sparse networks. Thin: the work is in :mod:`sparta.train`.
+
+::
+
+    sparta train                                   # SET + All-ReLU on digits vs the same network dense (~1 min)
+    sparta train --preset set-mlp-fashionmnist --data ~/data/fashion --out runs/fmnist
+    sparta train --resume runs/fmnist              # continue exactly where it stopped
+    sparta eval runs/fmnist                        # test metrics of the saved model(s)
+    sparta report runs/fmnist                      # PNG plots into runs/fmnist/plots
+    sparta bench                                   # benchmarks/layer.py --quick
+    sparta presets                                 # the published settings built in
+
+User errors (missing files, bad values, unknown names) print ``sparta: error: …`` on stderr and exit with
+status 2; an interrupted training exits with 130 and can be resumed from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# flag -> RunConfig field, for the settings `sparta train` can override
+TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "activation", "alpha",
+               "dropout", "init", "loss", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs",
+               "seed", "data_seed", "threads", "checkpoint_every", "compare_dense")
+RESUME_FLAGS = ("epochs", "threads", "checkpoint_every")
+
+
+class UsageError(ValueError):
+    """A command-line value the parser accepted but which makes no sense (reported like argparse errors)."""
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def _hidden(values: list[str]) -> list[int]:
+    sizes: list[int] = []
+    for v in values:
+        for part in v.replace(",", " ").split():
+            try:
+                n = int(part)
+            except ValueError:
+                raise UsageError(f"hidden sizes must be positive ints, got {part!r}") from None
+            if n < 1:
+                raise UsageError(f"hidden sizes must be positive ints, got {n}")
+            sizes.append(n)
+    if not sizes:
+        raise UsageError("hidden needs at least one layer size")
+    return sizes
+
+
+def _scalar(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _data_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--data-option takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = _scalar(value.strip())
+    return out
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    S = argparse.SUPPRESS
+    p = sub.add_parser("train", help="train a sparse MLP (default: SET + All-ReLU on digits, vs dense)",
+                       description="Train a sparse MLP and save the run (config, metrics, checkpoints) to a directory. "
+                                   "Without arguments: SET + All-ReLU on scikit-learn's digits, 64-1000-1000-1000-10, "
+                                   "30 epochs, compared with the same network dense (about a minute on 2 cores). "
+                                   "Settings are layered: defaults < --preset < --config file < flags.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=S)
+    g = p.add_argument_group("run")
+    g.add_argument("--preset", help="published settings (see `sparta presets`): set-mlp-fashionmnist, "
+                                    "set-mlp-cifar10, set-mlp-madelon")
+    g.add_argument("--config", metavar="FILE", help="TOML (or YAML, with PyYAML) file of settings, e.g. epochs = 50")
+    g.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<dataset>-<algo>-<time>)")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in --out if there is one")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (same settings; "
+                                                       "--epochs may raise the total)")
+    g.add_argument("--stop-after", type=int, metavar="N", help="train at most N epochs now (per model), checkpoint, "
+                                                               "stop; continue later with --resume")
+    g.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, metavar="N",
+                   help="epochs between checkpoints (one is always written at the end)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", help="digits, madelon, teacher_student (embedded); mnist, fashionmnist, cifar10, "
+                                     "csv, npz, mat (read from --data)")
+    d.add_argument("--data", metavar="PATH", help="folder (mnist, fashionmnist, cifar10) or file (csv, npz, mat) "
+                                                  "holding the data set; nothing is downloaded")
+    d.add_argument("--label-column", type=int, metavar="N", help="csv: column of the label (default 0; -1 = last)")
+    d.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="option for the data loader, e.g. test_fraction=0.3, max_rows=100000, n_train=5000")
+    d.add_argument("--data-seed", dest="data_seed", type=int, help="seed of the train/test split where one is drawn")
+    m = p.add_argument_group("model and training")
+    m.add_argument("--hidden", nargs="+", metavar="N", help="hidden layer sizes, e.g. --hidden 1000 1000 1000")
+    m.add_argument("--algo", help="dense, static, set, rigl or gmp")
+    m.add_argument("--density", type=float, help="fraction of connections per layer (instead of --epsilon)")
+    m.add_argument("--epsilon", type=float, help="Erdős–Rényi sparsity: density ε(in+out)/(in·out) per layer")
+    m.add_argument("--zeta", type=float, help="fraction of connections replaced per update (SET ζ, RigL α)")
+    m.add_argument("--every", type=int, metavar="STEPS", help="optimizer steps between topology updates "
+                                                              "(default: once per epoch)")
+    m.add_argument("--activation", help="allrelu, relu, tanh or sigmoid")
+    m.add_argument("--alpha", type=float, help="All-ReLU slope α")
+    m.add_argument("--dropout", type=float, help="dropout rate after each hidden layer")
+    m.add_argument("--init", help="weight init: uniform, kaiming_normal, kaiming_uniform, xavier_uniform, normal")
+    m.add_argument("--loss", help="ce (softmax cross-entropy) or mse (one sigmoid output unit, two classes)")
+    m.add_argument("--optimizer", help="sgd or adam")
+    m.add_argument("--lr", type=float, help="learning rate")
+    m.add_argument("--momentum", type=float, help="SGD momentum")
+    m.add_argument("--weight-decay", dest="weight_decay", type=float, help="L2 weight decay")
+    m.add_argument("--batch-size", dest="batch_size", type=int, help="minibatch size")
+    m.add_argument("--epochs", type=int, help="epochs to train (with --resume: the new total)")
+    m.add_argument("--seed", type=int, help="seed of everything: weights, topology, shuffling, dropout, regrowth")
+    m.add_argument("--threads", type=int, help="torch and numba threads")
+    m.add_argument("--compare-dense", dest="compare_dense", action=argparse.BooleanOptionalAction,
+                   help="also train the same network dense into RUN/dense and compare")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sparta`` argument parser with its sub-commands."""
+    from sparta import __version__
+
+    parser = argparse.ArgumentParser(prog="sparta", description="Truly sparse neural-network training: train, "
+                                     "evaluate and inspect sparse networks.")
+    parser.add_argument("--version", action="version", version=f"sparta {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _train_parser(sub)
+    e = sub.add_parser("eval", help="train/test metrics of a saved run", description="Evaluate the last checkpoint "
+                       "of each model in a run (and its dense twin) on the run's data set.")
+    e.add_argument("run", metavar="RUN_DIR")
+    e.add_argument("--data", metavar="PATH", help="read the data from PATH instead of the saved one")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--threads", type=int, help="torch and numba threads")
+    e.set_defaults(func=cmd_eval)
+    r = sub.add_parser("report", help="PNG plots of a run", description="Write learning curves, connections and "
+                       "neurons over time, degree distributions, the input-layer connectivity map and weight "
+                       "histograms of a run as PNG files.")
+    r.add_argument("run", metavar="RUN_DIR")
+    r.add_argument("--out", metavar="DIR", help="where to write the plots (default: RUN_DIR/plots)")
+    r.set_defaults(func=cmd_report)
+    b = sub.add_parser("bench", help="run the layer benchmark's short grid",
+                       description="Run benchmarks/layer.py (from a source checkout) with --quick, or with the "
+                                   "arguments after `--`, e.g. `sparta bench -- --headline`; --which set-mlp runs "
+                                   "benchmarks/set_mlp.py instead.")
+    b.add_argument("--which", choices=("layer", "set-mlp"), default="layer", help="which benchmark script")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script (after --)")
+    b.set_defaults(func=cmd_bench)
+    pr = sub.add_parser("presets", help="list the built-in published settings")
+    pr.add_argument("name", nargs="?", help="show every setting of this preset")
+    pr.set_defaults(func=cmd_presets)
+    return parser
+
+
+# ---------------------------------------------------------------- progress
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+class _Progress:
+    """tqdm bar per model on a terminal; a line every few epochs otherwise; nothing when quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+        self.every = 1
+        self.total = 0
+        self.tty = sys.stderr.isatty()
+
+    def start(self, label, first_epoch, epochs, config) -> None:
+        self.total = epochs
+        if self.quiet:
+            return
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=epochs, initial=first_epoch, desc=f"{label:>6}", unit="epoch", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+        else:
+            self.every = max(1, (epochs - first_epoch) // 10)
+            print(f"[{label}] epochs {first_epoch + 1}..{epochs}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _fields(row: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{row['train_loss']:.4f}", "acc": f"{row['train_acc']:.4f}",
+                "test": f"{row['test_acc']:.4f}", "dens": f"{100 * row['density']:.2f}%",
+                "conn": _human(row["connections"]), "s/ep": f"{row['seconds']:.3g}"}
+
+    def epoch(self, label, row) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(self._fields(row), refresh=False)
+            self.bar.update(1)
+        elif row["epoch"] % self.every == 0 or row["epoch"] == self.total:
+            text = " ".join(f"{k}={v}" for k, v in self._fields(row).items())
+            print(f"[{label}] epoch {row['epoch']}/{self.total} {text}", file=sys.stderr, flush=True)
+
+    def end(self, label) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
+                                                                                                  strict=True))) + " |"
+             for r in cells]
+    rule = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([lines[0], rule, *lines[1:]])
+
+
+def _summary_table(summaries: list[dict[str, Any]]) -> str:
+    dense = next((s for s in summaries if s["label"] == "dense" and s.get("epochs")), None)
+    rows = []
+    for s in summaries:
+        if not s.get("epochs"):
+            continue
+        name = "dense" if s["label"] == "dense" else f"{s['algo'].upper()} (sparse)"
+        speed = "–"
+        fewer = "–"
+        if dense is not None:
+            speed = f"{dense['seconds_per_epoch'] / s['seconds_per_epoch']:.2f}×"
+            fewer = f"{dense['connections'] / max(1, s['connections']):.1f}×"
+        rows.append([name, s["epochs"], f"{s['test_acc']:.4f}", f"{s['best_test_acc']:.4f}", f"{s['connections']:,}",
+                     f"{100 * s['density']:.2f}%", f"{s['seconds_per_epoch']:.3f}", speed, fewer])
+    headers = ["model", "epochs", "test acc", "best test acc", "connections", "density", "s/epoch",
+               "speed vs dense", "fewer connections"]
+    return _table(headers, rows)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _given(args: argparse.Namespace, name: str) -> bool:
+    return name in vars(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``sparta train``."""
+    from sparta.train import runs
+    from sparta.train.config import resolve
+
+    stop_after = getattr(args, "stop_after", None)
+    if stop_after is not None and stop_after < 1:
+        raise UsageError(f"stop-after must be a positive int, got {stop_after}")
+    quiet = getattr(args, "quiet", False)
+    if _given(args, "resume"):
+        extra = [f"--{k.replace('_', '-')}" for k in (*TRAIN_FLAGS, "preset", "config", "out", "overwrite",
+                                                      "label_column", "data_option")
+                 if _given(args, k) and k not in RESUME_FLAGS]
+        if extra:
+            raise UsageError(f"--resume continues a run with its saved settings; it cannot change {', '.join(extra)} "
+                             f"(only --epochs, --threads, --checkpoint-every, --stop-after, --quiet)")
+        out = Path(args.resume)
+        config = runs.resume_config(out, getattr(args, "epochs", None), getattr(args, "threads", None),
+                                    getattr(args, "checkpoint_every", None))
+        resume = True
+    else:
+        overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if _given(args, k)}
+        if "hidden" in overrides:
+            overrides["hidden"] = _hidden(overrides["hidden"])
+        options = _data_options(getattr(args, "data_option", []) or [])
+        if _given(args, "label_column"):
+            options["label_column"] = args.label_column
+        if options:
+            overrides["data_options"] = options
+        config = resolve(getattr(args, "preset", None), getattr(args, "config", None), overrides)
+        out = Path(args.out) if _given(args, "out") else Path("runs") / (
+            f"{config.dataset}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
+        resume = False
+    runs.set_threads(config.threads)
+    data = runs.load_data(config)
+    _print_header(config, data, out, resume)
+    t0 = time.perf_counter()
+    try:
+        results = runs.train(config, out, resume=resume, overwrite=getattr(args, "overwrite", False),
+                             stop_after=stop_after, progress=_Progress(quiet), data=data)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue from the last checkpoint with: sparta train --resume {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    wall = time.perf_counter() - t0
+    summaries = [r.summary() for r in results]
+    if config.compare_dense and config.algo != "dense" and (out / runs.DENSE_DIR / runs.SUMMARY).is_file():
+        if all(s["label"] != "dense" for s in summaries):
+            summaries.append(json.loads((out / runs.DENSE_DIR / runs.SUMMARY).read_text()))
+    print()
+    print(_summary_table(summaries))
+    print()
+    if all(r.finished for r in results) and (not config.compare_dense or config.algo == "dense" or len(results) == 2):
+        print(f"done in {wall:.1f} s. run: {out}")
+        print(f"  sparta eval {out}      # test metrics of the saved model(s)")
+        print(f"  sparta report {out}    # plots: learning curves, connections, degrees, input connectivity")
+    else:
+        print(f"stopped after {wall:.1f} s. continue with: sparta train --resume {out}")
+    return 0
+
+
+def _print_header(config, data, out: Path, resume: bool) -> None:
+    import torch
+
+    from sparta.train.runs import layer_sizes
+
+    sizes = layer_sizes(config, data.n_features, data.n_classes)
+    sparsity = f"density {config.density}" if config.density is not None else f"epsilon {config.epsilon:g}"
+    what = "dense" if config.algo == "dense" else f"{config.algo.upper()} ({sparsity}, zeta {config.zeta:g})"
+    print(f"{'resuming' if resume else 'run'}: {out}")
+    print(f"data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test samples, {data.n_features} "
+          f"features, {data.n_classes} classes")
+    print(f"model: {'-'.join(map(str, sizes))} {config.activation}"
+          f"{f' α={config.alpha:g}' if config.activation == 'allrelu' else ''}, {what}"
+          f"{', vs dense' if config.compare_dense and config.algo != 'dense' else ''}")
+    print(f"training: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
+          f"seed {config.seed}, {torch.get_num_threads()} threads", flush=True)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``sparta eval RUN``."""
+    from sparta.train import runs
+    from sparta.train.config import RunConfig
+
+    runs.set_threads(args.threads)
+    run = runs.check_run(args.run)
+    data = None
+    if args.data is not None:
+        config = RunConfig.load(run / runs.CONFIG).replace(data=args.data)
+        data = runs.load_data(config)
+    results = runs.evaluate_run(run, data)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    rows = [[r["label"] if r["label"] == "dense" else f"{r['algo'].upper()} (sparse)", f"{r['epoch']}/{r['epochs']}",
+             f"{r['test_acc']:.4f}", f"{r['test_loss']:.4f}", f"{r['train_acc']:.4f}", f"{r['train_loss']:.4f}",
+             f"{r['connections']:,}", f"{100 * r['density']:.2f}%", f"{r['active_neurons']}/{r['neurons']}"]
+            for r in results]
+    print(_table(["model", "epoch", "test acc", "test loss", "train acc", "train loss", "connections", "density",
+                  "active neurons"], rows))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``sparta report RUN``."""
+    from sparta.train.report import report
+
+    for path in report(args.run, args.out):
+        print(path)
+    return 0
+
+
+def find_benchmark(name: str) -> Path:
+    """``benchmarks/<name>`` of a source checkout: ``$SPARTA_BENCHMARKS``, ``./benchmarks``, or next to ``src/``."""
+    import sparta
+
+    places = []
+    if os.environ.get("SPARTA_BENCHMARKS"):
+        places.append(Path(os.environ["SPARTA_BENCHMARKS"]))
+    places += [Path.cwd() / "benchmarks", Path(sparta.__file__).resolve().parents[2] / "benchmarks"]
+    for place in places:
+        if (place / name).is_file():
+            return place / name
+    raise UsageError(f"benchmarks/{name} not found (looked in {', '.join(str(p) for p in places)}); the benchmarks "
+                     "ship with the source repository, not the installed package: run `sparta bench` from a checkout "
+                     "of sparta or set SPARTA_BENCHMARKS to its benchmarks folder")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``sparta bench``: run a benchmark script in a child process."""
+    script = find_benchmark("layer.py" if args.which == "layer" else "set_mlp.py")
+    extra = [a for a in args.args if a != "--"] if args.args else []
+    if not extra and args.which == "layer":
+        extra = ["--quick"]
+    cmd = [sys.executable, str(script), *extra]
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, cwd=script.parent.parent).returncode
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    """``sparta presets [NAME]``."""
+    from sparta.train.presets import DESCRIPTIONS, PRESETS, preset_settings
+
+    if args.name is None:
+        width = max(map(len, PRESETS))
+        for name in PRESETS:
+            print(f"{name.ljust(width)}  {DESCRIPTIONS[name]}")
+        print("\nshow every setting: sparta presets NAME; use: sparta train --preset NAME --data PATH")
+        return 0
+    for key, value in preset_settings(args.name).items():
+        print(f"{key} = {json.dumps(value)}")
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``sparta`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from sparta.train.config import ConfigError
+    from sparta.train.readers import DataError
+    from sparta.train.runs import RunError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, DataError, RunError, ValueError, OSError) as e:
+        print(f"sparta: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Plots of a run directory (matplotlib, Agg backend; PNG files).
+
+:func:`report` writes, for a run (and its dense twin when one was trained):
+
+* ``learning_curves.png`` — train and test accuracy and loss per epoch, sparse and dense side by side;
+* ``connections.png`` — connections and (active) hidden neurons per epoch;
+* ``degree_distributions.png`` — in-degree histogram of the output neurons of each layer;
+* ``input_connectivity.png`` — connections each input feature keeps in the first layer, as an image when the
+  input is square-ish (28 × 28, 8 × 8, 3 × 32 × 32 summed over channels), at the first epoch and later
+  checkpoints: the picture of the SET paper, where connections gather on the informative pixels;
+* ``weight_histograms.png`` — histograms of the weights of each layer.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparta.train.runs import degrees, layer_weights, load_model, read_metrics, runs_in, weight_layers
+
+PLOTS = ("learning_curves.png", "connections.png", "degree_distributions.png", "input_connectivity.png",
+         "weight_histograms.png")
+_STYLE = {"sparse": dict(color="C0"), "dense": dict(color="C1")}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_shape(n: int) -> tuple[int, ...] | None:
+    """How to show ``n`` input features as an image: ``(s, s)`` or ``(3, s, s)`` (channels first, as CIFAR-10
+    stores them), or the most square ``(h, w)`` with ``h · w = n`` and ``w / h ≤ 2``; None when there is none."""
+    s = math.isqrt(n)
+    if s * s == n:
+        return (s, s)
+    if n % 3 == 0 and math.isqrt(n // 3) ** 2 == n // 3:
+        s = math.isqrt(n // 3)
+        return (3, s, s)
+    for h in range(math.isqrt(n), 0, -1):
+        if n % h == 0:
+            w = n // h
+            return (h, w) if w <= 2 * h else None
+    return None
+
+
+def _label(label: str, algo: str) -> str:
+    return f"{algo.upper()} (sparse)" if label == "sparse" else "dense"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_learning_curves(series: list[tuple[str, str, list[dict[str, Any]]]], path: Path) -> Path:
+    """Accuracy and loss (train dashed, test solid) per epoch for each ``(label, algo, rows)``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, algo, rows in series:
+        ep = [r["epoch"] for r in rows]
+        style = _STYLE.get(label, {})
+        for ax, key in zip(axes, ("acc", "loss"), strict=True):
+            ax.plot(ep, [r[f"test_{key}"] for r in rows], **style, label=f"{_label(label, algo)} test")
+            ax.plot(ep, [r[f"train_{key}"] for r in rows], **style, ls="--", alpha=0.7,
+                    label=f"{_label(label, algo)} train")
+    axes[0].set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    axes[1].set(title="Loss", xlabel="epoch", ylabel="loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_connections(series: list[tuple[str, str, list[dict[str, Any]]]], path: Path) -> Path:
+    """Connections (log scale) and hidden neurons (all and active) per epoch."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, algo, rows in series:
+        ep = [r["epoch"] for r in rows]
+        style = _STYLE.get(label, {})
+        axes[0].plot(ep, [r["connections"] for r in rows], **style, marker=".", label=_label(label, algo))
+        axes[1].plot(ep, [r.get("neurons") for r in rows], **style, ls="--", label=f"{_label(label, algo)}: all")
+        axes[1].plot(ep, [r.get("active_neurons") for r in rows], **style, marker=".",
+                     label=f"{_label(label, algo)}: active (≥1 input and output connection)")
+    axes[0].set(title="Connections", xlabel="epoch", ylabel="connections", yscale="log")
+    axes[1].set(title="Hidden neurons", xlabel="epoch", ylabel="neurons")
+    axes[1].set_ylim(bottom=0)
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 4)
+    return math.ceil(n / cols), cols
+
+
+def plot_degrees(layers: list[tuple[str, Any]], path: Path) -> Path:
+    """In-degree histogram of each layer's output neurons."""
+    plt = _pyplot()
+    rows, cols = _grid(len(layers))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for ax, (name, layer) in zip(axes.flat, layers, strict=False):
+        fan_in = degrees(layer)[0].numpy()
+        hi = int(fan_in.max()) if fan_in.size else 0
+        bins = np.arange(0, hi + 2) - 0.5 if hi < 60 else 40
+        ax.hist(fan_in, bins=bins, color="C0")
+        ax.set_title(f"{name}: {layer.in_features}→{layer.out_features}", fontsize=9)
+        ax.set_xlabel("in-degree (connections into a neuron)", fontsize=8)
+        ax.set_ylabel("neurons", fontsize=8)
+        ax.axvline(float(fan_in.mean()), color="k", ls=":", lw=1)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.suptitle("Degree distributions (dotted: mean)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_input_connectivity(snapshots: list[tuple[int, np.ndarray]], path: Path) -> Path:
+    """Connections per input feature at a few epochs: images when the input is square-ish, else lines."""
+    plt = _pyplot()
+    n = snapshots[0][1].size
+    shape = image_shape(n)
+    k = len(snapshots)
+    if shape is None:
+        fig, ax = plt.subplots(figsize=(10, 3.5))
+        for epoch, deg in snapshots:
+            ax.plot(deg, lw=0.8, label=f"epoch {epoch}")
+        ax.set(xlabel="input feature", ylabel="connections kept", title="Input-layer connectivity")
+        ax.legend(fontsize=8)
+        return _save(fig, path)
+    fig, axes = plt.subplots(1, k, figsize=(3.3 * k + 0.6, 3.3), squeeze=False)
+    vmax = max(float(d.max()) for _, d in snapshots) or 1.0
+    im = None
+    for ax, (epoch, deg) in zip(axes.flat, snapshots, strict=True):
+        img = deg.reshape(shape)
+        if img.ndim == 3:
+            img = img.sum(0) / img.shape[0]
+        im = ax.imshow(img, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"epoch {epoch}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes.flat), shrink=0.85, label="connections per input feature")
+    fig.suptitle("Input-layer connectivity", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_weights(series: list[tuple[str, list[tuple[str, Any]]]], path: Path) -> Path:
+    """Histogram (density-normalised) of each layer's weights, sparse and dense overlaid."""
+    plt = _pyplot()
+    n = max(len(layers) for _, layers in series)
+    rows, cols = _grid(n)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for label, layers in series:
+        for ax, (name, layer) in zip(axes.flat, layers, strict=False):
+            w = layer_weights(layer).double().numpy()
+            ax.hist(w, bins=60, density=True, alpha=0.55, color=_STYLE.get(label, {}).get("color"),
+                    label=f"{label} ({w.size} weights)")
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("weight", fontsize=8)
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Weight distributions", fontsize=10)
+    return _save(fig, path)
+
+
+def report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Write the plots of a run into ``out`` (default ``RUN/plots``); returns their paths."""
+    models = runs_in(run_dir)
+    out_dir = Path(out) if out is not None else Path(run_dir) / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves, weights, written = [], [], []
+    main_layers = None
+    snapshots: list[tuple[int, np.ndarray]] = []
+    for label, d in models:
+        config, session, _ = load_model(d)
+        rows = read_metrics(d)
+        curves.append((label, config.algo, rows))
+        layers = weight_layers(session.model)
+        weights.append((label, layers))
+        if main_layers is None:
+            main_layers = layers
+            snapshots = [(r["epoch"], np.asarray(r["input_degree"])) for r in rows if r.get("input_degree")]
+            if len(snapshots) > 4:
+                pick = np.unique(np.linspace(0, len(snapshots) - 1, 4).round().astype(int))
+                snapshots = [snapshots[i] for i in pick]
+            final = degrees(layers[0][1])[1].numpy()
+            if not snapshots or not np.array_equal(snapshots[-1][1], final):
+                snapshots.append((rows[-1]["epoch"] if rows else 0, final))
+    assert main_layers is not None
+    if any(rows for _, _, rows in curves):
+        written.append(plot_learning_curves(curves, out_dir / PLOTS[0]))
+        written.append(plot_connections(curves, out_dir / PLOTS[1]))
+    written.append(plot_degrees(main_layers, out_dir / PLOTS[2]))
+    written.append(plot_input_connectivity(snapshots, out_dir / PLOTS[3]))
+    written.append(plot_weights(weights, out_dir / PLOTS[4]))
+    return written
