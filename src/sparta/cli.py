@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -88,9 +89,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a sparse MLP (default: SET + All-ReLU on digits, vs dense)",
                        description="Train a sparse MLP and save the run (config, metrics, checkpoints) to a directory. "
                                    "Without arguments: SET + All-ReLU on scikit-learn's digits, 64-1000-1000-1000-10, "
-                                   "30 epochs, compared with the same network dense (about a minute on 2 cores). "
+                                   "50 epochs, compared with the same network dense (about a minute on 2 cores). "
                                    "Settings are layered: defaults < --preset < --config file < flags.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=S)
+                       argument_default=S)
     g = p.add_argument_group("run")
     g.add_argument("--preset", help="published settings (see `sparta presets`): set-mlp-fashionmnist, "
                                     "set-mlp-cifar10, set-mlp-madelon")
@@ -136,6 +137,14 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, help="torch and numba threads")
     m.add_argument("--compare-dense", dest="compare_dense", action=argparse.BooleanOptionalAction,
                    help="also train the same network dense into RUN/dense and compare")
+    from sparta.train.config import RunConfig
+
+    defaults = RunConfig()
+    for action in p._actions:  # show the built-in defaults (the flags themselves default to "not given")
+        if action.dest in TRAIN_FLAGS and action.help and getattr(defaults, action.dest) is not None:
+            value = getattr(defaults, action.dest)
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            action.help += f" (default: {shown})"
     p.set_defaults(func=cmd_train)
     return p
 
@@ -202,8 +211,10 @@ class _Progress:
         if self.tty:
             from tqdm import tqdm
 
+            wide = shutil.get_terminal_size((0, 0)).columns >= 40  # a pty may report 0 columns
             self.bar = tqdm(total=epochs, initial=first_epoch, desc=f"{label:>6}", unit="epoch", file=sys.stderr,
-                            dynamic_ncols=True, leave=True)
+                            dynamic_ncols=wide, ncols=None if wide else 120,
+                            nrows=None if wide else 20, leave=True)
         else:
             self.every = max(1, (epochs - first_epoch) // 10)
             print(f"[{label}] epochs {first_epoch + 1}..{epochs}", file=sys.stderr, flush=True)
@@ -253,11 +264,11 @@ def _summary_table(summaries: list[dict[str, Any]]) -> str:
         speed = "–"
         fewer = "–"
         if dense is not None:
-            speed = f"{dense['seconds_per_epoch'] / s['seconds_per_epoch']:.2f}×"
+            speed = f"{dense['median_seconds_per_epoch'] / s['median_seconds_per_epoch']:.2f}×"
             fewer = f"{dense['connections'] / max(1, s['connections']):.1f}×"
         rows.append([name, s["epochs"], f"{s['test_acc']:.4f}", f"{s['best_test_acc']:.4f}", f"{s['connections']:,}",
-                     f"{100 * s['density']:.2f}%", f"{s['seconds_per_epoch']:.3f}", speed, fewer])
-    headers = ["model", "epochs", "test acc", "best test acc", "connections", "density", "s/epoch",
+                     f"{100 * s['density']:.2f}%", f"{s['median_seconds_per_epoch']:.3f}", speed, fewer])
+    headers = ["model", "epochs", "test acc", "best test acc", "connections", "density", "s/epoch (median)",
                "speed vs dense", "fewer connections"]
     return _table(headers, rows)
 
@@ -299,6 +310,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if options:
             overrides["data_options"] = options
         config = resolve(getattr(args, "preset", None), getattr(args, "config", None), overrides)
+        if config.data is not None:  # saved absolute, so eval/report/resume work from any directory
+            config = config.replace(data=str(Path(config.data).expanduser().resolve()))
         out = Path(args.out) if _given(args, "out") else Path("runs") / (
             f"{config.dataset}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
         resume = False

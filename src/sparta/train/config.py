@@ -61,7 +61,7 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     batch_size: int = 128
-    epochs: int = 30
+    epochs: int = 50
     seed: int = 0
     data_seed: int = 0
     threads: int | None = None

@@ -204,8 +204,9 @@ def load_cifar10(folder: str | Path) -> Dataset:
     root = Path(folder)
     sub = root / "cifar-10-batches-py"
     base = sub if sub.is_dir() else root
-    parts = [_read_cifar_batch(_find(base, (name,), f"CIFAR-10 batch {name}")) for name in CIFAR_TRAIN]
-    x_test, y_test = _read_cifar_batch(_find(base, (CIFAR_TEST,), f"CIFAR-10 batch {CIFAR_TEST}"))
+    paths = [_find(base, (name,), f"CIFAR-10 batch {name}") for name in (*CIFAR_TRAIN, CIFAR_TEST)]
+    parts = [_read_cifar_batch(p) for p in paths[:-1]]
+    x_test, y_test = _read_cifar_batch(paths[-1])
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     return _as_dataset("cifar10", x_train, y_train, x_test, y_test, str(base))

@@ -6,7 +6,7 @@
 * ``connections.png`` — connections and (active) hidden neurons per epoch;
 * ``degree_distributions.png`` — in-degree histogram of the output neurons of each layer;
 * ``input_connectivity.png`` — connections each input feature keeps in the first layer, as an image when the
-  input is square-ish (28 × 28, 8 × 8, 3 × 32 × 32 summed over channels), at the first epoch and later
+  input is an image (28 × 28, 8 × 8, 3 × 32 × 32 averaged over channels), at the first epoch and later
   checkpoints: the picture of the SET paper, where connections gather on the informative pixels;
 * ``weight_histograms.png`` — histograms of the weights of each layer.
 """
@@ -36,18 +36,14 @@ def _pyplot():
 
 
 def image_shape(n: int) -> tuple[int, ...] | None:
-    """How to show ``n`` input features as an image: ``(s, s)`` or ``(3, s, s)`` (channels first, as CIFAR-10
-    stores them), or the most square ``(h, w)`` with ``h · w = n`` and ``w / h ≤ 2``; None when there is none."""
+    """How to show ``n`` input features as an image: ``(s, s)`` (8 × 8 digits, 28 × 28 MNIST) or ``(3, s, s)``
+    (channels first, as CIFAR-10 stores them); None for other sizes (shown as a line per feature)."""
     s = math.isqrt(n)
-    if s * s == n:
+    if n >= 16 and s * s == n:
         return (s, s)
-    if n % 3 == 0 and math.isqrt(n // 3) ** 2 == n // 3:
+    if n >= 48 and n % 3 == 0 and math.isqrt(n // 3) ** 2 == n // 3:
         s = math.isqrt(n // 3)
         return (3, s, s)
-    for h in range(math.isqrt(n), 0, -1):
-        if n % h == 0:
-            w = n // h
-            return (h, w) if w <= 2 * h else None
     return None
 
 
@@ -106,17 +102,27 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def _layer_name(j: int, layer: Any) -> str:
+    return f"layer {j + 1}: {layer.in_features}→{layer.out_features}"
+
+
 def plot_degrees(layers: list[tuple[str, Any]], path: Path) -> Path:
     """In-degree histogram of each layer's output neurons."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     rows, cols = _grid(len(layers))
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    for ax, (name, layer) in zip(axes.flat, layers, strict=False):
+    for j, (ax, (_, layer)) in enumerate(zip(axes.flat, layers, strict=False)):
         fan_in = degrees(layer)[0].numpy()
-        hi = int(fan_in.max()) if fan_in.size else 0
-        bins = np.arange(0, hi + 2) - 0.5 if hi < 60 else 40
+        lo, hi = (int(fan_in.min()), int(fan_in.max())) if fan_in.size else (0, 0)
+        bins = np.arange(lo, hi + 2) - 0.5 if hi - lo < 60 else np.linspace(lo, hi + 1, 41)
         ax.hist(fan_in, bins=bins, color="C0")
-        ax.set_title(f"{name}: {layer.in_features}→{layer.out_features}", fontsize=9)
+        ax.ticklabel_format(useOffset=False, style="plain", axis="x")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        if hi == lo:
+            ax.set_xlim(lo - 3, hi + 3)
+        ax.set_title(f"{_layer_name(j, layer)}, {fan_in.size} neurons", fontsize=9)
         ax.set_xlabel("in-degree (connections into a neuron)", fontsize=8)
         ax.set_ylabel("neurons", fontsize=8)
         ax.axvline(float(fan_in.mean()), color="k", ls=":", lw=1)
@@ -140,13 +146,16 @@ def plot_input_connectivity(snapshots: list[tuple[int, np.ndarray]], path: Path)
         ax.legend(fontsize=8)
         return _save(fig, path)
     fig, axes = plt.subplots(1, k, figsize=(3.3 * k + 0.6, 3.3), squeeze=False)
-    vmax = max(float(d.max()) for _, d in snapshots) or 1.0
+    vmax = max(float(d.max()) for _, d in snapshots)
+    vmin = min(float(d.min()) for _, d in snapshots)
+    if vmax <= vmin:
+        vmin, vmax = vmin - 1, vmax + 1
     im = None
     for ax, (epoch, deg) in zip(axes.flat, snapshots, strict=True):
         img = deg.reshape(shape)
         if img.ndim == 3:
             img = img.sum(0) / img.shape[0]
-        im = ax.imshow(img, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(img, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(f"epoch {epoch}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -164,11 +173,11 @@ def plot_weights(series: list[tuple[str, list[tuple[str, Any]]]], path: Path) ->
     rows, cols = _grid(n)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
     for label, layers in series:
-        for ax, (name, layer) in zip(axes.flat, layers, strict=False):
+        for j, (ax, (_, layer)) in enumerate(zip(axes.flat, layers, strict=False)):
             w = layer_weights(layer).double().numpy()
             ax.hist(w, bins=60, density=True, alpha=0.55, color=_STYLE.get(label, {}).get("color"),
                     label=f"{label} ({w.size} weights)")
-            ax.set_title(name, fontsize=9)
+            ax.set_title(_layer_name(j, layer), fontsize=9)
             ax.set_xlabel("weight", fontsize=8)
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:

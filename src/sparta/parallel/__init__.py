@@ -1,0 +1,23 @@
+"""WASAP-SGD (Curci, Mocanu & Pechenizkiy, "Truly Sparse Neural Networks at Scale", 2021) on ``torch.distributed``.
+
+Rank 0 is a parameter server holding the sparse model; ranks 1..N are workers holding equal shards of the
+training data. Phase 1 (the first ``phase1_fraction`` of the epochs): workers send minibatch gradients at their
+connections, the server applies momentum SGD (asynchronously, in arrival order, or synchronously, averaging the
+N gradients) and returns the model; after every global epoch it runs SET and Importance Pruning. Phase 2: workers
+train locally with their own SET; the server averages their models over the union of their topologies and
+prunes every layer back to its connection budget by magnitude. Everything exchanged is sparse.
+
+``train_wasap(config, workers, run_dir)`` runs N + 1 local processes; ``python -m sparta.parallel`` runs one
+process of a ``torchrun`` job on one or several machines.
+"""
+
+from sparta.parallel.comm import PeerLost
+from sparta.parallel.config import WasapConfig, WasapConfigError, build_model, load_data
+from sparta.parallel.launch import WasapResult, WorkerFailure, load_model, run_process, train_wasap
+from sparta.parallel.merge import merge_layers, merge_models
+from sparta.parallel.rundir import RunDirError, load_checkpoint, read_metrics
+from sparta.parallel.state import LayerData, SparsityError, check_layers
+
+__all__ = ["LayerData", "PeerLost", "RunDirError", "SparsityError", "WasapConfig", "WasapConfigError", "WasapResult",
+           "WorkerFailure", "build_model", "check_layers", "load_checkpoint", "load_data", "load_model", "merge_layers",
+           "merge_models", "read_metrics", "run_process", "train_wasap"]

@@ -1,0 +1,248 @@
+"""Settings of a WASAP-SGD run: one validated dataclass, saved with the run, sent by the server to every worker.
+
+Schedule (``E`` = ``epochs``, ``E₁`` = ``phase1_epochs``): epochs ``[0, E₁)`` are phase 1 (workers send
+minibatch gradients, the server steps and returns the model); epochs ``[E₁, E)`` are phase 2 (workers train
+locally and the server merges their models every ``sync_every`` epochs and after the last one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparta.train.models import ACTIVATIONS, mlp
+
+BACKENDS = ("gloo", "nccl")
+INITS = ("uniform", "kaiming_normal", "kaiming_uniform", "xavier_uniform", "normal")
+
+
+class WasapConfigError(ValueError):
+    """A WASAP-SGD setting is missing or out of range."""
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise WasapConfigError(f"{name} must be an int ≥ {minimum}, got {value!r}")
+    return value
+
+
+def _number(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
+        raise WasapConfigError(f"{name} must be a number in {lo}{low}, {'∞' if high is None else high}{hi}, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class WasapConfig:
+    """Every setting of a WASAP-SGD run (Curci, Mocanu & Pechenizkiy 2021). Defaults follow the paper's code.
+
+    Data: ``dataset`` is an embedded set (``digits``, ``madelon``, ``teacher_student``) or a file reader
+    (``mnist``, ``fashionmnist``, ``cifar10``, ``csv``, ``npz``, ``mat``) applied to ``data``; ``data_options``
+    go to the loader. Every process loads the data itself; worker ``r`` (1..N) trains on the equal shard
+    ``x_train[r-1::N][:n_train // N]``.
+
+    Model: ``[features, *hidden, classes]`` ``SparseLinear`` layers at Erdős–Rényi ``epsilon`` (or ``density``),
+    All-ReLU (``alpha``) by default, cross-entropy loss. Optimizer: SGD with ``momentum`` and ``weight_decay``.
+
+    Topology: after every phase-1 epoch the server runs SET (drop and regrow the fraction ``zeta``; 0: static
+    topology) and, when ``importance_pruning``, Importance Pruning of the hidden neurons at or below the
+    ``ip_percentile``-th percentile, after epoch ``ip_start`` (default: half of phase 1) and every ``ip_every``
+    epochs. In phase 2 each worker runs SET on its own copy after every local epoch but the last.
+
+    Phase 1: asynchronous (``sync=False``: every gradient is applied as it arrives) or synchronous (the N
+    gradients of a round are averaged; with ``lr_scaling`` the learning rate grows linearly from ``lr`` to
+    ``N · lr`` over ``warmup_epochs`` epochs, as in the reference code). ``phase1_fraction`` of the epochs
+    (rounded) are phase 1.
+
+    Phase 2: ``sync_every`` local epochs between merges (union of the workers' topologies, average, prune
+    back to each layer's connection budget by magnitude); the last epoch always merges.
+
+    Runtime: ``threads`` torch/numba threads per process, ``backend`` ``gloo`` (CPU tensors, any mode) or
+    ``nccl`` (GPU tensors, synchronous mode only: NCCL cannot receive from any source), ``device`` for the
+    computation, checkpoints every ``checkpoint_every`` phase-1 epochs and at every phase-2 merge,
+    ``check_invariants`` makes every rank check its layers (valid CSR, exact connection budget) after every
+    exchange.
+    """
+
+    dataset: str = "digits"
+    data: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    data_seed: int = 0
+    hidden: list[int] = field(default_factory=lambda: [1000, 1000, 1000])
+    epsilon: float | None = 20.0
+    density: float | None = None
+    activation: str = "allrelu"
+    alpha: float = 0.6
+    dropout: float = 0.0
+    init: str = "uniform"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    batch_size: int = 128
+    epochs: int = 10
+    seed: int = 0
+    zeta: float = 0.3
+    importance_pruning: bool = True
+    ip_percentile: float = 20.0
+    ip_every: int = 10
+    ip_start: int | None = None
+    sync: bool = False
+    lr_scaling: bool = True
+    warmup_epochs: int = 5
+    phase1_fraction: float = 0.7
+    sync_every: int = 1
+    shuffle: bool = True
+    checkpoint_every: int = 1
+    threads: int = 1
+    backend: str = "gloo"
+    device: str = "cpu"
+    check_invariants: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise :class:`WasapConfigError` naming the first bad setting."""
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise WasapConfigError(f"dataset must be a non-empty name, got {self.dataset!r}")
+        if self.data is not None and not isinstance(self.data, str):
+            raise WasapConfigError(f"data must be a path string or None, got {self.data!r}")
+        if not isinstance(self.data_options, dict):
+            raise WasapConfigError(f"data_options must be a dict, got {type(self.data_options).__name__}")
+        _int("data_seed", self.data_seed, 0)
+        if not isinstance(self.hidden, list | tuple) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                                                           for h in self.hidden):
+            raise WasapConfigError(f"hidden must be a list of positive ints, got {self.hidden!r}")
+        self.hidden = list(self.hidden)
+        if (self.epsilon is None) == (self.density is None):
+            raise WasapConfigError(f"give exactly one of epsilon (Erdős–Rényi) or density, got epsilon={self.epsilon!r}, "
+                                   f"density={self.density!r}")
+        if self.epsilon is not None:
+            _number("epsilon", self.epsilon, 0.0, low_open=True)
+        if self.density is not None:
+            _number("density", self.density, 0.0, 1.0, low_open=True)
+        if self.activation not in ACTIVATIONS:
+            raise WasapConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        _number("alpha", self.alpha, 0.0)
+        _number("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        if self.init not in INITS:
+            raise WasapConfigError(f"init must be one of {INITS}, got {self.init!r}")
+        _number("lr", self.lr, 0.0, low_open=True)
+        _number("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _number("weight_decay", self.weight_decay, 0.0)
+        _int("batch_size", self.batch_size, 1)
+        _int("epochs", self.epochs, 1)
+        _int("seed", self.seed, 0)
+        _number("zeta", self.zeta, 0.0, 1.0, high_open=True)
+        for name in ("importance_pruning", "sync", "lr_scaling", "shuffle", "check_invariants"):
+            if not isinstance(getattr(self, name), bool):
+                raise WasapConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _number("ip_percentile", self.ip_percentile, 0.0, 100.0, high_open=True)
+        _int("ip_every", self.ip_every, 1)
+        if self.ip_start is not None:
+            _int("ip_start", self.ip_start, 1)
+        if self.importance_pruning and not self.hidden:
+            raise WasapConfigError("importance_pruning removes hidden neurons, but hidden is empty; "
+                                   "add hidden layers or set importance_pruning=False")
+        _int("warmup_epochs", self.warmup_epochs, 0)
+        _number("phase1_fraction", self.phase1_fraction, 0.0, 1.0)
+        _int("sync_every", self.sync_every, 1)
+        _int("checkpoint_every", self.checkpoint_every, 1)
+        _int("threads", self.threads, 1)
+        if self.backend not in BACKENDS:
+            raise WasapConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "nccl" and not self.sync:
+            raise WasapConfigError("backend 'nccl' cannot receive from any source, which asynchronous WASAP-SGD needs; "
+                                   "use sync=True or backend 'gloo'")
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise WasapConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.backend == "nccl" and not self.device.startswith("cuda"):
+            raise WasapConfigError("backend 'nccl' exchanges GPU tensors: set device='cuda'")
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def phase1_epochs(self) -> int:
+        """Number of phase-1 epochs, ``round(phase1_fraction · epochs)``."""
+        return min(self.epochs, max(0, int(round(self.phase1_fraction * self.epochs))))
+
+    @property
+    def ip_first(self) -> int:
+        """Epoch count after which Importance Pruning first runs (``ip_start`` or half of phase 1, at least 1)."""
+        return self.ip_start if self.ip_start is not None else max(1, self.phase1_epochs // 2)
+
+    def ip_due(self, done: int) -> bool:
+        """Whether Importance Pruning runs at the end of phase-1 epoch number ``done`` (1-based)."""
+        return self.importance_pruning and done >= self.ip_first and (done - self.ip_first) % self.ip_every == 0
+
+    def merge_due(self, epoch: int) -> bool:
+        """Whether phase-2 epoch ``epoch`` (0-based) ends with a merge of the workers' models."""
+        return epoch + 1 == self.epochs or (epoch + 1 - self.phase1_epochs) % self.sync_every == 0
+
+    def lr_at(self, epoch: int, workers: int) -> float:
+        """Server learning rate in phase-1 epoch ``epoch`` (0-based) with ``workers`` workers.
+
+        Asynchronous, or synchronous without ``lr_scaling``: ``lr``. Synchronous with ``lr_scaling``:
+        ``lr · (1 + (N - 1) · min(epoch, W) / W)`` with ``W = warmup_epochs`` (``N · lr`` when W = 0).
+        """
+        if not self.sync or not self.lr_scaling:
+            return self.lr
+        if self.warmup_epochs == 0:
+            return self.lr * workers
+        return self.lr * (1.0 + (workers - 1) * min(epoch, self.warmup_epochs) / self.warmup_epochs)
+
+    # ------------------------------------------------------------------ I/O
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WasapConfig:
+        """Build from a dict, rejecting unknown keys by name."""
+        if not isinstance(d, dict):
+            raise WasapConfigError(f"a WASAP-SGD config must be a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise WasapConfigError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> WasapConfig:
+        """A validated copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
+
+
+def seed_for(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (``seed``, ``rank``, ``epoch``, ...), the same in every process."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def build_model(config: WasapConfig, n_features: int, n_classes: int) -> nn.Sequential:
+    """The sparse MLP ``[n_features, *hidden, n_classes]`` of ``config``, initialised from ``config.seed``
+    (the same on every process)."""
+    gen = torch.Generator().manual_seed(config.seed)
+    try:
+        return mlp([n_features, *config.hidden, n_classes], density=config.density, epsilon=config.epsilon,
+                   activation=config.activation, alpha=config.alpha, dropout=config.dropout, init=config.init,
+                   generator=gen)
+    except ValueError as e:
+        raise WasapConfigError(str(e)) from None
+
+
+def load_data(config: WasapConfig):
+    """The run's :class:`~sparta.train.data.Dataset` (embedded or read from ``config.data``)."""
+    from sparta.train.readers import load_dataset
+
+    return load_dataset(config.dataset, config.data, seed=config.data_seed, **config.data_options)

@@ -1,0 +1,279 @@
+"""Running WASAP-SGD: N + 1 local processes through ``torch.multiprocessing`` (:func:`train_wasap`), or one
+process of a ``torchrun`` job on one or several machines (:func:`run_process`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from sparta.parallel import rundir
+from sparta.parallel.comm import Link
+from sparta.parallel.config import WasapConfig, WasapConfigError, build_model, load_data
+from sparta.parallel.server import Server, restore_model
+from sparta.parallel.worker import Worker, _set_threads
+from sparta.train.data import Dataset
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class WorkerFailure(RuntimeError):
+    """A process of a WASAP-SGD run died or raised; ``rank`` names it (0 is the server) and the message says
+    whether the last checkpoint is intact."""
+
+    def __init__(self, message: str, rank: int, exit_code: int | None) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.exit_code = exit_code
+
+
+@dataclass
+class WasapResult:
+    """A finished (or resumed-and-finished) run: its directory, settings, per-epoch rows and summary."""
+
+    run_dir: Path
+    config: WasapConfig
+    workers: int
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def test_acc(self) -> float | None:
+        """Test accuracy of the final (merged) model."""
+        return self.summary.get("test_acc")
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> WasapResult:
+        """The result stored in ``run_dir``."""
+        p = Path(run_dir)
+        settings = rundir.read_settings(p)
+        summary_path = p / rundir.SUMMARY
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        return cls(p, WasapConfig.from_dict(settings["config"]), int(settings["workers"]), rundir.read_metrics(p), summary)
+
+
+# ------------------------------------------------------------------ one process
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if not name.startswith("cuda"):
+        return torch.device("cpu")
+    if ":" in name:
+        return torch.device(name)
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    return torch.device("cuda", local % max(1, torch.cuda.device_count()))
+
+
+def run_process(rank: int, world_size: int, *, init_method: str = "env://", backend: str = "gloo",
+                device: str = "cpu", config: WasapConfig | None = None, run_dir: str | Path | None = None,
+                resume: bool = False, data: Dataset | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Run rank ``rank`` of a ``world_size``-process WASAP-SGD job: the server when ``rank == 0`` (it needs
+    ``config`` and a prepared ``run_dir``; ``resume`` continues from its checkpoint), a worker otherwise (it
+    receives the settings from the server and loads its data itself unless ``data`` is given).
+
+    ``init_method``/``backend``/``timeout_s`` go to ``torch.distributed.init_process_group``; the timeout bounds
+    every wait for a message, so a worker that hangs stops the run with an error instead of blocking it.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
+        raise ValueError(f"WASAP-SGD needs a server and at least one worker: world_size ≥ 2, got {world_size!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if rank == 0 and (config is None or run_dir is None):
+        raise ValueError("the server (rank 0) needs config and run_dir")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    _warm_up()
+    dev = _device(device, rank)
+    link = Link(rank, dev if backend == "nccl" else "cpu", tags=backend == "gloo")
+    if config is not None:
+        _set_threads(config.threads)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
+    try:
+        if rank == 0:
+            assert config is not None and run_dir is not None
+            server_data = data if data is not None else load_data(config)
+            Server(link, config, world_size - 1, Path(run_dir), server_data, resume=resume, device=dev).run()
+        else:
+            Worker(link, rank, data, dev).run()
+    finally:
+        dist.destroy_process_group()
+
+
+def _warm_up() -> None:
+    """Take torch's one-off cost of a process's first optimizer step (about a second) before any epoch is timed."""
+    p = nn.Parameter(torch.zeros(1))
+    p.grad = torch.zeros(1)
+    torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4).step()
+
+
+# ------------------------------------------------------------------ local launcher
+
+
+def resolve(config: WasapConfig | None, workers: int | None, run_dir: str | Path | None, resume: str | Path | None,
+            epochs: int | None, overwrite: bool) -> tuple[WasapConfig, int, Path, bool]:
+    """Settings, worker count and run directory of a new run or a resumed one (``resume``: its directory);
+    a new run's directory is created (``wasap.json`` written). Returns ``(config, workers, run_dir, resuming)``."""
+    if resume is not None:
+        if config is not None:
+            raise ValueError("give either config (a new run) or resume=RUN_DIR (its saved settings are used; "
+                             "epochs= may extend it), not both")
+        p = rundir.check(resume)
+        if run_dir is not None and Path(run_dir).resolve() != p.resolve():
+            raise ValueError(f"run_dir {run_dir} differs from resume {resume}; give only resume")
+        settings = rundir.read_settings(p)
+        config = WasapConfig.from_dict(settings["config"])
+        saved = int(settings["workers"])
+        if workers is not None and workers != saved:
+            raise ValueError(f"{p} was trained with {saved} workers; resume it with the same number (the data shards "
+                             f"depend on it), got workers={workers}")
+        if epochs is not None:
+            done = int(rundir.load_checkpoint(p)["epoch"])
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < done:
+                raise ValueError(f"epochs must be an int ≥ the {done} epochs {p} has trained, got {epochs!r}")
+            config = config.replace(epochs=epochs)
+        return config, saved, p, True
+    if config is None:
+        raise ValueError("a new run needs config (a WasapConfig); to continue a run pass resume=RUN_DIR")
+    if not isinstance(config, WasapConfig):
+        raise TypeError(f"config must be a WasapConfig, got {type(config).__name__}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int ≥ 1, got {workers!r}")
+    if run_dir is None:
+        raise ValueError("run_dir is required: the server writes metrics and checkpoints there")
+    if epochs is not None:
+        config = config.replace(epochs=epochs)
+    p = rundir.prepare(run_dir, overwrite)
+    rundir.write_settings(p, config.as_dict(), workers)
+    return config, workers, p, False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn_entry(index: int, world_size: int, init_method: str, payload: dict[str, Any]) -> None:
+    run_process(index, world_size, init_method=init_method, backend=payload["config"].backend,
+                device=payload["config"].device, config=payload["config"] if index == 0 else None,
+                run_dir=payload["run_dir"], resume=payload["resume"], data=payload["data"],
+                timeout_s=payload["timeout_s"])
+
+
+def train_wasap(config: WasapConfig | None = None, workers: int | None = None, run_dir: str | Path | None = None, *,
+                resume: str | Path | None = None, epochs: int | None = None, overwrite: bool = False,
+                data: Dataset | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> WasapResult:
+    """Train with WASAP-SGD on this machine: a server and ``workers`` workers, each its own process (start method
+    ``spawn``, gloo over 127.0.0.1 on a free port), writing metrics and checkpoints to ``run_dir``.
+
+    Args:
+        config: the settings of a new run (see :class:`WasapConfig`).
+        workers: number of worker processes N ≥ 1 (N + 1 processes in all).
+        run_dir: run directory; must be empty or absent unless ``overwrite``.
+        resume: the directory of a run to continue from its checkpoint (instead of ``config``/``run_dir``).
+        epochs: a new total number of epochs (to extend a resumed run).
+        data: a :class:`~sparta.train.data.Dataset` to use instead of loading ``config.dataset`` in every process.
+        timeout_s: the longest any process waits for a message before the run fails.
+
+    Raises :class:`WorkerFailure` naming the rank when a process dies or raises; every other process is stopped
+    and the last checkpoint stays intact (``resume=run_dir`` continues from it).
+    """
+    config, workers, p, resuming = resolve(config, workers, run_dir, resume, epochs, overwrite)
+    if resuming and int(rundir.load_checkpoint(p)["epoch"]) >= config.epochs:
+        return WasapResult.read(p)
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # children inherit it before they load OpenMP
+    payload = {"config": config, "run_dir": str(p), "resume": resuming, "data": data, "timeout_s": float(timeout_s)}
+    ctx = mp.start_processes(_spawn_entry, args=(workers + 1, f"tcp://127.0.0.1:{free_port()}", payload),
+                             nprocs=workers + 1, join=False, start_method="spawn")
+    try:
+        while not ctx.join(timeout=0.5):
+            pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        raise _failure(e, ctx, p) from None
+    except BaseException:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    return WasapResult.read(p)
+
+
+def _role(rank: int) -> str:
+    return "the server (rank 0)" if rank == 0 else f"worker rank {rank}"
+
+
+def _code(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _failure(e: mp.ProcessRaisedException | mp.ProcessExitedException, ctx: Any, run_dir: Path) -> WorkerFailure:
+    """A :class:`WorkerFailure` naming the process that failed first and the state of the checkpoint."""
+    codes = {i: proc.exitcode for i, proc in enumerate(ctx.processes)}
+    culprit = e.error_index
+    text = str(e)
+    if culprit == 0 and isinstance(e, mp.ProcessRaisedException) and "PeerLost" in text:
+        # The server only noticed a worker that had already gone: name that worker.
+        stopped_by_us = (None, 0, -signal.SIGTERM, -signal.SIGKILL)
+        dead = [i for i, c in codes.items() if i > 0 and c not in stopped_by_us]
+        if len(dead) == 1:
+            culprit = dead[0]
+    if culprit == e.error_index and isinstance(e, mp.ProcessExitedException):
+        how = f"exited abruptly ({_code(e.exit_code)})"
+    elif culprit != e.error_index:
+        how = f"exited abruptly ({_code(codes[culprit])}) and the server lost contact with it"
+    else:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()]
+        how = f"raised {last[-1].strip() if last else 'an exception'}"
+    try:
+        ck = rundir.load_checkpoint(run_dir)
+        state = (f"The last checkpoint ({run_dir / rundir.CHECKPOINT}, after epoch {ck['epoch']}) is intact; continue "
+                 f"with train_wasap(resume={str(run_dir)!r}) or `python -m sparta.parallel --resume {run_dir}`.")
+    except rundir.RunDirError:
+        state = "No checkpoint had been written yet."
+    codes_text = ", ".join(f"rank {i}: {_code(c)}" for i, c in codes.items())
+    message = f"WASAP-SGD run stopped: {_role(culprit)} {how}. {state}\nProcesses: {codes_text}."
+    if isinstance(e, mp.ProcessRaisedException):
+        message += f"\n--- traceback of rank {e.error_index} ---\n" + "\n".join(text.strip().splitlines()[-20:])
+    return WorkerFailure(message, culprit, codes.get(culprit))
+
+
+# ------------------------------------------------------------------ inspection
+
+
+def load_model(run_dir: str | Path) -> tuple[WasapConfig, nn.Module, dict[str, Any]]:
+    """Rebuild the model of a run from its last checkpoint: ``(config, model, checkpoint)``."""
+    p = rundir.check(run_dir)
+    config = WasapConfig.from_dict(rundir.read_settings(p)["config"])
+    ck = rundir.load_checkpoint(p)
+    shapes = [tuple(s) for s in ck["shapes"]]
+    try:
+        model = build_model(config, shapes[0][1], shapes[-1][0])
+    except WasapConfigError as e:
+        raise rundir.RunDirError(f"{p}: {e}") from None
+    restore_model(model, ck)
+    return config, model, ck

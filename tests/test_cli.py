@@ -1,0 +1,150 @@
+"""The ``sparta`` command, in-process (``sparta.cli.main``) and as a child process (``python -m sparta``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparta.cli import find_benchmark, main
+from sparta.train.runs import load_checkpoint
+
+TINY = ["--hidden", "16", "12", "--epsilon", "4", "--epochs", "2", "--batch-size", "256", "-q"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_eval_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", *TINY, "--out", run)
+    assert code == 0, err
+    assert "SET (sparse)" in out and "| dense" in out and "speed vs dense" in out
+    assert "data: digits, 1348 train / 449 test samples, 64 features, 10 classes" in out
+    assert "model: 64-16-12-10 allrelu" in out
+    for name in ("config.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt", "summary.json", "dense/checkpoint.pt"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "config.json").read_text())["hidden"] == [16, 12]
+
+    code, out, err = run_cli(capsys, "eval", run)
+    assert code == 0 and "SET (sparse)" in out and "2/2" in out
+    code, out, err = run_cli(capsys, "eval", run, "--json")
+    results = json.loads(out)
+    assert [r["label"] for r in results] == ["sparse", "dense"] and results[0]["epoch"] == 2
+
+    code, out, err = run_cli(capsys, "report", run)
+    pngs = [Path(line) for line in out.split()]
+    assert code == 0 and len(pngs) == 5
+    assert all(p.read_bytes().startswith(PNG) and p.stat().st_size > 0 for p in pngs)
+
+
+def test_stop_and_resume(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = [*TINY, "--epochs", "3", "--no-compare-dense", "--algo", "set", "--seed", "3", "--dropout", "0.2"]
+    assert run_cli(capsys, "train", *args, "--out", a)[0] == 0
+    code, out, _ = run_cli(capsys, "train", *args, "--out", b, "--stop-after", "1")
+    assert code == 0 and f"continue with: sparta train --resume {b}" in out
+    code, out, _ = run_cli(capsys, "train", "--resume", b, "-q")
+    assert code == 0 and "resuming" in out
+    ka, kb = load_checkpoint(a), load_checkpoint(b)
+    assert all(np.array_equal(ka["model"][k], kb["model"][k]) for k in ka["model"] if k.endswith("values"))
+    assert (a / "metrics.csv").read_text().count("\n") == (b / "metrics.csv").read_text().count("\n") == 4
+    code, _, err = run_cli(capsys, "train", "--resume", b, "--lr", "0.1")
+    assert code == 2 and "cannot change --lr" in err
+    code, _, err = run_cli(capsys, "train", *args, "--out", a)
+    assert code == 2 and "already exists" in err and "--resume" in err
+
+
+def test_presets_and_help(capsys):
+    code, out, _ = run_cli(capsys, "presets")
+    assert code == 0 and "set-mlp-fashionmnist" in out and "set-mlp-cifar10" in out and "set-mlp-madelon" in out
+    code, out, _ = run_cli(capsys, "presets", "set-mlp-cifar10")
+    assert code == 0 and "hidden = [4000, 1000, 4000]" in out and "alpha = 0.75" in out
+    assert run_cli(capsys, "train", "--help")[0] == 0
+    assert run_cli(capsys)[0] == 0  # no command: help
+
+
+@pytest.fixture
+def bad_npz(tmp_path):
+    p = tmp_path / "bad.npz"
+    np.savez(p, x_train=np.zeros((8, 3)), y_train=np.zeros(7), x_test=np.zeros((2, 3)), y_test=np.zeros(2))
+    return p
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--algo", "magic"], "algo must be one of dense, static, set, rigl, gmp; got 'magic'"),
+    (["train", "--preset", "set-mlp-imagenet"], "unknown preset 'set-mlp-imagenet'"),
+    (["train", "--epochs", "-1"], "epochs must be a positive int, got -1"),
+    (["train", "--density", "0"], r"density must be a number in (0, 1], got 0.0"),
+    (["train", "--threads", "0"], "threads must be a positive int, got 0"),
+    (["train", "--hidden", "10", "x"], "hidden sizes must be positive ints, got 'x'"),
+    (["train", "--loss", "mse"], "loss 'mse' trains one sigmoid output unit for two classes"),
+    (["train", "--dataset", "mnist"], "pass --data PATH"),
+    (["train", "--dataset", "fashionmnist", "--data", "{tmp}/nowhere"], "nowhere does not exist"),
+    (["train", "--dataset", "mnist", "--data", "{tmp}"], "train-images-idx3-ubyte or train-images-idx3-ubyte.gz in"),
+    (["train", "--dataset", "npz", "--data", "{npz}"], "8 training samples but 7 labels"),
+    (["train", "--config", "{tmp}/missing.toml"], "config file not found"),
+    (["train", "--data-option", "oops"], "--data-option takes KEY=VALUE"),
+    (["train", "--stop-after", "0"], "stop-after must be a positive int"),
+    (["eval", "{tmp}/nowhere"], "does not exist"),
+    (["report", "{tmp}"], "is not a run directory"),
+])
+def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, bad_npz, args, message):
+    args = [a.format(tmp=tmp_path, npz=bad_npz) for a in args]
+    code, out, err = run_cli(capsys, *args, *(["--out", tmp_path / "out"] if args[0] == "train" else []))
+    assert code == 2
+    assert err.startswith("sparta: error: ") and message in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [(["train", "--epochs", "x"], "invalid int value: 'x'"),
+                                          (["frobnicate"], "invalid choice"),
+                                          (["train", "--compare-dense", "yes"], "unrecognized arguments")])
+def test_argparse_errors_exit_2(capsys, args, message):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and message in err
+
+
+def test_find_benchmark():
+    assert find_benchmark("layer.py").name == "layer.py"
+    with pytest.raises(ValueError, match="not found"):
+        find_benchmark("no_such_benchmark.py")
+
+
+def test_python_dash_m(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    ok = subprocess.run([sys.executable, "-m", "sparta", "train", *TINY, "--hidden", "8", "--epochs", "1",
+                         "--no-compare-dense", "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                        env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "SET (sparse)" in ok.stdout and (tmp_path / "run" / "checkpoint.pt").is_file()
+    bad = subprocess.run([sys.executable, "-m", "sparta", "train", "--algo", "nope"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("sparta: error: algo must be one of")
+    assert "Traceback" not in bad.stderr
+
+
+def test_train_on_a_file_data_set(tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 20))
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)
+    np.savez(tmp_path / "set.npz", x_train=x[:90], y_train=y[:90], x_test=x[90:], y_test=y[90:])
+    monkeypatch.chdir(tmp_path)  # a relative --data is saved as an absolute path
+    code, out, err = run_cli(capsys, "train", "--dataset", "npz", "--data", "set.npz", *TINY, "--algo", "rigl",
+                             "--every", "2", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "data: set, 90 train / 30 test samples, 20 features, 3 classes" in out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert saved == str(tmp_path / "set.npz")
+    monkeypatch.chdir(tmp_path.parent)
+    code, out, err = run_cli(capsys, "eval", tmp_path / "run", "--json")
+    assert code == 0 and json.loads(out)[0]["algo"] == "rigl"
