@@ -38,3 +38,29 @@ class AllReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, layer_index={self.layer_index}"
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with ``nn.Dropout``'s semantics: in training, each element is zeroed with
+    probability ``p`` and the rest scaled by ``1/(1-p)``; in eval mode, the identity.
+
+    The mask is drawn as ``rand_like(x) >= p`` (torch's global generator, so ``torch.manual_seed`` and
+    saved RNG states reproduce it), which on CPU is about twice as fast as ``nn.Dropout``'s
+    ``bernoulli_``; in a sparse network dropout is otherwise a large share of a training step. The
+    output keeps the input's memory layout.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+            raise ValueError(f"p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand_like(x) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -22,7 +22,7 @@ from sparta.parallel import rundir
 from sparta.parallel.comm import Link
 from sparta.parallel.config import WasapConfig, WasapConfigError, build_model, load_data
 from sparta.parallel.server import Server, restore_model
-from sparta.parallel.worker import Worker, _set_threads
+from sparta.parallel.worker import Worker, set_threads, warm_up
 from sparta.train.data import Dataset
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -96,11 +96,12 @@ def run_process(rank: int, world_size: int, *, init_method: str = "env://", back
         raise ValueError("the server (rank 0) needs config and run_dir")
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    _warm_up()
+    if rank == 0:
+        warm_up()  # the server steps from the first message on; workers warm up before phase 2
     dev = _device(device, rank)
     link = Link(rank, dev if backend == "nccl" else "cpu", tags=backend == "gloo")
     if config is not None:
-        _set_threads(config.threads)
+        set_threads(config.threads)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=timeout_s))
     try:
@@ -112,13 +113,6 @@ def run_process(rank: int, world_size: int, *, init_method: str = "env://", back
             Worker(link, rank, data, dev).run()
     finally:
         dist.destroy_process_group()
-
-
-def _warm_up() -> None:
-    """Take torch's one-off cost of a process's first optimizer step (about a second) before any epoch is timed."""
-    p = nn.Parameter(torch.zeros(1))
-    p.grad = torch.zeros(1)
-    torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4).step()
 
 
 # ------------------------------------------------------------------ local launcher

@@ -62,7 +62,7 @@ class Worker:
         init = tensor_json(self.link.expect(0, Kind.INIT).tensors[0])
         self.config = c = WasapConfig.from_dict(init["config"])
         self.n, start = int(init["workers"]), int(init["start_epoch"])
-        _set_threads(c.threads)
+        set_threads(c.threads)
         data = self.data if self.data is not None else load_data(c)
         got = (len(data.x_train), data.n_features, data.n_classes)
         want = (init["n_train"], init["n_features"], init["n_classes"])
@@ -84,6 +84,7 @@ class Worker:
     def phase2(self, first: int) -> None:
         """Local epochs ``[first, E)``; a merge with the other workers' models where one is due."""
         c = self.config
+        warm_up()  # while the server finishes phase 1
         self.receive_model()
         opt, algo = self.local_optimizer()
         for epoch in range(first, c.epochs):
@@ -177,7 +178,16 @@ class Worker:
             os._exit(1)
 
 
-def _set_threads(threads: int) -> None:
+def warm_up() -> None:
+    """Take torch's one-off cost of a process's first optimizer step (about a second: it imports
+    ``torch._dynamo``) before any epoch is timed."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    p.grad = torch.zeros(1)
+    torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4).step()
+
+
+def set_threads(threads: int) -> None:
+    """torch's and numba's thread counts for this process."""
     import numba
 
     torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sparta.nn.activations import AllReLU
+from sparta.nn.activations import AllReLU, Dropout
 from sparta.nn.linear import SparseLinear
 
 ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
@@ -46,5 +46,5 @@ def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | 
             else:
                 layers.append({"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[activation]())
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
     return nn.Sequential(*layers)
