@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list the built-in published settings")
     pr.add_argument("name", nargs="?", help="show every setting of this preset")
     pr.set_defaults(func=cmd_presets)
+    from sparta.rl.cli import add_rl_parser  # `sparta rl train|eval|report`
+
+    add_rl_parser(sub)
     return parser
 
 

@@ -1,0 +1,307 @@
+"""SAC (Haarnoja et al., 2018) with twin critics and automatic entropy tuning, on truly sparse networks.
+
+Read top to bottom: hyper-parameters, the actor and the twin critics, then one training loop
+(act → store → sample → soft TD target → critic loss → delayed actor and α updates → topology updates →
+Polyak target update). Actor and critics are sparse per ``sparsity`` (defaults: DS-TD3's SET, ζ = 0.05 every
+1000 steps, frozen after 90 %, when ``method="set"``); the target critics keep the critics' topology.
+Defaults are CleanRL's ``sac_continuous_action``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparta.rl import sparsity as sp
+from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
+from sparta.rl.dqn import check_positive
+from sparta.rl.envs import make_env
+from sparta.rl.runs import Run, eval_row, evaluate, load_checkpoint, read_config
+from sparta.train.runs import set_threads
+
+LOG_STD_MIN, LOG_STD_MAX = -5, 2
+
+
+@dataclass
+class SACConfig:
+    env_id: str = "Pendulum-v1"
+    total_steps: int = 1_000_000
+    seed: int = 1
+    buffer_size: int = 1_000_000
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    learning_starts: int = 5_000
+    policy_lr: float = 3e-4
+    q_lr: float = 1e-3
+    policy_frequency: int = 2          # critic steps per (delayed, repeated) actor update
+    target_network_frequency: int = 1
+    alpha: float = 0.2                 # initial / fixed entropy coefficient
+    autotune: bool = True              # automatic entropy tuning (target entropy −|A|)
+    hidden: tuple[int, ...] = (256, 256)
+    eval_every: int = 10_000
+    eval_episodes: int = 5
+    checkpoint_every: int = 50_000
+    threads: int | None = None
+    sparsity: sp.SparsityConfig = field(default_factory=sp.SparsityConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sparsity, dict):
+            self.sparsity = sp.SparsityConfig.from_dict(self.sparsity)
+        self.hidden = tuple(self.hidden)
+        check_positive(self, ("total_steps", "buffer_size", "batch_size", "policy_frequency",
+                              "target_network_frequency", "eval_every", "eval_episodes", "checkpoint_every"))
+        for name in ("gamma", "tau"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        for name in ("policy_lr", "q_lr", "alpha"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.learning_starts >= 0:
+            raise ValueError(f"learning_starts must be ≥ 0, got {self.learning_starts}")
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be positive ints, got {self.hidden!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def mlp(n_in: int, hidden: list[int], n_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(n_in, h), nn.ReLU()]
+        n_in = h
+    return nn.Sequential(*layers, nn.Linear(n_in, n_out))
+
+
+class TwinQ(nn.Module):
+    """Two Q-networks ``Q(s, a)``; one optimizer and one topology algorithm cover both."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int]) -> None:
+        super().__init__()
+        self.q1, self.q2 = mlp(obs_dim + act_dim, hidden, 1), mlp(obs_dim + act_dim, hidden, 1)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([obs, act], 1)
+        return self.q1(x).squeeze(1), self.q2(x).squeeze(1)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.torso = mlp(obs_dim, hidden[:-1], hidden[-1])
+        self.mean, self.log_std = nn.Linear(hidden[-1], act_dim), nn.Linear(hidden[-1], act_dim)
+        self.register_buffer("scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.relu(self.torso(obs))
+        log_std = torch.tanh(self.log_std(h))
+        return self.mean(h), LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action and its log-probability (with the tanh correction)."""
+        mean, log_std = self(obs)
+        normal = torch.distributions.Normal(mean, log_std.exp())
+        x = normal.rsample()
+        y = torch.tanh(x)
+        log_prob = normal.log_prob(x) - torch.log(self.scale * (1 - y.pow(2)) + 1e-6)
+        return y * self.scale + self.bias, log_prob.sum(1)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic (mean) action, for evaluation."""
+        return torch.tanh(self(obs)[0]) * self.scale + self.bias
+
+
+def build(cfg: SACConfig, env) -> dict[str, Any]:
+    """Actor and twin critics (sparse per ``cfg.sparsity``), optimizers, topology algorithms, target critics."""
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    hidden = cfg.sparsity.hidden(cfg.hidden)
+    steps = max(1, cfg.total_steps - cfg.learning_starts)
+    actor = Actor(obs_dim, act_dim, hidden, env.action_space.low, env.action_space.high)
+    qf = TwinQ(obs_dim, act_dim, hidden)
+    sp.make_sparse(actor, cfg.sparsity, steps, cfg.seed)
+    sp.make_sparse(qf, cfg.sparsity, steps, cfg.seed)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.policy_lr)
+    q_opt = torch.optim.Adam(qf.parameters(), lr=cfg.q_lr)
+    actor_algo = sp.make_algorithm(actor, actor_opt, cfg.sparsity, steps, cfg.seed)
+    q_algo = sp.make_algorithm(qf, q_opt, cfg.sparsity, steps, cfg.seed + 1)
+    qf_target = copy.deepcopy(qf)
+    log_alpha = torch.tensor([float(np.log(cfg.alpha))], requires_grad=True)
+    a_opt = torch.optim.Adam([log_alpha], lr=cfg.q_lr)
+    return {"actor": actor, "qf": qf, "qf_target": qf_target, "actor_opt": actor_opt, "q_opt": q_opt,
+            "actor_algo": actor_algo, "q_algo": q_algo, "log_alpha": log_alpha, "a_opt": a_opt}
+
+
+def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool = False,
+          stop_after: int | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Train SAC for ``cfg.total_steps`` environment steps (see :func:`sparta.rl.dqn.train` for the arguments)."""
+    if not isinstance(cfg, SACConfig):
+        raise TypeError(f"cfg must be a SACConfig, got {type(cfg).__name__}")
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    env, eval_env = make_env(cfg.env_id), make_env(cfg.env_id)
+    if not hasattr(env.action_space, "low"):
+        raise ValueError(f"SAC needs a continuous (Box) action space; {cfg.env_id} has {env.action_space}")
+    run = Run(run_dir, "sac", cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
+              total_steps=cfg.total_steps)
+    n = build(cfg, env)
+    actor, qf, qf_target = n["actor"], n["qf"], n["qf_target"]
+    actor_opt, q_opt, actor_algo, q_algo = n["actor_opt"], n["q_opt"], n["actor_algo"], n["q_algo"]
+    log_alpha, a_opt = n["log_alpha"], n["a_opt"]
+    target_entropy = -float(np.prod(env.action_space.shape))
+    alpha = float(log_alpha.detach().exp()) if cfg.autotune else cfg.alpha
+    obs_dim = int(np.prod(env.observation_space.shape))
+    act_shape = env.action_space.shape
+    rb = ReplayBuffer(cfg.buffer_size, (obs_dim,), act_shape, np.float32, gamma=cfg.gamma, seed=cfg.seed)
+    rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # random warm-up actions
+    low, high = env.action_space.low, env.action_space.high
+    step = episode = 0
+    next_checkpoint = cfg.checkpoint_every
+
+    def density() -> float:
+        (a, at), (c, ct) = sp.nnz_count(actor), sp.nnz_count(qf)
+        return (a + c) / (at + ct)
+
+    @torch.no_grad()
+    def deterministic(o):
+        return actor.act(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+
+    def checkpoint() -> None:
+        run.save({"step": step, "episode": episode, "next_checkpoint": next_checkpoint, "actor": actor.state_dict(),
+                  "qf": qf.state_dict(), "qf_target": qf_target.state_dict(), "actor_opt": actor_opt.state_dict(),
+                  "q_opt": q_opt.state_dict(), "a_opt": a_opt.state_dict(), "log_alpha": log_alpha.detach().clone(),
+                  "actor_algo": None if actor_algo is None else actor_algo.state_dict(),
+                  "q_algo": None if q_algo is None else q_algo.state_dict(), "buffer": rb.state_dict(),
+                  "rng": rng_state(rng), "torch_rng": torch.get_rng_state()})
+
+    if resume:
+        ck = run.load()
+        for algo, key in ((actor_algo, "actor_algo"), (q_algo, "q_algo")):
+            if algo is not None:
+                algo.load_state_dict(ck[key])
+        sp.sync_target(qf, qf_target)
+        for mod, key in ((actor, "actor"), (qf, "qf"), (qf_target, "qf_target"), (actor_opt, "actor_opt"),
+                         (q_opt, "q_opt"), (a_opt, "a_opt"), (rb, "buffer")):
+            mod.load_state_dict(ck[key])
+        with torch.no_grad():
+            log_alpha.copy_(ck["log_alpha"])
+        alpha = float(log_alpha.detach().exp()) if cfg.autotune else cfg.alpha
+        set_rng_state(rng, ck["rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, episode, next_checkpoint = ck["step"], ck["episode"], ck["next_checkpoint"]
+    else:
+        run.log(eval_row(0, evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
+
+    obs, _ = env.reset(seed=cfg.seed + episode)
+    ep_return, ep_len, t_start = 0.0, 0, time.perf_counter()
+    while step < cfg.total_steps:
+        # act: uniform random during warm-up, then a sample of the policy
+        if step < cfg.learning_starts:
+            action = rng.uniform(low, high).astype(np.float32)
+        else:
+            with torch.no_grad():
+                action = actor.sample(torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1))[0][0].numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        rb.add(np.asarray(obs).reshape(-1), action, reward, np.asarray(next_obs).reshape(-1), terminated, truncated)
+        obs = next_obs
+        ep_return += float(reward)
+        ep_len += 1
+        step += 1
+
+        if step > cfg.learning_starts:
+            b = rb.sample(cfg.batch_size)
+            # soft TD target from the target critics, actions from the current policy
+            with torch.no_grad():
+                next_a, next_logp = actor.sample(b.next_obs)
+                q1_t, q2_t = qf_target(b.next_obs, next_a)
+                min_q = torch.min(q1_t, q2_t) - alpha * next_logp
+                td_target = b.rewards + b.discounts * (1 - b.dones) * min_q
+            q1, q2 = qf(b.obs, b.actions)
+            q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
+            q_opt.zero_grad()
+            q_loss.backward()
+            q_opt.step()
+            if q_algo is not None and q_algo.step():
+                sp.sync_target(qf, qf_target, cfg.sparsity.new_values)
+
+            # delayed actor (and α) updates, repeated to keep one actor step per critic step
+            if step % cfg.policy_frequency == 0:
+                for _ in range(cfg.policy_frequency):
+                    a, logp = actor.sample(b.obs)
+                    q1_pi, q2_pi = qf(b.obs, a)
+                    actor_loss = (alpha * logp - torch.min(q1_pi, q2_pi)).mean()
+                    actor_opt.zero_grad()
+                    actor_loss.backward()
+                    actor_opt.step()
+                    if actor_algo is not None:
+                        actor_algo.step()
+                    if cfg.autotune:
+                        with torch.no_grad():
+                            _, logp = actor.sample(b.obs)
+                        alpha_loss = (-log_alpha.exp() * (logp + target_entropy)).mean()
+                        a_opt.zero_grad()
+                        alpha_loss.backward()
+                        a_opt.step()
+                        alpha = float(log_alpha.detach().exp())
+
+            if step % cfg.target_network_frequency == 0:
+                sp.polyak(qf, qf_target, cfg.tau)
+
+        if step % cfg.eval_every == 0:
+            run.log(eval_row(step, evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density(),
+                             alpha=alpha))
+        run.progress(step)
+
+        if terminated or truncated:
+            run.log({"kind": "episode", "step": step, "episode": episode, "return": ep_return, "length": ep_len,
+                     "fps": run.fps(step), "density": density(), "alpha": alpha})
+            episode += 1
+            if step >= next_checkpoint or (stop_after is not None and step >= stop_after):
+                while next_checkpoint <= step:
+                    next_checkpoint += cfg.checkpoint_every
+                checkpoint()
+                if stop_after is not None and step >= stop_after:
+                    return {"stopped_at": step, "episode": episode}
+            obs, _ = env.reset(seed=cfg.seed + episode)
+            ep_return, ep_len = 0.0, 0
+
+    checkpoint()
+    final = evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6)
+    (a, at), (c, ct) = sp.nnz_count(actor), sp.nnz_count(qf)
+    summary = {"algo": "sac", "env_id": cfg.env_id, "method": cfg.sparsity.method, "step": step,
+               "eval_return": float(np.mean(final)), "eval_returns": final, "density": (a + c) / (at + ct),
+               "nnz": a + c, "dense_size": at + ct,
+               "params": sum(p.numel() for m in (actor, qf) for p in m.parameters()),
+               "seconds": time.perf_counter() - t_start}
+    run.finish(summary)
+    env.close()
+    eval_env.close()
+    return summary
+
+
+def load_policy(run_dir) -> tuple[Any, Any, SACConfig]:
+    """(deterministic policy obs → action, env, config) from a run directory's checkpoint."""
+    cfg = SACConfig(**read_config(run_dir)["config"])
+    env = make_env(cfg.env_id)
+    n = build(cfg, env)
+    ck = load_checkpoint(run_dir)
+    if n["actor_algo"] is not None:
+        n["actor_algo"].load_state_dict(ck["actor_algo"])
+    n["actor"].load_state_dict(ck["actor"])
+    actor = n["actor"]
+
+    @torch.no_grad()
+    def policy(o):
+        return actor.act(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+
+    return policy, env, cfg

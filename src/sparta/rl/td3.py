@@ -1,0 +1,250 @@
+"""TD3 (Fujimoto et al., 2018) on truly sparse networks — with ``method="set"`` this is DS-TD3 (Sokar et al., 2022).
+
+Read top to bottom: hyper-parameters, the deterministic actor (critics: ``sparta.rl.sac.TwinQ``), then one
+training loop (act with Gaussian noise → store → sample → clipped double-Q target with target-policy smoothing →
+critic loss → delayed actor update → topology updates → Polyak updates of both target networks). Both target
+networks keep their online network's topology. Defaults are CleanRL's ``td3_continuous_action``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparta.rl import sparsity as sp
+from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
+from sparta.rl.dqn import check_positive
+from sparta.rl.envs import make_env
+from sparta.rl.runs import Run, eval_row, evaluate, load_checkpoint, read_config
+from sparta.rl.sac import TwinQ, mlp
+from sparta.train.runs import set_threads
+
+
+@dataclass
+class TD3Config:
+    env_id: str = "Pendulum-v1"
+    total_steps: int = 1_000_000
+    seed: int = 1
+    learning_rate: float = 3e-4
+    buffer_size: int = 1_000_000
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    learning_starts: int = 25_000
+    exploration_noise: float = 0.1     # std of the acting noise, in units of the action scale
+    policy_noise: float = 0.2          # target-policy smoothing noise
+    noise_clip: float = 0.5
+    policy_frequency: int = 2          # critic steps per actor (and target) update
+    hidden: tuple[int, ...] = (256, 256)
+    eval_every: int = 10_000
+    eval_episodes: int = 5
+    checkpoint_every: int = 50_000
+    threads: int | None = None
+    sparsity: sp.SparsityConfig = field(default_factory=sp.SparsityConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sparsity, dict):
+            self.sparsity = sp.SparsityConfig.from_dict(self.sparsity)
+        self.hidden = tuple(self.hidden)
+        check_positive(self, ("total_steps", "buffer_size", "batch_size", "policy_frequency", "eval_every",
+                              "eval_episodes", "checkpoint_every"))
+        for name in ("gamma", "tau"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        for name in ("exploration_noise", "policy_noise", "noise_clip"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.learning_starts >= 0:
+            raise ValueError(f"learning_starts must be ≥ 0, got {self.learning_starts}")
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be positive ints, got {self.hidden!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Actor(nn.Module):
+    """Deterministic policy ``μ(s) = tanh(MLP(s)) · scale + bias``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, act_dim)
+        self.register_buffer("scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)) * self.scale + self.bias
+
+
+def build(cfg: TD3Config, env) -> dict[str, Any]:
+    """Actor and twin critics (sparse per ``cfg.sparsity``), optimizers, topology algorithms, target networks."""
+    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    hidden = cfg.sparsity.hidden(cfg.hidden)
+    steps = max(1, cfg.total_steps - cfg.learning_starts)
+    actor = Actor(obs_dim, act_dim, hidden, env.action_space.low, env.action_space.high)
+    qf = TwinQ(obs_dim, act_dim, hidden)
+    sp.make_sparse(actor, cfg.sparsity, steps, cfg.seed)
+    sp.make_sparse(qf, cfg.sparsity, steps, cfg.seed)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.learning_rate)
+    q_opt = torch.optim.Adam(qf.parameters(), lr=cfg.learning_rate)
+    # the actor takes one step per policy_frequency critic steps: its schedule counts its own steps
+    actor_algo = sp.make_algorithm(actor, actor_opt, cfg.sparsity, max(1, steps // cfg.policy_frequency), cfg.seed)
+    q_algo = sp.make_algorithm(qf, q_opt, cfg.sparsity, steps, cfg.seed + 1)
+    return {"actor": actor, "qf": qf, "actor_target": copy.deepcopy(actor), "qf_target": copy.deepcopy(qf),
+            "actor_opt": actor_opt, "q_opt": q_opt, "actor_algo": actor_algo, "q_algo": q_algo}
+
+
+def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool = False,
+          stop_after: int | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Train TD3 for ``cfg.total_steps`` environment steps (see :func:`sparta.rl.dqn.train` for the arguments)."""
+    if not isinstance(cfg, TD3Config):
+        raise TypeError(f"cfg must be a TD3Config, got {type(cfg).__name__}")
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    env, eval_env = make_env(cfg.env_id), make_env(cfg.env_id)
+    if not hasattr(env.action_space, "low"):
+        raise ValueError(f"TD3 needs a continuous (Box) action space; {cfg.env_id} has {env.action_space}")
+    run = Run(run_dir, "td3", cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
+              total_steps=cfg.total_steps)
+    n = build(cfg, env)
+    actor, qf, actor_target, qf_target = n["actor"], n["qf"], n["actor_target"], n["qf_target"]
+    actor_opt, q_opt, actor_algo, q_algo = n["actor_opt"], n["q_opt"], n["actor_algo"], n["q_algo"]
+    obs_dim = int(np.prod(env.observation_space.shape))
+    rb = ReplayBuffer(cfg.buffer_size, (obs_dim,), env.action_space.shape, np.float32, gamma=cfg.gamma, seed=cfg.seed)
+    rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # warm-up actions and acting noise
+    low, high = env.action_space.low, env.action_space.high
+    scale = actor.scale
+    step = episode = 0
+    next_checkpoint = cfg.checkpoint_every
+
+    def density() -> float:
+        (a, at), (c, ct) = sp.nnz_count(actor), sp.nnz_count(qf)
+        return (a + c) / (at + ct)
+
+    @torch.no_grad()
+    def deterministic(o):
+        return actor(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+
+    def checkpoint() -> None:
+        run.save({"step": step, "episode": episode, "next_checkpoint": next_checkpoint, "actor": actor.state_dict(),
+                  "qf": qf.state_dict(), "actor_target": actor_target.state_dict(), "qf_target": qf_target.state_dict(),
+                  "actor_opt": actor_opt.state_dict(), "q_opt": q_opt.state_dict(),
+                  "actor_algo": None if actor_algo is None else actor_algo.state_dict(),
+                  "q_algo": None if q_algo is None else q_algo.state_dict(), "buffer": rb.state_dict(),
+                  "rng": rng_state(rng), "torch_rng": torch.get_rng_state()})
+
+    if resume:
+        ck = run.load()
+        for algo, key in ((actor_algo, "actor_algo"), (q_algo, "q_algo")):
+            if algo is not None:
+                algo.load_state_dict(ck[key])
+        sp.sync_target(actor, actor_target)
+        sp.sync_target(qf, qf_target)
+        for mod, key in ((actor, "actor"), (qf, "qf"), (actor_target, "actor_target"), (qf_target, "qf_target"),
+                         (actor_opt, "actor_opt"), (q_opt, "q_opt"), (rb, "buffer")):
+            mod.load_state_dict(ck[key])
+        set_rng_state(rng, ck["rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, episode, next_checkpoint = ck["step"], ck["episode"], ck["next_checkpoint"]
+    else:
+        run.log(eval_row(0, evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
+
+    obs, _ = env.reset(seed=cfg.seed + episode)
+    ep_return, ep_len, t_start = 0.0, 0, time.perf_counter()
+    while step < cfg.total_steps:
+        # act: uniform random during warm-up, then μ(s) + Gaussian noise, clipped to the action bounds
+        if step < cfg.learning_starts:
+            action = rng.uniform(low, high).astype(np.float32)
+        else:
+            noise = rng.normal(0.0, 1.0, size=low.shape) * scale.numpy() * cfg.exploration_noise
+            action = np.clip(deterministic(obs) + noise, low, high).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        rb.add(np.asarray(obs).reshape(-1), action, reward, np.asarray(next_obs).reshape(-1), terminated, truncated)
+        obs = next_obs
+        ep_return += float(reward)
+        ep_len += 1
+        step += 1
+
+        if step > cfg.learning_starts:
+            b = rb.sample(cfg.batch_size)
+            # clipped double-Q target with target-policy smoothing
+            with torch.no_grad():
+                noise = (torch.randn_like(b.actions) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip) * scale
+                next_a = torch.max(torch.min(actor_target(b.next_obs) + noise, actor.bias + scale), actor.bias - scale)
+                q1_t, q2_t = qf_target(b.next_obs, next_a)
+                td_target = b.rewards + b.discounts * (1 - b.dones) * torch.min(q1_t, q2_t)
+            q1, q2 = qf(b.obs, b.actions)
+            q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
+            q_opt.zero_grad()
+            q_loss.backward()
+            q_opt.step()
+            if q_algo is not None and q_algo.step():
+                sp.sync_target(qf, qf_target, cfg.sparsity.new_values)
+
+            # delayed actor update, then both target networks
+            if step % cfg.policy_frequency == 0:
+                actor_loss = -qf(b.obs, actor(b.obs))[0].mean()
+                actor_opt.zero_grad()
+                actor_loss.backward()
+                actor_opt.step()
+                if actor_algo is not None and actor_algo.step():
+                    sp.sync_target(actor, actor_target, cfg.sparsity.new_values)
+                sp.polyak(actor, actor_target, cfg.tau)
+                sp.polyak(qf, qf_target, cfg.tau)
+
+        if step % cfg.eval_every == 0:
+            run.log(eval_row(step, evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
+        run.progress(step)
+
+        if terminated or truncated:
+            run.log({"kind": "episode", "step": step, "episode": episode, "return": ep_return, "length": ep_len,
+                     "fps": run.fps(step), "density": density()})
+            episode += 1
+            if step >= next_checkpoint or (stop_after is not None and step >= stop_after):
+                while next_checkpoint <= step:
+                    next_checkpoint += cfg.checkpoint_every
+                checkpoint()
+                if stop_after is not None and step >= stop_after:
+                    return {"stopped_at": step, "episode": episode}
+            obs, _ = env.reset(seed=cfg.seed + episode)
+            ep_return, ep_len = 0.0, 0
+
+    checkpoint()
+    final = evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6)
+    (a, at), (c, ct) = sp.nnz_count(actor), sp.nnz_count(qf)
+    summary = {"algo": "td3", "env_id": cfg.env_id, "method": cfg.sparsity.method, "step": step,
+               "eval_return": float(np.mean(final)), "eval_returns": final, "density": (a + c) / (at + ct),
+               "nnz": a + c, "dense_size": at + ct,
+               "params": sum(p.numel() for m in (actor, qf) for p in m.parameters()),
+               "seconds": time.perf_counter() - t_start}
+    run.finish(summary)
+    env.close()
+    eval_env.close()
+    return summary
+
+
+def load_policy(run_dir) -> tuple[Any, Any, TD3Config]:
+    """(deterministic policy obs → action, env, config) from a run directory's checkpoint."""
+    cfg = TD3Config(**read_config(run_dir)["config"])
+    env = make_env(cfg.env_id)
+    n = build(cfg, env)
+    ck = load_checkpoint(run_dir)
+    if n["actor_algo"] is not None:
+        n["actor_algo"].load_state_dict(ck["actor_algo"])
+    n["actor"].load_state_dict(ck["actor"])
+    actor = n["actor"]
+
+    @torch.no_grad()
+    def policy(o):
+        return actor(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+
+    return policy, env, cfg

@@ -1,0 +1,110 @@
+import copy
+
+import pytest
+import torch
+
+from sparta.nn import MaskedLinear, SparseLinear
+from sparta.rl import SparsityConfig
+from sparta.rl import sparsity as sp
+from sparta.rl.dqn import DQNConfig, QNetwork
+from sparta.rl.sac import TwinQ
+
+
+def _train_steps(net, target, algo, opt, steps, method, shape=(8,)):
+    expected = sp.layer_nnz(net) if method in ("static", "set", "rigl") else None
+    for _ in range(steps):
+        x = torch.randn(16, *shape)
+        loss = net(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if algo.step():
+            sp.sync_target(net, target)
+        sp.polyak(net, target, 0.1)
+        sp.check_same_topology(net, target, expected)
+    return expected
+
+
+@pytest.mark.parametrize("method", ["static", "set", "rigl", "gmp"])
+def test_target_keeps_online_topology_and_exact_nnz(method):
+    cfg = SparsityConfig(method=method, sparsity=0.9, every=5, zeta=0.3)
+    net = QNetwork((8,), 3, [32, 32])
+    sp.make_sparse(net, cfg, 60)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    algo = sp.make_algorithm(net, opt, cfg, 60)
+    target = copy.deepcopy(net)
+    _train_steps(net, target, algo, opt, 60, method)
+    if method == "gmp":  # pruned to 90 % and converted to SparseLinear once below break-even density
+        assert all(isinstance(m, SparseLinear) for m in sp.sparse_layers(net).values())
+        nnz, total = sp.nnz_count(net)
+        assert abs(nnz / total - 0.1) < 0.02
+    else:
+        assert abs(sp.density(net) - 0.1) < 0.05
+
+
+def test_conv_torso_is_masked_and_synced():
+    cfg = SparsityConfig(method="set", sparsity=0.8, every=3, zeta=0.3)
+    net = QNetwork((4, 10, 10), 6, [32])
+    sp.make_sparse(net, cfg, 12)
+    assert type(net.net[0]).__name__ == "MaskedConv2d"
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    algo = sp.make_algorithm(net, opt, cfg, 12)
+    target = copy.deepcopy(net)
+    _train_steps(net, target, algo, opt, 12, "set", shape=(4, 10, 10))
+
+
+def test_sync_target_keeps_surviving_values_and_takes_new_ones():
+    online = TwinQ(3, 1, [16])
+    sp.make_sparse(online, SparsityConfig(method="set", sparsity=0.5), 10)
+    target = copy.deepcopy(online)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(100.0)  # target values differ from online ones
+    layer = online.q1[0]
+    old = layer.mask().clone()
+    keep = torch.ones(layer.nnz, dtype=torch.bool)
+    keep[:3] = False
+    absent = torch.nonzero(~old.reshape(-1)).reshape(-1)[:3]
+    layer.rewire(keep, absent // layer.in_features, absent % layer.in_features, torch.full((3,), 7.0))
+    sp.sync_target(online, target, "online")
+    sp.check_same_topology(online, target)
+    t = target.q1[0].to_dense()
+    o = layer.to_dense()
+    new = layer.mask() & ~old
+    assert torch.all(t[new] == 7.0)
+    survived = layer.mask() & old
+    assert torch.allclose(t[survived], o[survived] + 100.0)
+    sp.sync_target(online, copy.deepcopy(target), "zero")
+
+
+def test_gmp_converts_target_layers_too():
+    cfg = SparsityConfig(method="gmp", sparsity=0.95, every=2, gmp_start=0.0, gmp_end=0.5)
+    net = QNetwork((8,), 2, [64])
+    opt = torch.optim.Adam(net.parameters())
+    algo = sp.make_algorithm(net, opt, cfg, 20)
+    target = copy.deepcopy(net)
+    assert isinstance(target.net[0], MaskedLinear)
+    _train_steps(net, target, algo, opt, 20, "gmp")
+    assert isinstance(target.net[0], SparseLinear)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"method": "lottery"}, "method"), ({"sparsity": 1.0}, "sparsity"), ({"distribution": "x"}, "distribution"),
+    ({"width": 0}, "width"), ({"every": 0}, "every"), ({"zeta": 0}, "zeta"), ({"method": "set", "sparsity": 0},
+                                                                            "sparsity > 0"),
+    ({"gmp_start": 0.8, "gmp_end": 0.2}, "gmp_end"), ({"new_values": "mean"}, "new_values")])
+def test_invalid_sparsity_configs(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        SparsityConfig(**kw)
+
+
+@pytest.mark.parametrize("kw, msg", [({"total_steps": 0}, "total_steps"), ({"gamma": 2.0}, "gamma"),
+                                     ({"loss": "l1"}, "loss"), ({"hidden": ()}, "hidden"),
+                                     ({"sparsity": {"metod": "set"}}, "unknown sparsity")])
+def test_invalid_agent_configs(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        DQNConfig(**kw)
+
+
+def test_width_multiplier():
+    assert SparsityConfig(width=3).hidden((120, 84)) == [360, 252]
