@@ -12,12 +12,13 @@ process of a ``torchrun`` job on one or several machines.
 """
 
 from sparta.parallel.comm import PeerLost
-from sparta.parallel.config import WasapConfig, WasapConfigError, build_model, load_data
+from sparta.parallel.config import WasapConfig, WasapConfigError, build_model, from_run_config, load_data
 from sparta.parallel.launch import WasapResult, WorkerFailure, load_model, run_process, train_wasap
 from sparta.parallel.merge import merge_layers, merge_models
 from sparta.parallel.rundir import RunDirError, load_checkpoint, read_metrics
 from sparta.parallel.state import LayerData, SparsityError, check_layers
 
 __all__ = ["LayerData", "PeerLost", "RunDirError", "SparsityError", "WasapConfig", "WasapConfigError", "WasapResult",
-           "WorkerFailure", "build_model", "check_layers", "load_checkpoint", "load_data", "load_model", "merge_layers",
+           "WorkerFailure", "build_model", "check_layers", "from_run_config", "load_checkpoint", "load_data", "load_model",
+           "merge_layers",
            "merge_models", "read_metrics", "run_process", "train_wasap"]

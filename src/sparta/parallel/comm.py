@@ -119,6 +119,9 @@ class Link:
                     self.bytes_received += t.numel() * t.element_size()
                 tensors.append(t)
         except RuntimeError as e:
+            if src is None:  # gloo does not tell which peer of an any-source receive went away
+                raise PeerLost(f"rank {self.rank}: no message from any worker within the process-group timeout; a "
+                               f"worker has probably died or hung (the launcher's report names it): {e}") from e
             raise PeerLost(f"rank {self.rank}: lost contact with {_peer(src)} while waiting for a message "
                            f"(it died, exited or did not answer within the process-group timeout): {e}") from e
         meta = header[2 + 2 * MAX_TENSORS:].tolist()

@@ -224,6 +224,31 @@ class WasapConfig:
         return dataclasses.replace(self, **changes)
 
 
+SHARED_FIELDS = ("dataset", "data", "data_options", "data_seed", "hidden", "epsilon", "density", "activation", "alpha",
+                 "dropout", "init", "lr", "momentum", "weight_decay", "batch_size", "epochs", "seed", "zeta",
+                 "checkpoint_every")
+
+
+def from_run_config(run_config: Any, **overrides: Any) -> WasapConfig:
+    """A :class:`WasapConfig` from a single-process run's settings (any object with the attributes of
+    :class:`sparta.train.config.RunConfig`): the fields both share are copied, ``overrides`` (e.g. ``sync=True``)
+    set the WASAP-SGD ones. Raises :class:`WasapConfigError` for settings WASAP-SGD does not support."""
+    algo = getattr(run_config, "algo", "set")
+    if algo not in ("set", "static"):
+        raise WasapConfigError(f"WASAP-SGD evolves the topology with SET (or keeps it static), got algo {algo!r}")
+    for name, want in (("loss", "ce"), ("optimizer", "sgd"), ("sparse", True)):
+        got = getattr(run_config, name, want)
+        if got != want:
+            raise WasapConfigError(f"WASAP-SGD supports {name}={want!r} only, got {got!r}")
+    values = {f: getattr(run_config, f) for f in SHARED_FIELDS if hasattr(run_config, f)}
+    if algo == "static":
+        values["zeta"] = 0.0
+    if getattr(run_config, "threads", None) is not None:
+        values["threads"] = run_config.threads
+    values.update(overrides)
+    return WasapConfig.from_dict(values)
+
+
 def seed_for(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (``seed``, ``rank``, ``epoch``, ...), the same in every process."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))

@@ -187,7 +187,7 @@ class Server:
         self.add_stats(msg.src, msg.tensors[1], samples)
         self.ep["staleness"].append(self.version - version)
         self.ep["exchanges"] += 1
-        grads = split_values(read_shapes(msg.tensors[0]), msg.tensors[2])
+        grads = [(gv.to(self.device), gb.to(self.device)) for gv, gb in split_values(read_shapes(msg.tensors[0]), msg.tensors[2])]
         for v in range(topo, self.topo_version):  # computed on an older topology: keep what still exists
             if v not in self.history:
                 raise RuntimeError(f"worker rank {msg.src} sent a gradient for topology version {topo}, which the server "
@@ -284,14 +284,14 @@ class Server:
                "neurons": sum(m.out_features for m in self.layers[:-1]), "layers": [m.nnz for m in self.layers],
                "invariant_checks": ep["checks"], "topology_version": self.topo_version, "version": self.version}
         self.epoch = done
-        if checkpoint:
-            self.save()
         now = time.perf_counter()
-        row["wall_seconds"] = now - ep["wall0"]
+        row["wall_seconds"] = now - ep["wall0"]  # since the previous row: training, evaluation, the last checkpoint
         row["time"] = time.time()
         self._wall_end = now
         self.rows.append(row)
-        rundir.append_metrics(self.run_dir, row)
+        rundir.append_metrics(self.run_dir, row)  # first: a resume drops rows past its checkpoint, never misses one
+        if checkpoint:
+            self.save()
 
     # ================================================================== checkpoints
     def save(self) -> None:
