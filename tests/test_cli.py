@@ -148,3 +148,22 @@ def test_train_on_a_file_data_set(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)
     code, out, err = run_cli(capsys, "eval", tmp_path / "run", "--json")
     assert code == 0 and json.loads(out)[0]["algo"] == "rigl"
+
+
+def test_train_with_workers_runs_wasap_and_resumes(tmp_path, capsys):
+    out = tmp_path / "wasap"
+    code, stdout, _ = run_cli(capsys, "train", "--workers", "1", "--dataset", "digits", "--hidden", "32", "32",
+                              "--epochs", "2", "--out", str(out), "--quiet")
+    assert code == 0, stdout
+    assert "WASAP-SGD with 1 workers" in stdout and (out / "wasap.json").is_file()
+    code, stdout, _ = run_cli(capsys, "train", "--resume", str(out), "--epochs", "3")
+    assert code == 0 and "test accuracy" in stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--workers", "0"), "workers must be a positive int"),
+    (("--sync",), "--sync only applies with --workers"),
+])
+def test_train_workers_bad_flags(capsys, argv, message):
+    code, _, err = run_cli(capsys, "train", "--dataset", "digits", *argv)
+    assert code == 2 and message in err

@@ -105,6 +105,10 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, metavar="N",
                    help="epochs between checkpoints (one is always written at the end)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
+    g.add_argument("--workers", type=int, metavar="N", help="train with WASAP-SGD: a parameter server and N worker "
+                                                            "processes on this machine (sparta.parallel)")
+    g.add_argument("--sync", action="store_true", help="with --workers: synchronous WASAP-SGD (average the N "
+                                                       "gradients, learning rate × N with a 5-epoch warm-up)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", help="digits, madelon, teacher_student (embedded); mnist, fashionmnist, cifar10, "
                                      "csv, npz, mat (read from --data)")
@@ -292,6 +296,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stop_after is not None and stop_after < 1:
         raise UsageError(f"stop-after must be a positive int, got {stop_after}")
     quiet = getattr(args, "quiet", False)
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be a positive int, got {workers}")
+    if _given(args, "resume") and (Path(args.resume) / "wasap.json").is_file():
+        return _train_parallel(None, None, Path(args.resume), args, resume=True)
+    if _given(args, "sync") and workers is None:
+        raise UsageError("--sync only applies with --workers N")
     if _given(args, "resume"):
         extra = [f"--{k.replace('_', '-')}" for k in (*TRAIN_FLAGS, "preset", "config", "out", "overwrite",
                                                       "label_column", "data_option")
@@ -318,6 +329,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out) if _given(args, "out") else Path("runs") / (
             f"{config.dataset}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
         resume = False
+        if workers is not None:
+            return _train_parallel(config, workers, out, args, resume=False)
     runs.set_threads(config.threads)
     data = runs.load_data(config)
     _print_header(config, data, out, resume)
@@ -342,6 +355,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  sparta report {out}    # plots: learning curves, connections, degrees, input connectivity")
     else:
         print(f"stopped after {wall:.1f} s. continue with: sparta train --resume {out}")
+    return 0
+
+
+def _train_parallel(config, workers: int | None, out: Path, args: argparse.Namespace, resume: bool) -> int:
+    """``sparta train --workers N``: WASAP-SGD through :func:`sparta.parallel.train_wasap`."""
+    from sparta.parallel import WasapConfigError, WorkerFailure, from_run_config, train_wasap
+
+    t0 = time.perf_counter()
+    try:
+        if resume:
+            result = train_wasap(resume=out, epochs=getattr(args, "epochs", None))
+        else:
+            result = train_wasap(from_run_config(config, sync=getattr(args, "sync", False)), workers, out,
+                                 overwrite=getattr(args, "overwrite", False))
+    except WasapConfigError as e:
+        raise UsageError(str(e)) from None
+    except WorkerFailure as e:
+        print(f"sparta: error: {e}", file=sys.stderr)
+        print(f"the last checkpoint is intact; continue with: sparta train --resume {out}", file=sys.stderr)
+        return 1
+    print(f"\nWASAP-SGD with {result.workers} workers: test accuracy {result.test_acc:.4f}, "
+          f"{time.perf_counter() - t0:.1f} s. run: {result.run_dir}")
     return 0
 
 

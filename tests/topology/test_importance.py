@@ -182,3 +182,26 @@ def test_configuration_errors():
     for n in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="min_neurons must be"):
             ImportancePruning(chain(), min_neurons=n)
+
+
+def test_set_after_importance_pruning_on_the_same_model():
+    """Views must read layer sizes from the module: ImportancePruning shrinks layers under SET's views."""
+    import sparta
+    from sparta.nn.structure import validate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(sparta.SparseLinear(20, 30, density=0.4), torch.nn.ReLU(),
+                                sparta.SparseLinear(30, 4, density=0.4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    set_algo = sparta.SET(model, opt, zeta=0.3)
+    ip = sparta.ImportancePruning(model, opt, percentile=30)
+    model(torch.randn(8, 20)).sum().backward()
+    opt.step()
+    ip.update()
+    assert model[0].out_features < 30
+    budgets = [m.nnz for m in (model[0], model[2])]
+    set_algo.update()
+    for m, b in zip((model[0], model[2]), budgets, strict=True):
+        validate(m.indptr, m.indices, m.out_features, m.in_features)
+        assert m.nnz == b
+    model(torch.randn(8, 20)).sum().backward()

@@ -20,5 +20,4 @@ from sparta.parallel.state import LayerData, SparsityError, check_layers
 
 __all__ = ["LayerData", "PeerLost", "RunDirError", "SparsityError", "WasapConfig", "WasapConfigError", "WasapResult",
            "WorkerFailure", "build_model", "check_layers", "from_run_config", "load_checkpoint", "load_data", "load_model",
-           "merge_layers",
-           "merge_models", "read_metrics", "run_process", "train_wasap"]
+           "merge_layers", "merge_models", "read_metrics", "run_process", "train_wasap"]

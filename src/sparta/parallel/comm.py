@@ -1,10 +1,11 @@
 """Point-to-point messages between the server (rank 0) and the workers over ``torch.distributed``.
 
 A message is a fixed-size int64 header — its kind, the dtype code and length of each of its 1-D tensors, and
-a few integers of metadata — followed by those tensors, each sent on its own. Headers travel on their own tag
-so the server can take the next header from whichever worker sent one (``recv(src=None)``) and then that
-worker's payload. Nothing dense is ever sent: a model is its CSR topologies (``indptr``/``indices``, only when
-the receiver's copy is out of date), values and biases, a gradient its values at the connections only.
+a few integers of metadata — followed by one byte buffer holding those tensors back to back (each padded to 8
+bytes), so an exchange costs two hand-offs whatever it carries. Headers travel on their own tag so the server
+can take the next header from whichever worker sent one (``recv(src=None)``) and then that worker's payload.
+Nothing dense is ever sent: a model is its CSR topologies (``indptr``/``indices``, only when the receiver's copy
+is out of date), values and biases, a gradient its values at the connections only.
 """
 
 from __future__ import annotations
@@ -74,12 +75,14 @@ class Link:
         self.tags = tags
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.pending: dict[int, list[tuple[Any, torch.Tensor]]] = {}  # dst → (work, buffer) of unfinished sends
 
     def _tag(self, tag: int) -> dict[str, int]:
         return {"tag": tag} if self.tags else {}
 
-    def send(self, msg: Message, dst: int) -> None:
-        """Send ``msg`` to rank ``dst`` (blocking)."""
+    def send(self, msg: Message, dst: int, wait: bool = True) -> None:
+        """Send ``msg`` to rank ``dst``. With ``wait=False`` the transfer proceeds in the background (the sender
+        goes on to other peers); the next send to ``dst``, or :meth:`flush`, waits for it first."""
         if len(msg.tensors) > MAX_TENSORS or len(msg.meta) > META_LEN:
             raise ValueError(f"a message holds at most {MAX_TENSORS} tensors and {META_LEN} meta integers, got "
                              f"{len(msg.tensors)} and {len(msg.meta)}")
@@ -91,15 +94,29 @@ class Link:
             header[2 + i] = DTYPES.index(t.dtype)
             header[2 + MAX_TENSORS + i] = t.numel()
         header[2 + 2 * MAX_TENSORS:2 + 2 * MAX_TENSORS + len(msg.meta)] = torch.tensor(msg.meta, dtype=torch.int64)
+        self.flush(dst)
+        buffers = [header.to(self.device)]
+        payload = _pack(msg.tensors, self.device)
+        if payload.numel():
+            buffers.append(payload)
         try:
-            dist.send(header.to(self.device), dst, **self._tag(TAG_HEADER))
-            self.bytes_sent += header.numel() * 8
-            for t in msg.tensors:
-                if t.numel():
-                    dist.send(t.detach().to(self.device).contiguous(), dst, **self._tag(TAG_DATA))
-                    self.bytes_sent += t.numel() * t.element_size()
+            for buf, tag in zip(buffers, (TAG_HEADER, TAG_DATA), strict=False):
+                if wait:
+                    dist.send(buf, dst, **self._tag(tag))
+                else:
+                    self.pending.setdefault(dst, []).append((dist.isend(buf, dst, **self._tag(tag)), buf))
+                self.bytes_sent += buf.numel() * buf.element_size()
         except RuntimeError as e:
             raise PeerLost(f"rank {self.rank}: could not send {msg.kind.name} to {_peer(dst)}: {e}") from e
+
+    def flush(self, dst: int | None = None) -> None:
+        """Wait for the background sends to ``dst`` (all peers when None)."""
+        for peer in [dst] if dst is not None else list(self.pending):
+            try:
+                for work, _ in self.pending.pop(peer, []):
+                    work.wait()
+            except RuntimeError as e:
+                raise PeerLost(f"rank {self.rank}: a message to {_peer(peer)} was not delivered: {e}") from e
 
     def recv(self, src: int | None) -> Message:
         """Receive the next message from rank ``src`` (``None``: from whichever rank sends first)."""
@@ -109,15 +126,12 @@ class Link:
             got = src if got is None or got < 0 else int(got)
             header = header.cpu()
             self.bytes_received += header.numel() * 8
-            n = int(header[1])
-            tensors = []
-            for i in range(n):
-                dtype, numel = DTYPES[int(header[2 + i])], int(header[2 + MAX_TENSORS + i])
-                t = torch.empty(numel, dtype=dtype, device=self.device)
-                if numel:
-                    dist.recv(t, got, **self._tag(TAG_DATA))
-                    self.bytes_received += t.numel() * t.element_size()
-                tensors.append(t)
+            specs = [(DTYPES[int(header[2 + i])], int(header[2 + MAX_TENSORS + i])) for i in range(int(header[1]))]
+            payload = torch.empty(sum(_padded(d, n) for d, n in specs), dtype=torch.uint8, device=self.device)
+            if payload.numel():
+                dist.recv(payload, got, **self._tag(TAG_DATA))
+                self.bytes_received += payload.numel()
+            tensors = _unpack(payload, specs)
         except RuntimeError as e:
             if src is None:  # gloo does not tell which peer of an any-source receive went away
                 raise PeerLost(f"rank {self.rank}: no message from any worker within the process-group timeout; a "
@@ -134,6 +148,32 @@ class Link:
             raise RuntimeError(f"rank {self.rank}: expected {'/'.join(k.name for k in kinds)} from {_peer(msg.src)}, "
                                f"got {msg.kind.name} (the processes disagree about the schedule)")
         return msg
+
+
+def _padded(dtype: torch.dtype, numel: int) -> int:
+    """Bytes a tensor takes in a payload: its own, rounded up to a multiple of 8 (keeps every view aligned)."""
+    return -(-numel * torch.empty(0, dtype=dtype).element_size() // 8) * 8
+
+
+def _pack(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The tensors' bytes back to back, each padded to 8 bytes: uint8 ``(Σ padded sizes,)`` on ``device``."""
+    out = torch.empty(sum(_padded(t.dtype, t.numel()) for t in tensors), dtype=torch.uint8, device=device)
+    at = 0
+    for t in tensors:
+        raw = t.detach().contiguous().view(torch.uint8)
+        out[at:at + raw.numel()] = raw.to(device)
+        at += _padded(t.dtype, t.numel())
+    return out
+
+
+def _unpack(payload: torch.Tensor, specs: Sequence[tuple[torch.dtype, int]]) -> list[torch.Tensor]:
+    """Inverse of :func:`_pack`: views of ``payload`` with the given dtypes and lengths."""
+    out, at = [], 0
+    for dtype, numel in specs:
+        size = numel * torch.empty(0, dtype=dtype).element_size()
+        out.append(payload[at:at + size].view(dtype))
+        at += _padded(dtype, numel)
+    return out
 
 
 # ------------------------------------------------------------------ payloads

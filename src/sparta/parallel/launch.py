@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import socket
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from sparta.parallel.worker import Worker, set_threads, warm_up
 from sparta.train.data import Dataset
 
 DEFAULT_TIMEOUT_S = 300.0
+GRACE_S = 3.0  # after a failure, how long the other processes get to stop (and record their errors) on their own
 
 
 class WorkerFailure(RuntimeError):
@@ -97,22 +99,22 @@ def run_process(rank: int, world_size: int, *, init_method: str = "env://", back
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
     if rank == 0:
-        warm_up()  # the server steps from the first message on; workers warm up before phase 2
+        warm_up()  # the server steps from the first message on; workers warm up if they will train locally
     dev = _device(device, rank)
     link = Link(rank, dev if backend == "nccl" else "cpu", tags=backend == "gloo")
     if config is not None:
         set_threads(config.threads)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=timeout_s))
-    try:
-        if rank == 0:
-            assert config is not None and run_dir is not None
-            server_data = data if data is not None else load_data(config)
-            Server(link, config, world_size - 1, Path(run_dir), server_data, resume=resume, device=dev).run()
-        else:
-            Worker(link, rank, data, dev).run()
-    finally:
-        dist.destroy_process_group()
+    if rank == 0:
+        assert config is not None and run_dir is not None
+        server_data = data if data is not None else load_data(config)
+        Server(link, config, world_size - 1, Path(run_dir), server_data, resume=resume, device=dev).run()
+    else:
+        Worker(link, rank, data, dev).run()
+    # Only after a clean finish: on an error the process exits with the group still open, so its peers lose the
+    # connection only once its error has been recorded, and the launcher names the right process.
+    dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------ local launcher
@@ -198,7 +200,7 @@ def train_wasap(config: WasapConfig | None = None, workers: int | None = None, r
     ctx = mp.start_processes(_spawn_entry, args=(workers + 1, f"tcp://127.0.0.1:{free_port()}", payload),
                              nprocs=workers + 1, join=False, start_method="spawn")
     try:
-        while not ctx.join(timeout=0.5):
+        while not ctx.join(timeout=0.5, grace_period=GRACE_S):
             pass
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
         raise _failure(e, ctx, p) from None
@@ -225,23 +227,34 @@ def _code(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def _trace(ctx: Any, i: int) -> str | None:
+    """The traceback process ``i`` recorded, if it raised."""
+    try:
+        with open(ctx.error_files[i], "rb") as f:
+            return str(pickle.load(f))
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+
+
 def _failure(e: mp.ProcessRaisedException | mp.ProcessExitedException, ctx: Any, run_dir: Path) -> WorkerFailure:
-    """A :class:`WorkerFailure` naming the process that failed first and the state of the checkpoint."""
-    codes = {i: proc.exitcode for i, proc in enumerate(ctx.processes)}
-    culprit = e.error_index
-    text = str(e)
-    if culprit == 0 and isinstance(e, mp.ProcessRaisedException) and "PeerLost" in text:
-        # The server only noticed a worker that had already gone: name that worker.
-        stopped_by_us = (None, 0, -signal.SIGTERM, -signal.SIGKILL)
-        dead = [i for i, c in codes.items() if i > 0 and c not in stopped_by_us]
-        if len(dead) == 1:
-            culprit = dead[0]
-    if culprit == e.error_index and isinstance(e, mp.ProcessExitedException):
-        how = f"exited abruptly ({_code(e.exit_code)})"
-    elif culprit != e.error_index:
-        how = f"exited abruptly ({_code(codes[culprit])}) and the server lost contact with it"
+    """A :class:`WorkerFailure` naming the process at the root of the failure and the state of the checkpoint.
+
+    The first process to exit is not always the culprit: when one dies, its peers fail with ``PeerLost``. So the
+    root is a process that exited abruptly (no traceback, not stopped by us), else one that raised something other
+    than ``PeerLost``, else the first to exit.
+    """
+    n = len(ctx.processes)
+    codes = {i: ctx.processes[i].exitcode for i in range(n)}
+    traces = {i: _trace(ctx, i) for i in range(n)}
+    stopped_by_us = (None, 0, -signal.SIGTERM, -signal.SIGKILL)
+    abrupt = [i for i in range(n) if traces[i] is None and codes[i] not in stopped_by_us]
+    raised = [i for i in range(n) if traces[i] is not None and "PeerLost" not in traces[i].strip().splitlines()[-1]]
+    culprit = e.error_index if e.error_index in abrupt + raised else (abrupt + raised + [e.error_index])[0]
+    trace = traces[culprit]
+    if trace is None:
+        how = f"exited abruptly ({_code(codes[culprit])})"
     else:
-        last = [ln for ln in text.strip().splitlines() if ln.strip()]
+        last = [ln for ln in trace.strip().splitlines() if ln.strip()]
         how = f"raised {last[-1].strip() if last else 'an exception'}"
     try:
         ck = rundir.load_checkpoint(run_dir)
@@ -251,8 +264,8 @@ def _failure(e: mp.ProcessRaisedException | mp.ProcessExitedException, ctx: Any,
         state = "No checkpoint had been written yet."
     codes_text = ", ".join(f"rank {i}: {_code(c)}" for i, c in codes.items())
     message = f"WASAP-SGD run stopped: {_role(culprit)} {how}. {state}\nProcesses: {codes_text}."
-    if isinstance(e, mp.ProcessRaisedException):
-        message += f"\n--- traceback of rank {e.error_index} ---\n" + "\n".join(text.strip().splitlines()[-20:])
+    if trace is not None:
+        message += f"\n--- traceback of rank {culprit} ---\n" + "\n".join(trace.strip().splitlines()[-20:])
     return WorkerFailure(message, culprit, codes.get(culprit))
 
 

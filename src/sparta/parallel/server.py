@@ -157,6 +157,7 @@ class Server:
         """Stop the workers and write ``summary.json``."""
         for r in self.workers():
             self.link.send(Message(Kind.DONE), r)
+        self.link.flush()
         rundir.atomic_write(self.run_dir / rundir.SUMMARY, (_json(summarise(self.rows, self.config, self.n)) + "\n").encode())
 
     # ================================================================== phase-1 pieces
@@ -167,7 +168,8 @@ class Server:
         """Send worker ``r`` the current model; its topology only if the worker's copy is out of date."""
         topology = self.worker_topo[r] != self.topo_version
         tensors = model_tensors(export_layers(self.model), topology)
-        self.link.send(Message(Kind.MODEL, [self.version, self.topo_version, int(topology), self.epoch], tensors), r)
+        self.link.send(Message(Kind.MODEL, [self.version, self.topo_version, int(topology), self.epoch], tensors), r,
+                       wait=False)
         self.worker_topo[r] = self.topo_version
         oldest = min(self.worker_topo.values())
         for v in [v for v in self.history if v < oldest]:
@@ -184,6 +186,9 @@ class Server:
 
     def _gradient(self, msg: Message) -> Grads:
         version, topo, samples = msg.meta[0], msg.meta[1], msg.meta[2]
+        if not bool(torch.isfinite(msg.tensors[2]).all()):
+            raise FloatingPointError(f"worker rank {msg.src} sent a non-finite gradient in epoch {self.epoch + 1}: training "
+                                     f"diverged (lower lr; asynchronous gradients are up to N - 1 steps stale)")
         self.add_stats(msg.src, msg.tensors[1], samples)
         self.ep["staleness"].append(self.version - version)
         self.ep["exchanges"] += 1
@@ -223,8 +228,6 @@ class Server:
                     assert self.ip is not None
                     self.ip.update()
                     self.budgets = [m.nnz for m in self.layers]
-                    if self.set_algo is not None:  # its layer views cache the layer sizes, which just shrank
-                        self.set_algo.layers = find_layers(self.model)
 
             self.history[self.topo_version] = traced_update(update, self.opt, self.model)
             self.topo_version += 1

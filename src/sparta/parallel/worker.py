@@ -72,6 +72,8 @@ class Worker:
         shard = torch.arange(self.rank - 1, len(data.x_train), self.n)[:len(data.x_train) // self.n]
         self.x, self.y = data.x_train[shard].to(self.device), data.y_train[shard].to(self.device)
         self.model = build_model(c, data.n_features, data.n_classes).to(self.device)
+        if max(start, c.phase1_epochs) < c.epochs:
+            warm_up()  # local training ahead: pay the first optimizer step's one-off cost now, not in a timed epoch
         self.receive_model()
         for epoch in range(start, c.phase1_epochs):
             torch.manual_seed(seed_for(c.seed, self.rank, epoch, 1))
@@ -84,7 +86,6 @@ class Worker:
     def phase2(self, first: int) -> None:
         """Local epochs ``[first, E)``; a merge with the other workers' models where one is due."""
         c = self.config
-        warm_up()  # while the server finishes phase 1
         self.receive_model()
         opt, algo = self.local_optimizer()
         for epoch in range(first, c.epochs):
@@ -95,6 +96,9 @@ class Worker:
                 self.maybe_crash()
                 out = self.model(self.x[idx])
                 loss = F.cross_entropy(out, self.y[idx])
+                if not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(f"worker rank {self.rank}: the loss became non-finite in local epoch "
+                                             f"{epoch + 1}: training diverged (lower lr)")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -115,9 +115,13 @@ class SparseView(LayerView):
 
     module: SparseLinear
 
-    def __init__(self, name: str, module: SparseLinear) -> None:
-        super().__init__(name, module)
-        self.n_out, self.n_in = module.out_features, module.in_features
+    @property
+    def n_out(self) -> int:  # read from the module: ImportancePruning changes it
+        return self.module.out_features
+
+    @property
+    def n_in(self) -> int:
+        return self.module.in_features
 
     def keys(self) -> torch.Tensor:
         return csr_keys(self.module.indptr, self.module.indices, self.n_in)

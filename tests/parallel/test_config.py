@@ -1,0 +1,91 @@
+"""WASAP-SGD settings, schedules and the argument checks of the launcher and the command line (no processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparta.parallel import RunDirError, WasapConfig, WasapConfigError, from_run_config, train_wasap
+from sparta.parallel.__main__ import main
+
+
+def test_defaults_follow_the_reference_code():
+    c = WasapConfig()
+    assert (c.epsilon, c.zeta, c.phase1_fraction, c.warmup_epochs, c.sync) == (20.0, 0.3, 0.7, 5, False)
+    assert c.phase1_epochs == 7 and c.ip_first == 3
+    assert WasapConfig.from_dict(c.as_dict()) == c
+
+
+def test_schedules():
+    c = WasapConfig(epochs=10, sync=True, warmup_epochs=4, sync_every=2, ip_start=2, ip_every=3)
+    assert [c.lr_at(e, 3) for e in (0, 2, 4, 9)] == pytest.approx([0.01, 0.02, 0.03, 0.03])
+    assert c.replace(lr_scaling=False).lr_at(9, 3) == 0.01
+    assert c.replace(warmup_epochs=0).lr_at(0, 3) == pytest.approx(0.03)
+    assert c.replace(sync=False).lr_at(9, 3) == 0.01  # asynchronous: no scaling
+    assert [e for e in range(7, 10) if c.merge_due(e)] == [8, 9]  # every 2 local epochs, and the last
+    assert [d for d in range(1, 8) if c.ip_due(d)] == [2, 5]
+    assert WasapConfig(epochs=3, phase1_fraction=0.0).phase1_epochs == 0
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"lr": 0}, "lr must be a number in"),
+    ({"phase1_fraction": 1.5}, "phase1_fraction must be a number in"),
+    ({"density": 0.1}, "exactly one of epsilon"),
+    ({"batch_size": 0}, "batch_size must be an int ≥ 1"),
+    ({"backend": "nccl", "device": "cuda"}, "cannot receive from any source"),
+    ({"backend": "mpi"}, "backend must be one of"),
+    ({"hidden": [], "importance_pruning": True}, "hidden is empty"),
+    ({"sync": "yes"}, "sync must be True or False"),
+    ({"activation": "gelu"}, "activation must be one of"),
+])
+def test_bad_settings_are_named(changes, match):
+    with pytest.raises(WasapConfigError, match=match):
+        WasapConfig(**changes)
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(WasapConfigError, match=r"unknown setting\(s\) \['workers'\]"):
+        WasapConfig.from_dict({"workers": 2})
+
+
+def test_from_run_config_copies_shared_settings_and_rejects_unsupported_ones():
+    from types import SimpleNamespace
+
+    rc = SimpleNamespace(dataset="madelon", hidden=[32], epsilon=None, density=0.1, lr=0.02, epochs=7, algo="static",
+                         loss="ce", optimizer="sgd", threads=None, compare_dense=True)
+    c = from_run_config(rc, sync=True, phase1_fraction=0.5)
+    assert (c.dataset, c.hidden, c.density, c.lr, c.epochs, c.zeta, c.sync, c.threads) == (
+        "madelon", [32], 0.1, 0.02, 7, 0.0, True, 1)
+    with pytest.raises(WasapConfigError, match="algo 'rigl'"):
+        from_run_config(SimpleNamespace(algo="rigl"))
+    with pytest.raises(WasapConfigError, match="optimizer='sgd' only, got 'adam'"):
+        from_run_config(SimpleNamespace(optimizer="adam"))
+
+
+def test_launcher_checks_arguments_before_starting_processes(tmp_path):
+    c = WasapConfig(hidden=[8], epochs=1)
+    with pytest.raises(ValueError, match="workers must be an int ≥ 1"):
+        train_wasap(c, 0, tmp_path / "a")
+    with pytest.raises(ValueError, match="run_dir is required"):
+        train_wasap(c, 2)
+    with pytest.raises(ValueError, match="a new run needs config"):
+        train_wasap(None, 2, tmp_path / "b")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(RunDirError, match="not empty"):
+        train_wasap(c, 2, tmp_path / "full")
+    with pytest.raises(RunDirError, match="not a WASAP-SGD run directory"):
+        train_wasap(resume=tmp_path / "full")
+    with pytest.raises(ValueError, match="either config"):
+        train_wasap(c, resume=tmp_path / "full")
+
+
+def test_command_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(["--dataset", "digits"])
+    assert e.value.code == 2 and "--out DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "r")])
+    assert "--workers N" in capsys.readouterr().err
+    assert main(["--workers", "2", "--out", str(tmp_path / "r"), "--lr", "-1"]) == 2
+    assert "lr must be" in capsys.readouterr().err
