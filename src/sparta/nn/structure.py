@@ -44,6 +44,20 @@ def validate(indptr: torch.Tensor, indices: torch.Tensor, n_out: int, n_in: int,
         raise ValueError(f"{name}: columns must be strictly increasing within each row (sorted, no duplicates)")
 
 
+def _coords(rows, cols, n_out: int, n_in: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows, cols`` as flat int64 tensors, checked to be equally long and inside ``n_out × n_in``."""
+    rows = torch.as_tensor(rows, device=device).long().reshape(-1)
+    cols = torch.as_tensor(cols, device=device).long().reshape(-1)
+    if rows.numel() != cols.numel():
+        raise ValueError(f"rows and cols must have the same length, got {rows.numel()} and {cols.numel()}")
+    if rows.numel():
+        if int(rows.min()) < 0 or int(rows.max()) >= n_out:
+            raise ValueError(f"rows must lie in [0, {n_out}), got {int(rows.min())}..{int(rows.max())}")
+        if int(cols.min()) < 0 or int(cols.max()) >= n_in:
+            raise ValueError(f"cols must lie in [0, {n_in}), got {int(cols.min())}..{int(cols.max())}")
+    return rows, cols
+
+
 def from_coo(
     rows: torch.Tensor, cols: torch.Tensor, n_out: int, n_in: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,15 +66,7 @@ def from_coo(
     Returns ``(indptr, indices, order)`` where ``order[p]`` is the input position placed at CSR position
     ``p``. Raises ``ValueError`` on out-of-range or duplicate coordinates.
     """
-    rows = torch.as_tensor(rows).long().reshape(-1)
-    cols = torch.as_tensor(cols).long().reshape(-1)
-    if rows.numel() != cols.numel():
-        raise ValueError(f"rows and cols must have the same length, got {rows.numel()} and {cols.numel()}")
-    if rows.numel():
-        if int(rows.min()) < 0 or int(rows.max()) >= n_out:
-            raise ValueError(f"rows must lie in [0, {n_out}), got {int(rows.min())}..{int(rows.max())}")
-        if int(cols.min()) < 0 or int(cols.max()) >= n_in:
-            raise ValueError(f"cols must lie in [0, {n_in}), got {int(cols.min())}..{int(cols.max())}")
+    rows, cols = _coords(rows, cols, n_out, n_in, None)
     k = rows * n_in + cols
     k_sorted, order = torch.sort(k, stable=True)
     if bool((k_sorted[1:] == k_sorted[:-1]).any()):
@@ -94,15 +100,7 @@ def rewire(
             raise ValueError(f"keep must be a bool tensor of shape ({nnz},), got {keep.dtype} {tuple(keep.shape)}")
         kept_pos = torch.nonzero(keep).reshape(-1)
         old_k = keys(indptr, indices, n_in)[kept_pos]
-    rows = torch.as_tensor(rows, device=dev).long().reshape(-1)
-    cols = torch.as_tensor(cols, device=dev).long().reshape(-1)
-    if rows.numel() != cols.numel():
-        raise ValueError(f"rows and cols must have the same length, got {rows.numel()} and {cols.numel()}")
-    if rows.numel():
-        if int(rows.min()) < 0 or int(rows.max()) >= n_out:
-            raise ValueError(f"rows must lie in [0, {n_out}), got {int(rows.min())}..{int(rows.max())}")
-        if int(cols.min()) < 0 or int(cols.max()) >= n_in:
-            raise ValueError(f"cols must lie in [0, {n_in}), got {int(cols.min())}..{int(cols.max())}")
+    rows, cols = _coords(rows, cols, n_out, n_in, dev)
     n_kept = old_k.numel()
     all_k, order = torch.sort(torch.cat([old_k, rows * n_in + cols]), stable=True)
     same = all_k[1:] == all_k[:-1]
