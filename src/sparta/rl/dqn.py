@@ -21,7 +21,7 @@ from torch import nn
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.envs import make_env
-from sparta.rl.runs import Run, eval_row, evaluate, load_checkpoint, read_config
+from sparta.rl.runs import Run, eval_row, evaluate, restore_network, summarize
 from sparta.train.runs import set_threads
 
 
@@ -229,31 +229,16 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
 
     checkpoint()
     final = evaluate(eval_env, greedy, cfg.eval_episodes, cfg.seed + 10**6)
-    nnz, total = sp.nnz_count(q)
-    summary = {"algo": "dqn", "env_id": cfg.env_id, "method": cfg.sparsity.method, "step": step,
-               "eval_return": float(np.mean(final)), "eval_returns": final, "density": nnz / total, "nnz": nnz,
-               "dense_size": total, "params": sum(p.numel() for p in q.parameters()),
-               "seconds": time.perf_counter() - t_start}
-    run.finish(summary)
-    env.close()
-    eval_env.close()
-    return summary
+    return summarize(run, "dqn", cfg, step, final, [q], t_start, env, eval_env)
 
 
 def load_policy(run_dir) -> tuple[Any, Any, DQNConfig]:
     """(greedy policy obs → action, env, config) from a run directory's checkpoint."""
-    cfg = DQNConfig(**read_config(run_dir)["config"])
-    env = make_env(cfg.env_id)
-    nets = build(cfg, env)
-    ck = load_checkpoint(run_dir)
-    if nets["algo"] is not None:
-        nets["algo"].load_state_dict(ck["algo"])
-    nets["q"].load_state_dict(ck["q"])
-    q = nets["q"]
+    net, env, cfg = restore_network(run_dir, DQNConfig, build, "q", "algo")
 
     @torch.no_grad()
     def policy(o):
-        return int(q(torch.as_tensor(o, dtype=torch.float32).unsqueeze(0)).argmax(1).item())
+        return int(net(torch.as_tensor(o, dtype=torch.float32).unsqueeze(0)).argmax(1).item())
 
     return policy, env, cfg
 

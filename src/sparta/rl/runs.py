@@ -181,3 +181,40 @@ def evaluate(env, policy: Callable[[np.ndarray], Any], episodes: int, seed: int)
 def eval_row(step: int, returns: list[float], density: float, **extra: Any) -> dict[str, Any]:
     return {"kind": "eval", "step": step, "return": float(np.mean(returns)), "return_std": float(np.std(returns)),
             "returns": [float(r) for r in returns], "density": density, **extra}
+
+
+def summarize(run: Run, algo: str, cfg: Any, step: int, final: list[float], nets: list[torch.nn.Module],
+              t_start: float, *envs: Any) -> dict[str, Any]:
+    """Write a finished run's summary (final evaluation, density and size of ``nets``), close ``envs``,
+    and return the summary."""
+    from sparta.topology.layers import connection_count
+
+    counts = [connection_count(n) for n in nets]
+    nnz, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    summary = {"algo": algo, "env_id": cfg.env_id, "method": cfg.sparsity.method, "step": step,
+               "eval_return": float(np.mean(final)), "eval_returns": final, "density": nnz / total, "nnz": nnz,
+               "dense_size": total, "params": sum(p.numel() for n in nets for p in n.parameters()),
+               "seconds": time.perf_counter() - t_start}
+    run.finish(summary)
+    for env in envs:
+        env.close()
+    return summary
+
+
+def restore_network(run_dir: str | Path, config_cls: type, build: Callable[..., dict[str, Any]], net: str,
+                    algo: str) -> tuple[torch.nn.Module, Any, Any]:
+    """Rebuild an agent from a run directory's config and load network ``net`` (and its topology
+    algorithm ``algo``, first: it restores layer types and sizes) from the checkpoint.
+
+    Returns ``(network, env, config)``.
+    """
+    from sparta.rl.envs import make_env
+
+    cfg = config_cls(**read_config(run_dir)["config"])
+    env = make_env(cfg.env_id)
+    nets = build(cfg, env)
+    ck = load_checkpoint(run_dir)
+    if nets[algo] is not None:
+        nets[algo].load_state_dict(ck[algo])
+    nets[net].load_state_dict(ck[net])
+    return nets[net], env, cfg

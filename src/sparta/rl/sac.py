@@ -23,7 +23,7 @@ from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
 from sparta.rl.envs import make_env
-from sparta.rl.runs import Run, eval_row, evaluate, load_checkpoint, read_config
+from sparta.rl.runs import Run, eval_row, evaluate, restore_network, summarize
 from sparta.train.runs import set_threads
 
 LOG_STD_MIN, LOG_STD_MAX = -5, 2
@@ -277,31 +277,15 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
 
     checkpoint()
     final = evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6)
-    (a, at), (c, ct) = sp.nnz_count(actor), sp.nnz_count(qf)
-    summary = {"algo": "sac", "env_id": cfg.env_id, "method": cfg.sparsity.method, "step": step,
-               "eval_return": float(np.mean(final)), "eval_returns": final, "density": (a + c) / (at + ct),
-               "nnz": a + c, "dense_size": at + ct,
-               "params": sum(p.numel() for m in (actor, qf) for p in m.parameters()),
-               "seconds": time.perf_counter() - t_start}
-    run.finish(summary)
-    env.close()
-    eval_env.close()
-    return summary
+    return summarize(run, "sac", cfg, step, final, [actor, qf], t_start, env, eval_env)
 
 
 def load_policy(run_dir) -> tuple[Any, Any, SACConfig]:
     """(deterministic policy obs → action, env, config) from a run directory's checkpoint."""
-    cfg = SACConfig(**read_config(run_dir)["config"])
-    env = make_env(cfg.env_id)
-    n = build(cfg, env)
-    ck = load_checkpoint(run_dir)
-    if n["actor_algo"] is not None:
-        n["actor_algo"].load_state_dict(ck["actor_algo"])
-    n["actor"].load_state_dict(ck["actor"])
-    actor = n["actor"]
+    net, env, cfg = restore_network(run_dir, SACConfig, build, "actor", "actor_algo")
 
     @torch.no_grad()
     def policy(o):
-        return actor.act(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+        return net.act(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
 
     return policy, env, cfg

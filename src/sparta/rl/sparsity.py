@@ -25,6 +25,7 @@ from sparta.nn.masked import MaskedConv2d, MaskedLinear
 from sparta.nn.structure import keys as csr_keys
 from sparta.topology import GMP, SET, RigL, Static, TopologyAlgorithm, sparsify
 from sparta.topology.distribution import DISTRIBUTIONS, replace_module
+from sparta.topology.layers import connection_count as nnz_count  # (connections, dense size), re-exported
 
 METHODS = ("dense", "static", "set", "rigl", "gmp")
 
@@ -202,22 +203,6 @@ def polyak(online: nn.Module, target: nn.Module, tau: float) -> None:
 def hard_update(online: nn.Module, target: nn.Module) -> None:
     """Copy every parameter of ``online`` into ``target`` (same topology)."""
     polyak(online, target, 1.0)
-
-
-def nnz_count(net: nn.Module) -> tuple[int, int]:
-    """(connections, dense size) of ``net``'s weight layers (dense layers count fully; biases excluded)."""
-    nnz = total = 0
-    for m in net.modules():
-        if isinstance(m, SparseLinear):
-            nnz += m.nnz
-            total += m.in_features * m.out_features
-        elif isinstance(m, MaskedLinear | MaskedConv2d):
-            nnz += m.nnz
-            total += m.mask.numel()
-        elif type(m) in (nn.Linear, nn.Conv2d):
-            nnz += m.weight.numel()
-            total += m.weight.numel()
-    return nnz, total
 
 
 def density(net: nn.Module) -> float:

@@ -210,3 +210,20 @@ def find_layers(model: nn.Module) -> list[LayerView]:
         elif isinstance(mod, MaskedLinear | MaskedConv2d):
             views.append(MaskedView(name, mod))
     return views
+
+
+def connection_count(model: nn.Module) -> tuple[int, int]:
+    """``(connections, dense size)`` of ``model``'s weight layers: sparse and masked layers count their
+    connections, plain ``nn.Linear``/``nn.Conv2d`` count fully; biases are excluded."""
+    nnz = total = 0
+    for m in model.modules():
+        if isinstance(m, SparseLinear):
+            nnz += m.nnz
+            total += m.in_features * m.out_features
+        elif isinstance(m, MaskedLinear | MaskedConv2d):
+            nnz += m.nnz
+            total += m.mask.numel()
+        elif type(m) in (nn.Linear, nn.Conv2d):
+            nnz += m.weight.numel()
+            total += m.weight.numel()
+    return nnz, total

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sparta.topology.base import TopologyAlgorithm
-from sparta.topology.layers import find_layers
+from sparta.topology.layers import connection_count
 
 
 @dataclass
@@ -40,16 +40,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -
 
 def connections(model: nn.Module) -> tuple[int, float]:
     """Total connections of the model's weight layers and their overall density (dense layers count fully)."""
-    nnz = total = 0
-    sparse_ids = set()
-    for v in find_layers(model):
-        nnz += v.nnz
-        total += v.total
-        sparse_ids.add(id(v.module))
-    for m in model.modules():
-        if isinstance(m, nn.Linear | nn.Conv2d) and id(m) not in sparse_ids:
-            nnz += m.weight.numel()
-            total += m.weight.numel()
+    nnz, total = connection_count(model)
     return nnz, (nnz / total if total else 1.0)
 
 
