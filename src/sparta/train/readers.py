@@ -276,16 +276,22 @@ def load_csv(path: str | Path, label_column: int = 0, test_fraction: float = 0.2
     return _as_dataset(p.name.split(".")[0] or "csv", xtr, ytr, xte, yte, str(p))
 
 
-def load_npz(path: str | Path) -> Dataset:
-    """A NumPy ``.npz`` archive with arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
+def _single_file(path: str | Path, suffix: str, holds: str) -> Path:
+    """``path`` itself, or the one ``*suffix`` file in the folder ``path``; ``DataFileNotFound`` otherwise."""
     p = Path(path)
     if p.is_dir():
-        hits = sorted(p.glob("*.npz"))
+        hits = sorted(p.glob(f"*{suffix}"))
         if len(hits) != 1:
-            raise DataFileNotFound(f"expected one .npz file (x_train, y_train, x_test, y_test) in {p}, found {len(hits)}")
+            raise DataFileNotFound(f"expected one {suffix} file ({holds}) in {p}, found {len(hits)}")
         p = hits[0]
     if not p.is_file():
-        raise DataFileNotFound(f".npz file not found: {p} (expected arrays x_train, y_train, x_test, y_test)")
+        raise DataFileNotFound(f"{suffix} file not found: {p} (expected {holds})")
+    return p
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A NumPy ``.npz`` archive with arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
+    p = _single_file(path, ".npz", "arrays x_train, y_train, x_test, y_test")
     try:
         with np.load(p, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
@@ -304,14 +310,7 @@ def load_mat(path: str | Path, test_fraction: float = 0.3, seed: int = 0) -> Dat
     microarray sets; split into train and test parts (stratified, ``seed``)."""
     import scipy.io
 
-    p = Path(path)
-    if p.is_dir():
-        hits = sorted(p.glob("*.mat"))
-        if len(hits) != 1:
-            raise DataFileNotFound(f"expected one .mat file (keys X, Y) in {p}, found {len(hits)}")
-        p = hits[0]
-    if not p.is_file():
-        raise DataFileNotFound(f".mat file not found: {p} (expected a MATLAB file with X and Y)")
+    p = _single_file(path, ".mat", "a MATLAB file with X and Y")
     try:
         m = scipy.io.loadmat(p)
     except (ValueError, OSError, NotImplementedError) as e:
