@@ -26,7 +26,7 @@ from sparta.parallel.state import (
     sparse_layers,
     traced_update,
 )
-from sparta.topology import SET, ImportancePruning, find_layers
+from sparta.topology import SET, ImportancePruning
 from sparta.train.data import Dataset
 from sparta.train.loop import evaluate
 
@@ -316,10 +316,8 @@ class Server:
                              f"(the data shards depend on it), got {self.n}")
         restore_model(self.model, ck)
         self.opt.load_state_dict(ck["optimizer"])
-        if self.set_algo is not None:
-            self.set_algo.layers = find_layers(self.model)  # the layers may have shrunk: fresh views
-            if ck["set"] is not None:
-                self.set_algo.load_state_dict(ck["set"])
+        if self.set_algo is not None and ck["set"] is not None:
+            self.set_algo.load_state_dict(ck["set"])
         if self.ip is not None and ck["ip"] is not None:
             self.ip.load_state_dict(ck["ip"])
         self.epoch, self.version, self.topo_version = int(ck["epoch"]), int(ck["version"]), int(ck["topo_version"])
