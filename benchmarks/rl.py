@@ -1,20 +1,33 @@
-"""Sparse RL agents: dense vs SET vs GMP — IQM return over seeds, wall-clock, inference FLOPs and parameter counts.
+"""Sparse RL agents: dense vs SET vs GMP — IQM return over seeds, wall-clock per step, FLOPs and parameter counts.
 
-Full grid (hours; run by hand): DQN on LunarLander-v3 and MinAtar games, SAC and TD3 on Hopper-v5 and
-HalfCheetah-v5; dense, SET and GMP at 90 % and 95 % sparsity, GMP also at width ×3; 3 seeds.
-``--quick``: DQN on CartPole-v1 and SAC on Pendulum-v1, short runs, 2 seeds (a few minutes on 2 cores).
+Every run is a normal ``sparta rl`` run directory under ``--out`` (``<task>/<method>/seed_<n>``), so an
+interrupted grid continues where it stopped (finished runs are skipped, unfinished ones resume from their
+checkpoint) and ``sparta rl report`` works on any folder of it. ``--jobs N`` runs N agents at once, one thread
+each; runs go seed by seed (seed 0 of every task and method first), so a grid cut short still compares every
+method on the same seeds. ``--report`` only aggregates what is there: a markdown table and, per task,
+``returns.png`` (IQM with 95 % bootstrap bands over seeds) and ``density.png`` in ``<out>/plots``.
 
-    python benchmarks/rl.py --quick
-    python benchmarks/rl.py --tasks dqn:LunarLander-v3 td3:Hopper-v5 --seeds 0 1 2
+    python benchmarks/rl.py --quick                                  # CartPole + Pendulum, minutes
+    python benchmarks/rl.py --out runs/bench-rl --jobs 2              # the grid below (hours on 2 cores)
+    python benchmarks/rl.py --out runs/bench-rl --report              # table + plots of what has finished
+    python benchmarks/rl.py --tasks dqn:LunarLander-v3 --methods dense gmp:0.95x3 --seeds 0 1 2 --steps 200000
 
-FLOPs: multiply-adds ×2 of one forward pass of the acting network (Q-network / actor) for one observation,
-counting only existing connections (``SparseLinear`` nnz, masked conv nnz × output positions) plus biases.
+Methods are written ``dense``, ``set:0.9``, ``gmp:0.95x3`` (method:sparsity, ×width). Hyper-parameters per task
+are in ``TASKS`` with their sources. Wall-clock is the run's whole time (training + evaluations) per environment
+step, each run on its own core. FLOPs: multiply-adds ×2 of one forward pass of the acting network (Q-network /
+actor) for one observation, counting only existing connections of the final network, plus biases; "train
+FLOPs" is the mean number of connections during training (from each episode's density) relative to the dense
+network of width ×1, i.e. the cost of the gradient steps relative to dense.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import numpy as np
@@ -24,13 +37,81 @@ from torch import nn
 from sparta.nn import MaskedConv2d, MaskedLinear, SparseLinear
 from sparta.rl import SparsityConfig, dqn, sac, td3
 from sparta.rl.envs import make_env
-from sparta.rl.report import bootstrap_ci, iqm
+from sparta.rl.report import bootstrap_ci, iqm, write_plots
+from sparta.rl.runs import SUMMARY, find_runs, read_metrics
 
-METHODS = [("dense", 0.0, 1), ("set", 0.9, 1), ("set", 0.95, 1), ("gmp", 0.9, 1), ("gmp", 0.95, 1), ("gmp", 0.95, 3)]
-QUICK_METHODS = [("dense", 0.0, 1), ("set", 0.9, 1), ("gmp", 0.9, 1), ("gmp", 0.95, 3)]
-FULL_TASKS = ["dqn:LunarLander-v3", "dqn:MinAtar/Breakout-v1", "dqn:MinAtar/SpaceInvaders-v1", "sac:Hopper-v5",
-              "sac:HalfCheetah-v5", "td3:Hopper-v5", "td3:HalfCheetah-v5"]
-FULL_STEPS = {"dqn": 500_000, "sac": 1_000_000, "td3": 1_000_000}
+AGENTS = {"dqn": (dqn, dqn.DQNConfig), "sac": (sac, sac.SACConfig), "td3": (td3, td3.TD3Config)}
+
+# Per-task budget and hyper-parameters. LunarLander: RL Baselines3 Zoo's tuned DQN (lr 6.3e-4, batch 128,
+# buffer 50k, target every 250 updates, ε → 0.1 over 12 %, 256×256), one update per 2 steps. MinAtar: Young &
+# Tian (2019) (batch 32, buffer 100k, target every 1000 frames, ε 1 → 0.1 over 100k frames, start at 5000,
+# Huber loss, 16 conv filters + 128 units; Adam at their RMSprop learning rate), one update per 4 frames.
+# MuJoCo: CleanRL's td3_continuous_action / sac_continuous_action with random actions for the first 10k steps.
+TASKS: dict[str, dict] = {
+    "dqn:LunarLander-v3": dict(steps=200_000, eval_episodes=10, config=dict(
+        learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=1000, train_frequency=2,
+        target_network_frequency=250, exploration_fraction=0.12, end_e=0.1, hidden=(256, 256)),
+        methods=["dense", "set:0.9", "set:0.95", "gmp:0.9", "gmp:0.95", "gmp:0.95x3"]),
+    "dqn:MinAtar/Breakout-v1": dict(steps=300_000, eval_episodes=10, config=dict(
+        learning_rate=2.5e-4, batch_size=32, buffer_size=100_000, learning_starts=5000, train_frequency=4,
+        target_network_frequency=250, exploration_fraction=1 / 3, end_e=0.1, hidden=(128,), loss="huber"),
+        methods=["dense", "set:0.9", "gmp:0.95x3"]),
+    "td3:Hopper-v5": dict(steps=100_000, eval_episodes=5, config=dict(learning_starts=10_000),
+                          methods=["dense", "set:0.9", "gmp:0.9"]),
+    "sac:Hopper-v5": dict(steps=100_000, eval_episodes=5, config=dict(learning_starts=10_000)),
+    "td3:HalfCheetah-v5": dict(steps=100_000, eval_episodes=5, config=dict(learning_starts=10_000)),
+}
+QUICK_TASKS: dict[str, dict] = {
+    "dqn:CartPole-v1": dict(steps=8000, eval_episodes=5, config=dict(
+        learning_starts=1000, train_frequency=1, target_network_frequency=200, learning_rate=1e-3,
+        exploration_fraction=0.3, batch_size=64, hidden=(64, 64))),
+    "sac:Pendulum-v1": dict(steps=3000, eval_episodes=5, config=dict(learning_starts=500, hidden=(64, 64),
+                                                                      batch_size=64)),
+}
+GRID = ["dqn:LunarLander-v3", "dqn:MinAtar/Breakout-v1", "td3:Hopper-v5"]
+METHODS = ["dense", "set:0.9", "set:0.95", "gmp:0.9", "gmp:0.95", "gmp:0.95x3"]  # where a task names none
+QUICK_METHODS = ["dense", "set:0.9", "gmp:0.9", "gmp:0.95x3"]
+
+
+def parse_method(text: str) -> tuple[str, float, float]:
+    """``"gmp:0.95x3"`` → ("gmp", 0.95, 3.0); ``"dense"`` → ("dense", 0.0, 1.0)."""
+    try:
+        method, _, rest = text.partition(":")
+        sparsity, _, width = rest.partition("x")
+        out = method, float(sparsity or 0), float(width or 1)
+    except ValueError:
+        raise SystemExit(f"--methods: expected method[:sparsity[xwidth]] such as gmp:0.95x3, got {text!r}") from None
+    if (out[0] == "dense") != (out[1] == 0):
+        raise SystemExit(f"--methods: {text!r}: dense takes no sparsity, other methods need one")
+    return out
+
+
+def method_dir(text: str) -> str:
+    return text.replace(":", "-")
+
+
+def make_config(task: str, spec: dict, method: str, seed: int, steps: int, quick: bool):
+    algo, env_id = task.split(":", 1)
+    name, sparsity, width = parse_method(method)
+    sc = SparsityConfig(method=name, sparsity=sparsity if name != "dense" else 0.95, width=width,
+                        every=250 if quick else 1000)
+    _, cls = AGENTS[algo]
+    return cls(env_id=env_id, total_steps=steps, seed=seed, threads=1, eval_every=max(steps // 10, 1),
+               eval_episodes=spec["eval_episodes"], checkpoint_every=max(steps // 4, 1), sparsity=sc,
+               **spec["config"])
+
+
+def run_one(task: str, spec: dict, method: str, seed: int, steps: int, quick: bool, out: str) -> str:
+    """Train one agent into ``out/<task>/<method>/seed_<seed>`` (resuming a partial run); returns that path."""
+    algo = task.split(":", 1)[0]
+    mod, _ = AGENTS[algo]
+    run_dir = Path(out) / task.replace(":", "_").replace("/", "_") / method_dir(method) / f"seed_{seed}"
+    if (run_dir / SUMMARY).is_file():
+        return str(run_dir)
+    cfg = make_config(task, spec, method, seed, steps, quick)
+    resume = (run_dir / "checkpoint.pt").is_file()
+    mod.train(cfg, run_dir, resume=resume, overwrite=not resume)
+    return str(run_dir)
 
 
 def flops_and_params(net: nn.Module, obs_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -43,80 +124,140 @@ def flops_and_params(net: nn.Module, obs_shape: tuple[int, ...]) -> tuple[int, i
         flops += 2 * mod.nnz * out.shape[-1] * out.shape[-2] + (out[0].numel() if mod.bias is not None else 0)
 
     for m in net.modules():
-        if isinstance(m, SparseLinear):
+        if isinstance(m, SparseLinear | MaskedLinear):
             flops += 2 * m.nnz + m.out_features
             params += m.nnz + (m.out_features if m.bias is not None else 0)
-        elif isinstance(m, MaskedLinear):
-            flops += 2 * m.nnz + m.out_features
-            params += m.nnz + m.out_features
         elif isinstance(m, MaskedConv2d):
             hooks.append(m.register_forward_hook(conv_hook))
             params += m.nnz + (m.out_channels if m.bias is not None else 0)
         elif type(m) is nn.Linear:
             flops += 2 * m.weight.numel() + m.out_features
             params += m.weight.numel() + m.out_features
+        elif type(m) is nn.Conv2d:
+            hooks.append(m.register_forward_hook(lambda mod, i, o: _dense_conv(mod, o)))
+            params += m.weight.numel() + m.out_channels
     if hooks:
+        global _conv_flops
+        _conv_flops = 0
         with torch.no_grad():
             net(torch.zeros(1, *obs_shape))
         for h in hooks:
             h.remove()
+        flops += _conv_flops
     return flops, params
 
 
-def run_one(algo: str, env_id: str, method: str, sparsity: float, width: int, seed: int, steps: int, quick: bool):
-    sc = SparsityConfig(method=method, sparsity=sparsity if method != "dense" else 0.95, width=width,
-                        every=250 if quick else 1000)
-    if algo == "dqn":
-        extra = dict(learning_starts=1000, train_frequency=1, target_network_frequency=200, learning_rate=1e-3,
-                     exploration_fraction=0.3, batch_size=64, hidden=(64, 64)) if quick else {}
-        cfg = dqn.DQNConfig(env_id=env_id, total_steps=steps, seed=seed, threads=1, eval_every=max(steps // 10, 1),
-                            eval_episodes=5, sparsity=sc, **extra)
-        mod = dqn
-    else:
-        extra = dict(learning_starts=500, hidden=(64, 64), batch_size=64) if quick else {}
-        cls, mod = (sac.SACConfig, sac) if algo == "sac" else (td3.TD3Config, td3)
-        cfg = cls(env_id=env_id, total_steps=steps, seed=seed, threads=1, eval_every=max(steps // 10, 1),
-                  eval_episodes=5, sparsity=sc, **extra)
-    t0 = time.perf_counter()
-    summary = mod.train(cfg)
-    seconds = time.perf_counter() - t0
-    # FLOPs and parameters of the acting network at the end of training (rebuilt from the final density)
+_conv_flops = 0
+
+
+def _dense_conv(mod: nn.Conv2d, out: torch.Tensor) -> None:
+    global _conv_flops
+    _conv_flops += 2 * mod.weight.numel() * out.shape[-1] * out.shape[-2] + out[0].numel()
+
+
+def final_network(task: str, spec: dict, method: str, steps: int, quick: bool) -> tuple[int, int]:
+    """(FLOPs/obs, params) of the acting network as training leaves it.
+
+    GMP ends with every layer pruned uniformly to the target, so it is counted as such a static network."""
+    algo, env_id = task.split(":", 1)
+    mod, _ = AGENTS[algo]
+    name, sparsity, width = parse_method(method)
     env = make_env(env_id)
-    if method == "gmp":  # GMP ends with every layer pruned uniformly to the target: count such a network
+    cfg = make_config(task, spec, method, 0, steps, quick)
+    if name == "gmp":
         cfg.sparsity = SparsityConfig(method="static", sparsity=sparsity, width=width, distribution="uniform")
-    nets = mod.build(cfg, env)
-    net = nets["q"] if algo == "dqn" else nets["actor"]
-    flops, params = flops_and_params(net, env.observation_space.shape)
-    return summary["eval_returns"], seconds, flops, params, summary["density"]
+    net = mod.build(cfg, env)["q" if algo == "dqn" else "actor"]
+    out = flops_and_params(net, env.observation_space.shape)
+    env.close()
+    return out
+
+
+def train_cost(runs: list[Path]) -> float:
+    """Step-weighted mean density during training (episode rows' ``density``), averaged over ``runs``."""
+    fracs = []
+    for run in runs:
+        rows = read_metrics(run, "episode")
+        if not rows:
+            continue
+        steps = np.diff([0] + [r["step"] for r in rows])
+        fracs.append(float(np.average([r["density"] for r in rows], weights=steps)))
+    return float(np.mean(fracs)) if fracs else float("nan")
+
+
+def report(out: Path, tasks: list[str], methods: dict[str, list[str]], specs: dict, steps_override: int | None,
+           quick: bool) -> str:
+    lines = ["| task | method | sparsity | width | seeds | final density | IQM return | 95 % CI | vs dense CI "
+             "| ms/step | × dense time | train FLOPs × dense | FLOPs/obs | params |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        spec = specs[task]
+        steps = steps_override or spec["steps"]
+        tdir = out / task.replace(":", "_").replace("/", "_")
+        dense_ci, dense_ms, dense_conn = None, None, None
+        for method in methods[task]:
+            mdir = tdir / method_dir(method)
+            if not mdir.is_dir():
+                continue
+            runs = [r for r in find_runs(mdir) if (r / SUMMARY).is_file()]
+            if not runs:
+                continue
+            summaries = [json.loads((r / SUMMARY).read_text()) for r in runs]
+            width = min(len(s["eval_returns"]) for s in summaries)
+            scores = np.array([s["eval_returns"][:width] for s in summaries])
+            lo, hi = bootstrap_ci(scores)
+            ms = float(np.median([1e3 * s["seconds"] / s["step"] for s in summaries]))
+            name, sparsity, wmult = parse_method(method)
+            # connections of this run's networks relative to the dense ×1 agent (all networks the summary counts)
+            conn = train_cost(runs) * summaries[0]["dense_size"]
+            if name == "dense" and wmult == 1:
+                dense_ci, dense_ms, dense_conn = (lo, hi), ms, summaries[0]["dense_size"]
+            flops, params = final_network(task, spec, method, steps, quick)
+            within = "–" if dense_ci is None or name == "dense" else (
+                "below" if iqm(scores) < dense_ci[0] else "above" if iqm(scores) > dense_ci[1] else "within")
+            lines.append(
+                f"| {task} | {name} | {sparsity:.0%} | ×{wmult:g} | {len(runs)} | {summaries[0]['density']:.3f} | "
+                f"{iqm(scores):.1f} | [{lo:.1f}, {hi:.1f}] | {within} | {ms:.2f} | "
+                f"{'–' if dense_ms is None else f'{ms / dense_ms:.2f}'} | "
+                f"{'–' if dense_conn is None else f'{conn / dense_conn:.2f}'} | {flops} | {params} |")
+        if tdir.is_dir():
+            for p in write_plots(tdir, out / "plots" / tdir.name):
+                print(f"wrote {p}", file=sys.stderr)
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CartPole/Pendulum, short runs, 2 seeds")
-    ap.add_argument("--tasks", nargs="+", help="algo:env pairs (default: the full grid)")
-    ap.add_argument("--seeds", type=int, nargs="+")
-    ap.add_argument("--steps", type=int, help="environment steps per run (default per algo)")
+    ap.add_argument("--quick", action="store_true", help="CartPole-v1 DQN and Pendulum-v1 SAC, short runs, 2 seeds")
+    ap.add_argument("--tasks", nargs="+", help=f"algo:env pairs (default {' '.join(GRID)})")
+    ap.add_argument("--methods", nargs="+", help="default: the task's list in TASKS, else " + " ".join(METHODS))
+    ap.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (quick: 0 1)")
+    ap.add_argument("--steps", type=int, help="environment steps per run (default: the task's budget)")
+    ap.add_argument("--out", default="runs/bench-rl", help="folder of run directories (default runs/bench-rl)")
+    ap.add_argument("--jobs", type=int, default=1, help="agents trained at once, one thread each")
+    ap.add_argument("--report", action="store_true", help="only aggregate the finished runs in --out")
     args = ap.parse_args()
-    if args.quick:
-        tasks, seeds, methods = args.tasks or ["dqn:CartPole-v1", "sac:Pendulum-v1"], args.seeds or [0, 1], QUICK_METHODS
-    else:
-        tasks, seeds, methods = args.tasks or FULL_TASKS, args.seeds or [0, 1, 2], METHODS
-    print("| task | method | sparsity | width | density | IQM return | 95% CI | s/run | FLOPs/obs | params |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for task in tasks:
-        algo, env_id = task.split(":", 1)
-        steps = args.steps or ({"dqn": 8000, "sac": 3000, "td3": 5000}[algo] if args.quick else FULL_STEPS[algo])
-        for method, sparsity, width in methods:
-            scores, secs = [], []
-            for seed in seeds:
-                returns, s, flops, params, density = run_one(algo, env_id, method, sparsity, width, seed, steps,
-                                                             args.quick)
-                scores.append(returns)
-                secs.append(s)
-            arr = np.array(scores)
-            lo, hi = bootstrap_ci(arr)
-            print(f"| {algo} {env_id} | {method} | {sparsity:.0%} | ×{width} | {density:.3f} | {iqm(arr):.1f} | "
-                  f"[{lo:.1f}, {hi:.1f}] | {np.mean(secs):.1f} | {flops} | {params} |", flush=True)
+    specs = {**TASKS, **QUICK_TASKS}
+    tasks = args.tasks or (list(QUICK_TASKS) if args.quick else GRID)
+    for t in tasks:
+        if t not in specs:
+            raise SystemExit(f"--tasks: unknown task {t!r}; known: {', '.join(specs)}")
+    methods = {t: args.methods or (QUICK_METHODS if args.quick else specs[t].get("methods", METHODS)) for t in tasks}
+    for m in sum(methods.values(), []):
+        parse_method(m)
+    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    out = Path(args.out)
+    if not args.report:
+        jobs = [(t, specs[t], m, s, args.steps or specs[t]["steps"], args.quick, str(out))
+                for s in seeds for t in tasks for m in methods[t]]
+        print(f"{len(jobs)} runs, {args.jobs} at a time, into {out}", file=sys.stderr)
+        os.environ["OMP_NUM_THREADS"] = "1"
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(run_one, *j): j for j in jobs}
+            for f in as_completed(futures):
+                t, _, m, s, *_ = futures[f]
+                print(f"done {t} {m} seed {s}: {f.result()}", file=sys.stderr, flush=True)
+    print(f"threads per run: 1; jobs at once: {args.jobs}")
+    print(report(out, tasks, methods, specs, args.steps, args.quick))
 
 
 if __name__ == "__main__":
