@@ -10,6 +10,7 @@ method on the same seeds. ``--report`` only aggregates what is there: a markdown
     python benchmarks/rl.py --quick                                  # CartPole + Pendulum, minutes
     python benchmarks/rl.py --out runs/bench-rl --jobs 2              # the grid below (hours on 2 cores)
     python benchmarks/rl.py --out runs/bench-rl --report              # table + plots of what has finished
+    python benchmarks/rl.py --eval-speed --methods dense set:0.9      # evaluation: 1 env vs lockstep copies
     python benchmarks/rl.py --tasks dqn:LunarLander-v3 --methods dense gmp:0.95x3 --seeds 0 1 2 --steps 200000
 
 Methods are written ``dense``, ``set:0.9``, ``gmp:0.95x3`` (method:sparsity, ×width). Hyper-parameters per task
@@ -225,6 +226,44 @@ def report(out: Path, tasks: list[str], methods: dict[str, list[str]], specs: di
     return "\n".join(lines)
 
 
+def eval_speed(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats: int = 5) -> str:
+    """Seconds for one evaluation (the task's episode count) stepping 1 environment vs one copy per episode in
+    lockstep, with freshly initialised acting networks; medians over ``repeats``."""
+    import time
+
+    from sparta.rl.runs import evaluate
+
+    torch.set_num_threads(1)
+    lines = ["| task | method | episodes | 1 env (s) | lockstep (s) | speed-up | same returns |", "|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        algo, env_id = task.split(":", 1)
+        spec, mod = specs[task], AGENTS[algo][0]
+        n = spec["eval_episodes"]
+        for method in methods[task]:
+            cfg = make_config(task, spec, method, 0, spec["steps"], False)
+            net = mod.build(cfg, make_env(env_id))["q" if algo == "dqn" else "actor"]
+            if algo == "dqn":
+                def policy(o, net=net):
+                    return net(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
+            else:
+                def policy(o, net=net, sac_=algo == "sac"):
+                    x = torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)
+                    return (net.act(x) if sac_ else net(x)).numpy()
+            times, returns = {}, {}
+            for copies in (1, n):
+                envs = [make_env(env_id) for _ in range(copies)]
+                ts = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        returns[copies] = evaluate(envs, policy, n, seed=0)
+                    ts.append(time.perf_counter() - t0)
+                times[copies] = float(np.median(ts))
+            lines.append(f"| {task} | {method} | {n} | {times[1]:.3f} | {times[n]:.3f} | {times[1] / times[n]:.1f}× | "
+                         f"{'yes' if np.allclose(returns[1], returns[n]) else 'no'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CartPole-v1 DQN and Pendulum-v1 SAC, short runs, 2 seeds")
@@ -235,6 +274,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-rl", help="folder of run directories (default runs/bench-rl)")
     ap.add_argument("--jobs", type=int, default=1, help="agents trained at once, one thread each")
     ap.add_argument("--report", action="store_true", help="only aggregate the finished runs in --out")
+    ap.add_argument("--eval-speed", action="store_true",
+                    help="only time one evaluation: 1 environment vs one copy per episode in lockstep")
     args = ap.parse_args()
     specs = {**TASKS, **QUICK_TASKS}
     tasks = args.tasks or (list(QUICK_TASKS) if args.quick else GRID)
@@ -246,6 +287,9 @@ def main() -> None:
         parse_method(m)
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     out = Path(args.out)
+    if args.eval_speed:
+        print(eval_speed(tasks, specs, methods))
+        return
     if not args.report:
         jobs = [(t, specs[t], m, s, args.steps or specs[t]["steps"], args.quick, str(out))
                 for s in seeds for t in tasks for m in methods[t]]

@@ -104,3 +104,54 @@ def test_minatar_conv_dqn_runs_if_installed(tmp_path):
     assert s["step"] == 300 and s["density"] < 0.2
     net = dqn.build(cfg, make_env(cfg.env_id))["q"]
     assert type(net.net[0]).__name__ == "MaskedConv2d" and sp.density(net) < 0.2
+
+
+class _CountingEnv:
+    """CartPole that counts its steps and refuses to be stepped after an episode ended (until reset)."""
+
+    def __init__(self) -> None:
+        self.env, self.steps, self.done = make_env("CartPole-v1"), 0, True
+
+    def reset(self, seed=None):
+        self.done = False
+        return self.env.reset(seed=seed)
+
+    def step(self, action):
+        assert not self.done, "a finished environment was stepped"
+        self.steps += 1
+        out = self.env.step(int(action))
+        self.done = out[2] or out[3]
+        return out
+
+
+def _sequential_returns(policy, episodes: int, seed: int) -> list[float]:
+    env, returns = make_env("CartPole-v1"), []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            obs, r, term, trunc, _ = env.step(int(policy(obs[None])[0]))
+            total += r
+            done = term or trunc
+        returns.append(total)
+    return returns
+
+
+@pytest.mark.parametrize("copies", [1, 3, 7])
+def test_lockstep_evaluation_equals_one_episode_at_a_time(copies):
+    from sparta.rl.runs import evaluate
+
+    calls = []
+
+    def policy(obs):  # a deterministic controller whose episodes have different lengths
+        calls.append(len(obs))
+        return (obs[:, 2] + 0.3 * obs[:, 3] > 0.02 * obs[:, 0]).astype(int)
+
+    envs = [_CountingEnv() for _ in range(copies)]
+    got = evaluate(envs, policy, 7, seed=123)
+    want = _sequential_returns(policy, 7, seed=123)
+    assert got == want and len(set(want)) > 1
+    assert sum(e.steps for e in envs) == sum(want)  # CartPole: one reward per step, no wasted steps
+    assert max(calls) == copies  # batched: one forward pass for all running episodes
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate([], policy, 1, seed=0)

@@ -55,6 +55,32 @@ def test_ppo_set_keeps_nnz_and_evolves():
     assert density(model.policy) < 0.2
 
 
+@pytest.mark.parametrize("algo", ["ppo", "gmp-dqn"])
+def test_vectorised_environments(algo):
+    """SB3's VecEnv with 4 copies: the bridge counts gradient steps, not environment steps, per network."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sparta.rl.sb3 import estimate_gradient_steps
+
+    env = make_vec_env("CartPole-v1", n_envs=4, seed=0)
+    if algo == "ppo":
+        model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=2, seed=0, device="cpu")
+        assert estimate_gradient_steps(model, 2048) == {"policy": 8 * 2 * 4}
+        sparsify_policy(model, 0.9)
+        nnz0 = layer_nnz(model.policy)
+        cb = TopologyCallback("set", every=8, zeta=0.1, end_fraction=None)
+        model.learn(2048, callback=cb)
+        assert cb.updates == 8 and layer_nnz(model.policy) == nnz0
+    else:
+        model = DQN("MlpPolicy", env, learning_starts=0, train_freq=2, gradient_steps=1, target_update_interval=50,
+                    seed=0, device="cpu")
+        assert estimate_gradient_steps(model, 4000) == {"q_net": 500}
+        cb = TopologyCallback("gmp", every=20, sparsity=0.8, gmp_start=0.0, gmp_end=0.5)
+        model.learn(4000, callback=cb)
+        assert density(model.q_net) == pytest.approx(0.2, abs=0.01)
+        check_same_topology(model.q_net, model.q_net_target)
+
+
 def test_dqn_set_targets_share_topology():
     model = dqn()
     sparsify_policy(model, 0.9)

@@ -144,13 +144,16 @@ def _report_summary(run: Path, s: dict[str, Any]) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sparta.rl.runs import evaluate, find_runs, read_config
+    from sparta.rl.runs import eval_envs, evaluate, find_runs, read_config
 
     rows = []
     for run in find_runs(args.run):
         mod, _ = _module(read_config(run)["algo"])
         policy, env, cfg = mod.load_policy(run)
-        returns = evaluate(env, policy, args.episodes, cfg.seed + 2 * 10**6)
+        envs = eval_envs(cfg.env_id, args.episodes)
+        returns = evaluate(envs, policy, args.episodes, cfg.seed + 2 * 10**6)
+        for e in (env, *envs):
+            e.close()
         rows.append({"run": str(run), "episodes": args.episodes, "mean": float(np.mean(returns)),
                      "std": float(np.std(returns)), "returns": returns})
     if args.json:

@@ -21,7 +21,7 @@ from torch import nn
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.envs import make_env
-from sparta.rl.runs import Run, eval_row, evaluate, restore_network, summarize
+from sparta.rl.runs import Run, eval_envs, eval_row, evaluate, restore_network, summarize
 from sparta.train.runs import set_threads
 
 
@@ -133,7 +133,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         raise TypeError(f"cfg must be a DQNConfig, got {type(cfg).__name__}")
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    env, eval_env = make_env(cfg.env_id), make_env(cfg.env_id)
+    env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "n"):
         raise ValueError(f"DQN needs a discrete action space; {cfg.env_id} has {env.action_space}")
     run = Run(run_dir, "dqn", cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
@@ -145,8 +145,9 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     step = episode = grad_step = 0
     next_checkpoint = cfg.checkpoint_every
 
-    def greedy(o) -> int:
-        return int(q(torch.as_tensor(o, dtype=torch.float32).unsqueeze(0)).argmax(1).item())
+    @torch.no_grad()
+    def greedy(o: np.ndarray) -> np.ndarray:  # (k, *obs_shape) → k actions
+        return q(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
 
     def checkpoint() -> None:
         run.save({"step": step, "episode": episode, "grad_step": grad_step, "next_checkpoint": next_checkpoint,
@@ -167,7 +168,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         torch.set_rng_state(ck["torch_rng"])
         step, episode, grad_step, next_checkpoint = ck["step"], ck["episode"], ck["grad_step"], ck["next_checkpoint"]
     else:
-        run.log(eval_row(0, evaluate(eval_env, greedy, cfg.eval_episodes, cfg.seed + 10**6), sp.density(q)))
+        run.log(eval_row(0, evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6), sp.density(q)))
 
     obs, _ = env.reset(seed=cfg.seed + episode)
     ep_return, ep_len, t_start = 0.0, 0, time.perf_counter()
@@ -177,8 +178,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         if rng.random() < epsilon:
             action = int(rng.integers(env.action_space.n))
         else:
-            with torch.no_grad():
-                action = greedy(obs)
+            action = int(greedy(obs[None])[0])
         next_obs, reward, terminated, truncated, _ = env.step(action)
         # store (the true final observation; n-step returns are cut at the episode's end)
         rb.add(obs, action, reward, next_obs, terminated, truncated)
@@ -210,7 +210,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
                 sp.polyak(q, target, cfg.tau)
 
         if step % cfg.eval_every == 0:
-            run.log(eval_row(step, evaluate(eval_env, greedy, cfg.eval_episodes, cfg.seed + 10**6), sp.density(q)))
+            run.log(eval_row(step, evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6), sp.density(q)))
         run.progress(step)
 
         if terminated or truncated:
@@ -228,17 +228,17 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
             ep_return, ep_len = 0.0, 0
 
     checkpoint()
-    final = evaluate(eval_env, greedy, cfg.eval_episodes, cfg.seed + 10**6)
-    return summarize(run, "dqn", cfg, step, final, [q], t_start, env, eval_env)
+    final = evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6)
+    return summarize(run, "dqn", cfg, step, final, [q], t_start, env, *test_envs)
 
 
 def load_policy(run_dir) -> tuple[Any, Any, DQNConfig]:
-    """(greedy policy obs → action, env, config) from a run directory's checkpoint."""
+    """(greedy policy: observations ``(k, *obs_shape)`` → k actions, env, config) from a run directory's checkpoint."""
     net, env, cfg = restore_network(run_dir, DQNConfig, build, "q", "algo")
 
     @torch.no_grad()
-    def policy(o):
-        return int(net(torch.as_tensor(o, dtype=torch.float32).unsqueeze(0)).argmax(1).item())
+    def policy(o: np.ndarray) -> np.ndarray:
+        return net(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
 
     return policy, env, cfg
 

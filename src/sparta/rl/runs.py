@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,19 +162,47 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     return ck
 
 
+EVAL_ENVS = 16  # environment copies an evaluation steps in lockstep (one batched forward pass per step)
+
+
+def eval_envs(env_id: str, episodes: int) -> list[Any]:
+    """``min(episodes, EVAL_ENVS)`` copies of ``env_id`` for :func:`evaluate`."""
+    from sparta.rl.envs import make_env
+
+    return [make_env(env_id) for _ in range(max(1, min(episodes, EVAL_ENVS)))]
+
+
 @torch.no_grad()
-def evaluate(env, policy: Callable[[np.ndarray], Any], episodes: int, seed: int) -> list[float]:
-    """Returns of ``episodes`` episodes with the deterministic ``policy`` (obs → action); episode ``i`` is reset
-    with seed ``seed + i``, so evaluations are comparable and do not touch the training RNGs."""
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            obs, r, term, trunc, _ = env.step(policy(obs))
-            total += float(r)
-            done = term or trunc
-        returns.append(total)
+def evaluate(envs: Sequence[Any], policy: Callable[[np.ndarray], np.ndarray], episodes: int,
+             seed: int) -> list[float]:
+    """Returns of ``episodes`` episodes with the deterministic ``policy``, run ``len(envs)`` at a time in lockstep.
+
+    ``policy`` maps a batch of observations ``(k, *obs_shape)`` to ``k`` actions, so every step of the running
+    episodes costs one forward pass. Episode ``i`` is reset with seed ``seed + i`` (whichever copy runs it), so
+    evaluations are comparable, independent of ``len(envs)``, and do not touch the training RNGs. A finished copy
+    is not stepped again until it starts the next episode.
+    """
+    if not envs:
+        raise ValueError("evaluate needs at least one environment")
+    returns = [0.0] * episodes
+    running: dict[int, tuple[Any, Any]] = {}  # episode index → (env, current observation)
+    free, next_episode = list(envs), 0
+    while next_episode < episodes or running:
+        while free and next_episode < episodes:
+            env = free.pop()
+            running[next_episode] = (env, env.reset(seed=seed + next_episode)[0])
+            next_episode += 1
+        ids = list(running)
+        actions = policy(np.stack([running[i][1] for i in ids]))
+        for i, action in zip(ids, actions, strict=True):
+            env = running[i][0]
+            obs, r, term, trunc, _ = env.step(action)
+            returns[i] += float(r)
+            if term or trunc:
+                del running[i]
+                free.append(env)
+            else:
+                running[i] = (env, obs)
     return returns
 
 

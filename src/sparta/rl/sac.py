@@ -23,7 +23,7 @@ from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
 from sparta.rl.envs import make_env
-from sparta.rl.runs import Run, eval_row, evaluate, restore_network, summarize
+from sparta.rl.runs import Run, eval_envs, eval_row, evaluate, restore_network, summarize
 from sparta.train.runs import set_threads
 
 LOG_STD_MIN, LOG_STD_MAX = -5, 2
@@ -149,7 +149,7 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         raise TypeError(f"cfg must be a SACConfig, got {type(cfg).__name__}")
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    env, eval_env = make_env(cfg.env_id), make_env(cfg.env_id)
+    env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "low"):
         raise ValueError(f"SAC needs a continuous (Box) action space; {cfg.env_id} has {env.action_space}")
     run = Run(run_dir, "sac", cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
@@ -173,8 +173,8 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         return (a + c) / (at + ct)
 
     @torch.no_grad()
-    def deterministic(o):
-        return actor.act(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+    def deterministic(o: np.ndarray) -> np.ndarray:  # (k, obs_dim) → (k, act_dim)
+        return actor.act(torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)).numpy()
 
     def checkpoint() -> None:
         run.save({"step": step, "episode": episode, "next_checkpoint": next_checkpoint, "actor": actor.state_dict(),
@@ -200,7 +200,7 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         torch.set_rng_state(ck["torch_rng"])
         step, episode, next_checkpoint = ck["step"], ck["episode"], ck["next_checkpoint"]
     else:
-        run.log(eval_row(0, evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
+        run.log(eval_row(0, evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
 
     obs, _ = env.reset(seed=cfg.seed + episode)
     ep_return, ep_len, t_start = 0.0, 0, time.perf_counter()
@@ -258,7 +258,7 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
                 sp.polyak(qf, qf_target, cfg.tau)
 
         if step % cfg.eval_every == 0:
-            run.log(eval_row(step, evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density(),
+            run.log(eval_row(step, evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density(),
                              alpha=alpha))
         run.progress(step)
 
@@ -276,16 +276,17 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
             ep_return, ep_len = 0.0, 0
 
     checkpoint()
-    final = evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6)
-    return summarize(run, "sac", cfg, step, final, [actor, qf], t_start, env, eval_env)
+    final = evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6)
+    return summarize(run, "sac", cfg, step, final, [actor, qf], t_start, env, *test_envs)
 
 
 def load_policy(run_dir) -> tuple[Any, Any, SACConfig]:
-    """(deterministic policy obs → action, env, config) from a run directory's checkpoint."""
+    """(deterministic policy: observations ``(k, obs_dim)`` → ``(k, act_dim)`` actions, env, config) from a run
+    directory's checkpoint."""
     net, env, cfg = restore_network(run_dir, SACConfig, build, "actor", "actor_algo")
 
     @torch.no_grad()
-    def policy(o):
-        return net.act(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+    def policy(o: np.ndarray) -> np.ndarray:
+        return net.act(torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)).numpy()
 
     return policy, env, cfg

@@ -22,7 +22,7 @@ from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
 from sparta.rl.envs import make_env
-from sparta.rl.runs import Run, eval_row, evaluate, restore_network, summarize
+from sparta.rl.runs import Run, eval_envs, eval_row, evaluate, restore_network, summarize
 from sparta.rl.sac import TwinQ, mlp
 from sparta.train.runs import set_threads
 
@@ -110,7 +110,7 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
         raise TypeError(f"cfg must be a TD3Config, got {type(cfg).__name__}")
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    env, eval_env = make_env(cfg.env_id), make_env(cfg.env_id)
+    env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "low"):
         raise ValueError(f"TD3 needs a continuous (Box) action space; {cfg.env_id} has {env.action_space}")
     run = Run(run_dir, "td3", cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
@@ -131,8 +131,8 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
         return (a + c) / (at + ct)
 
     @torch.no_grad()
-    def deterministic(o):
-        return actor(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+    def deterministic(o: np.ndarray) -> np.ndarray:  # (k, obs_dim) → (k, act_dim)
+        return actor(torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)).numpy()
 
     def checkpoint() -> None:
         run.save({"step": step, "episode": episode, "next_checkpoint": next_checkpoint, "actor": actor.state_dict(),
@@ -156,7 +156,7 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
         torch.set_rng_state(ck["torch_rng"])
         step, episode, next_checkpoint = ck["step"], ck["episode"], ck["next_checkpoint"]
     else:
-        run.log(eval_row(0, evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
+        run.log(eval_row(0, evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
 
     obs, _ = env.reset(seed=cfg.seed + episode)
     ep_return, ep_len, t_start = 0.0, 0, time.perf_counter()
@@ -166,7 +166,7 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
             action = rng.uniform(low, high).astype(np.float32)
         else:
             noise = rng.normal(0.0, 1.0, size=low.shape) * scale.numpy() * cfg.exploration_noise
-            action = np.clip(deterministic(obs) + noise, low, high).astype(np.float32)
+            action = np.clip(deterministic(obs[None])[0] + noise, low, high).astype(np.float32)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         rb.add(np.asarray(obs).reshape(-1), action, reward, np.asarray(next_obs).reshape(-1), terminated, truncated)
         obs = next_obs
@@ -202,7 +202,7 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
                 sp.polyak(qf, qf_target, cfg.tau)
 
         if step % cfg.eval_every == 0:
-            run.log(eval_row(step, evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
+            run.log(eval_row(step, evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
         run.progress(step)
 
         if terminated or truncated:
@@ -219,16 +219,17 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
             ep_return, ep_len = 0.0, 0
 
     checkpoint()
-    final = evaluate(eval_env, deterministic, cfg.eval_episodes, cfg.seed + 10**6)
-    return summarize(run, "td3", cfg, step, final, [actor, qf], t_start, env, eval_env)
+    final = evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6)
+    return summarize(run, "td3", cfg, step, final, [actor, qf], t_start, env, *test_envs)
 
 
 def load_policy(run_dir) -> tuple[Any, Any, TD3Config]:
-    """(deterministic policy obs → action, env, config) from a run directory's checkpoint."""
+    """(deterministic policy: observations ``(k, obs_dim)`` → ``(k, act_dim)`` actions, env, config) from a run
+    directory's checkpoint."""
     net, env, cfg = restore_network(run_dir, TD3Config, build, "actor", "actor_algo")
 
     @torch.no_grad()
-    def policy(o):
-        return net(torch.as_tensor(o, dtype=torch.float32).reshape(1, -1))[0].numpy()
+    def policy(o: np.ndarray) -> np.ndarray:
+        return net(torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)).numpy()
 
     return policy, env, cfg
