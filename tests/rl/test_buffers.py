@@ -66,3 +66,20 @@ def test_invalid(kw, msg):
     cap = args.pop("capacity")
     with pytest.raises(ValueError, match=msg):
         ReplayBuffer(cap, (1,), **args)
+
+
+def test_end_episode_flushes_pending_as_truncation():
+    """A run that stops mid-episode: the last n-1 steps get their (shorter) returns, bootstrapping, before the
+    next episode's steps could be mixed into them."""
+    rb = ReplayBuffer(10, (1,), n_step=3, gamma=0.5)
+    for t in range(4):
+        rb.add([t], 0, 1.0, [t + 1], False)
+    assert len(rb) == 2 and len(rb.pending) == 2
+    rb.end_episode([4])
+    assert len(rb) == 4 and not rb.pending
+    np.testing.assert_allclose(rb.rewards[2:4], [1.5, 1.0])
+    np.testing.assert_allclose(rb.next_obs[2:4, 0], [4, 4])
+    np.testing.assert_allclose(rb.discounts[2:4], [0.25, 0.5])
+    np.testing.assert_array_equal(rb.dones[:4], [0, 0, 0, 0])
+    rb.add([9], 0, 100.0, [10], False)  # the next episode's first step stays pending alone
+    assert len(rb) == 4 and len(rb.pending) == 1

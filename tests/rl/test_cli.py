@@ -25,6 +25,8 @@ def test_rl_train_eval_report(tmp_path, capsys):
     (["--algo", "dqn", "--set", "nope=1"], "unknown dqn settings"),
     (["--algo", "sac", "--double"], "apply to dqn"),
     (["--sparsity", "1.5", "--method", "set"], "sparsity must be in"),
+    (["--set", "seed=3"], "use --seed"),
+    (["--set", "sparsity=0.5"], "use --sparsity"),
 ])
 def test_rl_train_errors(argv, msg, tmp_path, capsys):
     assert main(["rl", "train", "--out", str(tmp_path / "r"), "-q", *argv]) == 2

@@ -79,6 +79,13 @@ class ReplayBuffer:
             while self.pending:
                 self._emit_first(next_obs, bool(terminated))
 
+    def end_episode(self, next_obs) -> None:
+        """Cut the current episode here as a truncation: store the pending steps' n-step returns, bootstrapping
+        from ``next_obs`` (the last observation). A run that stops mid-episode calls this before its final
+        checkpoint, so an extended run does not mix the next episode's rewards into them."""
+        while self.pending:
+            self._emit_first(next_obs, False)
+
     def sample(self, batch_size: int, device: torch.device | str = "cpu") -> Batch:
         """``batch_size`` transitions drawn uniformly (with replacement) from those stored."""
         if self.size == 0:

@@ -112,7 +112,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        settings[key.strip()] = _value(value.strip())
+        key = key.strip()
+        if key in ("seed", "sparsity"):
+            raise ValueError(f"--set {key}=...: use --{key} (and the sparsity flags) instead")
+        settings[key] = _value(value.strip())
     if algo == "dqn":
         settings.update({k: a[k] for k in ("double", "n_step") if k in a})
     elif "double" in a or "n_step" in a:

@@ -3,7 +3,8 @@
 Read top to bottom: hyper-parameters, the Q-network, the ε schedule, then one training loop
 (act → store → sample → TD target → loss → topology update → target-network update).
 The MLP layers are ``SparseLinear``; a convolutional torso (MinAtar) uses ``MaskedConv2d``.
-Defaults are CleanRL's DQN defaults (classic control); ``sparsity`` picks the sparse method.
+Defaults are CleanRL's DQN defaults (classic control), with the target network's period counted in gradient
+steps (50 = CleanRL's 500 environment steps at ``train_frequency`` 10); ``sparsity`` picks the sparse method.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class DQNConfig:
     buffer_size: int = 10_000
     gamma: float = 0.99
     tau: float = 1.0                      # target update rate (1 = hard copy)
-    target_network_frequency: int = 500   # gradient steps between target updates
+    target_network_frequency: int = 50    # gradient steps between target updates (CleanRL: every 500 env steps)
     batch_size: int = 128
     start_e: float = 1.0
     end_e: float = 0.05
@@ -227,6 +228,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
             obs, _ = env.reset(seed=cfg.seed + episode)
             ep_return, ep_len = 0.0, 0
 
+    rb.end_episode(obs)  # the run ends mid-episode: its last n-step returns bootstrap from here (truncation)
     checkpoint()
     final = evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6)
     return summarize(run, "dqn", cfg, step, final, [q], t_start, env, *test_envs)

@@ -1,5 +1,6 @@
-"""Aggregate RL runs across seeds as rliable reports them (Agarwal et al., 2021): interquartile mean (IQM) of the
-evaluation returns with percentile-bootstrap confidence intervals over runs, and PNG plots (matplotlib Agg)."""
+"""Aggregate RL runs across seeds as rliable reports them (Agarwal et al., 2021): each run scores the mean return
+of its evaluation episodes; the interquartile mean (IQM) of those run scores, with a percentile-bootstrap
+confidence interval that resamples runs; PNG plots (matplotlib Agg)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,24 @@ def iqm(x: np.ndarray) -> float:
     return float(x[k:n - k].mean()) if n - 2 * k > 0 else float(x.mean())
 
 
-def bootstrap_ci(scores: np.ndarray, reps: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the IQM of ``scores (runs, episodes)``, resampling runs with replacement."""
+def run_scores(scores: np.ndarray) -> np.ndarray:
+    """``(runs, episodes)`` evaluation returns → ``(runs,)`` run scores (mean over episodes); 1-D input is kept."""
     scores = np.asarray(scores, dtype=np.float64)
+    return scores.mean(axis=1) if scores.ndim == 2 else scores.reshape(-1)
+
+
+def score_iqm(scores: np.ndarray) -> float:
+    """IQM over runs of ``scores (runs, episodes)``: the rliable aggregate of one task."""
+    return iqm(run_scores(scores))
+
+
+def bootstrap_ci(scores: np.ndarray, reps: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of :func:`score_iqm` of ``scores (runs, episodes)``, resampling runs with
+    replacement (with 3 runs it spans at most their lowest to highest score)."""
+    runs = run_scores(scores)
     rng = np.random.default_rng(seed)
-    n = scores.shape[0]
-    stats = [iqm(scores[rng.integers(0, n, n)]) for _ in range(reps)]
+    n = runs.shape[0]
+    stats = [iqm(runs[rng.integers(0, n, n)]) for _ in range(reps)]
     lo, hi = np.percentile(stats, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
@@ -50,7 +63,7 @@ def aggregate(path: str | Path) -> dict[str, dict[str, Any]]:
         for st in steps:
             width = min(len(e[st]) for e in evals)
             scores = np.array([e[st][:width] for e in evals])
-            curves["iqm"].append(iqm(scores))
+            curves["iqm"].append(score_iqm(scores))
             lo, hi = bootstrap_ci(scores, reps=500)
             curves["lo"].append(lo)
             curves["hi"].append(hi)
@@ -62,7 +75,7 @@ def aggregate(path: str | Path) -> dict[str, dict[str, Any]]:
             last = np.array([evals[i][steps[-1]] for i in range(len(evals))], dtype=object)
             width = min(len(x) for x in last)
             scores = np.array([x[:width] for x in last], dtype=np.float64)
-            curves["final_iqm"], curves["final_ci"] = iqm(scores), bootstrap_ci(scores)
+            curves["final_iqm"], curves["final_ci"] = score_iqm(scores), bootstrap_ci(scores)
         out[label] = curves
     return out
 
@@ -82,7 +95,7 @@ def write_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Pat
         line, = ax.plot(c["steps"], c["iqm"], label=f"{label} (n={c['runs']})")
         ax.fill_between(c["steps"], c["lo"], c["hi"], color=line.get_color(), alpha=0.2)
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("evaluation return (IQM, 95% bootstrap CI)")
+    ax.set_ylabel("evaluation return (IQM over runs, 95% CI)")
     ax.set_title("Return across seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

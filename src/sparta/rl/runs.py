@@ -179,8 +179,10 @@ def evaluate(envs: Sequence[Any], policy: Callable[[np.ndarray], np.ndarray], ep
 
     ``policy`` maps a batch of observations ``(k, *obs_shape)`` to ``k`` actions, so every step of the running
     episodes costs one forward pass. Episode ``i`` is reset with seed ``seed + i`` (whichever copy runs it), so
-    evaluations are comparable, independent of ``len(envs)``, and do not touch the training RNGs. A finished copy
-    is not stepped again until it starts the next episode.
+    evaluations are comparable and do not touch the training RNGs. A finished copy is not stepped again until it
+    starts the next episode. The returns equal those of one episode at a time up to the floating-point effect of
+    batching on the policy's arithmetic (none for ``SparseLinear`` layers, whose rows are summed the same way
+    at any batch size; dense layers may differ in the last bits).
     """
     if not envs:
         raise ValueError("evaluate needs at least one environment")

@@ -43,7 +43,7 @@ class SACConfig:
     q_lr: float = 1e-3
     policy_frequency: int = 2          # critic steps per (delayed, repeated) actor update
     target_network_frequency: int = 1
-    alpha: float = 0.2                 # initial / fixed entropy coefficient
+    alpha: float = 0.2                 # entropy coefficient without autotune (autotuning starts at 1, as CleanRL)
     autotune: bool = True              # automatic entropy tuning (target entropy −|A|)
     hidden: tuple[int, ...] = (256, 256)
     eval_every: int = 10_000
@@ -136,7 +136,8 @@ def build(cfg: SACConfig, env) -> dict[str, Any]:
     actor_algo = sp.make_algorithm(actor, actor_opt, cfg.sparsity, steps, cfg.seed)
     q_algo = sp.make_algorithm(qf, q_opt, cfg.sparsity, steps, cfg.seed + 1)
     qf_target = copy.deepcopy(qf)
-    log_alpha = torch.tensor([float(np.log(cfg.alpha))], requires_grad=True)
+    # autotuning starts from α = 1 (CleanRL's log α = 0); a fixed α is cfg.alpha
+    log_alpha = torch.tensor([0.0 if cfg.autotune else float(np.log(cfg.alpha))], requires_grad=True)
     a_opt = torch.optim.Adam([log_alpha], lr=cfg.q_lr)
     return {"actor": actor, "qf": qf, "qf_target": qf_target, "actor_opt": actor_opt, "q_opt": q_opt,
             "actor_algo": actor_algo, "q_algo": q_algo, "log_alpha": log_alpha, "a_opt": a_opt}

@@ -38,7 +38,8 @@ class SparsityConfig:
     sparsity: target fraction of removed connections in [0, 1) (overall, distributed by ``distribution``).
     distribution: erk, er or uniform per-layer densities (static/set/rigl; GMP prunes each layer uniformly).
     width: multiplier of the hidden-layer sizes (Obando-Ceron et al. use ×3 with GMP).
-    every: environment steps between topology updates (counted in gradient steps of that network).
+    every: gradient steps of a network between its topology updates (DQN: one gradient step per
+        ``train_frequency`` environment steps; a TD3 actor counts its own, delayed, steps).
     zeta: fraction of connections replaced per update (SET ζ, RigL α).
     end_fraction: SET/RigL: fraction of training after which the topology is frozen.
     gmp_start, gmp_end: fractions of training between which GMP prunes.
