@@ -6,10 +6,14 @@ checkpoint) and ``sparta rl report`` works on any folder of it. ``--jobs N`` run
 each; runs go seed by seed (seed 0 of every task and method first), so a grid cut short still compares every
 method on the same seeds. ``--report`` only aggregates what is there: a markdown table and, per task,
 ``returns.png`` (IQM with 95 % bootstrap bands over seeds) and ``density.png`` in ``<out>/plots``.
+A run's score is its mean evaluation return over its last 3 evaluations (``--last``; evaluations every 10 % of
+training, so the last 20 %); the table gives the IQM of the run scores and its percentile-bootstrap 95 % CI
+over runs (rliable's aggregate; with 3 seeds the IQM is their mean and the CI lies within their range).
 
     python benchmarks/rl.py --quick                                  # CartPole + Pendulum, minutes
     python benchmarks/rl.py --out runs/bench-rl --jobs 2              # the grid below (hours on 2 cores)
     python benchmarks/rl.py --out runs/bench-rl --report              # table + plots of what has finished
+    python benchmarks/rl.py --timing                                  # ms per training step, methods interleaved
     python benchmarks/rl.py --eval-speed --methods dense set:0.9      # evaluation: 1 env vs lockstep copies
     python benchmarks/rl.py --tasks dqn:LunarLander-v3 --methods dense gmp:0.95x3 --seeds 0 1 2 --steps 200000
 
@@ -38,7 +42,7 @@ from torch import nn
 from sparta.nn import MaskedConv2d, MaskedLinear, SparseLinear
 from sparta.rl import SparsityConfig, dqn, sac, td3
 from sparta.rl.envs import make_env
-from sparta.rl.report import bootstrap_ci, iqm, write_plots
+from sparta.rl.report import bootstrap_ci, score_iqm, write_plots
 from sparta.rl.runs import SUMMARY, find_runs, read_metrics
 
 AGENTS = {"dqn": (dqn, dqn.DQNConfig), "sac": (sac, sac.SACConfig), "td3": (td3, td3.TD3Config)}
@@ -185,8 +189,14 @@ def train_cost(runs: list[Path]) -> float:
     return float(np.mean(fracs)) if fracs else float("nan")
 
 
+def last_returns(run: Path, last: int) -> list[float]:
+    """The episode returns of a run's last ``last`` evaluations (its score is their mean)."""
+    rows = read_metrics(run, "eval")[-last:]
+    return [r for row in rows for r in row["returns"]]
+
+
 def report(out: Path, tasks: list[str], methods: dict[str, list[str]], specs: dict, steps_override: int | None,
-           quick: bool) -> str:
+           quick: bool, last: int = 3) -> str:
     lines = ["| task | method | sparsity | width | seeds | final density | IQM return | 95 % CI | vs dense CI "
              "| ms/step | × dense time | train FLOPs × dense | FLOPs/obs | params |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -203,8 +213,7 @@ def report(out: Path, tasks: list[str], methods: dict[str, list[str]], specs: di
             if not runs:
                 continue
             summaries = [json.loads((r / SUMMARY).read_text()) for r in runs]
-            width = min(len(s["eval_returns"]) for s in summaries)
-            scores = np.array([s["eval_returns"][:width] for s in summaries])
+            scores = np.array([last_returns(r, last) for r in runs])
             lo, hi = bootstrap_ci(scores)
             ms = float(np.median([1e3 * s["seconds"] / s["step"] for s in summaries]))
             name, sparsity, wmult = parse_method(method)
@@ -214,10 +223,10 @@ def report(out: Path, tasks: list[str], methods: dict[str, list[str]], specs: di
                 dense_ci, dense_ms, dense_conn = (lo, hi), ms, summaries[0]["dense_size"]
             flops, params = final_network(task, spec, method, steps, quick)
             within = "–" if dense_ci is None or name == "dense" else (
-                "below" if iqm(scores) < dense_ci[0] else "above" if iqm(scores) > dense_ci[1] else "within")
+                "below" if score_iqm(scores) < dense_ci[0] else "above" if score_iqm(scores) > dense_ci[1] else "within")
             lines.append(
                 f"| {task} | {name} | {sparsity:.0%} | ×{wmult:g} | {len(runs)} | {summaries[0]['density']:.3f} | "
-                f"{iqm(scores):.1f} | [{lo:.1f}, {hi:.1f}] | {within} | {ms:.2f} | "
+                f"{score_iqm(scores):.1f} | [{lo:.1f}, {hi:.1f}] | {within} | {ms:.2f} | "
                 f"{'–' if dense_ms is None else f'{ms / dense_ms:.2f}'} | "
                 f"{'–' if dense_conn is None else f'{conn / dense_conn:.2f}'} | {flops} | {params} |")
         if tdir.is_dir():
@@ -264,6 +273,42 @@ def eval_speed(tasks: list[str], specs: dict, methods: dict[str, list[str]], rep
     return "\n".join(lines)
 
 
+TIMING_METHODS = ["dense", "set:0.9", "set:0.95", "static:0.95x3"]
+
+
+def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats: int = 3) -> str:
+    """Wall-clock per environment step of each agent's training loop (acting, replay, updates, topology
+    updates), measured alone, one thread, methods interleaved, median of ``repeats``: 1000 steps of random
+    actions to fill the buffer, then a fixed number of learning steps, no evaluation.
+    ``static:0.95x3`` has the network GMP 95 % ×3 ends with (its cost per step once pruned)."""
+    import time
+
+    torch.set_num_threads(1)
+    learn = {"dqn": 4000, "td3": 1500, "sac": 1500}
+    lines = ["| task | method | ms/step | × dense | steps timed |", "|---|---|---|---|---|"]
+    for task in tasks:
+        algo = task.split(":", 1)[0]
+        spec, mod = specs[task], AGENTS[algo][0]
+        steps = 1000 + learn[algo]
+        times: dict[str, list[float]] = {m: [] for m in methods[task]}
+        for _ in range(repeats):
+            for method in methods[task]:
+                cfg = make_config(task, spec, method, 0, steps, False)
+                cfg.learning_starts, cfg.eval_every, cfg.eval_episodes = 1000, steps + 1, 1
+                cfg.sparsity.every = 500  # a few topology updates inside the timed window
+                if algo == "dqn":
+                    cfg.exploration_fraction = 1e-3  # act greedily, as most of a run does
+                t0 = time.perf_counter()
+                mod.train(cfg)
+                times[method].append((time.perf_counter() - t0) / steps)
+        dense = float(np.median(times["dense"])) if "dense" in times else None
+        for method, ts in times.items():
+            ms = 1e3 * float(np.median(ts))
+            ratio = "–" if dense is None else f"{ms / 1e3 / dense:.2f}"
+            lines.append(f"| {task} | {method} | {ms:.3f} | {ratio} | {steps} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CartPole-v1 DQN and Pendulum-v1 SAC, short runs, 2 seeds")
@@ -274,6 +319,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-rl", help="folder of run directories (default runs/bench-rl)")
     ap.add_argument("--jobs", type=int, default=1, help="agents trained at once, one thread each")
     ap.add_argument("--report", action="store_true", help="only aggregate the finished runs in --out")
+    ap.add_argument("--last", type=int, default=3,
+                    help="a run's score: mean return over its last N evaluations (default 3: the last 20 %% of training)")
+    ap.add_argument("--timing", action="store_true",
+                    help="only time the training loop per step, methods alone and interleaved (default methods: "
+                         + " ".join(TIMING_METHODS) + ")")
     ap.add_argument("--eval-speed", action="store_true",
                     help="only time one evaluation: 1 environment vs one copy per episode in lockstep")
     args = ap.parse_args()
@@ -290,6 +340,9 @@ def main() -> None:
     if args.eval_speed:
         print(eval_speed(tasks, specs, methods))
         return
+    if args.timing:
+        print(timing(tasks, specs, {t: args.methods or TIMING_METHODS for t in tasks}))
+        return
     if not args.report:
         jobs = [(t, specs[t], m, s, args.steps or specs[t]["steps"], args.quick, str(out))
                 for s in seeds for t in tasks for m in methods[t]]
@@ -300,8 +353,8 @@ def main() -> None:
             for f in as_completed(futures):
                 t, _, m, s, *_ = futures[f]
                 print(f"done {t} {m} seed {s}: {f.result()}", file=sys.stderr, flush=True)
-    print(f"threads per run: 1; jobs at once: {args.jobs}")
-    print(report(out, tasks, methods, specs, args.steps, args.quick))
+    print("threads per run: 1" + ("" if args.report else f"; runs at once: {args.jobs}"))
+    print(report(out, tasks, methods, specs, args.steps, args.quick, args.last))
 
 
 if __name__ == "__main__":
