@@ -126,38 +126,26 @@ def flops_and_params(net: nn.Module, obs_shape: tuple[int, ...]) -> tuple[int, i
 
     def conv_hook(mod, inp, out):
         nonlocal flops
-        flops += 2 * mod.nnz * out.shape[-1] * out.shape[-2] + (out[0].numel() if mod.bias is not None else 0)
+        weights = mod.nnz if isinstance(mod, MaskedConv2d) else mod.weight.numel()
+        flops += 2 * weights * out.shape[-1] * out.shape[-2] + (out[0].numel() if mod.bias is not None else 0)
 
     for m in net.modules():
         if isinstance(m, SparseLinear | MaskedLinear):
             flops += 2 * m.nnz + m.out_features
             params += m.nnz + (m.out_features if m.bias is not None else 0)
-        elif isinstance(m, MaskedConv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-            params += m.nnz + (m.out_channels if m.bias is not None else 0)
         elif type(m) is nn.Linear:
             flops += 2 * m.weight.numel() + m.out_features
             params += m.weight.numel() + m.out_features
-        elif type(m) is nn.Conv2d:
-            hooks.append(m.register_forward_hook(lambda mod, i, o: _dense_conv(mod, o)))
-            params += m.weight.numel() + m.out_channels
+        elif isinstance(m, MaskedConv2d | nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+            weights = m.nnz if isinstance(m, MaskedConv2d) else m.weight.numel()
+            params += weights + (m.out_channels if m.bias is not None else 0)
     if hooks:
-        global _conv_flops
-        _conv_flops = 0
         with torch.no_grad():
             net(torch.zeros(1, *obs_shape))
         for h in hooks:
             h.remove()
-        flops += _conv_flops
     return flops, params
-
-
-_conv_flops = 0
-
-
-def _dense_conv(mod: nn.Conv2d, out: torch.Tensor) -> None:
-    global _conv_flops
-    _conv_flops += 2 * mod.weight.numel() * out.shape[-1] * out.shape[-2] + out[0].numel()
 
 
 def final_network(task: str, spec: dict, method: str, steps: int, quick: bool) -> tuple[int, int]:
