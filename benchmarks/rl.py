@@ -238,14 +238,7 @@ def eval_speed(tasks: list[str], specs: dict, methods: dict[str, list[str]], rep
         n = spec["eval_episodes"]
         for method in methods[task]:
             cfg = make_config(task, spec, method, 0, spec["steps"], False)
-            net = mod.build(cfg, make_env(env_id))["q" if algo == "dqn" else "actor"]
-            if algo == "dqn":
-                def policy(o, net=net):
-                    return net(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
-            else:
-                def policy(o, net=net, sac_=algo == "sac"):
-                    x = torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)
-                    return (net.act(x) if sac_ else net(x)).numpy()
+            policy = mod.eval_policy(mod.build(cfg, make_env(env_id))["q" if algo == "dqn" else "actor"])
             times, returns = {}, {}
             for copies in (1, n):
                 envs = [make_env(env_id) for _ in range(copies)]

@@ -76,15 +76,17 @@ class ReplayBuffer:
         if len(self.pending) == self.n_step:
             self._emit_first(next_obs, bool(terminated))
         if terminated or truncated:  # flush: shorter returns for the episode's last steps
-            while self.pending:
-                self._emit_first(next_obs, bool(terminated))
+            self._flush(next_obs, bool(terminated))
+
+    def _flush(self, next_obs, done: bool) -> None:
+        while self.pending:
+            self._emit_first(next_obs, done)
 
     def end_episode(self, next_obs) -> None:
         """Cut the current episode here as a truncation: store the pending steps' n-step returns, bootstrapping
         from ``next_obs`` (the last observation). A run that stops mid-episode calls this before its final
         checkpoint, so an extended run does not mix the next episode's rewards into them."""
-        while self.pending:
-            self._emit_first(next_obs, False)
+        self._flush(next_obs, False)
 
     def sample(self, batch_size: int, device: torch.device | str = "cpu") -> Batch:
         """``batch_size`` transitions drawn uniformly (with replacement) from those stored."""

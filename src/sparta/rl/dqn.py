@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -146,9 +147,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     step = episode = grad_step = 0
     next_checkpoint = cfg.checkpoint_every
 
-    @torch.no_grad()
-    def greedy(o: np.ndarray) -> np.ndarray:  # (k, *obs_shape) → k actions
-        return q(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
+    greedy = eval_policy(q)
 
     def checkpoint() -> None:
         run.save({"step": step, "episode": episode, "grad_step": grad_step, "next_checkpoint": next_checkpoint,
@@ -234,13 +233,17 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     return summarize(run, "dqn", cfg, step, final, [q], t_start, env, *test_envs)
 
 
-def load_policy(run_dir) -> tuple[Any, Any, DQNConfig]:
-    """(greedy policy: observations ``(k, *obs_shape)`` → k actions, env, config) from a run directory's checkpoint."""
-    net, env, cfg = restore_network(run_dir, DQNConfig, build, "q", "algo")
+def eval_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """The greedy policy of Q-network ``q``: observations ``(k, *obs_shape)`` → ``k`` actions."""
 
     @torch.no_grad()
-    def policy(o: np.ndarray) -> np.ndarray:
-        return net(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
+    def greedy(o: np.ndarray) -> np.ndarray:
+        return q(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
 
-    return policy, env, cfg
+    return greedy
 
+
+def load_policy(run_dir) -> tuple[Any, Any, DQNConfig]:
+    """(:func:`eval_policy` of the saved Q-network, env, config) from a run directory's checkpoint."""
+    net, env, cfg = restore_network(run_dir, DQNConfig, build, "q", "algo")
+    return eval_policy(net), env, cfg

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -173,9 +174,7 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         (a, at), (c, ct) = sp.nnz_count(actor), sp.nnz_count(qf)
         return (a + c) / (at + ct)
 
-    @torch.no_grad()
-    def deterministic(o: np.ndarray) -> np.ndarray:  # (k, obs_dim) → (k, act_dim)
-        return actor.act(torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)).numpy()
+    deterministic = eval_policy(actor)
 
     def checkpoint() -> None:
         run.save({"step": step, "episode": episode, "next_checkpoint": next_checkpoint, "actor": actor.state_dict(),
@@ -281,13 +280,17 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     return summarize(run, "sac", cfg, step, final, [actor, qf], t_start, env, *test_envs)
 
 
-def load_policy(run_dir) -> tuple[Any, Any, SACConfig]:
-    """(deterministic policy: observations ``(k, obs_dim)`` → ``(k, act_dim)`` actions, env, config) from a run
-    directory's checkpoint."""
-    net, env, cfg = restore_network(run_dir, SACConfig, build, "actor", "actor_algo")
+def eval_policy(actor: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """The deterministic policy of ``actor`` (its mean action): observations ``(k, obs_dim)`` → ``(k, act_dim)`` actions."""
 
     @torch.no_grad()
-    def policy(o: np.ndarray) -> np.ndarray:
-        return net.act(torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)).numpy()
+    def deterministic(o: np.ndarray) -> np.ndarray:
+        return actor.act(torch.as_tensor(o, dtype=torch.float32).reshape(len(o), -1)).numpy()
 
-    return policy, env, cfg
+    return deterministic
+
+
+def load_policy(run_dir) -> tuple[Any, Any, SACConfig]:
+    """(:func:`eval_policy` of the saved actor, env, config) from a run directory's checkpoint."""
+    net, env, cfg = restore_network(run_dir, SACConfig, build, "actor", "actor_algo")
+    return eval_policy(net), env, cfg
