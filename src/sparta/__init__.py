@@ -10,10 +10,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from sparta import nn, topology  # noqa: E402
-from sparta.nn import AllReLU, MaskedConv2d, MaskedLinear, SparseLinear  # noqa: E402
+from sparta import nn, optim, topology  # noqa: E402
+from sparta.kernels.threads import get_num_threads, set_num_threads  # noqa: E402
+from sparta.nn import AllReLU, MaskedConv2d, MaskedLinear, SparseLinear, SparseMLP  # noqa: E402
 from sparta.topology import GMP, SET, ImportancePruning, RigL, Static, TopologyAlgorithm, sparsify  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["GMP", "SET", "AllReLU", "ImportancePruning", "MaskedConv2d", "MaskedLinear", "RigL", "SparseLinear",
-           "Static", "TopologyAlgorithm", "__version__", "nn", "sparsify", "topology"]
+           "SparseMLP", "Static", "TopologyAlgorithm", "__version__", "get_num_threads", "nn", "optim",
+           "set_num_threads", "sparsify", "topology"]

@@ -30,7 +30,7 @@ import torch
 from sparta.train.runs import atomic_write_bytes, atomic_write_text
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
-CHECKPOINT_FORMAT = "sparta-rl-1"
+CHECKPOINT_FORMAT = "sparta-rl-2"  # 2: networks are SparseMLP modules
 
 
 class RunError(ValueError):

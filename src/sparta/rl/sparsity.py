@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparta import optim as sparta_optim
 from sparta.nn.linear import SparseLinear, set_param_data
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
 from sparta.nn.structure import keys as csr_keys
@@ -118,6 +119,12 @@ def _er_epsilon(net: nn.Module, density: float) -> float:
     total = sum(s.numel() for s in shapes)
     raw = sum((s[0] + s[1:].numel()) for s in shapes)
     return density * total / raw
+
+
+def optimizers(cfg: SparsityConfig):
+    """The optimizer module for an agent: ``sparta.optim`` (fused, one pass per parameter) for sparse networks,
+    ``torch.optim`` for dense ones (the plain-PyTorch baseline)."""
+    return torch.optim if cfg.method == "dense" else sparta_optim
 
 
 def make_algorithm(net: nn.Module, optimizer: torch.optim.Optimizer, cfg: SparsityConfig, total_steps: int,

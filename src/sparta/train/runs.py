@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparta import optim as sparta_optim
+from sparta.kernels.threads import configure as configure_threads
 from sparta.nn.linear import SparseLinear
 from sparta.nn.masked import MaskedLinear
 from sparta.topology import GMP, SET, RigL, Static, TopologyAlgorithm
@@ -47,7 +49,7 @@ CONFIG, METRICS_CSV, METRICS_JSONL, CHECKPOINT, SUMMARY, DENSE_DIR = (
     "config.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt", "summary.json", "dense")
 CSV_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "topology_seconds",
               "connections", "density", "neurons", "active_neurons")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: sparse models are SparseMLP modules (dropout seed and step in their state)
 
 
 class RunError(ValueError):
@@ -57,17 +59,15 @@ class RunError(ValueError):
 # ------------------------------------------------------------------ environment
 
 
-def set_threads(threads: int | None) -> None:
-    """Set torch's and numba's thread counts (None: leave them as they are)."""
-    if threads is None:
-        return
+def set_threads(threads: int | None, sparse: bool = True) -> None:
+    """The run's thread policy (:func:`sparta.kernels.threads.configure`): sparse models on sparta's own
+    workers with torch at one thread, dense models on torch's threads (None: the machine's default)."""
     import numba
 
     limit = numba.config.NUMBA_NUM_THREADS
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit):
         raise ConfigError(f"threads must be an int in [1, {limit}] (numba's NUMBA_NUM_THREADS), got {threads!r}")
-    torch.set_num_threads(threads)
-    numba.set_num_threads(threads)
+    numba.set_num_threads(configure_threads(threads, sparse=sparse))
 
 
 def seed_everything(seed: int) -> None:
@@ -144,17 +144,19 @@ def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> S
     sizes = layer_sizes(config, n_features, n_classes)
     seed_everything(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    try:
+    try:  # sparse runs (GMP included: it starts dense) get a SparseMLP and its fused training step
         model = mlp(sizes, density=config.density, epsilon=config.epsilon, sparse=config.sparse,
                     activation=config.activation, alpha=config.alpha, dropout=config.dropout, init=config.init,
-                    generator=gen)
+                    fused=config.algo != "dense", generator=gen)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    # the dense baseline is plain PyTorch (nn.Linear, torch.optim); sparse runs use sparta's fused optimizers
+    optim = torch.optim if config.algo == "dense" else sparta_optim
     if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                                     weight_decay=config.weight_decay)
+        opt: torch.optim.Optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                               weight_decay=config.weight_decay)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        opt = optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     spe = math.ceil(n_train / config.batch_size)
     total = spe * config.epochs
     every = config.every or spe
@@ -419,7 +421,7 @@ def train_model(config: RunConfig, run_dir: Path, data: Dataset, *, label: str =
     ``stop_after``: train at most this many epochs in this call, then checkpoint and return (``finished`` False).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(config.threads)
+    set_threads(config.threads, sparse=config.algo != "dense")
     session = build(config, data.n_features, data.n_classes, len(data.x_train))
     first = 0
     rows: list[dict[str, Any]] = []

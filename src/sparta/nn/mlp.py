@@ -1,0 +1,400 @@
+"""``SparseMLP``: a stack of sparse layers with activation and dropout whose training step runs fused.
+
+A ``SparseMLP`` is an ordinary module: its layers are :class:`~sparta.nn.SparseLinear` modules in
+``mlp.layers`` (so topology algorithms, optimizers and state dicts see them as usual), and between
+layers it applies an activation and dropout. On CPU its forward and backward each run as one pass over
+the layers with fused numba kernels (:mod:`sparta.kernels.fused`):
+
+* forward: per output row, ``W x + b``, activation and dropout while the row is in registers; the
+  dropout mask is a hash of (seed, step, layer, unit, sample) (:mod:`sparta.kernels.hashrng`), never a
+  random tensor; the activation's derivative × dropout scale is kept for backward;
+* backward: value gradients at the connections (SDDMM), input gradients by a *gather* over a transposed
+  copy of each layer's structure (built once per topology, 8 bytes per connection: the row of each
+  connection and its position in the CSR; the values are read through that permutation, so there is
+  nothing to keep current when they change), with the derivative and the bias gradient in the same pass;
+* threads: the batch is cut into parts and each part goes through the whole forward (then the whole
+  backward) on its own thread (:mod:`sparta.kernels.threads`), two hand-offs per step.
+
+It is autograd-compatible (any loss on top, any ``torch.optim`` optimizer; :mod:`sparta.optim` has
+fused ones). Where the fused path does not apply (a layer that is not ``SparseLinear`` — GMP's dense
+phase —, tensors on another device, ``fused=False``) the same network runs layer by layer with torch
+ops and the same dropout masks, so both paths compute the same function.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sparta.kernels import fused, hashrng
+from sparta.kernels.threads import POOL, get_num_threads
+from sparta.nn.linear import SparseLinear
+
+ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
+TRANSPOSES = ("csc", "scatter")
+MAX_FREE_WORKSPACES = 4  # buffers kept for the next forwards (training batch, last batch, evaluation …)
+MIN_WORK_PER_THREAD = 1 << 21  # connections × samples a thread must get before the batch is split
+
+
+def _sizes(sizes: Sequence[int]) -> list[int]:
+    out = list(sizes)
+    if len(out) < 2:
+        raise ValueError(f"sizes must list at least input and output sizes, got {out}")
+    for s in out:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"sizes must be positive ints, got {out}")
+    return out
+
+
+def _per_layer(name: str, value: Any, n: int) -> list[Any]:
+    if isinstance(value, list | tuple):
+        if len(value) != n:
+            raise ValueError(f"{name} must be one value or a list of {n} (one per layer), got {len(value)}")
+        return list(value)
+    return [value] * n
+
+
+class SparseMLP(nn.Module):
+    """``sizes = [in, h1, …, out]``: ``SparseLinear`` layers with ``activation`` and dropout ``p`` after
+    every hidden layer; the output layer has neither.
+
+    Args:
+        sizes: layer widths, input first.
+        density: connection density in ``(0, 1]``, one for all layers or a list (one per layer).
+        epsilon: Erdős–Rényi parameter instead (a layer whose density would exceed 1 is made fully connected).
+        activation: ``"allrelu"`` (negative slope ``+α`` after odd hidden layers, ``−α`` after even ones,
+            Curci et al.), ``"relu"``, ``"tanh"`` or ``"sigmoid"``.
+        alpha: All-ReLU's ``α``.
+        dropout: probability ``p`` of zeroing a hidden unit in training (survivors scaled by ``1/(1−p)``).
+        bias, init, generator, device, dtype: as for :class:`SparseLinear`.
+        sparse: ``False`` builds ``nn.Linear`` layers (e.g. for GMP, which starts dense and converts them).
+        transpose: how the input gradient is formed: ``"csc"`` (a gather over a transposed copy of each
+            layer's structure: 8 more bytes per connection, faster) or ``"scatter"`` (over the CSR itself).
+        fused: ``False`` always runs layer by layer (same function, torch ops).
+
+    Input ``(..., in)`` → output ``(..., out)``. State: ``layers`` (``nn.ModuleList``) and the dropout
+    counter ``dropout_state = [seed, step]`` (int64 buffer; the seed is drawn from torch's RNG at
+    construction, the step counts training forwards), so a restored state dict draws the same masks.
+    """
+
+    dropout_state: torch.Tensor
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        density: float | Sequence[float] | None = None,
+        *,
+        epsilon: float | None = None,
+        activation: str = "allrelu",
+        alpha: float = 0.6,
+        dropout: float = 0.0,
+        bias: bool = True,
+        init: str = "uniform",
+        sparse: bool = True,
+        transpose: str = "csc",
+        fused: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = _sizes(sizes)
+        n = len(sizes) - 1
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha < 0:
+            raise ValueError(f"alpha must be a number ≥ 0, got {alpha!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if transpose not in TRANSPOSES:
+            raise ValueError(f"transpose must be one of {TRANSPOSES}, got {transpose!r}")
+        if sparse and (density is None) == (epsilon is None):
+            raise ValueError("give exactly one of density (in (0, 1]) or epsilon (Erdős–Rényi), "
+                             f"got density={density!r}, epsilon={epsilon!r}")
+        self.activation = activation
+        self.alpha = float(alpha)
+        self.p = float(dropout)
+        self.fused = bool(fused)
+        densities = _per_layer("density", density, n)
+        layers: list[nn.Module] = []
+        for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            if sparse:
+                d = densities[j] if epsilon is None else min(1.0, float(epsilon) * (a + b) / (a * b))
+                layers.append(SparseLinear(a, b, density=d, bias=bias, init=init, transpose=transpose, device=device,
+                                           dtype=dtype, generator=generator))
+            else:
+                layers.append(nn.Linear(a, b, bias=bias, device=device, dtype=dtype))
+        self.layers = nn.ModuleList(layers)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        self.register_buffer("dropout_state", torch.tensor([seed, 0], dtype=torch.int64))
+        self._runner = _FusedRunner()
+
+    # ------------------------------------------------------------------ description
+    @property
+    def sizes(self) -> list[int]:
+        """Current widths ``[in, h1, …, out]`` (Importance Pruning shrinks hidden layers)."""
+        return [_in_features(self.layers[0])] + [_out_features(m) for m in self.layers]
+
+    def slope(self, j: int) -> float:
+        """Negative-side slope of the activation after hidden layer ``j`` (1-based) for leaky types."""
+        if self.activation == "relu":
+            return 0.0
+        return -self.alpha if j % 2 == 0 else self.alpha
+
+    def extra_repr(self) -> str:
+        return (f"sizes={self.sizes}, activation={self.activation!r}"
+                + (f", alpha={self.alpha}" if self.activation == "allrelu" else "")
+                + f", dropout={self.p}, fused={self.fused}")
+
+    def fused_path(self, x: torch.Tensor) -> bool:
+        """Whether a forward on ``x`` runs the fused kernels."""
+        return (self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and all(isinstance(m, SparseLinear) and m.backend != "torch" and m.values.dtype == x.dtype
+                        and m.values.device.type == "cpu" for m in self.layers))
+
+    # ------------------------------------------------------------------ forward
+    def _next_dropout_step(self) -> tuple[int, int] | None:
+        """``(seed, step)`` for this forward's masks, and count the step; None when no dropout applies."""
+        if not (self.training and self.p > 0):
+            return None
+        seed, step = (int(v) for v in self.dropout_state.tolist())
+        self.dropout_state[1] += 1
+        return seed, step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        n_in = _in_features(self.layers[0])
+        if x.dim() == 0 or x.shape[-1] != n_in:
+            raise ValueError(f"x must have shape (..., {n_in}), got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, n_in)
+        rng = self._next_dropout_step()
+        if self.fused_path(x2d) and x2d.shape[0] > 0:
+            params: list[torch.Tensor] = []
+            for m in self.layers:
+                params.append(m.values)
+                params.append(m.bias if m.bias is not None else m.values.new_empty(0))
+            grad = torch.is_grad_enabled() and (x2d.requires_grad or any(p.requires_grad for p in params))
+            y = _FusedMLPFunction.apply(x2d, self, rng, grad, *params)
+        else:
+            y = self._forward_unfused(x2d, rng)
+        return y.reshape(*lead, y.shape[-1])
+
+    def _forward_unfused(self, h: torch.Tensor, rng: tuple[int, int] | None) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for j, layer in enumerate(self.layers):
+            h = layer(h)
+            if j == last:
+                break
+            if self.activation in ("allrelu", "relu"):
+                h = F.leaky_relu(h, self.slope(j + 1)) if self.activation == "allrelu" else F.relu(h)
+            elif self.activation == "tanh":
+                h = torch.tanh(h)
+            else:
+                h = torch.sigmoid(h)
+            if rng is not None:
+                keep = hashrng.keep_mask(rng[0], rng[1], j + 1, self.p, h.shape[1], h.shape[0], device=h.device)
+                h = h * keep * (1.0 / (1.0 - self.p))
+        return h
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # type: ignore[override]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._runner.clear()
+
+
+def _in_features(m: nn.Module) -> int:
+    return int(m.in_features)  # type: ignore[arg-type]
+
+
+def _out_features(m: nn.Module) -> int:
+    return int(m.out_features)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- the fused step
+
+
+class _Workspace:
+    """Buffers of one forward, kept until its backward: activations (feature-major, row stride ``ld``),
+    what backward needs of each hidden activation (a byte code for leaky activations, else a float
+    derivative), output-gradient buffers and per-part gradient scratch."""
+
+    def __init__(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
+                 train: bool, leaky: bool) -> None:
+        self.key = (tuple(sizes), batch, dtype, tuple(parts), leaky)
+        self.sizes, self.batch, self.dtype, self.parts, self.train, self.leaky = sizes, batch, dtype, parts, train, leaky
+        self.ld = ld = fused.leading_dim(batch)
+        empty, empty_code = np.empty(0, dtype), np.empty(0, np.uint8)
+        self.acts = tuple(fused.aligned_empty(n * ld, dtype) for n in sizes)  # acts[0]: input, acts[-1]: output
+        hidden = range(1, len(sizes) - 1)
+        self.ds = tuple(fused.aligned_empty(sizes[j] * ld, dtype) if train and not leaky and j in hidden else empty
+                        for j in range(len(sizes)))
+        self.codes = tuple(fused.aligned_empty(sizes[j] * ld, np.uint8) if train and leaky and j in hidden
+                           else empty_code for j in range(len(sizes)))
+        widest = max(sizes)
+        self.dz = (fused.aligned_empty(widest * ld, dtype), fused.aligned_empty(widest * ld, dtype))
+        self.dxbuf = fused.aligned_empty(sizes[0] * ld, dtype)
+        self.bias_parts = [tuple(np.empty(n, dtype) for n in sizes[1:]) for _ in parts]
+        self.grad_parts: list[tuple[np.ndarray, ...]] = []  # value-gradient scratch of parts 1, 2, …
+        self.empty = empty
+
+    def matches(self, key: tuple, train: bool) -> bool:
+        return self.key == key and (self.train or not train)
+
+
+class _FusedRunner:
+    """Free workspaces for the next forwards of a module."""
+
+    def __init__(self) -> None:
+        self.free: list[_Workspace] = []
+
+    def clear(self) -> None:
+        self.free = []
+
+    def __deepcopy__(self, memo: dict) -> _FusedRunner:  # a copy of the module starts with empty caches
+        return _FusedRunner()
+
+    def __getstate__(self) -> dict:
+        return {"free": []}
+
+    def workspace(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
+                  train: bool, leaky: bool) -> _Workspace:
+        key = (tuple(sizes), batch, dtype, tuple(parts), leaky)
+        for i, ws in enumerate(self.free):
+            if ws.matches(key, train):
+                return self.free.pop(i)
+        del self.free[:-(MAX_FREE_WORKSPACES - 1) or None]  # keep the most recent few shapes
+        return _Workspace(sizes, batch, dtype, parts, train, leaky)
+
+
+def _parts(batch: int, nnz: int) -> list[tuple[int, int]]:
+    threads = get_num_threads()
+    if threads > 1:
+        threads = min(threads, max(1, (nnz * batch) // MIN_WORK_PER_THREAD))
+    return fused.split_columns(batch, threads)
+
+
+class _FusedMLPFunction(torch.autograd.Function):
+    """Forward and backward of a whole ``SparseMLP`` whose layers are all ``SparseLinear`` on CPU.
+
+    ``forward(x, mlp, rng, grad, *params)``: ``params`` are each layer's values and bias (an empty tensor
+    for a layer without bias), passed so that autograd routes their gradients; ``rng`` is the dropout's
+    ``(seed, step)`` or None; ``grad`` whether the caller had grad mode on.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mlp, rng, grad, *params):  # type: ignore[override]
+        layers: list[SparseLinear] = list(mlp.layers)
+        n_layers = len(layers)
+        sizes = mlp.sizes
+        batch = x.shape[0]
+        dtype = np.dtype(np.float32 if x.dtype == torch.float32 else np.float64)
+        scalar = dtype.type
+        parts = _parts(batch, sum(m.nnz for m in layers))
+        grad = bool(grad)
+        mode = fused.MODE_TRAIN if (grad or rng is not None) else fused.MODE_EVAL
+        leaky = mlp.activation in ("allrelu", "relu")
+        act = fused.ACT_LEAKY if leaky else (fused.ACT_TANH if mlp.activation == "tanh" else fused.ACT_SIGMOID)
+        runner: _FusedRunner = mlp._runner
+        ws = runner.workspace(sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, leaky)
+        if rng is not None:
+            thr, scale = hashrng.threshold(mlp.p), 1.0 / (1.0 - mlp.p)
+            keys = [hashrng.layer_keys(rng[0], rng[1], j + 1) for j in range(n_layers - 1)] or [(0, 0)]
+        else:
+            thr, scale, keys = 0, 1.0, [(0, 0)] * max(1, n_layers - 1)
+        slopes = np.array([mlp.slope(j + 1) for j in range(max(1, n_layers - 1))], dtype)
+        k1s = np.array([k[0] for k in keys], np.uint32)
+        k2s = np.array([k[1] for k in keys], np.uint32)
+        out = torch.empty(batch, sizes[-1], dtype=x.dtype)
+        args = _layer_arrays(layers, dtype)
+        xn, outn = x.detach().contiguous().numpy(), out.numpy()
+
+        def run(c0: int, c1: int) -> None:
+            fused.forward_pass(*args, ws.acts, ws.ds, ws.codes, xn, outn, ws.ld, c0, c1, mode, act, slopes,
+                               np.uint32(thr), scalar(scale), k1s, k2s)
+
+        POOL.run([lambda c0=c0, c1=c1: run(c0, c1) for c0, c1 in parts])
+        if grad:  # the buffers go back to the pool when the graph is freed (any number of backward calls)
+            weakref.finalize(ctx, runner.free.append, ws)
+        else:
+            runner.free.append(ws)
+        ctx.ws, ctx.mlp, ctx.layers, ctx.scale = ws, mlp, layers, scale
+        ctx.has_bias = [m.bias is not None for m in layers]
+        ctx.save_for_backward(*(m.values for m in layers))
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        ws: _Workspace = ctx.ws
+        values = ctx.saved_tensors  # autograd checks here that no value changed in place since forward
+        mlp: SparseMLP = ctx.mlp
+        layers: list[SparseLinear] = ctx.layers
+        n_layers = len(layers)
+        dtype, batch, parts, ld = ws.dtype, ws.batch, ws.parts, ws.ld
+        empty = ws.empty
+        need_x = ctx.needs_input_grad[0]
+        need_v = np.array([ctx.needs_input_grad[4 + 2 * j] for j in range(n_layers)], np.bool_)
+        need_b = [ctx.needs_input_grad[5 + 2 * j] and ctx.has_bias[j] for j in range(n_layers)]
+        grads = [torch.empty_like(v) if need_v[j] else None for j, v in enumerate(values)]
+        while len(ws.grad_parts) < len(parts) - 1:
+            ws.grad_parts.append(tuple(np.empty(m.nnz, dtype) for m in layers))
+        gsets = [tuple(g.numpy() if g is not None else empty for g in grads)] + ws.grad_parts
+        use_csc = np.array([m.transpose == "csc" for m in layers], np.bool_)
+        u64, u32 = np.empty(0, np.uint64), np.empty(0, np.uint32)
+        trans = [m.transposed() if use_csc[j] else (u64, u32, u32) for j, m in enumerate(layers)]
+        csc = tuple(tuple(t[i] for t in trans) for i in range(3))
+        luts1 = np.array([ctx.scale] * n_layers, dtype)
+        luts2 = np.array([ctx.scale * mlp.slope(j) if j > 0 else 0.0 for j in range(n_layers)], dtype)
+        gyn = gy.detach().to(values[0].dtype).contiguous().numpy()
+        dx = torch.empty(batch, ws.sizes[0], dtype=values[0].dtype) if need_x else None
+        dxn = dx.numpy() if dx is not None else np.empty((0, ws.sizes[0]), dtype)
+        # gradient-based growth (RigL) reads each captured layer's input and output gradient, (n, batch)
+        caps = tuple(np.empty(m.out_features * batch, dtype) if m.capture is not None else empty for m in layers)
+        ip, ix, vals, _ = _layer_arrays(layers, dtype)
+
+        def run(p: int, c0: int, c1: int) -> None:
+            fused.backward_pass(ip, ix, vals, *csc, ws.acts, ws.ds, ws.codes, gyn, gsets[p], ws.bias_parts[p], caps,
+                                ws.dz[0], ws.dz[1], ws.dxbuf, dxn, ld, c0, c1, luts1, luts2, need_v, need_x, use_csc)
+
+        POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)])
+        for j in range(n_layers):  # the other parts' partial sums into part 0's, in part order (reproducible)
+            for p in range(1, len(parts)):
+                if grads[j] is not None:
+                    np.add(gsets[0][j], gsets[p][j], out=gsets[0][j])
+        dbias: list[torch.Tensor | None] = []
+        for j in range(n_layers):
+            b = None
+            if need_b[j]:
+                b = ws.bias_parts[0][j].copy()
+                for p in range(1, len(parts)):
+                    b += ws.bias_parts[p][j]
+                b = torch.from_numpy(b)
+            dbias.append(b)
+        for j, m in enumerate(layers):
+            if m.capture is not None:
+                m.capture["xt"] = torch.from_numpy(ws.acts[j].reshape(-1, ld)[:, :batch].copy())
+                m.capture["dyt"] = torch.from_numpy(caps[j]).view(m.out_features, batch)
+        out: list[Any] = [dx, None, None, None]
+        for j in range(n_layers):
+            out += [grads[j], dbias[j]]
+        return tuple(out)
+
+
+def _layer_arrays(layers: list[SparseLinear], dtype: np.dtype) -> tuple[tuple, tuple, tuple, tuple]:
+    """``(indptrs, indices, values, biases)`` of the layers as tuples of numpy arrays for the kernels."""
+    ip = tuple(m.indptr.numpy().view(np.uint64) for m in layers)
+    ix = tuple(m.indices.numpy().view(np.uint32) for m in layers)
+    vals = tuple(m.values.detach().numpy() for m in layers)
+    biases = tuple(m.bias.detach().numpy() if m.bias is not None else np.zeros(m.out_features, dtype) for m in layers)
+    return ip, ix, vals, biases
+
+
+__all__ = ["ACTIVATIONS", "TRANSPOSES", "SparseMLP"]
