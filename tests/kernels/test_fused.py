@@ -116,7 +116,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     total = np.zeros(values.size)
     for c0, c1 in ranges(batch, parts):
         out = np.full(values.shape, np.nan, dtype=dtype)
-        fused.sddmm(indptr, indices, dyf, xf, ld, c0, c1, out)
+        fused.sddmm(indptr, indices, dyf, xf, ld, c0, c1, out, False)
         total += out
     cols_ = indices.astype(np.int64)
     if batch:
@@ -128,7 +128,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     dxg = feature_major(np.full((n_in, batch), np.nan), dtype, ld)
     dxs = feature_major(np.full((n_in, batch), np.nan), dtype, ld)
     for c0, c1 in ranges(batch, parts):
-        fused.gather(colptr, rowidx, perm, values, dyf, ld, c0, c1, dxg, e, ec, one, one, e, False)
+        fused.gather(colptr, rowidx, perm, values, dyf, ld, c0, c1, dxg, e, ec, one, one, e, False, False)
         fused.scatter(indptr, indices, values, dyf, ld, c0, c1, dxs)
     assert_bounded(cols(dxg, n_in, ld, batch), dx_ref, dx_scale, tol, "gather")
     assert_bounded(cols(dxs, n_in, ld, batch), dx_ref, dx_scale, tol, "scatter")
@@ -142,10 +142,11 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     dbs = np.zeros(n_in)
     for c0, c1 in ranges(batch, parts):
         db = np.full(n_in, np.nan, dtype=dtype)
-        fused.gather(colptr, rowidx, perm, values, dyf, ld, c0, c1, dxg, e, codef, dtype(lut1), dtype(lut2), db, True)
+        fused.gather(colptr, rowidx, perm, values, dyf, ld, c0, c1, dxg, e, codef, dtype(lut1), dtype(lut2), db, True,
+                     False)
         dbg += db
         fused.scatter(indptr, indices, values, dyf, ld, c0, c1, dxs)
-        fused.apply_derivative(dxs, e, codef, dtype(lut1), dtype(lut2), ld, c0, c1, db)
+        fused.apply_derivative(dxs, e, codef, dtype(lut1), dtype(lut2), ld, c0, c1, db, False)
         dbs += db
     ref = dx_ref * factor
     assert_bounded(cols(dxg, n_in, ld, batch), ref, dx_scale * 2, tol, "gather + code")
@@ -165,7 +166,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     sums = np.zeros(n_out)
     for c0, c1 in ranges(batch, parts):
         out = np.full(n_out, np.nan, dtype=dtype)
-        fused.row_sums(dyf, ld, c0, c1, out)
+        fused.row_sums(dyf, ld, c0, c1, out, False)
         sums += out
     if batch:
         assert_bounded(sums, dy.sum(1), np.abs(dy).sum(1), tol, "row sums")
@@ -240,3 +241,30 @@ def test_buffers_are_aligned_and_rows_padded():
         for dtype in (np.float32, np.float64, np.uint8):
             assert fused.aligned_empty(n, dtype).ctypes.data % 64 == 0
     assert [fused.leading_dim(b) for b in (0, 1, 16, 17, 128)] == [16, 16, 16, 32, 128]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_accumulate_adds_a_second_range_to_the_first(dtype):
+    """Value, bias and row sums over [0, 64) then [64, 150) with ``accumulate`` equal one call over [0, 150)."""
+    rng = np.random.default_rng(8)
+    indptr, indices, values, dense, rows = random_csr(40, 30, 0.3, rng, dtype, empty_rows=[3], empty_cols=[4])
+    batch, ld = 150, fused.leading_dim(150)
+    x = feature_major(rng.standard_normal((30, batch)).astype(dtype), dtype, ld, fill=0)
+    dz = feature_major(rng.standard_normal((40, batch)).astype(dtype), dtype, ld, fill=0)
+    code = fused.aligned_empty(30 * ld, np.uint8)
+    code[:] = rng.integers(0, 3, code.size)
+    e = np.empty(0, dtype)
+    colptr, rowidx, perm = fused.csc(indptr, indices, 30)
+    one = {}
+    for name, ranges_ in (("one", [(0, batch)]), ("two", [(0, 64), (64, batch)])):
+        g, db, rs = np.empty(values.size, dtype), np.empty(30, dtype), np.empty(40, dtype)
+        dx = fused.aligned_empty(30 * ld, dtype)
+        for i, (c0, c1) in enumerate(ranges_):
+            fused.sddmm(indptr, indices, dz, x, ld, c0, c1, g, i > 0)
+            fused.gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, e, code, dtype(2), dtype(-0.5), db, True,
+                         i > 0)
+            fused.row_sums(dz, ld, c0, c1, rs, i > 0)
+        one[name] = (g, db, rs)
+    tol = TOL[dtype] * 10
+    for a, b in zip(one["one"], one["two"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)

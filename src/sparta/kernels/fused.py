@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -34,6 +35,8 @@ from numba.extending import intrinsic
 from sparta.kernels.hashrng import SAMPLE_MUL_32, h32, unit_key
 
 T = 64  # samples per register tile
+AHEAD = 8  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
+FUSE_BACKWARD = 1  # hidden layers: value and input gradients in one pass over the CSC copy (gather_sddmm)
 LD_MULTIPLE = 16  # row strides are multiples of this many elements (64 bytes in float32)
 _NJIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -48,6 +51,31 @@ ACT_SIGMOID = 2
 
 _U1 = np.uint64(1)
 _U2 = np.uint64(2)
+_AHEAD = np.uint64(AHEAD)
+_AHEAD2 = np.uint64(AHEAD + 1)
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # pragma: no cover - runs at compile time
+    """Ask the CPU to bring the cache line of ``arr[idx]`` into its caches (``llvm.prefetch``, read, high locality)."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(arr, idx), codegen
+
+
+@numba.njit(inline="always", **_NJIT)
+def _prefetch_tile(arr, start):  # pragma: no cover - compiled by numba
+    """Prefetch a tile's row segment ``arr[start:start + T]`` (its first line and its middle one: the hardware
+    prefetcher brings the neighbours)."""
+    _prefetch(arr, start)
+    _prefetch(arr, start + np.uint64(T // 2))
 
 
 @intrinsic
@@ -119,6 +147,7 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
     may be empty when the mode and activation do not write them).
     """
     n_out = indptr.shape[0] - 1
+    nnz = np.uint64(indices.shape[0])
     ldu = np.uint64(ld)
     acc = numba.carray(_stack_empty(T, values.dtype), T)
     out = a
@@ -137,6 +166,9 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
                 acc[t] = bi
             k = start
             while k + _U1 < end:
+                if k + _AHEAD2 < nnz:
+                    _prefetch_tile(x, np.uint64(indices[k + _AHEAD]) * ldu + cb)
+                    _prefetch_tile(x, np.uint64(indices[k + _AHEAD + _U1]) * ldu + cb)
                 v0 = values[k]
                 v1 = values[k + _U1]
                 b0 = np.uint64(indices[k]) * ldu + cb
@@ -166,19 +198,25 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
 
 
 @numba.njit(**_NJIT)
-def sddmm(indptr, indices, dz, x, ld, c0, c1, out):  # pragma: no cover - compiled by numba
-    """``out[k] = Σ_{c ∈ [c0, c1)} dz[row k, c] · x[col k, c]``; ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``."""
+def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate):  # pragma: no cover - compiled by numba
+    """``out[k] (+)= Σ_{c ∈ [c0, c1)} dz[row k, c] · x[col k, c]`` (added to ``out`` when ``accumulate``);
+    ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``."""
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
     ntail = c1 - ctail
     zero = out.dtype.type(0)
+    nnz = np.uint64(indices.shape[0])
+    cb0 = np.uint64(c0)
     for i in range(n_out):
         row = np.uint64(i) * ldu
         k = indptr[i]
         end = indptr[i + 1]
         while k + np.uint64(3) < end:
+            if k + _AHEAD + np.uint64(3) < nnz:
+                for q in range(4):
+                    _prefetch_tile(x, np.uint64(indices[k + _AHEAD + np.uint64(q)]) * ldu + cb0)
             s0 = zero
             s1 = zero
             s2 = zero
@@ -203,6 +241,11 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out):  # pragma: no cover - compil
                 s1 += g * x[x1 + c]
                 s2 += g * x[x2 + c]
                 s3 += g * x[x3 + c]
+            if accumulate:
+                s0 += out[k]
+                s1 += out[k + _U1]
+                s2 += out[k + _U2]
+                s3 += out[k + np.uint64(3)]
             out[k] = s0
             out[k + _U1] = s1
             out[k + _U2] = s2
@@ -219,7 +262,7 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out):  # pragma: no cover - compil
             for t in range(ntail):
                 c = np.uint64(ctail + t)
                 s0 += dz[row + c] * x[x0 + c]
-            out[k] = s0
+            out[k] = s0 + out[k] if accumulate else s0
             k += _U1
 
 
@@ -247,11 +290,13 @@ def _grad_epilogue(n, dst, dx, d, code, lut1, lut2, db, j, with_d, first):  # pr
 
 
 @numba.njit(**_NJIT)
-def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2, db, with_d):  # pragma: no cover
+def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2, db, with_d,
+           accumulate):  # pragma: no cover - compiled by numba
     """``dx[j, c] = Σ_p values[perm[p]] · dz[rowidx[p], c]`` over the connections ``p`` of input ``j``
     (CSC order), for ``c ∈ [c0, c1)``; with ``with_d``: times the forward's derivative (see
-    :func:`_grad_epilogue`) and ``db[j] = Σ_c dx[j, c]``."""
+    :func:`_grad_epilogue`) and ``db[j] (+)= Σ_c dx[j, c]`` (added to ``db`` when ``accumulate``)."""
     n_in = colptr.shape[0] - 1
+    nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
     acc = numba.carray(_stack_empty(T, values.dtype), T)
     nfull = (c1 - c0) // T
@@ -267,6 +312,9 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
                 acc[t] = 0
             p = start
             while p + _U1 < end:
+                if p + _AHEAD2 < nnz:
+                    _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD]) * ldu + cb)
+                    _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD + _U1]) * ldu + cb)
                 v0 = values[perm[p]]
                 v1 = values[perm[p + _U1]]
                 b0 = np.uint64(rowidx[p]) * ldu + cb
@@ -282,7 +330,7 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
             dst = row + cb
             for t in range(T):
                 dx[dst + np.uint64(t)] = acc[t]
-            _grad_epilogue(T, dst, dx, d, code, lut1, lut2, db, j, with_d, tile == 0)
+            _grad_epilogue(T, dst, dx, d, code, lut1, lut2, db, j, with_d, tile == 0 and not accumulate)
         if ntail > 0:
             dst = row + np.uint64(ctail)
             for t in range(ntail):
@@ -292,7 +340,66 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
                 b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
                 for t in range(ntail):
                     dx[dst + np.uint64(t)] += v0 * dz[b0 + np.uint64(t)]
-            _grad_epilogue(ntail, dst, dx, d, code, lut1, lut2, db, j, with_d, nfull == 0)
+            _grad_epilogue(ntail, dst, dx, d, code, lut1, lut2, db, j, with_d, nfull == 0 and not accumulate)
+
+
+@numba.njit(**_NJIT)
+def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, lut1, lut2, db, g,
+                 accumulate):  # pragma: no cover - compiled by numba
+    """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
+    is read once for both the input gradient ``dx[j]`` and the value gradient ``g[perm[p]] (+)= dz[rowidx[p]] ·
+    x[j]`` (``x[j]``, the layer's input row, stays in registers)."""
+    n_in = colptr.shape[0] - 1
+    nnz = np.uint64(rowidx.shape[0])
+    ldu = np.uint64(ld)
+    acc = numba.carray(_stack_empty(T, values.dtype), T)
+    xr = numba.carray(_stack_empty(T, values.dtype), T)
+    zero = values.dtype.type(0)
+    nfull = (c1 - c0) // T
+    ctail = c0 + nfull * T
+    ntail = c1 - ctail
+    for j in range(n_in):
+        start = colptr[j]
+        end = colptr[j + 1]
+        row = np.uint64(j) * ldu
+        for tile in range(nfull):
+            cb = np.uint64(c0 + tile * T)
+            more = accumulate or tile > 0
+            for t in range(T):
+                acc[t] = 0
+                xr[t] = x[row + cb + np.uint64(t)]
+            for p in range(start, end):
+                if p + _AHEAD < nnz:
+                    _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD]) * ldu + cb)
+                k = perm[p]
+                v0 = values[k]
+                b0 = np.uint64(rowidx[p]) * ldu + cb
+                s = zero
+                for t in range(T):
+                    gz = dz[b0 + np.uint64(t)]
+                    acc[t] += v0 * gz
+                    s += gz * xr[t]
+                g[k] = g[k] + s if more else s
+            dst = row + cb
+            for t in range(T):
+                dx[dst + np.uint64(t)] = acc[t]
+            _grad_epilogue(T, dst, dx, d, code, lut1, lut2, db, j, True, tile == 0 and not accumulate)
+        if ntail > 0:
+            more = accumulate or nfull > 0
+            dst = row + np.uint64(ctail)
+            for t in range(ntail):
+                dx[dst + np.uint64(t)] = 0
+            for p in range(start, end):
+                k = perm[p]
+                v0 = values[k]
+                b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
+                s = zero
+                for t in range(ntail):
+                    gz = dz[b0 + np.uint64(t)]
+                    dx[dst + np.uint64(t)] += v0 * gz
+                    s += gz * x[dst + np.uint64(t)]
+                g[k] = g[k] + s if more else s
+            _grad_epilogue(ntail, dst, dx, d, code, lut1, lut2, db, j, True, nfull == 0 and not accumulate)
 
 
 @numba.njit(**_NJIT)
@@ -331,23 +438,24 @@ def scatter(indptr, indices, values, dz, ld, c0, c1, dx):  # pragma: no cover - 
 
 
 @numba.njit(**_NJIT)
-def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db):  # pragma: no cover - compiled by numba
+def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate):  # pragma: no cover - compiled by numba
     """The scatter path's epilogue: :func:`_grad_epilogue` on columns ``[c0, c1)`` of every row of ``dx``."""
     ldu = np.uint64(ld)
     for j in range(db.shape[0]):
-        _grad_epilogue(c1 - c0, np.uint64(j) * ldu + np.uint64(c0), dx, d, code, lut1, lut2, db, j, True, True)
+        _grad_epilogue(c1 - c0, np.uint64(j) * ldu + np.uint64(c0), dx, d, code, lut1, lut2, db, j, True,
+                       not accumulate)
 
 
 @numba.njit(**_NJIT)
-def row_sums(dz, ld, c0, c1, out):  # pragma: no cover - compiled by numba
-    """``out[j] = Σ_{c ∈ [c0, c1)} dz[j, c]``."""
+def row_sums(dz, ld, c0, c1, out, accumulate):  # pragma: no cover - compiled by numba
+    """``out[j] (+)= Σ_{c ∈ [c0, c1)} dz[j, c]`` (added to ``out`` when ``accumulate``)."""
     ldu = np.uint64(ld)
     for j in range(out.shape[0]):
         base = np.uint64(j) * ldu
         s = out.dtype.type(0)
         for c in range(c0, c1):
             s += dz[base + np.uint64(c)]
-        out[j] = s
+        out[j] = s + out[j] if accumulate else s
 
 
 @numba.njit(**_NJIT)
@@ -420,6 +528,20 @@ def split_columns(batch: int, parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
+def groups(batch: int, threads: int) -> list[tuple[int, int]]:
+    """The batch's column ranges for a pass: ``max(2, threads)`` groups of whole tiles (fewer for a small
+    batch). Each group is one task — whichever thread runs it takes its tiles of :data:`T` samples through
+    the whole pass one after another (a tile's activations stay in cache) and sums their gradients in
+    order; the groups' sums are added in group order. So with 1 or 2 threads the results are the same to
+    the bit, and with more threads they are reproducible for a given thread count."""
+    return split_columns(batch, max(2, threads))
+
+
+def threads_for(n_groups: int, work: int, threads: int, min_work: int) -> int:
+    """Threads worth using for ``n_groups`` groups of ``work`` multiply-adds in all (at least ``min_work`` each)."""
+    return max(1, min(threads, n_groups, work // max(1, min_work)))
+
+
 # ---------------------------------------------------------------------------- whole passes over a stack
 # One call per part of the batch, so a thread releases the GIL once per pass (a GIL hand-off between
 # threads can cost as much as a wake-up). Per-layer arrays come as tuples, per-layer scalars as arrays.
@@ -428,59 +550,72 @@ def split_columns(batch: int, parts: int) -> list[tuple[int, int]]:
 @numba.njit(**_NJIT)
 def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, ld, c0, c1, mode, act, slopes, thr,
                  scale, k1s, k2s):  # pragma: no cover - compiled by numba
-    """A stack's forward for samples ``[c0, c1)``: ``x (B, in)`` → hidden layers (epilogue ``mode``) → the
-    last layer's ``W a + b`` → ``out (B, out)``. ``acts[j]`` holds layer ``j``'s input, feature-major."""
+    """A stack's forward for samples ``[c0, c1)``, one tile of :data:`T` samples at a time through all layers
+    (its activations stay in cache): ``x (B, in)`` → hidden layers (epilogue ``mode``) → the last layer's
+    ``W a + b`` → ``out (B, out)``. ``acts[j]`` holds layer ``j``'s input, feature-major."""
     n_layers = len(valuess)
-    to_feature_major(x, c0, c1, acts[0], ld)
     one = slopes[0] * 0 + 1
-    for j in range(n_layers):
-        if j == n_layers - 1:
-            forward(indptrs[j], indicess[j], valuess[j], biases[j], acts[j], ld, c0, c1, acts[j + 1], ds[j + 1],
-                    codes[j + 1], MODE_LINEAR, act, one, np.uint32(0), one, np.uint32(0), np.uint32(0))
-        else:
-            forward(indptrs[j], indicess[j], valuess[j], biases[j], acts[j], ld, c0, c1, acts[j + 1], ds[j + 1],
-                    codes[j + 1], mode, act, slopes[j], thr, scale, k1s[j], k2s[j])
-    from_feature_major(acts[n_layers], ld, c0, c1, out)
+    for t0 in range(c0, c1, T):
+        t1 = min(t0 + T, c1)
+        to_feature_major(x, t0, t1, acts[0], ld)
+        for j in range(n_layers):
+            if j == n_layers - 1:
+                forward(indptrs[j], indicess[j], valuess[j], biases[j], acts[j], ld, t0, t1, acts[j + 1], ds[j + 1],
+                        codes[j + 1], MODE_LINEAR, act, one, np.uint32(0), one, np.uint32(0), np.uint32(0))
+            else:
+                forward(indptrs[j], indicess[j], valuess[j], biases[j], acts[j], ld, t0, t1, acts[j + 1], ds[j + 1],
+                        codes[j + 1], mode, act, slopes[j], thr, scale, k1s[j], k2s[j])
+        from_feature_major(acts[n_layers], ld, t0, t1, out)
 
 
 @numba.njit(**_NJIT)
 def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds, codes, gy, grads, dbs, caps, dz0,
                   dz1, dxbuf, dx, ld, c0, c1, lut1s, lut2s, need_v, need_x, use_csc):  # pragma: no cover
-    """A stack's backward for samples ``[c0, c1)`` from ``gy (B, out)``: value gradients into ``grads[j]``
-    (partial sums over these samples; skipped where ``need_v[j]`` is False), bias gradients into
-    ``dbs[j]``, the input gradient into ``dx (B, in)`` when ``need_x``; input gradients gather over the CSC
-    copy where ``use_csc[j]``, else scatter over the CSR. A non-empty ``caps[j]`` (flat ``(out_j, B)``)
-    receives layer ``j``'s output gradient (for gradient-based growth)."""
+    """A stack's backward for samples ``[c0, c1)`` from ``gy (B, out)``, one tile of :data:`T` samples at a time
+    through all layers: value gradients summed over the range into ``grads[j]`` (skipped where ``need_v[j]``
+    is False), bias gradients into ``dbs[j]``, the input gradient into ``dx (B, in)`` when ``need_x``; input
+    gradients gather over the CSC copy where ``use_csc[j]``, else scatter over the CSR. A non-empty
+    ``caps[j]`` (flat ``(out_j, B)``) receives layer ``j``'s output gradient (for gradient-based growth)."""
     n_layers = len(valuess)
     batch = gy.shape[0]
-    cur = dz0
-    nxt = dz1
-    to_feature_major(gy, c0, c1, cur, ld)
-    row_sums(cur, ld, c0, c1, dbs[n_layers - 1])
-    for j in range(n_layers - 1, -1, -1):
-        n_out = dbs[j].shape[0]
-        if caps[j].shape[0] > 0:
-            cap = caps[j]
-            for r in range(n_out):
-                for c in range(c0, c1):
-                    cap[r * batch + c] = cur[r * ld + c]
-        if need_v[j]:
-            sddmm(indptrs[j], indicess[j], cur, acts[j], ld, c0, c1, grads[j])
-        if j == 0 and not need_x:
-            break
-        target = nxt if j > 0 else dxbuf
-        with_d = j > 0
-        db = dbs[j - 1] if j > 0 else dbs[0]
-        if use_csc[j]:
-            gather(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, ld, c0, c1, target, ds[j], codes[j], lut1s[j],
-                   lut2s[j], db, with_d)
-        else:
-            scatter(indptrs[j], indicess[j], valuess[j], cur, ld, c0, c1, target)
-            if with_d:
-                apply_derivative(target, ds[j], codes[j], lut1s[j], lut2s[j], ld, c0, c1, db)
-        if j > 0:
-            tmp = cur
-            cur = nxt
-            nxt = tmp
-    if need_x:
-        from_feature_major(dxbuf, ld, c0, c1, dx)
+    for t0 in range(c0, c1, T):
+        t1 = min(t0 + T, c1)
+        more = t0 > c0  # later tiles add to the sums the first one wrote
+        cur = dz0
+        nxt = dz1
+        to_feature_major(gy, t0, t1, cur, ld)
+        row_sums(cur, ld, t0, t1, dbs[n_layers - 1], more)
+        for j in range(n_layers - 1, -1, -1):
+            n_out = dbs[j].shape[0]
+            if caps[j].shape[0] > 0:
+                cap = caps[j]
+                for r in range(n_out):
+                    for c in range(t0, t1):
+                        cap[r * batch + c] = cur[r * ld + c]
+            if FUSE_BACKWARD and j > 0 and need_v[j] and use_csc[j]:
+                gather_sddmm(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, acts[j], ld, t0, t1, nxt, ds[j],
+                             codes[j], lut1s[j], lut2s[j], dbs[j - 1], grads[j], more)
+                tmp = cur
+                cur = nxt
+                nxt = tmp
+                continue
+            if need_v[j]:
+                sddmm(indptrs[j], indicess[j], cur, acts[j], ld, t0, t1, grads[j], more)
+            if j == 0 and not need_x:
+                break
+            target = nxt if j > 0 else dxbuf
+            with_d = j > 0
+            db = dbs[j - 1] if j > 0 else dbs[0]
+            if use_csc[j]:
+                gather(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, ld, t0, t1, target, ds[j], codes[j], lut1s[j],
+                       lut2s[j], db, with_d, more)
+            else:
+                scatter(indptrs[j], indicess[j], valuess[j], cur, ld, t0, t1, target)
+                if with_d:
+                    apply_derivative(target, ds[j], codes[j], lut1s[j], lut2s[j], ld, t0, t1, db, more)
+            if j > 0:
+                tmp = cur
+                cur = nxt
+                nxt = tmp
+        if need_x:
+            from_feature_major(dxbuf, ld, t0, t1, dx)

@@ -56,11 +56,12 @@ def rows_view(flat: np.ndarray, n: int, ld: int, batch: int) -> torch.Tensor:
     return torch.as_strided(torch.from_numpy(flat), (n, batch), (ld, 1))
 
 
-def _parts(batch: int, nnz: int) -> list[tuple[int, int]]:
-    threads = get_num_threads()
-    if threads > 1:
-        threads = min(threads, max(1, (nnz * batch) // MIN_WORK_PER_THREAD))
-    return fused.split_columns(batch, threads)
+def threads_for(parts: list[tuple[int, int]], nnz: int) -> int:
+    """Threads for a pass over the column groups ``parts`` of a batch (:func:`sparta.kernels.fused.groups`)
+    through ``nnz`` connections: sparta's thread count, capped so that each thread gets at least
+    :data:`MIN_WORK_PER_THREAD` multiply-adds."""
+    batch = parts[-1][1] if parts else 0
+    return fused.threads_for(len(parts), nnz * batch, get_num_threads(), MIN_WORK_PER_THREAD)
 
 
 class SparseLinearFunction(torch.autograd.Function):
@@ -85,12 +86,13 @@ class SparseLinearFunction(torch.autograd.Function):
             z32 = np.uint32(0)
             if ld_x != ld:  # the kernels take one row stride: bring x to the output's
                 xf, ld_x = _restride(xf, ld_x, n_in, batch, ld)
-            parts = _parts(batch, values.numel())
+            parts = fused.groups(batch, get_num_threads())
+            threads = threads_for(parts, values.numel())
             POOL.run([lambda c0=c0, c1=c1: fused.forward(ip, ix, v, b, xf, ld, c0, c1, yf, e, ec, fused.MODE_LINEAR,
                                                           fused.ACT_LEAKY, one, z32, one, z32, z32)
-                      for c0, c1 in parts])
+                      for c0, c1 in parts], threads)
             yt = y  # (out, ld): the caller slices the batch's columns (a view made outside the Function)
-            ctx.xf, ctx.ld, ctx.parts = xf, ld, parts
+            ctx.xf, ctx.ld, ctx.parts, ctx.threads = xf, ld, parts, threads
             ctx.save_for_backward(values, indptr, indices, x2d)  # x2d: autograd's in-place check on the input
         else:
             xt = x2d.t().contiguous()
@@ -134,15 +136,15 @@ class SparseLinearFunction(torch.autograd.Function):
 
             def run(p: int, c0: int, c1: int) -> None:
                 if partials:
-                    fused.sddmm(ip, ix, dz, xf, ld, c0, c1, partials[p])
+                    fused.sddmm(ip, ix, dz, xf, ld, c0, c1, partials[p], False)
                 if dxf is not None:
                     if csc is not None:
-                        fused.gather(*csc, v, dz, ld, c0, c1, dxf, e, ec, one, one, e, False)
+                        fused.gather(*csc, v, dz, ld, c0, c1, dxf, e, ec, one, one, e, False, False)
                     else:
                         fused.scatter(ip, ix, v, dz, ld, c0, c1, dxf)
 
             tasks = [lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)]
-            POOL.run(tasks)
+            POOL.run(tasks, ctx.threads)
             for part in partials[1:]:
                 np.add(partials[0], part, out=partials[0])
             if dxf is not None:

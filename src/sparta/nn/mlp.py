@@ -34,12 +34,12 @@ from torch.nn import functional as F
 
 from sparta.kernels import fused, hashrng
 from sparta.kernels.threads import POOL, get_num_threads
+from sparta.nn.functional import threads_for
 from sparta.nn.linear import SparseLinear
 
 ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
 TRANSPOSES = ("csc", "scatter")
 MAX_FREE_WORKSPACES = 4  # buffers kept for the next forwards (training batch, last batch, evaluation …)
-MIN_WORK_PER_THREAD = 1 << 21  # connections × samples a thread must get before the batch is split
 
 
 def _sizes(sizes: Sequence[int]) -> list[int]:
@@ -154,17 +154,34 @@ class SparseMLP(nn.Module):
 
     def fused_path(self, x: torch.Tensor) -> bool:
         """Whether a forward on ``x`` runs the fused kernels."""
-        return (self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and all(isinstance(m, SparseLinear) and m.backend != "torch" and m.values.dtype == x.dtype
-                        and m.values.device.type == "cpu" for m in self.layers))
+        if not (self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
+            return False
+        for m in self.layers:
+            if not isinstance(m, SparseLinear) or m.backend == "torch":
+                return False
+            v = m._parameters["values"]
+            if v.dtype != x.dtype or v.device.type != "cpu":
+                return False
+        return True
+
+    def seed_dropout(self, seed: int, step: int = 0) -> None:
+        """Draw the following dropout masks from ``(seed, step)``, ``(seed, step + 1)``, … (int64 seed)."""
+        self.dropout_state[0] = int(seed) & (2**63 - 1)
+        self.dropout_state[1] = int(step)
 
     # ------------------------------------------------------------------ forward
     def _next_dropout_step(self) -> tuple[int, int] | None:
         """``(seed, step)`` for this forward's masks, and count the step; None when no dropout applies."""
         if not (self.training and self.p > 0):
             return None
-        seed, step = (int(v) for v in self.dropout_state.tolist())
-        self.dropout_state[1] += 1
+        state = self.dropout_state
+        if state.device.type == "cpu":  # through numpy: a tensor index and add cost ~30 µs here
+            a = state.numpy()
+            seed, step = int(a[0]), int(a[1])
+            a[1] = step + 1
+        else:
+            seed, step = (int(v) for v in state.tolist())
+            state[1] += 1
         return seed, step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,15 +272,17 @@ class _FusedRunner:
 
     def __init__(self) -> None:
         self.free: list[_Workspace] = []
+        self.arrays: tuple | None = None  # (key, the layers' arrays) — see _layer_arrays
 
     def clear(self) -> None:
         self.free = []
+        self.arrays = None
 
     def __deepcopy__(self, memo: dict) -> _FusedRunner:  # a copy of the module starts with empty caches
         return _FusedRunner()
 
     def __getstate__(self) -> dict:
-        return {"free": []}
+        return {"free": [], "arrays": None}
 
     def workspace(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
                   train: bool, leaky: bool) -> _Workspace:
@@ -273,13 +292,6 @@ class _FusedRunner:
                 return self.free.pop(i)
         del self.free[:-(MAX_FREE_WORKSPACES - 1) or None]  # keep the most recent few shapes
         return _Workspace(sizes, batch, dtype, parts, train, leaky)
-
-
-def _parts(batch: int, nnz: int) -> list[tuple[int, int]]:
-    threads = get_num_threads()
-    if threads > 1:
-        threads = min(threads, max(1, (nnz * batch) // MIN_WORK_PER_THREAD))
-    return fused.split_columns(batch, threads)
 
 
 class _FusedMLPFunction(torch.autograd.Function):
@@ -298,7 +310,8 @@ class _FusedMLPFunction(torch.autograd.Function):
         batch = x.shape[0]
         dtype = np.dtype(np.float32 if x.dtype == torch.float32 else np.float64)
         scalar = dtype.type
-        parts = _parts(batch, sum(m.nnz for m in layers))
+        parts = fused.groups(batch, get_num_threads())
+        threads = threads_for(parts, sum(m.nnz for m in layers))
         grad = bool(grad)
         mode = fused.MODE_TRAIN if (grad or rng is not None) else fused.MODE_EVAL
         leaky = mlp.activation in ("allrelu", "relu")
@@ -314,19 +327,19 @@ class _FusedMLPFunction(torch.autograd.Function):
         k1s = np.array([k[0] for k in keys], np.uint32)
         k2s = np.array([k[1] for k in keys], np.uint32)
         out = torch.empty(batch, sizes[-1], dtype=x.dtype)
-        args = _layer_arrays(layers, dtype)
+        args = _layer_arrays(layers, dtype, runner)
         xn, outn = x.detach().contiguous().numpy(), out.numpy()
 
         def run(c0: int, c1: int) -> None:
             fused.forward_pass(*args, ws.acts, ws.ds, ws.codes, xn, outn, ws.ld, c0, c1, mode, act, slopes,
                                np.uint32(thr), scalar(scale), k1s, k2s)
 
-        POOL.run([lambda c0=c0, c1=c1: run(c0, c1) for c0, c1 in parts])
+        POOL.run([lambda c0=c0, c1=c1: run(c0, c1) for c0, c1 in parts], threads)
         if grad:  # the buffers go back to the pool when the graph is freed (any number of backward calls)
             weakref.finalize(ctx, runner.free.append, ws)
         else:
             runner.free.append(ws)
-        ctx.ws, ctx.mlp, ctx.layers, ctx.scale = ws, mlp, layers, scale
+        ctx.ws, ctx.mlp, ctx.layers, ctx.scale, ctx.threads = ws, mlp, layers, scale, threads
         ctx.has_bias = [m.bias is not None for m in layers]
         ctx.save_for_backward(*(m.values for m in layers))
         return out
@@ -344,8 +357,11 @@ class _FusedMLPFunction(torch.autograd.Function):
         need_v = np.array([ctx.needs_input_grad[4 + 2 * j] for j in range(n_layers)], np.bool_)
         need_b = [ctx.needs_input_grad[5 + 2 * j] and ctx.has_bias[j] for j in range(n_layers)]
         grads = [torch.empty_like(v) if need_v[j] else None for j, v in enumerate(values)]
+        nnz = [m.nnz for m in layers]
+        if any([g.size for g in gp] != nnz for gp in ws.grad_parts):  # the topology changed since allocated
+            ws.grad_parts = []
         while len(ws.grad_parts) < len(parts) - 1:
-            ws.grad_parts.append(tuple(np.empty(m.nnz, dtype) for m in layers))
+            ws.grad_parts.append(tuple(np.empty(n, dtype) for n in nnz))
         gsets = [tuple(g.numpy() if g is not None else empty for g in grads)] + ws.grad_parts
         use_csc = np.array([m.transpose == "csc" for m in layers], np.bool_)
         u64, u32 = np.empty(0, np.uint64), np.empty(0, np.uint32)
@@ -358,14 +374,14 @@ class _FusedMLPFunction(torch.autograd.Function):
         dxn = dx.numpy() if dx is not None else np.empty((0, ws.sizes[0]), dtype)
         # gradient-based growth (RigL) reads each captured layer's input and output gradient, (n, batch)
         caps = tuple(np.empty(m.out_features * batch, dtype) if m.capture is not None else empty for m in layers)
-        ip, ix, vals, _ = _layer_arrays(layers, dtype)
+        ip, ix, vals, _ = _layer_arrays(layers, dtype, mlp._runner)
 
         def run(p: int, c0: int, c1: int) -> None:
             fused.backward_pass(ip, ix, vals, *csc, ws.acts, ws.ds, ws.codes, gyn, gsets[p], ws.bias_parts[p], caps,
                                 ws.dz[0], ws.dz[1], ws.dxbuf, dxn, ld, c0, c1, luts1, luts2, need_v, need_x, use_csc)
 
-        POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)])
-        for j in range(n_layers):  # the other parts' partial sums into part 0's, in part order (reproducible)
+        POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads)
+        for j in range(n_layers):  # the other groups' partial sums into group 0's, in group order (reproducible)
             for p in range(1, len(parts)):
                 if grads[j] is not None:
                     np.add(gsets[0][j], gsets[p][j], out=gsets[0][j])
@@ -388,13 +404,23 @@ class _FusedMLPFunction(torch.autograd.Function):
         return tuple(out)
 
 
-def _layer_arrays(layers: list[SparseLinear], dtype: np.dtype) -> tuple[tuple, tuple, tuple, tuple]:
-    """``(indptrs, indices, values, biases)`` of the layers as tuples of numpy arrays for the kernels."""
-    ip = tuple(m.indptr.numpy().view(np.uint64) for m in layers)
-    ix = tuple(m.indices.numpy().view(np.uint32) for m in layers)
-    vals = tuple(m.values.detach().numpy() for m in layers)
-    biases = tuple(m.bias.detach().numpy() if m.bias is not None else np.zeros(m.out_features, dtype) for m in layers)
-    return ip, ix, vals, biases
+def _layer_arrays(layers: list[SparseLinear], dtype: np.dtype, runner: _FusedRunner) -> tuple[tuple, tuple, tuple,
+                                                                                           tuple]:
+    """``(indptrs, indices, values, biases)`` of the layers as tuples of numpy arrays for the kernels (cached
+    while every tensor keeps its storage: a topology change or a load gives new arrays)."""
+    tensors = [(m._buffers["indptr"], m._buffers["indices"], m._parameters["values"], m._parameters["bias"])
+               for m in layers]
+    key = tuple((t.data_ptr(), t.numel()) if t is not None else None for ts in tensors for t in ts)
+    if runner.arrays is not None and runner.arrays[0] == key:
+        return runner.arrays[1]
+    ip = tuple(t[0].numpy().view(np.uint64) for t in tensors)
+    ix = tuple(t[1].numpy().view(np.uint32) for t in tensors)
+    vals = tuple(t[2].detach().numpy() for t in tensors)
+    biases = tuple(t[3].detach().numpy() if t[3] is not None else np.zeros(m.out_features, dtype)
+                   for t, m in zip(tensors, layers, strict=True))
+    out = (ip, ix, vals, biases)
+    runner.arrays = (key, out)
+    return out
 
 
 __all__ = ["ACTIVATIONS", "TRANSPOSES", "SparseMLP"]
