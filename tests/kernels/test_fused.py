@@ -8,6 +8,7 @@ import pytest
 from sparta.kernels import fused, hashrng
 
 TOL = {np.float32: 1e-4, np.float64: 1e-12}
+ALL = fused._ALL
 
 
 def random_csr(n_out, n_in, density, rng, dtype, empty_rows=(), empty_cols=()):
@@ -77,7 +78,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     y = feature_major(np.full((n_out, batch), np.nan), dtype, ld)
     for c0, c1 in ranges(batch, parts):
         fused.forward(indptr, indices, values, bias.astype(dtype), xf, ld, c0, c1, y, e, ec, fused.MODE_LINEAR,
-                      fused.ACT_LEAKY, one, z, one, z, z)
+                      fused.ACT_LEAKY, one, z, one, z, z, 0, ALL)
     assert_bounded(cols(y, n_out, ld, batch), z_ref, z_scale, tol, "forward")
 
     # train epilogue, leaky with dropout: a = leaky(z)·mask·scale, code 1/2/0
@@ -88,7 +89,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     for c0, c1 in ranges(batch, parts):
         fused.forward(indptr, indices, values, bias.astype(dtype), xf, ld, c0, c1, a, e, code, fused.MODE_TRAIN,
                       fused.ACT_LEAKY, dtype(slope), np.uint32(hashrng.threshold(p)), dtype(1 / (1 - p)),
-                      np.uint32(k1), np.uint32(k2))
+                      np.uint32(k1), np.uint32(k2), 0, ALL)
     keep = hashrng.keep_mask(7, 11, 2, p, n_out, batch).numpy().T
     pos = z_ref > 0
     ref = np.where(pos, z_ref, slope * z_ref) * keep / (1 - p)
@@ -103,12 +104,12 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     d = feature_major(np.full((n_out, batch), np.nan), dtype, ld)
     for c0, c1 in ranges(batch, parts):
         fused.forward(indptr, indices, values, bias.astype(dtype), xf, ld, c0, c1, a, d, ec, fused.MODE_TRAIN,
-                      fused.ACT_TANH, one, z, one, z, z)
+                      fused.ACT_TANH, one, z, one, z, z, 0, ALL)
     assert_bounded(cols(a, n_out, ld, batch), np.tanh(z_ref), z_scale, tol, "forward tanh")
     assert_bounded(cols(d, n_out, ld, batch), 1 - np.tanh(z_ref) ** 2, z_scale * 2, tol, "tanh derivative")
     for c0, c1 in ranges(batch, parts):
         fused.forward(indptr, indices, values, bias.astype(dtype), xf, ld, c0, c1, a, e, ec, fused.MODE_EVAL,
-                      fused.ACT_SIGMOID, one, z, one, z, z)
+                      fused.ACT_SIGMOID, one, z, one, z, z, 0, ALL)
     assert_bounded(cols(a, n_out, ld, batch), 1 / (1 + np.exp(-z_ref)), z_scale, tol, "forward sigmoid")
 
     # value gradient: one partial sum per column range, added up
@@ -116,7 +117,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     total = np.zeros(values.size)
     for c0, c1 in ranges(batch, parts):
         out = np.full(values.shape, np.nan, dtype=dtype)
-        fused.sddmm(indptr, indices, dyf, xf, ld, c0, c1, out, False)
+        fused.sddmm(indptr, indices, dyf, xf, ld, c0, c1, out, False, 0, ALL)
         total += out
     cols_ = indices.astype(np.int64)
     if batch:
@@ -128,8 +129,9 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     dxg = feature_major(np.full((n_in, batch), np.nan), dtype, ld)
     dxs = feature_major(np.full((n_in, batch), np.nan), dtype, ld)
     for c0, c1 in ranges(batch, parts):
-        fused.gather(colptr, rowidx, perm, values, dyf, ld, c0, c1, dxg, e, ec, one, one, e, False, False)
-        fused.scatter(indptr, indices, values, dyf, ld, c0, c1, dxs)
+        fused.gather(colptr, rowidx, perm, values, dyf, ld, c0, c1, dxg, e, ec, one, one, e, False, False, 0,
+                     ALL)
+        fused.scatter(indptr, indices, values, dyf, ld, c0, c1, dxs, 0, ALL)
     assert_bounded(cols(dxg, n_in, ld, batch), dx_ref, dx_scale, tol, "gather")
     assert_bounded(cols(dxs, n_in, ld, batch), dx_ref, dx_scale, tol, "scatter")
 
@@ -143,10 +145,10 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     for c0, c1 in ranges(batch, parts):
         db = np.full(n_in, np.nan, dtype=dtype)
         fused.gather(colptr, rowidx, perm, values, dyf, ld, c0, c1, dxg, e, codef, dtype(lut1), dtype(lut2), db, True,
-                     False)
+                     False, 0, ALL)
         dbg += db
-        fused.scatter(indptr, indices, values, dyf, ld, c0, c1, dxs)
-        fused.apply_derivative(dxs, e, codef, dtype(lut1), dtype(lut2), ld, c0, c1, db, False)
+        fused.scatter(indptr, indices, values, dyf, ld, c0, c1, dxs, 0, ALL)
+        fused.apply_derivative(dxs, e, codef, dtype(lut1), dtype(lut2), ld, c0, c1, db, False, 0, ALL)
         dbs += db
     ref = dx_ref * factor
     assert_bounded(cols(dxg, n_in, ld, batch), ref, dx_scale * 2, tol, "gather + code")
@@ -260,9 +262,9 @@ def test_accumulate_adds_a_second_range_to_the_first(dtype):
         g, db, rs = np.empty(values.size, dtype), np.empty(30, dtype), np.empty(40, dtype)
         dx = fused.aligned_empty(30 * ld, dtype)
         for i, (c0, c1) in enumerate(ranges_):
-            fused.sddmm(indptr, indices, dz, x, ld, c0, c1, g, i > 0)
+            fused.sddmm(indptr, indices, dz, x, ld, c0, c1, g, i > 0, 0, ALL)
             fused.gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, e, code, dtype(2), dtype(-0.5), db, True,
-                         i > 0)
+                         i > 0, 0, ALL)
             fused.row_sums(dz, ld, c0, c1, rs, i > 0)
         one[name] = (g, db, rs)
     tol = TOL[dtype] * 10

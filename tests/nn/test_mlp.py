@@ -157,6 +157,41 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
             assert torch.equal(la, lb)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["allrelu", "tanh"])
+@pytest.mark.parametrize("transpose", ["csc", "scatter"])
+def test_layer_mode_for_big_nets_matches_the_tile_path(dtype, activation, transpose, monkeypatch):
+    """From LAYER_MODE_CONNECTIONS connections the threads split each layer's rows (forward, value gradients)
+    and columns (input gradients) instead of the batch: the same numbers as the tile path and the dense
+    reference, bit-identical for 1 and 2 threads."""
+    from sparta.nn import mlp as mlp_module
+
+    m = make([21, 90, 70, 60, 5], 0.15, dtype, activation=activation, dropout=0.3, transpose=transpose)
+    x = torch.randn(150, 21, dtype=dtype)  # two full tiles and a tail
+    g = torch.randn(150, 5, dtype=torch.float64)
+    seed = int(m.dropout_state[0])
+    tiles = run(m, x, g)
+    ref = dense_reference(m, x, g, (seed, 0))
+    monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 0)
+    results = []
+    for threads in (1, 2):
+        sparta.set_num_threads(threads)
+        try:
+            m.dropout_state[1] = 0
+            results.append(run(m, x, g))
+        finally:
+            sparta.set_num_threads(None)
+    for what, a, b, t, c in zip(("y", "dx", "dvalues", "dbias"), *results, tiles, ref, strict=True):
+        pairs = list(zip(a, b, t, c, strict=True)) if isinstance(a, list) else [(a, b, t, c)]
+        for j, (ai, bi, ti, ci) in enumerate(pairs):
+            if what == "dvalues":
+                layer = m.layers[j]
+                ci = ci[layer.rows(), layer.indices.long()]
+            assert torch.equal(ai, bi), f"{what}[{j}]: layer mode differs between 1 and 2 threads"
+            assert_close(ai, ti, TOL[dtype], f"{what}[{j}] layer mode vs tiles")
+            assert_close(ai, ci, TOL[dtype], f"{what}[{j}] layer mode vs dense float64")
+
+
 def test_dropout_masks_statistics_and_reproducibility():
     p = 0.3
     k = hashrng.keep_mask(5, 0, 1, p, 1000, 128)

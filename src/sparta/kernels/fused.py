@@ -37,6 +37,7 @@ from sparta.kernels.hashrng import SAMPLE_MUL_32, h32, unit_key
 T = 64  # samples per register tile
 AHEAD = 8  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
 FUSE_BACKWARD = 1  # hidden layers: value and input gradients in one pass over the CSC copy (gather_sddmm)
+TILE_MAJOR = 1  # passes take one tile at a time through every layer (else the whole range, layer by layer)
 LD_MULTIPLE = 16  # row strides are multiples of this many elements (64 bytes in float32)
 _NJIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -52,6 +53,7 @@ ACT_SIGMOID = 2
 _U1 = np.uint64(1)
 _U2 = np.uint64(2)
 _AHEAD = np.uint64(AHEAD)
+_ALL = 1 << 62  # an end of range past any row or column count
 _AHEAD2 = np.uint64(AHEAD + 1)
 
 
@@ -137,9 +139,9 @@ def _epilogue(n, dst, a, d, code, mode, act, slope, thr, scale, ku, col0):  # pr
 
 
 @numba.njit(**_NJIT)
-def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act, slope, thr, scale, k1,
-            k2):  # pragma: no cover - compiled by numba
-    """Rows of ``z = W x + b`` for columns ``[c0, c1)`` into ``a``, through the epilogue ``mode``
+def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act, slope, thr, scale, k1, k2, r0,
+            r1):  # pragma: no cover - compiled by numba
+    """Rows ``[r0, r1)`` of ``z = W x + b`` for columns ``[c0, c1)`` into ``a``, through the epilogue ``mode``
     (:func:`_epilogue`: activation, dropout, and the derivative ``d`` or leaky ``code`` for backward).
 
     ``indptr`` uint64 ``(out+1,)``, ``indices`` uint32 ``(nnz,)``, ``values (nnz,)``, ``bias (out,)``;
@@ -154,7 +156,7 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
     ntail = c1 - ctail
-    for i in range(n_out):
+    for i in range(r0, min(r1, n_out)):
         start = indptr[i]
         end = indptr[i + 1]
         bi = bias[i]
@@ -198,9 +200,9 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
 
 
 @numba.njit(**_NJIT)
-def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate):  # pragma: no cover - compiled by numba
-    """``out[k] (+)= Σ_{c ∈ [c0, c1)} dz[row k, c] · x[col k, c]`` (added to ``out`` when ``accumulate``);
-    ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``."""
+def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragma: no cover - compiled by numba
+    """``out[k] (+)= Σ_{c ∈ [c0, c1)} dz[row k, c] · x[col k, c]`` for the connections of rows ``[r0, r1)``
+    (added to ``out`` when ``accumulate``); ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``."""
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
     nfull = (c1 - c0) // T
@@ -209,7 +211,7 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate):  # pragma: no co
     zero = out.dtype.type(0)
     nnz = np.uint64(indices.shape[0])
     cb0 = np.uint64(c0)
-    for i in range(n_out):
+    for i in range(r0, min(r1, n_out)):
         row = np.uint64(i) * ldu
         k = indptr[i]
         end = indptr[i + 1]
@@ -290,11 +292,11 @@ def _grad_epilogue(n, dst, dx, d, code, lut1, lut2, db, j, with_d, first):  # pr
 
 
 @numba.njit(**_NJIT)
-def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2, db, with_d,
-           accumulate):  # pragma: no cover - compiled by numba
+def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2, db, with_d, accumulate, j0,
+           j1):  # pragma: no cover - compiled by numba
     """``dx[j, c] = Σ_p values[perm[p]] · dz[rowidx[p], c]`` over the connections ``p`` of input ``j``
-    (CSC order), for ``c ∈ [c0, c1)``; with ``with_d``: times the forward's derivative (see
-    :func:`_grad_epilogue`) and ``db[j] (+)= Σ_c dx[j, c]`` (added to ``db`` when ``accumulate``)."""
+    (CSC order), for inputs ``j ∈ [j0, j1)`` and ``c ∈ [c0, c1)``; with ``with_d``: times the forward's derivative
+    (see :func:`_grad_epilogue`) and ``db[j] (+)= Σ_c dx[j, c]`` (added to ``db`` when ``accumulate``)."""
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
@@ -302,7 +304,7 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
     ntail = c1 - ctail
-    for j in range(n_in):
+    for j in range(j0, min(j1, n_in)):
         start = colptr[j]
         end = colptr[j + 1]
         row = np.uint64(j) * ldu
@@ -344,11 +346,11 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
 
 
 @numba.njit(**_NJIT)
-def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, lut1, lut2, db, g,
-                 accumulate):  # pragma: no cover - compiled by numba
+def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, lut1, lut2, db, g, accumulate, j0,
+                 j1):  # pragma: no cover - compiled by numba
     """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
     is read once for both the input gradient ``dx[j]`` and the value gradient ``g[perm[p]] (+)= dz[rowidx[p]] ·
-    x[j]`` (``x[j]``, the layer's input row, stays in registers)."""
+    x[j]`` (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``."""
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
@@ -358,7 +360,7 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
     ntail = c1 - ctail
-    for j in range(n_in):
+    for j in range(j0, min(j1, n_in)):
         start = colptr[j]
         end = colptr[j + 1]
         row = np.uint64(j) * ldu
@@ -403,13 +405,16 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
 
 
 @numba.njit(**_NJIT)
-def scatter(indptr, indices, values, dz, ld, c0, c1, dx):  # pragma: no cover - compiled by numba
-    """``dx = Wᵀ dz`` for columns ``[c0, c1)`` by scattering each CSR row into the rows of ``dx``."""
+def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no cover - compiled by numba
+    """``dx = Wᵀ dz`` for columns ``[c0, c1)`` and inputs ``[j0, j1)`` by scattering each CSR row into the rows of
+    ``dx`` (a binary search per row finds its connections into ``[j0, j1)``, so ranges never write the same row)."""
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
     n_in = dx.shape[0] // ld
+    j1 = min(j1, n_in)
+    whole = j0 == 0 and j1 == n_in
     acc = numba.carray(_stack_empty(T, values.dtype), T)
-    for j in range(n_in):
+    for j in range(j0, j1):
         base = np.uint64(j) * ldu
         for c in range(c0, c1):
             dx[base + np.uint64(c)] = 0
@@ -418,7 +423,11 @@ def scatter(indptr, indices, values, dz, ld, c0, c1, dx):  # pragma: no cover - 
     for i in range(n_out):
         start = indptr[i]
         end = indptr[i + 1]
-        if start == end:
+        if not whole and start < end:
+            row = indices[start:end]
+            end = start + np.uint64(np.searchsorted(row, np.uint32(j1)))
+            start = start + np.uint64(np.searchsorted(row, np.uint32(j0)))
+        if start >= end:
             continue
         row = np.uint64(i) * ldu
         for tile in range(nfull):
@@ -438,10 +447,10 @@ def scatter(indptr, indices, values, dz, ld, c0, c1, dx):  # pragma: no cover - 
 
 
 @numba.njit(**_NJIT)
-def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate):  # pragma: no cover - compiled by numba
-    """The scatter path's epilogue: :func:`_grad_epilogue` on columns ``[c0, c1)`` of every row of ``dx``."""
+def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate, j0, j1):  # pragma: no cover
+    """The scatter path's epilogue: :func:`_grad_epilogue` on columns ``[c0, c1)`` of rows ``[j0, j1)`` of ``dx``."""
     ldu = np.uint64(ld)
-    for j in range(db.shape[0]):
+    for j in range(j0, min(j1, db.shape[0])):
         _grad_epilogue(c1 - c0, np.uint64(j) * ldu + np.uint64(c0), dx, d, code, lut1, lut2, db, j, True,
                        not accumulate)
 
@@ -555,16 +564,17 @@ def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, ld
     ``W a + b`` → ``out (B, out)``. ``acts[j]`` holds layer ``j``'s input, feature-major."""
     n_layers = len(valuess)
     one = slopes[0] * 0 + 1
-    for t0 in range(c0, c1, T):
-        t1 = min(t0 + T, c1)
+    step = T if TILE_MAJOR else max(1, c1 - c0)
+    for t0 in range(c0, c1, step):
+        t1 = min(t0 + step, c1)
         to_feature_major(x, t0, t1, acts[0], ld)
         for j in range(n_layers):
             if j == n_layers - 1:
                 forward(indptrs[j], indicess[j], valuess[j], biases[j], acts[j], ld, t0, t1, acts[j + 1], ds[j + 1],
-                        codes[j + 1], MODE_LINEAR, act, one, np.uint32(0), one, np.uint32(0), np.uint32(0))
+                        codes[j + 1], MODE_LINEAR, act, one, np.uint32(0), one, np.uint32(0), np.uint32(0), 0, _ALL)
             else:
                 forward(indptrs[j], indicess[j], valuess[j], biases[j], acts[j], ld, t0, t1, acts[j + 1], ds[j + 1],
-                        codes[j + 1], mode, act, slopes[j], thr, scale, k1s[j], k2s[j])
+                        codes[j + 1], mode, act, slopes[j], thr, scale, k1s[j], k2s[j], 0, _ALL)
         from_feature_major(acts[n_layers], ld, t0, t1, out)
 
 
@@ -578,8 +588,9 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
     ``caps[j]`` (flat ``(out_j, B)``) receives layer ``j``'s output gradient (for gradient-based growth)."""
     n_layers = len(valuess)
     batch = gy.shape[0]
-    for t0 in range(c0, c1, T):
-        t1 = min(t0 + T, c1)
+    step = T if TILE_MAJOR else max(1, c1 - c0)
+    for t0 in range(c0, c1, step):
+        t1 = min(t0 + step, c1)
         more = t0 > c0  # later tiles add to the sums the first one wrote
         cur = dz0
         nxt = dz1
@@ -594,13 +605,13 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
                         cap[r * batch + c] = cur[r * ld + c]
             if FUSE_BACKWARD and j > 0 and need_v[j] and use_csc[j]:
                 gather_sddmm(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, acts[j], ld, t0, t1, nxt, ds[j],
-                             codes[j], lut1s[j], lut2s[j], dbs[j - 1], grads[j], more)
+                             codes[j], lut1s[j], lut2s[j], dbs[j - 1], grads[j], more, 0, _ALL)
                 tmp = cur
                 cur = nxt
                 nxt = tmp
                 continue
             if need_v[j]:
-                sddmm(indptrs[j], indicess[j], cur, acts[j], ld, t0, t1, grads[j], more)
+                sddmm(indptrs[j], indicess[j], cur, acts[j], ld, t0, t1, grads[j], more, 0, _ALL)
             if j == 0 and not need_x:
                 break
             target = nxt if j > 0 else dxbuf
@@ -608,11 +619,11 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
             db = dbs[j - 1] if j > 0 else dbs[0]
             if use_csc[j]:
                 gather(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, ld, t0, t1, target, ds[j], codes[j], lut1s[j],
-                       lut2s[j], db, with_d, more)
+                       lut2s[j], db, with_d, more, 0, _ALL)
             else:
-                scatter(indptrs[j], indicess[j], valuess[j], cur, ld, t0, t1, target)
+                scatter(indptrs[j], indicess[j], valuess[j], cur, ld, t0, t1, target, 0, _ALL)
                 if with_d:
-                    apply_derivative(target, ds[j], codes[j], lut1s[j], lut2s[j], ld, t0, t1, db, more)
+                    apply_derivative(target, ds[j], codes[j], lut1s[j], lut2s[j], ld, t0, t1, db, more, 0, _ALL)
             if j > 0:
                 tmp = cur
                 cur = nxt

@@ -21,6 +21,7 @@ from sparta.kernels.threads import POOL, get_num_threads
 BACKENDS = ("auto", "numba", "torch")
 TRANSPOSES = ("csc", "scatter")
 _FLOATS = (torch.float32, torch.float64)
+ALL = fused._ALL  # as a row or column range end: every row or column
 MIN_WORK_PER_THREAD = 1 << 21  # connections × samples a thread must get before a batch is split
 
 
@@ -89,7 +90,7 @@ class SparseLinearFunction(torch.autograd.Function):
             parts = fused.groups(batch, get_num_threads())
             threads = threads_for(parts, values.numel())
             POOL.run([lambda c0=c0, c1=c1: fused.forward(ip, ix, v, b, xf, ld, c0, c1, yf, e, ec, fused.MODE_LINEAR,
-                                                          fused.ACT_LEAKY, one, z32, one, z32, z32)
+                                                          fused.ACT_LEAKY, one, z32, one, z32, z32, 0, ALL)
                       for c0, c1 in parts], threads)
             yt = y  # (out, ld): the caller slices the batch's columns (a view made outside the Function)
             ctx.xf, ctx.ld, ctx.parts, ctx.threads = xf, ld, parts, threads
@@ -136,12 +137,12 @@ class SparseLinearFunction(torch.autograd.Function):
 
             def run(p: int, c0: int, c1: int) -> None:
                 if partials:
-                    fused.sddmm(ip, ix, dz, xf, ld, c0, c1, partials[p], False)
+                    fused.sddmm(ip, ix, dz, xf, ld, c0, c1, partials[p], False, 0, ALL)
                 if dxf is not None:
                     if csc is not None:
-                        fused.gather(*csc, v, dz, ld, c0, c1, dxf, e, ec, one, one, e, False, False)
+                        fused.gather(*csc, v, dz, ld, c0, c1, dxf, e, ec, one, one, e, False, False, 0, ALL)
                     else:
-                        fused.scatter(ip, ix, v, dz, ld, c0, c1, dxf)
+                        fused.scatter(ip, ix, v, dz, ld, c0, c1, dxf, 0, ALL)
 
             tasks = [lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)]
             POOL.run(tasks, ctx.threads)

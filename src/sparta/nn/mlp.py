@@ -39,6 +39,7 @@ from sparta.nn.linear import SparseLinear
 
 ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
 TRANSPOSES = ("csc", "scatter")
+LAYER_MODE_CONNECTIONS = 1 << 22  # from 4M connections, threads split each layer's rows instead of the batch
 MAX_FREE_WORKSPACES = 4  # buffers kept for the next forwards (training batch, last batch, evaluation …)
 
 
@@ -310,8 +311,10 @@ class _FusedMLPFunction(torch.autograd.Function):
         batch = x.shape[0]
         dtype = np.dtype(np.float32 if x.dtype == torch.float32 else np.float64)
         scalar = dtype.type
-        parts = fused.groups(batch, get_num_threads())
-        threads = threads_for(parts, sum(m.nnz for m in layers))
+        total_nnz = sum(m.nnz for m in layers)
+        layer_mode = total_nnz >= LAYER_MODE_CONNECTIONS  # big layers: threads split each layer, not the batch
+        parts = [(0, batch)] if layer_mode else fused.groups(batch, get_num_threads())
+        threads = get_num_threads() if layer_mode else threads_for(parts, total_nnz)
         grad = bool(grad)
         mode = fused.MODE_TRAIN if (grad or rng is not None) else fused.MODE_EVAL
         leaky = mlp.activation in ("allrelu", "relu")
@@ -334,12 +337,16 @@ class _FusedMLPFunction(torch.autograd.Function):
             fused.forward_pass(*args, ws.acts, ws.ds, ws.codes, xn, outn, ws.ld, c0, c1, mode, act, slopes,
                                np.uint32(thr), scalar(scale), k1s, k2s)
 
-        POOL.run([lambda c0=c0, c1=c1: run(c0, c1) for c0, c1 in parts], threads)
+        if layer_mode:
+            _layer_forward(args, ws, xn, outn, mode, act, slopes, np.uint32(thr), scalar(scale), k1s, k2s, threads)
+        else:
+            POOL.run([lambda c0=c0, c1=c1: run(c0, c1) for c0, c1 in parts], threads)
         if grad:  # the buffers go back to the pool when the graph is freed (any number of backward calls)
             weakref.finalize(ctx, runner.free.append, ws)
         else:
             runner.free.append(ws)
         ctx.ws, ctx.mlp, ctx.layers, ctx.scale, ctx.threads = ws, mlp, layers, scale, threads
+        ctx.layer_mode = layer_mode
         ctx.has_bias = [m.bias is not None for m in layers]
         ctx.save_for_backward(*(m.values for m in layers))
         return out
@@ -380,7 +387,11 @@ class _FusedMLPFunction(torch.autograd.Function):
             fused.backward_pass(ip, ix, vals, *csc, ws.acts, ws.ds, ws.codes, gyn, gsets[p], ws.bias_parts[p], caps,
                                 ws.dz[0], ws.dz[1], ws.dxbuf, dxn, ld, c0, c1, luts1, luts2, need_v, need_x, use_csc)
 
-        POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads)
+        if ctx.layer_mode:
+            _layer_backward(ip, ix, vals, csc, ws, gyn, gsets[0], ws.bias_parts[0], caps, dxn, luts1, luts2, need_v,
+                            need_x, use_csc, ctx.threads)
+        else:
+            POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads)
         for j in range(n_layers):  # the other groups' partial sums into group 0's, in group order (reproducible)
             for p in range(1, len(parts)):
                 if grads[j] is not None:
@@ -402,6 +413,87 @@ class _FusedMLPFunction(torch.autograd.Function):
         for j in range(n_layers):
             out += [grads[j], dbias[j]]
         return tuple(out)
+
+
+def _ranges(ptr: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """``parts`` ranges of rows (or columns) of a pointer array ``ptr (n+1,)`` holding about equal connections."""
+    n, total = ptr.shape[0] - 1, int(ptr[-1])
+    if parts <= 1 or n <= 1:
+        return [(0, n)]
+    cuts = np.searchsorted(ptr.astype(np.int64), [total * k // parts for k in range(1, parts)], side="right") - 1
+    bounds = [0, *sorted({int(min(max(c, 0), n)) for c in cuts}), n]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _layer_forward(args: tuple, ws: _Workspace, xn: np.ndarray, outn: np.ndarray, mode: int, act: int,
+                   slopes: np.ndarray, thr: np.uint32, scale: Any, k1s: np.ndarray, k2s: np.ndarray,
+                   threads: int) -> None:
+    """The forward for big layers: the whole batch through one layer at a time, each layer's rows split over
+    the threads (no per-thread copies of anything; a hand-off per layer is nothing next to its work)."""
+    ips, ixs, vals, biases = args
+    ld, batch, last = ws.ld, ws.batch, len(vals) - 1
+    acts, ds, codes = ws.acts, ws.ds, ws.codes
+    one, z = slopes.dtype.type(1), np.uint32(0)
+    fused.to_feature_major(xn, 0, batch, acts[0], ld)
+    for j in range(len(vals)):
+        if j == last:
+            spec = (fused.MODE_LINEAR, act, one, z, one, z, z)
+        else:
+            spec = (mode, act, slopes[j], thr, scale, k1s[j], k2s[j])
+        POOL.run([lambda r0=r0, r1=r1, j=j, spec=spec: fused.forward(
+            ips[j], ixs[j], vals[j], biases[j], acts[j], ld, 0, batch, acts[j + 1], ds[j + 1], codes[j + 1], *spec,
+            r0, r1) for r0, r1 in _ranges(ips[j], threads)], threads)
+    fused.from_feature_major(acts[-1], ld, 0, batch, outn)
+
+
+def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Workspace, gyn: np.ndarray, grads: tuple,
+                    dbs: tuple, caps: tuple, dxn: np.ndarray, luts1: np.ndarray, luts2: np.ndarray,
+                    need_v: np.ndarray, need_x: bool, use_csc: np.ndarray, threads: int) -> None:
+    """The backward for big layers, layer by layer: value gradients split over the threads by rows, input
+    gradients by input columns (a gather over the CSC copy, or a scatter in which each thread owns a range
+    of input rows); every number is computed by one thread, so results do not depend on the thread count."""
+    colptrs, rowidxs, perms = csc
+    ld, batch, n_layers = ws.ld, ws.batch, len(vals)
+    acts, ds, codes = ws.acts, ws.ds, ws.codes
+    cur, nxt = ws.dz
+    fused.to_feature_major(gyn, 0, batch, cur, ld)
+    fused.row_sums(cur, ld, 0, batch, dbs[-1], False)
+    for j in range(n_layers - 1, -1, -1):
+        n_out = dbs[j].shape[0]
+        if caps[j].shape[0]:
+            caps[j].reshape(n_out, batch)[:] = cur[:n_out * ld].reshape(n_out, ld)[:, :batch]
+        hidden = j > 0
+        if hidden and need_v[j] and use_csc[j] and fused.FUSE_BACKWARD:
+            POOL.run([lambda a=a, b=b, j=j, cur=cur, nxt=nxt: fused.gather_sddmm(
+                colptrs[j], rowidxs[j], perms[j], vals[j], cur, acts[j], ld, 0, batch, nxt, ds[j], codes[j], luts1[j],
+                luts2[j], dbs[j - 1], grads[j], False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
+            cur, nxt = nxt, cur
+            continue
+        if need_v[j]:
+            POOL.run([lambda a=a, b=b, j=j, cur=cur: fused.sddmm(ips[j], ixs[j], cur, acts[j], ld, 0, batch, grads[j],
+                                                                  False, a, b) for a, b in _ranges(ips[j], threads)],
+                     threads)
+        if not hidden and not need_x:
+            break
+        target = nxt if hidden else ws.dxbuf
+        db = dbs[j - 1] if hidden else dbs[0]
+        if use_csc[j]:
+            POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target, db=db, hidden=hidden: fused.gather(
+                colptrs[j], rowidxs[j], perms[j], vals[j], cur, ld, 0, batch, target, ds[j], codes[j], luts1[j],
+                luts2[j], db, hidden, False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
+        else:
+            n_in = ws.sizes[j]
+            cols = [(n_in * k // threads, n_in * (k + 1) // threads) for k in range(threads)]
+            POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target: fused.scatter(
+                ips[j], ixs[j], vals[j], cur, ld, 0, batch, target, a, b) for a, b in cols if b > a], threads)
+            if hidden:
+                POOL.run([lambda a=a, b=b, j=j, target=target, db=db: fused.apply_derivative(
+                    target, ds[j], codes[j], luts1[j], luts2[j], ld, 0, batch, db, False, a, b)
+                    for a, b in cols if b > a], threads)
+        if hidden:
+            cur, nxt = nxt, cur
+    if need_x:
+        fused.from_feature_major(ws.dxbuf, ld, 0, batch, dxn)
 
 
 def _layer_arrays(layers: list[SparseLinear], dtype: np.dtype, runner: _FusedRunner) -> tuple[tuple, tuple, tuple,
