@@ -23,6 +23,7 @@ ALGORITHMS = ("dense", "static", "set", "rigl", "gmp")
 DATASETS = ("digits", "madelon", "teacher_student", "mnist", "fashionmnist", "cifar10", "csv", "npz", "mat")
 LOSSES = ("ce", "mse")
 OPTIMIZERS = ("sgd", "adam")
+TRANSPOSES = ("csc", "scatter")
 INITS = ("uniform", "kaiming_normal", "kaiming_uniform", "xavier_uniform", "normal")
 
 
@@ -40,6 +41,12 @@ class RunConfig:
     and regrown per update (SET's ζ, RigL's α); ``every`` the optimizer steps between topology updates
     (None: once per epoch). ``algo="gmp"`` starts dense and prunes to the same overall density.
     ``compare_dense`` also trains the same network dense (same seed) into ``RUN/dense``.
+
+    Scale: ``transpose`` how sparse layers form input gradients (``"csc"``: a gather over a transposed copy,
+    8 more bytes per connection; ``"scatter"``: none); ``eval_batch_size`` the evaluation's batch (None:
+    up to 1024, smaller when a batch's activations would exceed 1 GB); ``importance_pruning`` removes the
+    hidden neurons at or below the ``ip_percentile``-th percentile of importance after epoch ``ip_start``
+    (None: ``ip_every``) and every ``ip_every`` epochs after it (not after the last epoch).
     """
 
     dataset: str = "digits"
@@ -67,6 +74,12 @@ class RunConfig:
     threads: int | None = None
     checkpoint_every: int = 10
     compare_dense: bool = True
+    transpose: str = "csc"
+    eval_batch_size: int | None = None
+    importance_pruning: bool = False
+    ip_percentile: float = 20.0
+    ip_every: int = 10
+    ip_start: int | None = None
     preset: str | None = None
 
     # ------------------------------------------------------------------ I/O
@@ -142,6 +155,20 @@ class RunConfig:
         self.checkpoint_every = _int("checkpoint_every", self.checkpoint_every, 1)
         if not isinstance(self.compare_dense, bool):
             raise ConfigError(f"compare_dense must be true or false, got {self.compare_dense!r}")
+        _choice("transpose", self.transpose, TRANSPOSES)
+        if self.eval_batch_size is not None:
+            self.eval_batch_size = _int("eval_batch_size", self.eval_batch_size, 1)
+        if not isinstance(self.importance_pruning, bool):
+            raise ConfigError(f"importance_pruning must be true or false, got {self.importance_pruning!r}")
+        if self.importance_pruning and self.algo not in ("static", "set", "rigl"):
+            raise ConfigError(f"importance_pruning needs a model sparse from the start (algo static, set or rigl), "
+                              f"got algo {self.algo!r}")
+        if self.importance_pruning and len(self.hidden) < 1:
+            raise ConfigError("importance_pruning removes hidden neurons: give at least one hidden layer")
+        self.ip_percentile = _float("ip_percentile", self.ip_percentile, 0.0, 100.0, high_open=True)
+        self.ip_every = _int("ip_every", self.ip_every, 1)
+        if self.ip_start is not None:
+            self.ip_start = _int("ip_start", self.ip_start, 1)
         return self
 
     @property
@@ -151,7 +178,12 @@ class RunConfig:
 
     def dense_baseline(self) -> RunConfig:
         """The same run with every layer dense (``algo="dense"``), for the side-by-side comparison."""
-        return dataclasses.replace(self, algo="dense", compare_dense=False)
+        return dataclasses.replace(self, algo="dense", compare_dense=False, importance_pruning=False)
+
+    @property
+    def ip_first_epoch(self) -> int:
+        """Epochs after which Importance Pruning first runs (``ip_start``, or ``ip_every``)."""
+        return self.ip_start if self.ip_start is not None else self.ip_every
 
 
 # ---------------------------------------------------------------- layering
