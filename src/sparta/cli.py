@@ -111,7 +111,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--sync", action="store_true", help="with --workers: synchronous WASAP-SGD (average the N "
                                                        "gradients, learning rate × N with a 5-epoch warm-up)")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", help="digits, madelon, teacher_student (embedded); mnist, fashionmnist, cifar10, "
+    d.add_argument("--dataset", help="digits, madelon, teacher_student, classification (embedded); mnist, fashionmnist, cifar10, "
                                      "csv, npz, mat (read from --data)")
     d.add_argument("--data", metavar="PATH", help="folder (mnist, fashionmnist, cifar10) or file (csv, npz, mat) "
                                                   "holding the data set; nothing is downloaded")

@@ -91,3 +91,17 @@ def test_importance_pruning_settings_are_checked():
         tiny("gmp", importance_pruning=True)
     with pytest.raises(ValueError, match="ip_percentile must be a number in"):
         tiny("set", importance_pruning=True, ip_percentile=100)
+
+
+def test_classification_data_set():
+    from sparta.train.readers import load_dataset
+
+    d = load_dataset("classification", seed=3, n_train=600, n_test=200, n_features=50, n_informative=5, n_classes=4)
+    assert d.x_train.shape == (600, 50) and d.x_test.shape == (200, 50) and d.n_classes == 4
+    assert d.x_train.dtype == torch.float32 and set(d.y_train.tolist()) == {0, 1, 2, 3}
+    assert abs(float(d.x_train.mean())) < 0.05 and abs(float(d.x_train.std()) - 1) < 0.05  # standardised
+    again = load_dataset("classification", seed=3, n_train=600, n_test=200, n_features=50, n_informative=5,
+                         n_classes=4)
+    assert torch.equal(d.x_train, again.x_train) and torch.equal(d.y_test, again.y_test)
+    with pytest.raises(ValueError, match="n_informative must be in"):
+        load_dataset("classification", n_features=10, n_informative=2, n_classes=10)

@@ -13,7 +13,8 @@ thread ran which part (each part writes its own buffers; partial sums are added 
 
 A worker that started a part but runs slowly (another process shares its core) would still hold the
 step up, so each parallel run is timed: when the caller, done with its own parts, waited for the workers
-longer than half of one of its parts took, the next runs go serial on the caller (8 runs, doubling up to
+longer than one of its own parts took (so that running every part itself would have been faster),
+the next runs go serial on the caller (8 runs, doubling up to
 256 while the next probe finds the workers still slow, back to 8 once they keep pace). Two threads
 then cost at most a probe step now and then on a busy machine, instead of every step.
 
@@ -158,7 +159,7 @@ class Pool:
             waited = time.perf_counter() - t1
             self._batch = None
             if ran and len(ran) < len(tasks):  # the workers did part of it: did they keep pace?
-                if waited > 0.5 * (t1 - t0) / len(ran):
+                if waited > (t1 - t0) / len(ran):  # a serial run would have been faster
                     self.lagged += 1
                     self.serial_runs = self.backoff
                     self.backoff = min(2 * self.backoff, self.BACKOFF_MAX)

@@ -20,7 +20,7 @@ from typing import Any
 from sparta.train.models import ACTIVATIONS
 
 ALGORITHMS = ("dense", "static", "set", "rigl", "gmp")
-DATASETS = ("digits", "madelon", "teacher_student", "mnist", "fashionmnist", "cifar10", "csv", "npz", "mat")
+DATASETS = ("digits", "madelon", "teacher_student", "classification", "mnist", "fashionmnist", "cifar10", "csv", "npz", "mat")
 LOSSES = ("ce", "mse")
 OPTIMIZERS = ("sgd", "adam")
 TRANSPOSES = ("csc", "scatter")
