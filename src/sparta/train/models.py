@@ -9,8 +9,7 @@ from torch import nn
 
 from sparta.nn.activations import AllReLU, Dropout
 from sparta.nn.linear import SparseLinear
-
-ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
+from sparta.train.config import ACTIVATIONS
 
 
 def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | None = None, sparse: bool = True,
