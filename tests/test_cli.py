@@ -272,6 +272,17 @@ def test_every_help_shows_the_defaults():
     assert not missing, missing
 
 
+def test_help_loads_no_torch_numba_or_matplotlib():
+    code = ("import sys; from sparta.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['rl', 'train', '--help']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numba', 'matplotlib'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("argv, message", [
     (("--workers", "0"), "workers must be a positive int"),
     (("--sync",), "--sync only applies with --workers"),
