@@ -463,8 +463,9 @@ def bytes_per_connection() -> tuple[str, dict[str, Any]]:
     n, d, b = BYTES_SIZE, BYTES_DENSITY, BYTES_BATCH
     gen = torch.Generator().manual_seed(0)
     sparse = SparseLinear(n, n, d, generator=gen)
-    layers: dict[str, nn.Module] = {"SparseLinear": sparse, "nn.Linear": dense_copy(sparse),
-                                    "MaskedLinear": MaskedLinear.from_sparse(sparse)}
+    scatter = SparseLinear(n, n, d, generator=torch.Generator().manual_seed(0), transpose="scatter")
+    layers: dict[str, nn.Module] = {"SparseLinear": sparse, "SparseLinear, transpose='scatter'": scatter,
+                                    "nn.Linear": dense_copy(sparse), "MaskedLinear": MaskedLinear.from_sparse(sparse)}
     nnz = sparse.nnz
     rows, raw = [], {}
     for name, layer in layers.items():
@@ -476,6 +477,9 @@ def bytes_per_connection() -> tuple[str, dict[str, Any]]:
         parts = {
             "weights": _nbytes(w),
             "index": _nbytes(layer.indices, layer.indptr) if isinstance(layer, SparseLinear) else 0,
+            # the CSC copy input gradients gather over (column pointers, row and CSR position of each connection)
+            "transposed": (sum(a.nbytes for a in layer._transposed[1]) if isinstance(layer, SparseLinear)
+                           and layer._transposed is not None else 0),
             "gradient": _nbytes(w.grad),
             "momentum": _nbytes(opt.state[w]["momentum_buffer"]),
             "mask": _nbytes(layer.mask) if isinstance(layer, MaskedLinear) else 0,
@@ -485,13 +489,13 @@ def bytes_per_connection() -> tuple[str, dict[str, Any]]:
         raw[name] = per
     base = raw["SparseLinear"]["total"]
     for name, per in raw.items():
-        rows.append([name, *(fmt(per[k]) if per[k] else "–" for k in ("weights", "index", "gradient", "momentum",
-                                                                      "mask", "total")),
+        rows.append([name, *(fmt(per[k]) if per[k] else "–" for k in ("weights", "index", "transposed", "gradient",
+                                                                      "momentum", "mask", "total")),
                      f"{fmt(per['total'] / base)}×"])
     text = (f"### Bytes per connection held by a training step ({n}×{n}, density {d}, {nnz} connections; "
             "after backward and an SGD momentum-0.9 step; bias excluded)\n\n"
-            + markdown_table(["layer", "weights", "index (indices + indptr)", "gradient", "momentum", "mask",
-                              "total B/connection", "vs sparse"], rows) + "\n")
+            + markdown_table(["layer", "weights", "index (indices + indptr)", "transposed copy", "gradient", "momentum",
+                              "mask", "total B/connection", "vs sparse"], rows) + "\n")
     return text, raw
 
 

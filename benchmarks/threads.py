@@ -1,9 +1,14 @@
-"""Threads and OpenMP wait policy on a SET-MLP training step.
+"""Threads on the SET-MLP training step: 1 vs 2 threads, on a quiet machine and with another process busy.
 
-Times one training step (forward, backward, SGD) of the Fashion-MNIST SET-MLP shape
-(784-1000-1000-1000-10, ε = 20, All-ReLU, dropout 0.3, batch 128) with 1 and 2 threads under
-``OMP_WAIT_POLICY=PASSIVE`` (sparta's default), ``ACTIVE``, and PASSIVE with a bounded spin
-(``GOMP_SPINCOUNT=20000``), each in a fresh process so the policy applies before torch loads.
+Times the training step (forward, backward, optimizer) of the Fashion-MNIST SET-MLP shape
+(784-1000-1000-1000-10, ε = 20, All-ReLU, dropout 0.3, weight decay 2e-4, batch 128) as
+
+* ``fused``  — ``sparta.SparseMLP`` + ``sparta.optim.SGD``: sparta's own workers, each taking part of the
+  batch through the whole step (two hand-offs per step), torch at one thread;
+* ``dropin`` — ``nn.Sequential`` of ``SparseLinear``/``AllReLU``/``Dropout`` + ``torch.optim.SGD``;
+
+at 1 and 2 threads, each in a fresh process, interleaved, ``--repeats`` times (medians). With ``--load``
+another process keeps one core busy the whole time (``while True: pass``).
 
     python benchmarks/threads.py            # quiet machine
     python benchmarks/threads.py --load     # with another process busy on one core
@@ -12,67 +17,73 @@ Times one training step (forward, backward, SGD) of the Fashion-MNIST SET-MLP sh
 from __future__ import annotations
 
 import argparse
-import os
+import statistics
 import subprocess
 import sys
 
-POLICIES = {"PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-            "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
-            "PASSIVE + GOMP_SPINCOUNT=20000": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}}
+import _common  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
+from _common import load_average, markdown_table
 
 
-def child(threads: int, steps: int) -> None:
+def child(kind: str, threads: int, steps: int) -> None:
     import time
 
     import numpy as np
     import torch
 
-    import sparta  # noqa: F401
+    import sparta
+    from sparta.kernels.threads import configure
     from sparta.train import mlp
 
-    torch.set_num_threads(threads)
+    configure(threads, sparse=True)
     torch.manual_seed(0)
-    model = mlp([784, 1000, 1000, 1000, 10], epsilon=20, alpha=0.6, dropout=0.3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    model = mlp([784, 1000, 1000, 1000, 10], epsilon=20, alpha=0.6, dropout=0.3, fused=kind == "fused")
+    cls = sparta.optim.SGD if kind == "fused" else torch.optim.SGD
+    opt = cls(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    x, y = torch.randn(2048, 784), torch.randint(0, 10, (2048,))
+    g = torch.Generator().manual_seed(0)
     times = []
-    for i in range(steps + 5):
+    for i in range(steps + 10):
+        idx = torch.randint(0, 2048, (128,), generator=g)
         t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= 5:
+        if i >= 10:
             times.append(time.perf_counter() - t0)
-    print(f"{1e3 * float(np.median(times)):.2f}")
+    print(f"{1e3 * float(np.median(times)):.4f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--load", action="store_true", help="keep another process busy on one core meanwhile")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=100, help="timed steps per run (default 100)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each configuration, interleaved (default 3)")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.child, a.steps)
+        child(a.child[0], int(a.child[1]), a.steps)
         return
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.load else None
+    configs = [(k, t) for k in ("fused", "dropin") for t in (1, 2)]
+    ms: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
     try:
-        def run(threads: int, env: dict[str, str]) -> str:
-            e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | env
-            out = subprocess.run([sys.executable, __file__, "--child", str(threads), "--steps", str(a.steps)],
-                                 env=e, capture_output=True, text=True, check=True)
-            return out.stdout.strip().splitlines()[-1]
-
-        one = run(1, POLICIES["PASSIVE"])
-        cols = {name: run(2, env) for name, env in POLICIES.items()}
+        for _ in range(a.repeats):
+            for kind, threads in configs:
+                out = subprocess.run([sys.executable, __file__, "--child", kind, str(threads), "--steps", str(a.steps)],
+                                     capture_output=True, text=True, check=True)
+                ms[(kind, threads)].append(float(out.stdout.strip().splitlines()[-1]))
     finally:
         if busy is not None:
             busy.kill()
-    print(f"SET-MLP step, ms (median of {a.steps}); {'another process busy on one core' if a.load else 'quiet machine'}\n")
-    print("| 1 thread | " + " | ".join(f"2 threads, {n}" for n in cols) + " |")
-    print("|--:|" + "--:|" * len(cols))
-    print(f"| {one} | " + " | ".join(cols.values()) + " |")
+    print(f"SET-MLP training step, ms (median of {a.steps} steps, median of {a.repeats} runs); "
+          f"{'another process busy on one core' if a.load else 'quiet machine'}; load average {load_average()}\n")
+    rows = []
+    for kind in ("fused", "dropin"):
+        one, two = statistics.median(ms[(kind, 1)]), statistics.median(ms[(kind, 2)])
+        rows.append([kind, f"{one:.2f}", f"{two:.2f}", f"{one / two:.2f}"])
+    print(markdown_table(["model", "1 thread", "2 threads", "2 threads × faster"], rows))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,15 @@ settings.load_profile("sparta")
 
 @pytest.fixture(autouse=True)
 def _restore_global_state():
-    """Seed torch, and restore torch's and numba's thread counts and the default dtype after every test."""
+    """Seed torch, and restore torch's, numba's and sparta's thread counts and the default dtype after every test."""
     torch_threads = torch.get_num_threads()
     numba_threads = numba.get_num_threads()
     default_dtype = torch.get_default_dtype()
     torch.manual_seed(1234)
     yield
+    from sparta.kernels.threads import set_num_threads
+
+    set_num_threads(None)  # sparta's own thread count follows torch's again
     torch.set_num_threads(torch_threads)
     numba.set_num_threads(numba_threads)
     torch.set_default_dtype(default_dtype)

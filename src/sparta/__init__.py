@@ -16,7 +16,11 @@ __version__ = "0.1.0"
 _EXPORTS = {"AllReLU": "sparta.nn", "MaskedConv2d": "sparta.nn", "MaskedLinear": "sparta.nn",
             "SparseLinear": "sparta.nn", "GMP": "sparta.topology", "SET": "sparta.topology",
             "ImportancePruning": "sparta.topology", "RigL": "sparta.topology", "Static": "sparta.topology",
-            "TopologyAlgorithm": "sparta.topology", "sparsify": "sparta.topology"}
+            "TopologyAlgorithm": "sparta.topology", "sparsify": "sparta.topology",
+            "SparseMLP": "sparta.nn", "get_num_threads": "sparta.kernels.threads",
+            "set_num_threads": "sparta.kernels.threads", "nn": "sparta.nn", "optim": "sparta.optim",
+            "topology": "sparta.topology"}
 __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 __all__ = ["GMP", "SET", "AllReLU", "ImportancePruning", "MaskedConv2d", "MaskedLinear", "RigL", "SparseLinear",
-           "Static", "TopologyAlgorithm", "__version__", "nn", "sparsify", "topology"]
+           "SparseMLP", "Static", "TopologyAlgorithm", "__version__", "get_num_threads", "nn", "optim",
+           "set_num_threads", "sparsify", "topology"]

@@ -10,14 +10,16 @@ from typing import Any
 
 def lazy_attributes(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package`` whose attribute ``name`` lives in module ``exports[name]`` (written
-    ``"module:attribute"`` when it has another name there), imported from it on first use."""
+    ``"module:attribute"`` when it has another name there), imported from it on first use; an attribute that names
+    a sub-package (``exports["nn"] == "sparta.nn"``) is that sub-package."""
     namespace = importlib.import_module(package).__dict__
 
     def __getattr__(name: str) -> Any:
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         module, _, attribute = exports[name].partition(":")
-        value = getattr(importlib.import_module(module), attribute or name)
+        imported = importlib.import_module(module)
+        value = imported if module == f"{package}.{name}" else getattr(imported, attribute or name)
         namespace[name] = value
         return value
 

@@ -63,7 +63,7 @@ def test_sync_target_keeps_surviving_values_and_takes_new_ones():
     with torch.no_grad():
         for p in target.parameters():
             p.add_(100.0)  # target values differ from online ones
-    layer = online.q1[0]
+    layer = online.q1.layers[0]
     old = layer.mask().clone()
     keep = torch.ones(layer.nnz, dtype=torch.bool)
     keep[:3] = False
@@ -71,7 +71,7 @@ def test_sync_target_keeps_surviving_values_and_takes_new_ones():
     layer.rewire(keep, absent // layer.in_features, absent % layer.in_features, torch.full((3,), 7.0))
     sp.sync_target(online, target, "online")
     sp.check_same_topology(online, target)
-    t = target.q1[0].to_dense()
+    t = target.q1.layers[0].to_dense()
     o = layer.to_dense()
     new = layer.mask() & ~old
     assert torch.all(t[new] == 7.0)
@@ -86,9 +86,9 @@ def test_gmp_converts_target_layers_too():
     opt = torch.optim.Adam(net.parameters())
     algo = sp.make_algorithm(net, opt, cfg, 20)
     target = copy.deepcopy(net)
-    assert isinstance(target.net[0], MaskedLinear)
+    assert isinstance(target.net[0].layers[0], MaskedLinear)
     _train_steps(net, target, algo, opt, 20, "gmp")
-    assert isinstance(target.net[0], SparseLinear)
+    assert isinstance(target.net[0].layers[0], SparseLinear)
 
 
 @pytest.mark.parametrize("kw, msg", [

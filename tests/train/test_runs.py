@@ -176,7 +176,7 @@ def test_gmp_prunes_each_layer_to_the_density_the_sparse_algorithms_give_it():
     want = [20 * (64 + 256) / (64 * 256), 20 * (256 + 256) / (256 * 256), 1.0]
     assert runs.planned_densities(config, sizes) == pytest.approx(want)
     assert list(session.algo.final_density.values()) == pytest.approx(want[:2])
-    assert isinstance(session.model[-1], torch.nn.Linear)  # the 256→10 layer stays an nn.Linear, never pruned
+    assert isinstance(session.model.layers[-1], torch.nn.Linear)  # the 256→10 layer stays an nn.Linear, never pruned
     uniform = runs.build(config.replace(distribution="uniform"), 64, 10, 1000).algo.final_density
     assert len(set(uniform.values())) == 1 and len(uniform) == 3
     with pytest.raises(runs.ConfigError, match="applies to algo 'gmp' only"):

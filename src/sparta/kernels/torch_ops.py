@@ -1,6 +1,6 @@
 """Device-agnostic sparse kernels written with torch gather/index_add (CPU, CUDA, anything torch runs on).
 
-Same contracts as :mod:`sparta.kernels.cpu` but on torch tensors, returning new tensors. Work is done
+The same products as :mod:`sparta.kernels.fused` but on torch tensors, returning new tensors. Work is done
 in chunks of connections so that temporary memory stays ``O(chunk · B)``; no dense weight matrix is
 ever formed. These are the reference path on devices that have no dedicated kernel yet.
 """

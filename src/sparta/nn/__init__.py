@@ -5,5 +5,7 @@ from sparta.nn.activations import AllReLU, Dropout
 from sparta.nn.functional import sparse_linear
 from sparta.nn.linear import SparseLinear
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
+from sparta.nn.mlp import SparseMLP
 
-__all__ = ["AllReLU", "Dropout", "MaskedConv2d", "MaskedLinear", "SparseLinear", "init", "sparse_linear", "structure"]
+__all__ = ["AllReLU", "Dropout", "MaskedConv2d", "MaskedLinear", "SparseLinear", "SparseMLP", "init", "sparse_linear",
+           "structure"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from sparta.kernels import fused
 from sparta.nn import structure
-from sparta.nn.functional import BACKENDS, sparse_linear
+from sparta.nn.functional import BACKENDS, TRANSPOSES, sparse_linear
 from sparta.nn.init import (
     INITS,
     bias_bound,
@@ -59,6 +61,10 @@ class SparseLinear(nn.Module):
             U(±1/√fan_in), with the neuron's actual fan-in).
         backend: ``"auto"`` (numba kernels on CPU, torch gather/scatter ops elsewhere), ``"numba"``,
             or ``"torch"``.
+        transpose: how the numba backend forms input gradients ``Wᵀ dy``: ``"csc"`` gathers over a
+            transposed copy of the structure (built on first use after each topology change; 8 bytes per
+            connection: the row of each connection and its CSR position) — faster; ``"scatter"`` scatters
+            over the CSR itself and keeps nothing extra.
         generator: torch generator for the topology and values (default: torch's global RNG).
 
     Input ``(..., in_features)`` → output ``(..., out_features)``, like ``nn.Linear``.
@@ -77,6 +83,7 @@ class SparseLinear(nn.Module):
         bias: bool = True,
         init: str = "uniform",
         backend: str = "auto",
+        transpose: str = "csc",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
@@ -92,12 +99,16 @@ class SparseLinear(nn.Module):
         density = check_density(density)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if transpose not in TRANSPOSES:
+            raise ValueError(f"transpose must be one of {TRANSPOSES}, got {transpose!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         dtype = dtype or torch.get_default_dtype()
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.backend = backend
+        self.transpose = transpose
+        self._transposed: tuple | None = None
         self.init = init
         self.capture: dict | None = None  # set to a dict to keep the last backward's inputs (RigL)
         indptr, indices = random_topology(out_features, in_features, nnz_for(density, in_features, out_features),
@@ -138,13 +149,29 @@ class SparseLinear(nn.Module):
             u = torch.rand(self.out_features, generator=generator, dtype=torch.float64) * 2 - 1
             self.bias.copy_(u * bound)
 
+    def transposed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The CSC copy of the structure used for input gradients: ``colptr`` uint64 ``(in+1,)``, ``rowidx``
+        and ``perm`` (CSR position of each connection) uint32 ``(nnz,)``, rows ascending per column.
+
+        Built on first use and again after any change to ``indptr``/``indices`` (new tensors or in-place
+        writes); it holds positions, not values, so optimizer steps never invalidate it. CPU only.
+        """
+        key = (self.indptr, self.indices, self.indptr._version, self.indices._version, self.in_features)
+        t = self._transposed
+        if t is None or t[0][0] is not key[0] or t[0][1] is not key[1] or t[0][2:] != key[2:]:
+            ip = self.indptr.numpy().view(np.uint64)
+            ix = self.indices.numpy().view(np.uint32)
+            t = self._transposed = (key, fused.csc(ip, ix, self.in_features))
+        return t[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sparse_linear(x, self.indptr, self.indices, self.values, self.bias, self.in_features, self.backend,
-                             self.capture)
+                             self.capture, self.transposed if self.transpose == "csc" else None)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
-                f"density={self.density:.4g}, bias={self.bias is not None}")
+                f"density={self.density:.4g}, bias={self.bias is not None}"
+                + ("" if self.transpose == "csc" else f", transpose={self.transpose!r}"))
 
     # ------------------------------------------------------------- conversions
     @torch.no_grad()
@@ -193,6 +220,7 @@ class SparseLinear(nn.Module):
         nn.Module.__init__(layer)
         layer.in_features, layer.out_features = in_f, out_f
         layer.backend, layer.init, layer.capture = backend, "uniform", None
+        layer.transpose, layer._transposed = "csc", None
         rows, cols = torch.nonzero(mask, as_tuple=True)
         indptr, indices, _ = structure.from_coo(rows, cols, out_f, in_f)
         layer.register_buffer("indptr", indptr)

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from sparta.nn.mlp import SparseMLP
 from sparta.parallel.comm import (
     Kind,
     Link,
@@ -78,12 +79,20 @@ class Worker:
             warm_up()  # local training ahead: pay the first optimizer step's one-off cost now, not in a timed epoch
         self.receive_model()
         for epoch in range(start, c.phase1_epochs):
-            torch.manual_seed(seed_for(c.seed, self.rank, epoch, 1))
+            self.seed_epoch(epoch)
             for idx in self.batches(epoch):
                 self.gradient_step(idx, epoch)
         if max(start, c.phase1_epochs) < c.epochs:
             self.phase2(max(start, c.phase1_epochs))
         self.link.expect(0, Kind.DONE)
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Dropout masks (and anything else random) of this worker's epoch follow from ``(seed, rank, epoch)``."""
+        seed = seed_for(self.config.seed, self.rank, epoch, 1)
+        torch.manual_seed(seed)
+        for m in self.model.modules():
+            if isinstance(m, SparseMLP):
+                m.seed_dropout(seed)
 
     def phase2(self, first: int) -> None:
         """Local epochs ``[first, E)``; a merge with the other workers' models where one is due."""
@@ -91,7 +100,7 @@ class Worker:
         self.receive_model()
         opt, algo = self.local_optimizer()
         for epoch in range(first, c.epochs):
-            torch.manual_seed(seed_for(c.seed, self.rank, epoch, 1))
+            self.seed_epoch(epoch)
             loss_sum = correct = 0.0
             self.model.train()
             for idx in self.batches(epoch):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparta.nn import SparseMLP
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.envs import make_env
@@ -98,10 +99,8 @@ class QNetwork(nn.Module):
             n_in = 16 * (h - 2) * (w - 2)
         else:
             n_in = int(np.prod(obs_shape))
-        for h in hidden:
-            layers += [nn.Linear(n_in, h), nn.ReLU()]
-            n_in = h
-        layers.append(nn.Linear(n_in, n_actions))
+        # built dense; make_sparse turns its layers sparse, after which its training step runs fused
+        layers.append(SparseMLP([n_in, *hidden, n_actions], sparse=False, activation="relu"))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +123,7 @@ def build(cfg: DQNConfig, env) -> dict[str, Any]:
     grad_steps = max(1, gradient_steps(cfg)["q"])
     q = QNetwork(env.observation_space.shape, n_actions, cfg.sparsity.hidden(cfg.hidden))
     sp.make_sparse(q, cfg.sparsity, grad_steps, cfg.seed)
-    opt = torch.optim.Adam(q.parameters(), lr=cfg.learning_rate)
+    opt = sp.optimizers(cfg.sparsity).Adam(q.parameters(), lr=cfg.learning_rate)
     algo = sp.make_algorithm(q, opt, cfg.sparsity, grad_steps, cfg.seed)
     target = copy.deepcopy(q)
     return {"q": q, "opt": opt, "algo": algo, "target": target}
@@ -139,7 +138,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     """
     if not isinstance(cfg, DQNConfig):
         raise TypeError(f"cfg must be a DQNConfig, got {type(cfg).__name__}")
-    set_threads(cfg.threads)
+    set_threads(cfg.threads, sparse=cfg.sparsity.method != "dense")
     torch.manual_seed(cfg.seed)
     env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "n"):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparta.nn import SparseMLP
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
@@ -75,12 +76,10 @@ class SACConfig:
         return asdict(self)
 
 
-def mlp(n_in: int, hidden: list[int], n_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(n_in, h), nn.ReLU()]
-        n_in = h
-    return nn.Sequential(*layers, nn.Linear(n_in, n_out))
+def mlp(n_in: int, hidden: list[int], n_out: int) -> SparseMLP:
+    """``n_in → hidden → n_out`` with ReLU, built dense (``nn.Linear``): :func:`sparta.rl.sparsity.make_sparse`
+    makes its layers sparse, after which its training step runs fused."""
+    return SparseMLP([n_in, *hidden, n_out], sparse=False, activation="relu")
 
 
 class TwinQ(nn.Module):
@@ -140,8 +139,9 @@ def build(cfg: SACConfig, env) -> dict[str, Any]:
     qf = TwinQ(obs_dim, act_dim, hidden)
     sp.make_sparse(actor, cfg.sparsity, steps, cfg.seed)
     sp.make_sparse(qf, cfg.sparsity, steps, cfg.seed)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.policy_lr)
-    q_opt = torch.optim.Adam(qf.parameters(), lr=cfg.q_lr)
+    optim = sp.optimizers(cfg.sparsity)
+    actor_opt = optim.Adam(actor.parameters(), lr=cfg.policy_lr)
+    q_opt = optim.Adam(qf.parameters(), lr=cfg.q_lr)
     actor_algo = sp.make_algorithm(actor, actor_opt, cfg.sparsity, steps, cfg.seed)
     q_algo = sp.make_algorithm(qf, q_opt, cfg.sparsity, steps, cfg.seed + 1)
     qf_target = copy.deepcopy(qf)
@@ -157,7 +157,7 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     """Train SAC for ``cfg.total_steps`` environment steps (see :func:`sparta.rl.dqn.train` for the arguments)."""
     if not isinstance(cfg, SACConfig):
         raise TypeError(f"cfg must be a SACConfig, got {type(cfg).__name__}")
-    set_threads(cfg.threads)
+    set_threads(cfg.threads, sparse=cfg.sparsity.method != "dense")
     torch.manual_seed(cfg.seed)
     env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "low"):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparta import optim as sparta_optim
 from sparta.nn.linear import SparseLinear, set_param_data
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
 from sparta.nn.structure import keys as csr_keys
@@ -120,6 +121,12 @@ def make_sparse(net: nn.Module, cfg: SparsityConfig, total_steps: int, seed: int
     if cfg.method in ("static", "set", "rigl"):
         sparsify(net, cfg.density, distribution=cfg.distribution)  # er: ε derived from the overall density
     return net
+
+
+def optimizers(cfg: SparsityConfig):
+    """The optimizer module for an agent: ``sparta.optim`` (fused, one pass per parameter) for sparse networks,
+    ``torch.optim`` for dense ones (the plain-PyTorch baseline)."""
+    return torch.optim if cfg.method == "dense" else sparta_optim
 
 
 def make_algorithm(net: nn.Module, optimizer: torch.optim.Optimizer, cfg: SparsityConfig, total_steps: int,

@@ -103,8 +103,9 @@ def build(cfg: TD3Config, env) -> dict[str, Any]:
     qf = TwinQ(obs_dim, act_dim, hidden)
     sp.make_sparse(actor, cfg.sparsity, steps, cfg.seed)
     sp.make_sparse(qf, cfg.sparsity, steps, cfg.seed)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.learning_rate)
-    q_opt = torch.optim.Adam(qf.parameters(), lr=cfg.learning_rate)
+    optim = sp.optimizers(cfg.sparsity)
+    actor_opt = optim.Adam(actor.parameters(), lr=cfg.learning_rate)
+    q_opt = optim.Adam(qf.parameters(), lr=cfg.learning_rate)
     # the actor takes one step per policy_frequency critic steps: its schedule counts its own steps
     actor_algo = sp.make_algorithm(actor, actor_opt, cfg.sparsity, max(1, gradient_steps(cfg)["actor"]), cfg.seed)
     q_algo = sp.make_algorithm(qf, q_opt, cfg.sparsity, steps, cfg.seed + 1)
@@ -117,7 +118,7 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
     """Train TD3 for ``cfg.total_steps`` environment steps (see :func:`sparta.rl.dqn.train` for the arguments)."""
     if not isinstance(cfg, TD3Config):
         raise TypeError(f"cfg must be a TD3Config, got {type(cfg).__name__}")
-    set_threads(cfg.threads)
+    set_threads(cfg.threads, sparse=cfg.sparsity.method != "dense")
     torch.manual_seed(cfg.seed)
     env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "low"):

@@ -24,8 +24,9 @@ from pathlib import Path
 CONFIG, METRICS_JSONL, METRICS_CSV, CHECKPOINT, SUMMARY = (
     "config.json", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "summary.json")
 FILES = (CONFIG, METRICS_JSONL, METRICS_CSV, CHECKPOINT, SUMMARY)
-# the ``format`` of each kind of checkpoint: a supervised run's, a WASAP-SGD server's, an RL agent's
-TRAIN_FORMAT, WASAP_FORMAT, RL_FORMAT = 1, "sparta-wasap-2", "sparta-rl-1"
+# the ``format`` of each kind of checkpoint: a supervised run's (2: sparse models are SparseMLP modules, dropout
+# seed and step in their state), a WASAP-SGD server's, an RL agent's (2: networks are SparseMLP modules)
+TRAIN_FORMAT, WASAP_FORMAT, RL_FORMAT = 2, "sparta-wasap-2", "sparta-rl-2"
 
 
 class RunError(ValueError):

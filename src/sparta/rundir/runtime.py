@@ -12,17 +12,17 @@ class ThreadsError(ValueError):
     """A thread count out of range (a ``ValueError``: the CLI reports it in one line)."""
 
 
-def set_threads(threads: int | None) -> None:
-    """Set torch's and numba's thread counts (None: leave them as they are)."""
-    if threads is None:
-        return
+def set_threads(threads: int | None, sparse: bool = True) -> None:
+    """The run's thread policy (:func:`sparta.kernels.threads.configure`): sparse models on sparta's own
+    workers with torch at one thread, dense models on torch's threads (None: the machine's default)."""
     import numba
 
+    from sparta.kernels.threads import configure
+
     limit = numba.config.NUMBA_NUM_THREADS
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit):
         raise ThreadsError(f"threads must be an int in [1, {limit}] (numba's NUMBA_NUM_THREADS), got {threads!r}")
-    torch.set_num_threads(threads)
-    numba.set_num_threads(threads)
+    numba.set_num_threads(configure(threads, sparse=sparse))
 
 
 def seed_everything(seed: int) -> None:

@@ -68,14 +68,30 @@ def madelon(seed: int = 0, n_train: int = 2000, n_test: int = 600) -> Dataset:
 
 def teacher_student(n_train: int = 60000, n_test: int = 10000, n_features: int = 784, n_classes: int = 10,
                     hidden: int = 256, seed: int = 0) -> Dataset:
-    """Synthetic labels from a random one-hidden-layer teacher network: any size, for speed and scale tests."""
+    """Synthetic labels from a random one-hidden-layer teacher network: any size, for speed and scale tests.
+
+    ``x ~ N(0, 1)``, ``y = argmax(tanh(x W₁) W₂)``. Generated in chunks straight into the final tensors, so
+    the peak memory is the data set itself (``(n_train + n_test) · n_features · 4`` bytes), whatever its size.
+    """
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_train + n_test, n_features, generator=g)
+    x_train, x_test = torch.empty(n_train, n_features), torch.empty(n_test, n_features)
+    rows = max(1, _CHUNK_ELEMS // max(1, n_features))
+    for part in (x_train, x_test):  # one random stream, train rows first: the same numbers as one big draw
+        for s in range(0, len(part), rows):
+            part[s:s + rows] = torch.randn(min(rows, len(part) - s), n_features, generator=g)
     w1 = torch.randn(n_features, hidden, generator=g) / n_features**0.5
     w2 = torch.randn(hidden, n_classes, generator=g) / hidden**0.5
-    y = (torch.tanh(x @ w1) @ w2).argmax(1)
-    return Dataset("teacher_student", x[:n_train].contiguous(), y[:n_train].contiguous(), x[n_train:].contiguous(),
-                   y[n_train:].contiguous(), n_classes)
+
+    def labels(x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(len(x), dtype=torch.int64)
+        for s in range(0, len(x), rows):
+            y[s:s + rows] = (torch.tanh(x[s:s + rows] @ w1) @ w2).argmax(1)
+        return y
+
+    return Dataset("teacher_student", x_train, labels(x_train), x_test, labels(x_test), n_classes)
+
+
+_CHUNK_ELEMS = 1 << 24  # values generated at once (64 MB in float32)
 
 
 EMBEDDED = {"digits": digits, "madelon": madelon, "teacher_student": teacher_student}

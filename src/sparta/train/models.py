@@ -9,19 +9,34 @@ from torch import nn
 
 from sparta.nn.activations import AllReLU, Dropout
 from sparta.nn.linear import SparseLinear
-from sparta.train.config import ACTIVATIONS
+from sparta.nn.mlp import ACTIVATIONS, SparseMLP
 
 
 def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | None = None, sparse: bool = True,
         activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.0, init: str = "uniform",
-        dense_last: bool = False, generator: torch.Generator | None = None) -> nn.Sequential:
+        dense_last: bool = False, fused: bool | None = None,
+        generator: torch.Generator | None = None) -> nn.Module:
     """``sizes = [in, h1, ..., out]`` → Linear/activation/(dropout) stack, no activation after the last layer.
 
     With ``sparse=True`` every layer is a ``SparseLinear`` at ``density`` or Erdős–Rényi ``epsilon``
-    (a layer whose ER density would exceed 1 is made dense); with ``sparse=False`` they are ``nn.Linear``.
-    ``dense_last`` keeps the output layer dense. ``activation="allrelu"`` alternates the sign of the
-    negative slope from hidden layer to hidden layer (Curci et al.).
+    (a layer whose ER density would exceed 1 is made fully connected); with ``sparse=False`` they are
+    ``nn.Linear``. ``activation="allrelu"`` alternates the sign of the negative slope from hidden layer to
+    hidden layer (Curci et al.).
+
+    ``fused`` (default: ``sparse``): a :class:`~sparta.nn.SparseMLP`, whose training step runs fused
+    (for ``sparse=False`` it starts with ``nn.Linear`` layers, as GMP wants, and runs fused once they are
+    all ``SparseLinear``); otherwise an ``nn.Sequential`` of ``SparseLinear``/``nn.Linear``, ``AllReLU``
+    (or ``nn.ReLU``, …) and ``sparta.nn.Dropout`` modules. ``dense_last`` keeps the output layer an
+    ``nn.Linear`` (``nn.Sequential`` only).
     """
+    if fused is None:
+        fused = sparse and not dense_last
+    if fused:
+        if dense_last:
+            raise ValueError("dense_last needs fused=False (a SparseMLP's layers are all sparse or all dense)")
+        return SparseMLP(sizes, density=density if sparse and epsilon is None else None,
+                         epsilon=epsilon if sparse else None, activation=activation, alpha=alpha, dropout=dropout,
+                         init=init, sparse=sparse, generator=generator)
     if len(sizes) < 2:
         raise ValueError(f"sizes must list at least input and output sizes, got {list(sizes)}")
     if activation not in ACTIVATIONS:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparta import optim as sparta_optim
 from sparta.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -179,17 +180,19 @@ def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> S
     sizes = layer_sizes(config, n_features, n_classes)
     seed_everything(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    try:
+    try:  # sparse runs (GMP included: it starts dense) get a SparseMLP and its fused training step
         model = mlp(sizes, density=config.density, epsilon=config.epsilon, sparse=config.sparse,
                     activation=config.activation, alpha=config.alpha, dropout=config.dropout, init=config.init,
-                    generator=gen)
+                    fused=config.algo != "dense", generator=gen)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    # the dense baseline is plain PyTorch (nn.Linear, torch.optim); sparse runs use sparta's fused optimizers
+    optim = torch.optim if config.algo == "dense" else sparta_optim
     if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                                     weight_decay=config.weight_decay)
+        opt: torch.optim.Optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                               weight_decay=config.weight_decay)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        opt = optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     spe = math.ceil(n_train / config.batch_size)
     total = spe * config.planned_epochs  # RigL's T_end and GMP's window are fractions of it; SET has no end
     every = config.every or spe
@@ -341,7 +344,7 @@ def train_model(config: RunConfig, run_dir: Path, data: Dataset, *, label: str =
 
     ``stop_after``: train at most this many epochs in this call, then checkpoint and return (``finished`` False).
     """
-    set_threads(config.threads)
+    set_threads(config.threads, sparse=config.algo != "dense")
     session = build(config, data.n_features, data.n_classes, len(data.x_train))
     first = 0
     rows: list[dict[str, Any]] = []

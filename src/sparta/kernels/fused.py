@@ -1,0 +1,632 @@
+"""Tiled numba kernels for sparse training steps: the batch is held in registers, ``T`` samples at a time.
+
+Activations are feature-major with a row stride ``ld``: neuron ``j``'s value for sample ``c`` is
+``buf[j * ld + c]`` (``ld ≥`` batch, a multiple of 16 so every row starts 64-byte aligned in an
+aligned buffer). Every kernel works on a column range ``[c0, c1)`` of the batch, so that threads can
+each take their own part of the batch through a whole training step with no shared writes, except
+the value gradient, which each part writes to its own buffer.
+
+Inside a range, full tiles of ``T = 64`` samples keep their partial sums in registers across all the
+connections of a row (a stack array that LLVM promotes to registers); the remaining ``< T`` samples
+go through a plain loop. Indices are read as unsigned integers so that numba emits no negative-index
+wrap-around code in the inner loops.
+
+* :func:`forward` — ``z = W x + b`` for each output row, with an *epilogue* applied while the row is
+  still in registers: activation, dropout (counter-based hash, :mod:`sparta.kernels.hashrng`) and the
+  activation's derivative × dropout scale, which the backward pass needs (``d``).
+* :func:`sddmm` — value gradient ``g[k] = Σ_c dz[row k, c] · x[col k, c]`` at existing connections.
+* :func:`gather` — input gradient ``dx = Wᵀ dz`` over a transposed copy of the structure (CSC:
+  column pointers, the row of each connection and its position in CSR order, so the values are read
+  through that permutation and never copied), with the next epilogue: ``dx ⊙ d`` and its row sums
+  (the previous layer's bias gradient).
+* :func:`scatter` — the same product over the CSR itself (no transposed copy, 8 bytes per connection
+  less, slower); its epilogue is a second pass, :func:`apply_derivative`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from sparta.kernels.hashrng import SAMPLE_MUL_32, h32, unit_key
+
+T = 64  # samples per register tile
+AHEAD = 8  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
+FUSE_BACKWARD = 1  # hidden layers: value and input gradients in one pass over the CSC copy (gather_sddmm)
+TILE_MAJOR = 1  # passes take one tile at a time through every layer (else the whole range, layer by layer)
+LD_MULTIPLE = 16  # row strides are multiples of this many elements (64 bytes in float32)
+_NJIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy", boundscheck=False)
+
+# epilogue modes of forward()
+MODE_LINEAR = 0  # write z = W x + b
+MODE_TRAIN = 1  # write a = act(z) · mask · scale and d = act'(z) · mask · scale
+MODE_EVAL = 2  # write a = act(z)
+# activations
+ACT_LEAKY = 0  # z if z > 0 else slope · z (slope 0: ReLU; ±α: All-ReLU; 1: identity)
+ACT_TANH = 1
+ACT_SIGMOID = 2
+
+_U1 = np.uint64(1)
+_U2 = np.uint64(2)
+_AHEAD = np.uint64(AHEAD)
+_ALL = 1 << 62  # an end of range past any row or column count
+_AHEAD2 = np.uint64(AHEAD + 1)
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # pragma: no cover - runs at compile time
+    """Ask the CPU to bring the cache line of ``arr[idx]`` into its caches (``llvm.prefetch``, read, high locality)."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(arr, idx), codegen
+
+
+@numba.njit(inline="always", **_NJIT)
+def _prefetch_tile(arr, start):  # pragma: no cover - compiled by numba
+    """Prefetch a tile's row segment ``arr[start:start + T]`` (its first line and its middle one: the hardware
+    prefetcher brings the neighbours)."""
+    _prefetch(arr, start)
+    _prefetch(arr, start + np.uint64(T // 2))
+
+
+@intrinsic
+def _stack_empty(typingctx, size, dtype):  # pragma: no cover - runs at compile time
+    """A stack array of ``size`` elements (LLVM keeps it in registers when every index is constant)."""
+    def impl(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dtype.dtype), size=args[0])
+    return types.CPointer(dtype.dtype)(types.int64, dtype), impl
+
+
+@numba.njit(inline="always", **_NJIT)
+def _epilogue(n, dst, a, d, code, mode, act, slope, thr, scale, ku, col0):  # pragma: no cover
+    """Apply the ``mode`` epilogue in place to the ``n`` sums just written at ``a[dst:]`` for the columns
+    ``col0 ..``: activation, dropout (when ``thr`` > 0) and what backward needs — for leaky activations a
+    one-byte ``code`` per value (0: zero gradient, 1: positive side, 2: negative side), else ``d`` = the
+    derivative × dropout scale. One loop per case, each vectorisable."""
+    if mode == MODE_LINEAR:
+        return
+    if act == ACT_LEAKY:
+        if mode == MODE_EVAL:
+            for t in range(n):
+                v = a[dst + np.uint64(t)]
+                a[dst + np.uint64(t)] = v if v > 0 else v * slope
+        elif thr == 0:
+            for t in range(n):
+                v = a[dst + np.uint64(t)]
+                pos = v > 0
+                a[dst + np.uint64(t)] = v if pos else v * slope
+                code[dst + np.uint64(t)] = 1 if pos else 2
+        else:
+            c = np.uint32(col0)
+            zero = scale * 0
+            for t in range(n):
+                v = a[dst + np.uint64(t)]
+                pos = v > 0
+                keep = h32(np.uint32(ku + np.uint32(c + np.uint32(t)) * SAMPLE_MUL_32)) >= thr
+                f = v * scale if pos else v * (slope * scale)
+                a[dst + np.uint64(t)] = f if keep else zero
+                code[dst + np.uint64(t)] = (1 if pos else 2) if keep else 0
+        return
+    one = scale * 0 + 1
+    for t in range(n):
+        v = a[dst + np.uint64(t)]
+        if act == ACT_TANH:
+            f = np.tanh(v)
+            df = one - f * f
+        else:
+            f = one / (one + np.exp(-v))
+            df = f * (one - f)
+        a[dst + np.uint64(t)] = f
+        if mode == MODE_TRAIN:
+            d[dst + np.uint64(t)] = df
+    if mode == MODE_TRAIN and thr != 0:
+        c = np.uint32(col0)
+        for t in range(n):
+            m = scale if h32(np.uint32(ku + np.uint32(c + np.uint32(t)) * SAMPLE_MUL_32)) >= thr else scale * 0
+            a[dst + np.uint64(t)] *= m
+            d[dst + np.uint64(t)] *= m
+
+
+@numba.njit(**_NJIT)
+def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act, slope, thr, scale, k1, k2, r0,
+            r1):  # pragma: no cover - compiled by numba
+    """Rows ``[r0, r1)`` of ``z = W x + b`` for columns ``[c0, c1)`` into ``a``, through the epilogue ``mode``
+    (:func:`_epilogue`: activation, dropout, and the derivative ``d`` or leaky ``code`` for backward).
+
+    ``indptr`` uint64 ``(out+1,)``, ``indices`` uint32 ``(nnz,)``, ``values (nnz,)``, ``bias (out,)``;
+    ``x`` flat ``(in · ld)``; ``a``, ``d`` (float) and ``code`` (uint8) flat ``(out · ld)`` (``d``/``code``
+    may be empty when the mode and activation do not write them).
+    """
+    n_out = indptr.shape[0] - 1
+    nnz = np.uint64(indices.shape[0])
+    ldu = np.uint64(ld)
+    acc = numba.carray(_stack_empty(T, values.dtype), T)
+    out = a
+    nfull = (c1 - c0) // T
+    ctail = c0 + nfull * T
+    ntail = c1 - ctail
+    for i in range(r0, min(r1, n_out)):
+        start = indptr[i]
+        end = indptr[i + 1]
+        bi = bias[i]
+        row = np.uint64(i) * ldu
+        ku = unit_key(i, k1, k2)
+        for tile in range(nfull):
+            cb = np.uint64(c0 + tile * T)
+            for t in range(T):
+                acc[t] = bi
+            k = start
+            while k + _U1 < end:
+                if k + _AHEAD2 < nnz:
+                    _prefetch_tile(x, np.uint64(indices[k + _AHEAD]) * ldu + cb)
+                    _prefetch_tile(x, np.uint64(indices[k + _AHEAD + _U1]) * ldu + cb)
+                v0 = values[k]
+                v1 = values[k + _U1]
+                b0 = np.uint64(indices[k]) * ldu + cb
+                b1 = np.uint64(indices[k + _U1]) * ldu + cb
+                for t in range(T):
+                    acc[t] += v0 * x[b0 + np.uint64(t)] + v1 * x[b1 + np.uint64(t)]
+                k += _U2
+            if k < end:
+                v0 = values[k]
+                b0 = np.uint64(indices[k]) * ldu + cb
+                for t in range(T):
+                    acc[t] += v0 * x[b0 + np.uint64(t)]
+            dst = row + cb
+            for t in range(T):
+                out[dst + np.uint64(t)] = acc[t]
+            _epilogue(T, dst, a, d, code, mode, act, slope, thr, scale, ku, cb)
+        if ntail > 0:
+            dst = row + np.uint64(ctail)
+            for t in range(ntail):
+                out[dst + np.uint64(t)] = bi
+            for k in range(start, end):
+                v0 = values[k]
+                b0 = np.uint64(indices[k]) * ldu + np.uint64(ctail)
+                for t in range(ntail):
+                    out[dst + np.uint64(t)] += v0 * x[b0 + np.uint64(t)]
+            _epilogue(ntail, dst, a, d, code, mode, act, slope, thr, scale, ku, ctail)
+
+
+@numba.njit(**_NJIT)
+def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragma: no cover - compiled by numba
+    """``out[k] (+)= Σ_{c ∈ [c0, c1)} dz[row k, c] · x[col k, c]`` for the connections of rows ``[r0, r1)``
+    (added to ``out`` when ``accumulate``); ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``."""
+    n_out = indptr.shape[0] - 1
+    ldu = np.uint64(ld)
+    nfull = (c1 - c0) // T
+    ctail = c0 + nfull * T
+    ntail = c1 - ctail
+    zero = out.dtype.type(0)
+    nnz = np.uint64(indices.shape[0])
+    cb0 = np.uint64(c0)
+    for i in range(r0, min(r1, n_out)):
+        row = np.uint64(i) * ldu
+        k = indptr[i]
+        end = indptr[i + 1]
+        while k + np.uint64(3) < end:
+            if k + _AHEAD + np.uint64(3) < nnz:
+                for q in range(4):
+                    _prefetch_tile(x, np.uint64(indices[k + _AHEAD + np.uint64(q)]) * ldu + cb0)
+            s0 = zero
+            s1 = zero
+            s2 = zero
+            s3 = zero
+            x0 = np.uint64(indices[k]) * ldu
+            x1 = np.uint64(indices[k + _U1]) * ldu
+            x2 = np.uint64(indices[k + _U2]) * ldu
+            x3 = np.uint64(indices[k + np.uint64(3)]) * ldu
+            for tile in range(nfull):
+                cb = np.uint64(c0 + tile * T)
+                for t in range(T):
+                    c = cb + np.uint64(t)
+                    g = dz[row + c]
+                    s0 += g * x[x0 + c]
+                    s1 += g * x[x1 + c]
+                    s2 += g * x[x2 + c]
+                    s3 += g * x[x3 + c]
+            for t in range(ntail):
+                c = np.uint64(ctail + t)
+                g = dz[row + c]
+                s0 += g * x[x0 + c]
+                s1 += g * x[x1 + c]
+                s2 += g * x[x2 + c]
+                s3 += g * x[x3 + c]
+            if accumulate:
+                s0 += out[k]
+                s1 += out[k + _U1]
+                s2 += out[k + _U2]
+                s3 += out[k + np.uint64(3)]
+            out[k] = s0
+            out[k + _U1] = s1
+            out[k + _U2] = s2
+            out[k + np.uint64(3)] = s3
+            k += np.uint64(4)
+        while k < end:
+            s0 = zero
+            x0 = np.uint64(indices[k]) * ldu
+            for tile in range(nfull):
+                cb = np.uint64(c0 + tile * T)
+                for t in range(T):
+                    c = cb + np.uint64(t)
+                    s0 += dz[row + c] * x[x0 + c]
+            for t in range(ntail):
+                c = np.uint64(ctail + t)
+                s0 += dz[row + c] * x[x0 + c]
+            out[k] = s0 + out[k] if accumulate else s0
+            k += _U1
+
+
+@numba.njit(inline="always", **_NJIT)
+def _grad_epilogue(n, dst, dx, d, code, lut1, lut2, db, j, with_d, first):  # pragma: no cover
+    """``dx[dst:dst+n] ⊙=`` the forward's derivative (``d``, or ``lut1``/``lut2``/0 for ``code`` 1/2/0 when
+    ``code`` is not empty) and their sum into ``db[j]`` (added unless ``first``)."""
+    if not with_d:
+        return
+    s = dx[0] * 0
+    if code.shape[0] > 0:
+        zero = lut1 * 0
+        for t in range(n):
+            c = code[dst + np.uint64(t)]
+            f = lut1 if c == 1 else (lut2 if c == 2 else zero)
+            v = dx[dst + np.uint64(t)] * f
+            dx[dst + np.uint64(t)] = v
+            s += v
+    else:
+        for t in range(n):
+            v = dx[dst + np.uint64(t)] * d[dst + np.uint64(t)]
+            dx[dst + np.uint64(t)] = v
+            s += v
+    db[j] = s if first else db[j] + s
+
+
+@numba.njit(**_NJIT)
+def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2, db, with_d, accumulate, j0,
+           j1):  # pragma: no cover - compiled by numba
+    """``dx[j, c] = Σ_p values[perm[p]] · dz[rowidx[p], c]`` over the connections ``p`` of input ``j``
+    (CSC order), for inputs ``j ∈ [j0, j1)`` and ``c ∈ [c0, c1)``; with ``with_d``: times the forward's derivative
+    (see :func:`_grad_epilogue`) and ``db[j] (+)= Σ_c dx[j, c]`` (added to ``db`` when ``accumulate``)."""
+    n_in = colptr.shape[0] - 1
+    nnz = np.uint64(rowidx.shape[0])
+    ldu = np.uint64(ld)
+    acc = numba.carray(_stack_empty(T, values.dtype), T)
+    nfull = (c1 - c0) // T
+    ctail = c0 + nfull * T
+    ntail = c1 - ctail
+    for j in range(j0, min(j1, n_in)):
+        start = colptr[j]
+        end = colptr[j + 1]
+        row = np.uint64(j) * ldu
+        for tile in range(nfull):
+            cb = np.uint64(c0 + tile * T)
+            for t in range(T):
+                acc[t] = 0
+            p = start
+            while p + _U1 < end:
+                if p + _AHEAD2 < nnz:
+                    _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD]) * ldu + cb)
+                    _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD + _U1]) * ldu + cb)
+                v0 = values[perm[p]]
+                v1 = values[perm[p + _U1]]
+                b0 = np.uint64(rowidx[p]) * ldu + cb
+                b1 = np.uint64(rowidx[p + _U1]) * ldu + cb
+                for t in range(T):
+                    acc[t] += v0 * dz[b0 + np.uint64(t)] + v1 * dz[b1 + np.uint64(t)]
+                p += _U2
+            if p < end:
+                v0 = values[perm[p]]
+                b0 = np.uint64(rowidx[p]) * ldu + cb
+                for t in range(T):
+                    acc[t] += v0 * dz[b0 + np.uint64(t)]
+            dst = row + cb
+            for t in range(T):
+                dx[dst + np.uint64(t)] = acc[t]
+            _grad_epilogue(T, dst, dx, d, code, lut1, lut2, db, j, with_d, tile == 0 and not accumulate)
+        if ntail > 0:
+            dst = row + np.uint64(ctail)
+            for t in range(ntail):
+                dx[dst + np.uint64(t)] = 0
+            for p in range(start, end):
+                v0 = values[perm[p]]
+                b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
+                for t in range(ntail):
+                    dx[dst + np.uint64(t)] += v0 * dz[b0 + np.uint64(t)]
+            _grad_epilogue(ntail, dst, dx, d, code, lut1, lut2, db, j, with_d, nfull == 0 and not accumulate)
+
+
+@numba.njit(**_NJIT)
+def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, lut1, lut2, db, g, accumulate, j0,
+                 j1):  # pragma: no cover - compiled by numba
+    """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
+    is read once for both the input gradient ``dx[j]`` and the value gradient ``g[perm[p]] (+)= dz[rowidx[p]] ·
+    x[j]`` (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``."""
+    n_in = colptr.shape[0] - 1
+    nnz = np.uint64(rowidx.shape[0])
+    ldu = np.uint64(ld)
+    acc = numba.carray(_stack_empty(T, values.dtype), T)
+    xr = numba.carray(_stack_empty(T, values.dtype), T)
+    zero = values.dtype.type(0)
+    nfull = (c1 - c0) // T
+    ctail = c0 + nfull * T
+    ntail = c1 - ctail
+    for j in range(j0, min(j1, n_in)):
+        start = colptr[j]
+        end = colptr[j + 1]
+        row = np.uint64(j) * ldu
+        for tile in range(nfull):
+            cb = np.uint64(c0 + tile * T)
+            more = accumulate or tile > 0
+            for t in range(T):
+                acc[t] = 0
+                xr[t] = x[row + cb + np.uint64(t)]
+            for p in range(start, end):
+                if p + _AHEAD < nnz:
+                    _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD]) * ldu + cb)
+                k = perm[p]
+                v0 = values[k]
+                b0 = np.uint64(rowidx[p]) * ldu + cb
+                s = zero
+                for t in range(T):
+                    gz = dz[b0 + np.uint64(t)]
+                    acc[t] += v0 * gz
+                    s += gz * xr[t]
+                g[k] = g[k] + s if more else s
+            dst = row + cb
+            for t in range(T):
+                dx[dst + np.uint64(t)] = acc[t]
+            _grad_epilogue(T, dst, dx, d, code, lut1, lut2, db, j, True, tile == 0 and not accumulate)
+        if ntail > 0:
+            more = accumulate or nfull > 0
+            dst = row + np.uint64(ctail)
+            for t in range(ntail):
+                dx[dst + np.uint64(t)] = 0
+            for p in range(start, end):
+                k = perm[p]
+                v0 = values[k]
+                b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
+                s = zero
+                for t in range(ntail):
+                    gz = dz[b0 + np.uint64(t)]
+                    dx[dst + np.uint64(t)] += v0 * gz
+                    s += gz * x[dst + np.uint64(t)]
+                g[k] = g[k] + s if more else s
+            _grad_epilogue(ntail, dst, dx, d, code, lut1, lut2, db, j, True, nfull == 0 and not accumulate)
+
+
+@numba.njit(**_NJIT)
+def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no cover - compiled by numba
+    """``dx = Wᵀ dz`` for columns ``[c0, c1)`` and inputs ``[j0, j1)`` by scattering each CSR row into the rows of
+    ``dx`` (a binary search per row finds its connections into ``[j0, j1)``, so ranges never write the same row)."""
+    n_out = indptr.shape[0] - 1
+    ldu = np.uint64(ld)
+    n_in = dx.shape[0] // ld
+    j1 = min(j1, n_in)
+    whole = j0 == 0 and j1 == n_in
+    acc = numba.carray(_stack_empty(T, values.dtype), T)
+    for j in range(j0, j1):
+        base = np.uint64(j) * ldu
+        for c in range(c0, c1):
+            dx[base + np.uint64(c)] = 0
+    nfull = (c1 - c0) // T
+    ctail = c0 + nfull * T
+    for i in range(n_out):
+        start = indptr[i]
+        end = indptr[i + 1]
+        if not whole and start < end:
+            row = indices[start:end]
+            end = start + np.uint64(np.searchsorted(row, np.uint32(j1)))
+            start = start + np.uint64(np.searchsorted(row, np.uint32(j0)))
+        if start >= end:
+            continue
+        row = np.uint64(i) * ldu
+        for tile in range(nfull):
+            cb = np.uint64(c0 + tile * T)
+            for t in range(T):
+                acc[t] = dz[row + cb + np.uint64(t)]
+            for k in range(start, end):
+                v0 = values[k]
+                b0 = np.uint64(indices[k]) * ldu + cb
+                for t in range(T):
+                    dx[b0 + np.uint64(t)] += v0 * acc[t]
+        for k in range(start, end):
+            v0 = values[k]
+            b0 = np.uint64(indices[k]) * ldu
+            for c in range(ctail, c1):
+                dx[b0 + np.uint64(c)] += v0 * dz[row + np.uint64(c)]
+
+
+@numba.njit(**_NJIT)
+def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate, j0, j1):  # pragma: no cover
+    """The scatter path's epilogue: :func:`_grad_epilogue` on columns ``[c0, c1)`` of rows ``[j0, j1)`` of ``dx``."""
+    ldu = np.uint64(ld)
+    for j in range(j0, min(j1, db.shape[0])):
+        _grad_epilogue(c1 - c0, np.uint64(j) * ldu + np.uint64(c0), dx, d, code, lut1, lut2, db, j, True,
+                       not accumulate)
+
+
+@numba.njit(**_NJIT)
+def row_sums(dz, ld, c0, c1, out, accumulate):  # pragma: no cover - compiled by numba
+    """``out[j] (+)= Σ_{c ∈ [c0, c1)} dz[j, c]`` (added to ``out`` when ``accumulate``)."""
+    ldu = np.uint64(ld)
+    for j in range(out.shape[0]):
+        base = np.uint64(j) * ldu
+        s = out.dtype.type(0)
+        for c in range(c0, c1):
+            s += dz[base + np.uint64(c)]
+        out[j] = s + out[j] if accumulate else s
+
+
+@numba.njit(**_NJIT)
+def to_feature_major(x, c0, c1, out, ld):  # pragma: no cover - compiled by numba
+    """``out[j · ld + c] = x[c, j]`` for samples ``c ∈ [c0, c1)``; ``x (B, n)`` any strides."""
+    n = x.shape[1]
+    ldu = np.uint64(ld)
+    for cb in range(c0, c1, 16):
+        ce = min(cb + 16, c1)
+        for j in range(n):
+            base = np.uint64(j) * ldu
+            for c in range(cb, ce):
+                out[base + np.uint64(c)] = x[c, j]
+
+
+@numba.njit(**_NJIT)
+def from_feature_major(y, ld, c0, c1, out):  # pragma: no cover - compiled by numba
+    """``out[c, j] = y[j · ld + c]`` for ``c ∈ [c0, c1)``; ``out (B, n)``."""
+    n = out.shape[1]
+    ldu = np.uint64(ld)
+    for c in range(c0, c1):
+        for j in range(n):
+            out[c, j] = y[np.uint64(j) * ldu + np.uint64(c)]
+
+
+@numba.njit(**_NJIT)
+def csc(indptr, indices, n_in):  # pragma: no cover - compiled by numba
+    """The transposed structure of a CSR: ``colptr`` uint64 ``(in+1,)``, ``rowidx`` and ``perm`` uint32 ``(nnz,)``
+    (CSR position of each connection), rows ascending within each column."""
+    n_out = indptr.shape[0] - 1
+    nnz = indices.shape[0]
+    colptr = np.zeros(n_in + 1, np.uint64)
+    for k in range(nnz):
+        colptr[indices[k] + 1] += 1
+    for j in range(n_in):
+        colptr[j + 1] += colptr[j]
+    fill = colptr[:-1].copy()
+    rowidx = np.empty(nnz, np.uint32)
+    perm = np.empty(nnz, np.uint32)
+    for i in range(n_out):
+        for k in range(indptr[i], indptr[i + 1]):
+            c = indices[k]
+            p = fill[c]
+            rowidx[p] = i
+            perm[p] = k
+            fill[c] = p + 1
+    return colptr, rowidx, perm
+
+
+def leading_dim(batch: int) -> int:
+    """Row stride for ``batch`` samples: the next multiple of :data:`LD_MULTIPLE`."""
+    return max(LD_MULTIPLE, -(-batch // LD_MULTIPLE) * LD_MULTIPLE)
+
+
+def aligned_empty(n: int, dtype) -> np.ndarray:
+    """An uninitialised 1-D array of ``n`` elements whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    extra = 64 // dtype.itemsize
+    buf = np.empty(n + extra, dtype)
+    off = (-buf.ctypes.data % 64) // dtype.itemsize
+    return buf[off:off + n]
+
+
+def split_columns(batch: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` column ranges covering ``[0, batch)``, cut at multiples of :data:`T` where possible."""
+    tiles = -(-batch // T)
+    parts = max(1, min(parts, tiles))
+    bounds = [min(batch, (tiles * p // parts) * T) for p in range(parts + 1)]
+    bounds[-1] = batch
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def groups(batch: int, threads: int) -> list[tuple[int, int]]:
+    """The batch's column ranges for a pass: ``max(2, threads)`` groups of whole tiles (fewer for a small
+    batch). Each group is one task — whichever thread runs it takes its tiles of :data:`T` samples through
+    the whole pass one after another (a tile's activations stay in cache) and sums their gradients in
+    order; the groups' sums are added in group order. So with 1 or 2 threads the results are the same to
+    the bit, and with more threads they are reproducible for a given thread count."""
+    return split_columns(batch, max(2, threads))
+
+
+def threads_for(n_groups: int, work: int, threads: int, min_work: int) -> int:
+    """Threads worth using for ``n_groups`` groups of ``work`` multiply-adds in all (at least ``min_work`` each)."""
+    return max(1, min(threads, n_groups, work // max(1, min_work)))
+
+
+# ---------------------------------------------------------------------------- whole passes over a stack
+# One call per part of the batch, so a thread releases the GIL once per pass (a GIL hand-off between
+# threads can cost as much as a wake-up). Per-layer arrays come as tuples, per-layer scalars as arrays.
+
+
+@numba.njit(**_NJIT)
+def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, ld, c0, c1, mode, act, slopes, thr,
+                 scale, k1s, k2s):  # pragma: no cover - compiled by numba
+    """A stack's forward for samples ``[c0, c1)``, one tile of :data:`T` samples at a time through all layers
+    (its activations stay in cache): ``x (B, in)`` → hidden layers (epilogue ``mode``) → the last layer's
+    ``W a + b`` → ``out (B, out)``. ``acts[j]`` holds layer ``j``'s input, feature-major."""
+    n_layers = len(valuess)
+    one = slopes[0] * 0 + 1
+    step = T if TILE_MAJOR else max(1, c1 - c0)
+    for t0 in range(c0, c1, step):
+        t1 = min(t0 + step, c1)
+        to_feature_major(x, t0, t1, acts[0], ld)
+        for j in range(n_layers):
+            if j == n_layers - 1:
+                forward(indptrs[j], indicess[j], valuess[j], biases[j], acts[j], ld, t0, t1, acts[j + 1], ds[j + 1],
+                        codes[j + 1], MODE_LINEAR, act, one, np.uint32(0), one, np.uint32(0), np.uint32(0), 0, _ALL)
+            else:
+                forward(indptrs[j], indicess[j], valuess[j], biases[j], acts[j], ld, t0, t1, acts[j + 1], ds[j + 1],
+                        codes[j + 1], mode, act, slopes[j], thr, scale, k1s[j], k2s[j], 0, _ALL)
+        from_feature_major(acts[n_layers], ld, t0, t1, out)
+
+
+@numba.njit(**_NJIT)
+def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds, codes, gy, grads, dbs, caps, dz0,
+                  dz1, dxbuf, dx, ld, c0, c1, lut1s, lut2s, need_v, need_x, use_csc):  # pragma: no cover
+    """A stack's backward for samples ``[c0, c1)`` from ``gy (B, out)``, one tile of :data:`T` samples at a time
+    through all layers: value gradients summed over the range into ``grads[j]`` (skipped where ``need_v[j]``
+    is False), bias gradients into ``dbs[j]``, the input gradient into ``dx (B, in)`` when ``need_x``; input
+    gradients gather over the CSC copy where ``use_csc[j]``, else scatter over the CSR. A non-empty
+    ``caps[j]`` (flat ``(out_j, B)``) receives layer ``j``'s output gradient (for gradient-based growth)."""
+    n_layers = len(valuess)
+    batch = gy.shape[0]
+    step = T if TILE_MAJOR else max(1, c1 - c0)
+    for t0 in range(c0, c1, step):
+        t1 = min(t0 + step, c1)
+        more = t0 > c0  # later tiles add to the sums the first one wrote
+        cur = dz0
+        nxt = dz1
+        to_feature_major(gy, t0, t1, cur, ld)
+        row_sums(cur, ld, t0, t1, dbs[n_layers - 1], more)
+        for j in range(n_layers - 1, -1, -1):
+            n_out = dbs[j].shape[0]
+            if caps[j].shape[0] > 0:
+                cap = caps[j]
+                for r in range(n_out):
+                    for c in range(t0, t1):
+                        cap[r * batch + c] = cur[r * ld + c]
+            if FUSE_BACKWARD and j > 0 and need_v[j] and use_csc[j]:
+                gather_sddmm(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, acts[j], ld, t0, t1, nxt, ds[j],
+                             codes[j], lut1s[j], lut2s[j], dbs[j - 1], grads[j], more, 0, _ALL)
+                tmp = cur
+                cur = nxt
+                nxt = tmp
+                continue
+            if need_v[j]:
+                sddmm(indptrs[j], indicess[j], cur, acts[j], ld, t0, t1, grads[j], more, 0, _ALL)
+            if j == 0 and not need_x:
+                break
+            target = nxt if j > 0 else dxbuf
+            with_d = j > 0
+            db = dbs[j - 1] if j > 0 else dbs[0]
+            if use_csc[j]:
+                gather(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, ld, t0, t1, target, ds[j], codes[j], lut1s[j],
+                       lut2s[j], db, with_d, more, 0, _ALL)
+            else:
+                scatter(indptrs[j], indicess[j], valuess[j], cur, ld, t0, t1, target, 0, _ALL)
+                if with_d:
+                    apply_derivative(target, ds[j], codes[j], lut1s[j], lut2s[j], ld, t0, t1, db, more, 0, _ALL)
+            if j > 0:
+                tmp = cur
+                cur = nxt
+                nxt = tmp
+        if need_x:
+            from_feature_major(dxbuf, ld, t0, t1, dx)

@@ -1,0 +1,518 @@
+"""``SparseMLP``: a stack of sparse layers with activation and dropout whose training step runs fused.
+
+A ``SparseMLP`` is an ordinary module: its layers are :class:`~sparta.nn.SparseLinear` modules in
+``mlp.layers`` (so topology algorithms, optimizers and state dicts see them as usual), and between
+layers it applies an activation and dropout. On CPU its forward and backward each run as one pass over
+the layers with fused numba kernels (:mod:`sparta.kernels.fused`):
+
+* forward: per output row, ``W x + b``, activation and dropout while the row is in registers; the
+  dropout mask is a hash of (seed, step, layer, unit, sample) (:mod:`sparta.kernels.hashrng`), never a
+  random tensor; the activation's derivative × dropout scale is kept for backward;
+* backward: value gradients at the connections (SDDMM), input gradients by a *gather* over a transposed
+  copy of each layer's structure (built once per topology, 8 bytes per connection: the row of each
+  connection and its position in the CSR; the values are read through that permutation, so there is
+  nothing to keep current when they change), with the derivative and the bias gradient in the same pass;
+* threads: the batch is cut into parts and each part goes through the whole forward (then the whole
+  backward) on its own thread (:mod:`sparta.kernels.threads`), two hand-offs per step.
+
+It is autograd-compatible (any loss on top, any ``torch.optim`` optimizer; :mod:`sparta.optim` has
+fused ones). Where the fused path does not apply (a layer that is not ``SparseLinear`` — GMP's dense
+phase —, tensors on another device, ``fused=False``) the same network runs layer by layer with torch
+ops and the same dropout masks, so both paths compute the same function.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sparta.kernels import fused, hashrng
+from sparta.kernels.threads import POOL, get_num_threads
+from sparta.nn.functional import threads_for
+from sparta.nn.linear import SparseLinear
+
+ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
+TRANSPOSES = ("csc", "scatter")
+LAYER_MODE_CONNECTIONS = 1 << 22  # from 4M connections, threads split each layer's rows instead of the batch
+MAX_FREE_WORKSPACES = 4  # buffers kept for the next forwards (training batch, last batch, evaluation …)
+
+
+def _sizes(sizes: Sequence[int]) -> list[int]:
+    out = list(sizes)
+    if len(out) < 2:
+        raise ValueError(f"sizes must list at least input and output sizes, got {out}")
+    for s in out:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"sizes must be positive ints, got {out}")
+    return out
+
+
+def _per_layer(name: str, value: Any, n: int) -> list[Any]:
+    if isinstance(value, list | tuple):
+        if len(value) != n:
+            raise ValueError(f"{name} must be one value or a list of {n} (one per layer), got {len(value)}")
+        return list(value)
+    return [value] * n
+
+
+class SparseMLP(nn.Module):
+    """``sizes = [in, h1, …, out]``: ``SparseLinear`` layers with ``activation`` and dropout ``p`` after
+    every hidden layer; the output layer has neither.
+
+    Args:
+        sizes: layer widths, input first.
+        density: connection density in ``(0, 1]``, one for all layers or a list (one per layer).
+        epsilon: Erdős–Rényi parameter instead (a layer whose density would exceed 1 is made fully connected).
+        activation: ``"allrelu"`` (negative slope ``+α`` after odd hidden layers, ``−α`` after even ones,
+            Curci et al.), ``"relu"``, ``"tanh"`` or ``"sigmoid"``.
+        alpha: All-ReLU's ``α``.
+        dropout: probability ``p`` of zeroing a hidden unit in training (survivors scaled by ``1/(1−p)``).
+        bias, init, generator, device, dtype: as for :class:`SparseLinear`.
+        sparse: ``False`` builds ``nn.Linear`` layers (e.g. for GMP, which starts dense and converts them).
+        transpose: how the input gradient is formed: ``"csc"`` (a gather over a transposed copy of each
+            layer's structure: 8 more bytes per connection, faster) or ``"scatter"`` (over the CSR itself).
+        fused: ``False`` always runs layer by layer (same function, torch ops).
+
+    Input ``(..., in)`` → output ``(..., out)``. State: ``layers`` (``nn.ModuleList``) and the dropout
+    counter ``dropout_state = [seed, step]`` (int64 buffer; the seed is drawn from torch's RNG at
+    construction, the step counts training forwards), so a restored state dict draws the same masks.
+    """
+
+    dropout_state: torch.Tensor
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        density: float | Sequence[float] | None = None,
+        *,
+        epsilon: float | None = None,
+        activation: str = "allrelu",
+        alpha: float = 0.6,
+        dropout: float = 0.0,
+        bias: bool = True,
+        init: str = "uniform",
+        sparse: bool = True,
+        transpose: str = "csc",
+        fused: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = _sizes(sizes)
+        n = len(sizes) - 1
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha < 0:
+            raise ValueError(f"alpha must be a number ≥ 0, got {alpha!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if transpose not in TRANSPOSES:
+            raise ValueError(f"transpose must be one of {TRANSPOSES}, got {transpose!r}")
+        if sparse and (density is None) == (epsilon is None):
+            raise ValueError("give exactly one of density (in (0, 1]) or epsilon (Erdős–Rényi), "
+                             f"got density={density!r}, epsilon={epsilon!r}")
+        self.activation = activation
+        self.alpha = float(alpha)
+        self.p = float(dropout)
+        self.fused = bool(fused)
+        densities = _per_layer("density", density, n)
+        layers: list[nn.Module] = []
+        for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            if sparse:
+                d = densities[j] if epsilon is None else min(1.0, float(epsilon) * (a + b) / (a * b))
+                layers.append(SparseLinear(a, b, density=d, bias=bias, init=init, transpose=transpose, device=device,
+                                           dtype=dtype, generator=generator))
+            else:
+                layers.append(nn.Linear(a, b, bias=bias, device=device, dtype=dtype))
+        self.layers = nn.ModuleList(layers)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        self.register_buffer("dropout_state", torch.tensor([seed, 0], dtype=torch.int64))
+        self._runner = _FusedRunner()
+
+    # ------------------------------------------------------------------ description
+    @property
+    def sizes(self) -> list[int]:
+        """Current widths ``[in, h1, …, out]`` (Importance Pruning shrinks hidden layers)."""
+        return [_in_features(self.layers[0])] + [_out_features(m) for m in self.layers]
+
+    def slope(self, j: int) -> float:
+        """Negative-side slope of the activation after hidden layer ``j`` (1-based) for leaky types."""
+        if self.activation == "relu":
+            return 0.0
+        return -self.alpha if j % 2 == 0 else self.alpha
+
+    def extra_repr(self) -> str:
+        return (f"sizes={self.sizes}, activation={self.activation!r}"
+                + (f", alpha={self.alpha}" if self.activation == "allrelu" else "")
+                + f", dropout={self.p}, fused={self.fused}")
+
+    def fused_path(self, x: torch.Tensor) -> bool:
+        """Whether a forward on ``x`` runs the fused kernels."""
+        if not (self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
+            return False
+        for m in self.layers:
+            if not isinstance(m, SparseLinear) or m.backend == "torch":
+                return False
+            v = m._parameters["values"]
+            if v.dtype != x.dtype or v.device.type != "cpu":
+                return False
+        return True
+
+    def seed_dropout(self, seed: int, step: int = 0) -> None:
+        """Draw the following dropout masks from ``(seed, step)``, ``(seed, step + 1)``, … (int64 seed)."""
+        self.dropout_state[0] = int(seed) & (2**63 - 1)
+        self.dropout_state[1] = int(step)
+
+    # ------------------------------------------------------------------ forward
+    def _next_dropout_step(self) -> tuple[int, int] | None:
+        """``(seed, step)`` for this forward's masks, and count the step; None when no dropout applies."""
+        if not (self.training and self.p > 0):
+            return None
+        state = self.dropout_state
+        if state.device.type == "cpu":  # through numpy: a tensor index and add cost ~30 µs here
+            a = state.numpy()
+            seed, step = int(a[0]), int(a[1])
+            a[1] = step + 1
+        else:
+            seed, step = (int(v) for v in state.tolist())
+            state[1] += 1
+        return seed, step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        n_in = _in_features(self.layers[0])
+        if x.dim() == 0 or x.shape[-1] != n_in:
+            raise ValueError(f"x must have shape (..., {n_in}), got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, n_in)
+        rng = self._next_dropout_step()
+        if self.fused_path(x2d) and x2d.shape[0] > 0:
+            params: list[torch.Tensor] = []
+            for m in self.layers:
+                params.append(m.values)
+                params.append(m.bias if m.bias is not None else m.values.new_empty(0))
+            grad = torch.is_grad_enabled() and (x2d.requires_grad or any(p.requires_grad for p in params))
+            y = _FusedMLPFunction.apply(x2d, self, rng, grad, *params)
+        else:
+            y = self._forward_unfused(x2d, rng)
+        return y.reshape(*lead, y.shape[-1])
+
+    def _forward_unfused(self, h: torch.Tensor, rng: tuple[int, int] | None) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for j, layer in enumerate(self.layers):
+            h = layer(h)
+            if j == last:
+                break
+            if self.activation in ("allrelu", "relu"):
+                h = F.leaky_relu(h, self.slope(j + 1)) if self.activation == "allrelu" else F.relu(h)
+            elif self.activation == "tanh":
+                h = torch.tanh(h)
+            else:
+                h = torch.sigmoid(h)
+            if rng is not None:
+                keep = hashrng.keep_mask(rng[0], rng[1], j + 1, self.p, h.shape[1], h.shape[0], device=h.device)
+                h = h * keep * (1.0 / (1.0 - self.p))
+        return h
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # type: ignore[override]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._runner.clear()
+
+
+def _in_features(m: nn.Module) -> int:
+    return int(m.in_features)  # type: ignore[arg-type]
+
+
+def _out_features(m: nn.Module) -> int:
+    return int(m.out_features)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- the fused step
+
+
+class _Workspace:
+    """Buffers of one forward, kept until its backward: activations (feature-major, row stride ``ld``),
+    what backward needs of each hidden activation (a byte code for leaky activations, else a float
+    derivative), output-gradient buffers and per-part gradient scratch."""
+
+    def __init__(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
+                 train: bool, leaky: bool) -> None:
+        self.key = (tuple(sizes), batch, dtype, tuple(parts), leaky)
+        self.sizes, self.batch, self.dtype, self.parts, self.train, self.leaky = sizes, batch, dtype, parts, train, leaky
+        self.ld = ld = fused.leading_dim(batch)
+        empty, empty_code = np.empty(0, dtype), np.empty(0, np.uint8)
+        self.acts = tuple(fused.aligned_empty(n * ld, dtype) for n in sizes)  # acts[0]: input, acts[-1]: output
+        hidden = range(1, len(sizes) - 1)
+        self.ds = tuple(fused.aligned_empty(sizes[j] * ld, dtype) if train and not leaky and j in hidden else empty
+                        for j in range(len(sizes)))
+        self.codes = tuple(fused.aligned_empty(sizes[j] * ld, np.uint8) if train and leaky and j in hidden
+                           else empty_code for j in range(len(sizes)))
+        widest = max(sizes)
+        self.dz = (fused.aligned_empty(widest * ld, dtype), fused.aligned_empty(widest * ld, dtype))
+        self.dxbuf = fused.aligned_empty(sizes[0] * ld, dtype)
+        self.bias_parts = [tuple(np.empty(n, dtype) for n in sizes[1:]) for _ in parts]
+        self.grad_parts: list[tuple[np.ndarray, ...]] = []  # value-gradient scratch of parts 1, 2, …
+        self.empty = empty
+
+    def matches(self, key: tuple, train: bool) -> bool:
+        return self.key == key and (self.train or not train)
+
+
+class _FusedRunner:
+    """Free workspaces for the next forwards of a module."""
+
+    def __init__(self) -> None:
+        self.free: list[_Workspace] = []
+        self.arrays: tuple | None = None  # (key, the layers' arrays) — see _layer_arrays
+
+    def clear(self) -> None:
+        self.free = []
+        self.arrays = None
+
+    def __deepcopy__(self, memo: dict) -> _FusedRunner:  # a copy of the module starts with empty caches
+        return _FusedRunner()
+
+    def __getstate__(self) -> dict:
+        return {"free": [], "arrays": None}
+
+    def workspace(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
+                  train: bool, leaky: bool) -> _Workspace:
+        key = (tuple(sizes), batch, dtype, tuple(parts), leaky)
+        for i, ws in enumerate(self.free):
+            if ws.matches(key, train):
+                return self.free.pop(i)
+        del self.free[:-(MAX_FREE_WORKSPACES - 1) or None]  # keep the most recent few shapes
+        return _Workspace(sizes, batch, dtype, parts, train, leaky)
+
+
+class _FusedMLPFunction(torch.autograd.Function):
+    """Forward and backward of a whole ``SparseMLP`` whose layers are all ``SparseLinear`` on CPU.
+
+    ``forward(x, mlp, rng, grad, *params)``: ``params`` are each layer's values and bias (an empty tensor
+    for a layer without bias), passed so that autograd routes their gradients; ``rng`` is the dropout's
+    ``(seed, step)`` or None; ``grad`` whether the caller had grad mode on.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mlp, rng, grad, *params):  # type: ignore[override]
+        layers: list[SparseLinear] = list(mlp.layers)
+        n_layers = len(layers)
+        sizes = mlp.sizes
+        batch = x.shape[0]
+        dtype = np.dtype(np.float32 if x.dtype == torch.float32 else np.float64)
+        scalar = dtype.type
+        total_nnz = sum(m.nnz for m in layers)
+        layer_mode = total_nnz >= LAYER_MODE_CONNECTIONS  # big layers: threads split each layer, not the batch
+        parts = [(0, batch)] if layer_mode else fused.groups(batch, get_num_threads())
+        threads = get_num_threads() if layer_mode else threads_for(parts, total_nnz)
+        grad = bool(grad)
+        mode = fused.MODE_TRAIN if (grad or rng is not None) else fused.MODE_EVAL
+        leaky = mlp.activation in ("allrelu", "relu")
+        act = fused.ACT_LEAKY if leaky else (fused.ACT_TANH if mlp.activation == "tanh" else fused.ACT_SIGMOID)
+        runner: _FusedRunner = mlp._runner
+        ws = runner.workspace(sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, leaky)
+        if rng is not None:
+            thr, scale = hashrng.threshold(mlp.p), 1.0 / (1.0 - mlp.p)
+            keys = [hashrng.layer_keys(rng[0], rng[1], j + 1) for j in range(n_layers - 1)] or [(0, 0)]
+        else:
+            thr, scale, keys = 0, 1.0, [(0, 0)] * max(1, n_layers - 1)
+        slopes = np.array([mlp.slope(j + 1) for j in range(max(1, n_layers - 1))], dtype)
+        k1s = np.array([k[0] for k in keys], np.uint32)
+        k2s = np.array([k[1] for k in keys], np.uint32)
+        out = torch.empty(batch, sizes[-1], dtype=x.dtype)
+        args = _layer_arrays(layers, dtype, runner)
+        xn, outn = x.detach().contiguous().numpy(), out.numpy()
+
+        def run(c0: int, c1: int) -> None:
+            fused.forward_pass(*args, ws.acts, ws.ds, ws.codes, xn, outn, ws.ld, c0, c1, mode, act, slopes,
+                               np.uint32(thr), scalar(scale), k1s, k2s)
+
+        if layer_mode:
+            _layer_forward(args, ws, xn, outn, mode, act, slopes, np.uint32(thr), scalar(scale), k1s, k2s, threads)
+        else:
+            POOL.run([lambda c0=c0, c1=c1: run(c0, c1) for c0, c1 in parts], threads)
+        if grad:  # the buffers go back to the pool when the graph is freed (any number of backward calls)
+            weakref.finalize(ctx, runner.free.append, ws)
+        else:
+            runner.free.append(ws)
+        ctx.ws, ctx.mlp, ctx.layers, ctx.scale, ctx.threads = ws, mlp, layers, scale, threads
+        ctx.layer_mode = layer_mode
+        ctx.has_bias = [m.bias is not None for m in layers]
+        ctx.save_for_backward(*(m.values for m in layers))
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        ws: _Workspace = ctx.ws
+        values = ctx.saved_tensors  # autograd checks here that no value changed in place since forward
+        mlp: SparseMLP = ctx.mlp
+        layers: list[SparseLinear] = ctx.layers
+        n_layers = len(layers)
+        dtype, batch, parts, ld = ws.dtype, ws.batch, ws.parts, ws.ld
+        empty = ws.empty
+        need_x = ctx.needs_input_grad[0]
+        need_v = np.array([ctx.needs_input_grad[4 + 2 * j] for j in range(n_layers)], np.bool_)
+        need_b = [ctx.needs_input_grad[5 + 2 * j] and ctx.has_bias[j] for j in range(n_layers)]
+        grads = [torch.empty_like(v) if need_v[j] else None for j, v in enumerate(values)]
+        nnz = [m.nnz for m in layers]
+        if any([g.size for g in gp] != nnz for gp in ws.grad_parts):  # the topology changed since allocated
+            ws.grad_parts = []
+        while len(ws.grad_parts) < len(parts) - 1:
+            ws.grad_parts.append(tuple(np.empty(n, dtype) for n in nnz))
+        gsets = [tuple(g.numpy() if g is not None else empty for g in grads)] + ws.grad_parts
+        use_csc = np.array([m.transpose == "csc" for m in layers], np.bool_)
+        u64, u32 = np.empty(0, np.uint64), np.empty(0, np.uint32)
+        trans = [m.transposed() if use_csc[j] else (u64, u32, u32) for j, m in enumerate(layers)]
+        csc = tuple(tuple(t[i] for t in trans) for i in range(3))
+        luts1 = np.array([ctx.scale] * n_layers, dtype)
+        luts2 = np.array([ctx.scale * mlp.slope(j) if j > 0 else 0.0 for j in range(n_layers)], dtype)
+        gyn = gy.detach().to(values[0].dtype).contiguous().numpy()
+        dx = torch.empty(batch, ws.sizes[0], dtype=values[0].dtype) if need_x else None
+        dxn = dx.numpy() if dx is not None else np.empty((0, ws.sizes[0]), dtype)
+        # gradient-based growth (RigL) reads each captured layer's input and output gradient, (n, batch)
+        caps = tuple(np.empty(m.out_features * batch, dtype) if m.capture is not None else empty for m in layers)
+        ip, ix, vals, _ = _layer_arrays(layers, dtype, mlp._runner)
+
+        def run(p: int, c0: int, c1: int) -> None:
+            fused.backward_pass(ip, ix, vals, *csc, ws.acts, ws.ds, ws.codes, gyn, gsets[p], ws.bias_parts[p], caps,
+                                ws.dz[0], ws.dz[1], ws.dxbuf, dxn, ld, c0, c1, luts1, luts2, need_v, need_x, use_csc)
+
+        if ctx.layer_mode:
+            _layer_backward(ip, ix, vals, csc, ws, gyn, gsets[0], ws.bias_parts[0], caps, dxn, luts1, luts2, need_v,
+                            need_x, use_csc, ctx.threads)
+        else:
+            POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads)
+        for j in range(n_layers):  # the other groups' partial sums into group 0's, in group order (reproducible)
+            for p in range(1, len(parts)):
+                if grads[j] is not None:
+                    np.add(gsets[0][j], gsets[p][j], out=gsets[0][j])
+        dbias: list[torch.Tensor | None] = []
+        for j in range(n_layers):
+            b = None
+            if need_b[j]:
+                b = ws.bias_parts[0][j].copy()
+                for p in range(1, len(parts)):
+                    b += ws.bias_parts[p][j]
+                b = torch.from_numpy(b)
+            dbias.append(b)
+        for j, m in enumerate(layers):
+            if m.capture is not None:
+                m.capture["xt"] = torch.from_numpy(ws.acts[j].reshape(-1, ld)[:, :batch].copy())
+                m.capture["dyt"] = torch.from_numpy(caps[j]).view(m.out_features, batch)
+        out: list[Any] = [dx, None, None, None]
+        for j in range(n_layers):
+            out += [grads[j], dbias[j]]
+        return tuple(out)
+
+
+def _ranges(ptr: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """``parts`` ranges of rows (or columns) of a pointer array ``ptr (n+1,)`` holding about equal connections."""
+    n, total = ptr.shape[0] - 1, int(ptr[-1])
+    if parts <= 1 or n <= 1:
+        return [(0, n)]
+    cuts = np.searchsorted(ptr.astype(np.int64), [total * k // parts for k in range(1, parts)], side="right") - 1
+    bounds = [0, *sorted({int(min(max(c, 0), n)) for c in cuts}), n]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _layer_forward(args: tuple, ws: _Workspace, xn: np.ndarray, outn: np.ndarray, mode: int, act: int,
+                   slopes: np.ndarray, thr: np.uint32, scale: Any, k1s: np.ndarray, k2s: np.ndarray,
+                   threads: int) -> None:
+    """The forward for big layers: the whole batch through one layer at a time, each layer's rows split over
+    the threads (no per-thread copies of anything; a hand-off per layer is nothing next to its work)."""
+    ips, ixs, vals, biases = args
+    ld, batch, last = ws.ld, ws.batch, len(vals) - 1
+    acts, ds, codes = ws.acts, ws.ds, ws.codes
+    one, z = slopes.dtype.type(1), np.uint32(0)
+    fused.to_feature_major(xn, 0, batch, acts[0], ld)
+    for j in range(len(vals)):
+        if j == last:
+            spec = (fused.MODE_LINEAR, act, one, z, one, z, z)
+        else:
+            spec = (mode, act, slopes[j], thr, scale, k1s[j], k2s[j])
+        POOL.run([lambda r0=r0, r1=r1, j=j, spec=spec: fused.forward(
+            ips[j], ixs[j], vals[j], biases[j], acts[j], ld, 0, batch, acts[j + 1], ds[j + 1], codes[j + 1], *spec,
+            r0, r1) for r0, r1 in _ranges(ips[j], threads)], threads)
+    fused.from_feature_major(acts[-1], ld, 0, batch, outn)
+
+
+def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Workspace, gyn: np.ndarray, grads: tuple,
+                    dbs: tuple, caps: tuple, dxn: np.ndarray, luts1: np.ndarray, luts2: np.ndarray,
+                    need_v: np.ndarray, need_x: bool, use_csc: np.ndarray, threads: int) -> None:
+    """The backward for big layers, layer by layer: value gradients split over the threads by rows, input
+    gradients by input columns (a gather over the CSC copy, or a scatter in which each thread owns a range
+    of input rows); every number is computed by one thread, so results do not depend on the thread count."""
+    colptrs, rowidxs, perms = csc
+    ld, batch, n_layers = ws.ld, ws.batch, len(vals)
+    acts, ds, codes = ws.acts, ws.ds, ws.codes
+    cur, nxt = ws.dz
+    fused.to_feature_major(gyn, 0, batch, cur, ld)
+    fused.row_sums(cur, ld, 0, batch, dbs[-1], False)
+    for j in range(n_layers - 1, -1, -1):
+        n_out = dbs[j].shape[0]
+        if caps[j].shape[0]:
+            caps[j].reshape(n_out, batch)[:] = cur[:n_out * ld].reshape(n_out, ld)[:, :batch]
+        hidden = j > 0
+        if hidden and need_v[j] and use_csc[j] and fused.FUSE_BACKWARD:
+            POOL.run([lambda a=a, b=b, j=j, cur=cur, nxt=nxt: fused.gather_sddmm(
+                colptrs[j], rowidxs[j], perms[j], vals[j], cur, acts[j], ld, 0, batch, nxt, ds[j], codes[j], luts1[j],
+                luts2[j], dbs[j - 1], grads[j], False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
+            cur, nxt = nxt, cur
+            continue
+        if need_v[j]:
+            POOL.run([lambda a=a, b=b, j=j, cur=cur: fused.sddmm(ips[j], ixs[j], cur, acts[j], ld, 0, batch, grads[j],
+                                                                  False, a, b) for a, b in _ranges(ips[j], threads)],
+                     threads)
+        if not hidden and not need_x:
+            break
+        target = nxt if hidden else ws.dxbuf
+        db = dbs[j - 1] if hidden else dbs[0]
+        if use_csc[j]:
+            POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target, db=db, hidden=hidden: fused.gather(
+                colptrs[j], rowidxs[j], perms[j], vals[j], cur, ld, 0, batch, target, ds[j], codes[j], luts1[j],
+                luts2[j], db, hidden, False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
+        else:
+            n_in = ws.sizes[j]
+            cols = [(n_in * k // threads, n_in * (k + 1) // threads) for k in range(threads)]
+            POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target: fused.scatter(
+                ips[j], ixs[j], vals[j], cur, ld, 0, batch, target, a, b) for a, b in cols if b > a], threads)
+            if hidden:
+                POOL.run([lambda a=a, b=b, j=j, target=target, db=db: fused.apply_derivative(
+                    target, ds[j], codes[j], luts1[j], luts2[j], ld, 0, batch, db, False, a, b)
+                    for a, b in cols if b > a], threads)
+        if hidden:
+            cur, nxt = nxt, cur
+    if need_x:
+        fused.from_feature_major(ws.dxbuf, ld, 0, batch, dxn)
+
+
+def _layer_arrays(layers: list[SparseLinear], dtype: np.dtype, runner: _FusedRunner) -> tuple[tuple, tuple, tuple,
+                                                                                           tuple]:
+    """``(indptrs, indices, values, biases)`` of the layers as tuples of numpy arrays for the kernels (cached
+    while every tensor keeps its storage: a topology change or a load gives new arrays)."""
+    tensors = [(m._buffers["indptr"], m._buffers["indices"], m._parameters["values"], m._parameters["bias"])
+               for m in layers]
+    key = tuple((t.data_ptr(), t.numel()) if t is not None else None for ts in tensors for t in ts)
+    if runner.arrays is not None and runner.arrays[0] == key:
+        return runner.arrays[1]
+    ip = tuple(t[0].numpy().view(np.uint64) for t in tensors)
+    ix = tuple(t[1].numpy().view(np.uint32) for t in tensors)
+    vals = tuple(t[2].detach().numpy() for t in tensors)
+    biases = tuple(t[3].detach().numpy() if t[3] is not None else np.zeros(m.out_features, dtype)
+                   for t, m in zip(tensors, layers, strict=True))
+    out = (ip, ix, vals, biases)
+    runner.arrays = (key, out)
+    return out
+
+
+__all__ = ["ACTIVATIONS", "TRANSPOSES", "SparseMLP"]

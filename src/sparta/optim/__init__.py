@@ -1,0 +1,228 @@
+"""Fused optimizers: ``torch.optim``'s SGD, Adam and AdamW, each parameter updated in one numba pass.
+
+They are ``torch.optim.Optimizer`` subclasses with torch's hyper-parameters, defaults, parameter groups,
+state names (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``step``) and ``state_dict`` format, so
+topology algorithms carry their state across topology changes, checkpoints load into either kind, and
+the numbers agree with ``torch.optim`` to rounding. A sparse network's optimizer step is a few short
+passes over its connections; torch's multi-tensor implementation makes several passes per tensor and
+costs more than the kernels of a small sparse layer. CPU float32/float64 tensors take the numba path;
+anything else (CUDA tensors, half precision) runs the same arithmetic with torch ops.
+
+The transposed structure ``SparseMLP`` keeps for its input gradients stores positions, not values, so
+an optimizer step never has to refresh it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparta.kernels import optim as kernels
+
+__all__ = ["SGD", "Adam", "AdamW"]
+
+
+def _check(name: str, value: Any, low: float = 0.0, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < low \
+            or (high is not None and value >= high):
+        bound = f"in [{low}, {high})" if high is not None else f"≥ {low}"
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def _numba_ok(*tensors: torch.Tensor) -> bool:
+    t0 = tensors[0]
+    return t0.device.type == "cpu" and t0.dtype in (torch.float32, torch.float64) and all(
+        t.dtype == t0.dtype and t.device == t0.device and t.is_contiguous() for t in tensors)
+
+
+def _written(*tensors: torch.Tensor | None) -> None:
+    """Tell autograd these tensors changed in place (numpy writes do not bump their version counters)."""
+    for t in tensors:
+        if t is not None:
+            torch.autograd.graph.increment_version(t)
+
+
+def _grads(group: dict, name: str) -> list[torch.nn.Parameter]:
+    """The group's parameters that have a gradient (dense gradients only)."""
+    out = []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError(f"sparta.optim.{name} does not take sparse gradients")
+        out.append(p)
+    return out
+
+
+def _check_state(p: torch.Tensor, *state: torch.Tensor) -> None:
+    for s in state:
+        if s.shape != p.shape:
+            raise RuntimeError(f"optimizer state of shape {tuple(s.shape)} for a parameter of shape {tuple(p.shape)}: "
+                               "carry optimizer state across topology changes (sparta.topology does)")
+
+
+def _flat(t: torch.Tensor):
+    return t.detach().view(-1).numpy()
+
+
+class _Views:
+    """numpy views of each parameter and its state tensors, rebuilt when any of them moves (a topology
+    change gives a parameter new data): per step only the new gradients need converting."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[tuple[int, ...], tuple]] = {}
+
+    def get(self, p: torch.Tensor, *state: torch.Tensor) -> tuple | None:
+        """``(p, *state)`` as flat numpy arrays, or None when the numba path does not apply."""
+        ptrs = (p.data_ptr(), *(t.data_ptr() for t in state))
+        hit = self._cache.get(id(p))
+        if hit is None or hit[0] != ptrs:
+            if not _numba_ok(p, *state):
+                return None
+            hit = self._cache[id(p)] = (ptrs, tuple(_flat(t) for t in (p, *state)))
+        return hit[1]
+
+
+def _grad_array(p: torch.Tensor, g: torch.Tensor):
+    """The gradient as a flat numpy array when it can go to the kernels with ``p``, else None."""
+    if g.dtype is not p.dtype or g.device.type != "cpu" or not g.is_contiguous():
+        return None
+    return g.detach().numpy().reshape(-1)
+
+
+class SGD(torch.optim.Optimizer):
+    """``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay, maximize), one pass per parameter."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False) -> None:
+        _check("lr", lr)
+        _check("momentum", momentum)
+        _check("dampening", dampening)
+        _check("weight_decay", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov momentum requires a momentum > 0 and zero dampening")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=bool(nesterov), maximize=bool(maximize)))
+        self._views = _Views()
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+            nesterov, maximize = group["nesterov"], group["maximize"]
+            fast: dict[torch.dtype, list] = {}
+            for p in _grads(group, "SGD"):
+                buf, first = None, False
+                if mom != 0:  # like torch.optim.SGD, no state without momentum
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    first = buf is None
+                    if first:
+                        buf = state["momentum_buffer"] = torch.empty_like(p)
+                if buf is not None:
+                    _check_state(p, buf)
+                g = p.grad
+                arrays = self._views.get(p, buf) if buf is not None else self._views.get(p)
+                gn = _grad_array(p, g) if arrays is not None else None
+                if gn is not None:
+                    fast.setdefault(p.dtype, []).append((p, gn, buf, first, arrays))
+                    continue
+                d = -g if maximize else g
+                if wd != 0:
+                    d = d.add(p, alpha=wd)
+                if mom != 0:
+                    if first:
+                        buf.copy_(d)
+                    else:
+                        buf.mul_(mom).add_(d, alpha=1 - damp)
+                    d = d.add(buf, alpha=mom) if nesterov else buf
+                p.add_(d, alpha=-lr)
+            for items in fast.values():
+                ps = tuple(i[4][0] for i in items)
+                bufs = tuple(i[4][1] if i[2] is not None else q[:0] for i, q in zip(items, ps, strict=True))
+                kernels.sgd_many(ps, tuple(i[1] for i in items), bufs, np.array([i[3] for i in items], np.bool_), lr,
+                                 mom, damp, wd, nesterov, maximize)
+                _written(*(i[0] for i in items), *(i[2] for i in items))
+        return loss
+
+
+class Adam(torch.optim.Optimizer):
+    """``torch.optim.Adam`` (``amsgrad=False``), one pass per parameter; ``AdamW`` decouples the decay."""
+
+    decoupled = False
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float | None = None, *, maximize: bool = False) -> None:
+        if weight_decay is None:
+            weight_decay = 1e-2 if self.decoupled else 0.0
+        _check("lr", lr)
+        _check("eps", eps)
+        _check("weight_decay", weight_decay)
+        if not isinstance(betas, tuple | list) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        _check("betas[0]", betas[0], 0.0, 1.0)
+        _check("betas[1]", betas[1], 0.0, 1.0)
+        super().__init__(params, dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
+                                      weight_decay=weight_decay, maximize=bool(maximize)))
+        self._views = _Views()
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        name = type(self).__name__
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd, maximize = (group["lr"], group["betas"], group["eps"], group["weight_decay"],
+                                               group["maximize"])
+            fast: dict[torch.dtype, list] = {}
+            for p in _grads(group, name):
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                _check_state(p, m, v)
+                state["step"] += 1
+                t = float(state["step"])
+                step_size = lr / (1 - b1 ** t)
+                bc2_sqrt = math.sqrt(1 - b2 ** t)
+                g = p.grad
+                arrays = self._views.get(p, m, v)
+                gn = _grad_array(p, g) if arrays is not None else None
+                if gn is not None:
+                    fast.setdefault(p.dtype, []).append((p, gn, m, v, step_size, bc2_sqrt, arrays))
+                    continue
+                d = -g if maximize else g
+                if wd != 0:
+                    if self.decoupled:
+                        p.mul_(1 - lr * wd)
+                    else:
+                        d = d.add(p, alpha=wd)
+                m.lerp_(d, 1 - b1)
+                v.mul_(b2).addcmul_(d, d, value=1 - b2)
+                p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(eps), value=-step_size)
+            for items in fast.values():
+                kernels.adam_many(tuple(i[6][0] for i in items), tuple(i[1] for i in items),
+                                  tuple(i[6][1] for i in items), tuple(i[6][2] for i in items), lr, b1, b2, eps, wd,
+                                  self.decoupled, np.array([i[4] for i in items]), np.array([i[5] for i in items]),
+                                  maximize)
+                _written(*(t for i in items for t in (i[0], i[2], i[3])))
+        return loss
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: Adam with decoupled weight decay (default 0.01)."""
+
+    decoupled = True

@@ -1,0 +1,354 @@
+"""SparseMLP: the fused path against the layer-by-layer path and a float64 dense reference, dropout masks,
+threads, state, topology algorithms and bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import sparta
+from sparta.kernels import hashrng
+from sparta.nn import SparseLinear, SparseMLP, functional
+
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: 2e-4, torch.float64: 1e-10}
+
+
+def make(sizes, density=0.3, dtype=torch.float64, seed=0, empty=True, **kw):
+    torch.manual_seed(seed)
+    m = SparseMLP(sizes, density=density, dtype=dtype, **kw)
+    if empty:  # an output row and an input column with no connections in every layer
+        with torch.no_grad():
+            for layer in m.layers:
+                keep = (layer.rows() != 1) & (layer.indices.long() != 2)
+                layer.remove_connections(~keep)
+    return m
+
+
+def dense_reference(m: SparseMLP, x: torch.Tensor, g: torch.Tensor, rng: tuple[int, int] | None):
+    """float64 forward with dense weights, the same activations and masks; gradients of ``(y · g).sum()``."""
+    ws = [layer.to_dense().double().requires_grad_() for layer in m.layers]
+    bs = [layer.bias.detach().double().requires_grad_() for layer in m.layers]
+    xd = x.detach().double().requires_grad_()
+    h = xd
+    for j, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        h = h @ w.T + b
+        if j == len(ws) - 1:
+            break
+        if m.activation == "allrelu":
+            h = F.leaky_relu(h, m.slope(j + 1))
+        elif m.activation == "relu":
+            h = F.relu(h)
+        elif m.activation == "tanh":
+            h = torch.tanh(h)
+        else:
+            h = torch.sigmoid(h)
+        if rng is not None:
+            h = h * hashrng.keep_mask(rng[0], rng[1], j + 1, m.p, h.shape[1], h.shape[0]) / (1 - m.p)
+    (h * g.double()).sum().backward()
+    return h.detach(), xd.grad, [w.grad for w in ws], [b.grad for b in bs]
+
+
+def run(m: SparseMLP, x: torch.Tensor, g: torch.Tensor):
+    m.zero_grad(set_to_none=True)
+    xi = x.detach().clone().requires_grad_()
+    y = m(xi)
+    (y * g.to(y.dtype)).sum().backward()
+    return y.detach(), xi.grad, [layer.values.grad.clone() for layer in m.layers], [
+        layer.bias.grad.clone() for layer in m.layers]
+
+
+def assert_close(a, b, tol, what):
+    assert a.shape == b.shape, what
+    err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    scale = max(1.0, b.double().abs().max().item()) if b.numel() else 1.0
+    assert err <= tol * scale, f"{what}: max error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["allrelu", "relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("transpose", ["csc", "scatter"])
+@pytest.mark.parametrize("sizes,density,batch", [
+    ([13, 40, 33, 7], 0.3, 1),
+    ([13, 40, 33, 7], 0.3, 65),  # one full tile of 64 samples and a tail of 1
+    ([9, 70, 70, 70, 3], 0.1, 130),
+    ([30, 5, 30], 1.0, 17),
+])
+def test_fused_matches_layerwise_and_dense(dtype, activation, transpose, sizes, density, batch, monkeypatch):
+    monkeypatch.setattr(functional, "MIN_WORK_PER_THREAD", 1)  # split the batch whenever there are 2 tiles
+    torch.set_num_threads(2)
+    m = make(sizes, density, dtype, activation=activation, dropout=0.25, transpose=transpose)
+    x = torch.randn(batch, sizes[0], dtype=dtype)
+    g = torch.randn(batch, sizes[-1], dtype=torch.float64)
+    seed = int(m.dropout_state[0])
+    fused = run(m, x, g)
+    assert int(m.dropout_state[1]) == 1, "a training forward counts one dropout step"
+    m.dropout_state[1] = 0
+    m.fused = False
+    layerwise = run(m, x, g)
+    ref = dense_reference(m, x, g, (seed, 0))
+    tol = TOL[dtype]
+    for what, a, b, c in zip(("y", "dx", "dvalues", "dbias"), fused, layerwise, ref, strict=True):
+        if isinstance(a, list):
+            for j, (ai, bi, ci) in enumerate(zip(a, b, c, strict=True)):
+                layer = m.layers[j]
+                ci = ci[layer.rows(), layer.indices.long()] if what == "dvalues" else ci
+                assert_close(ai, bi, tol, f"{what}[{j}] fused vs layer by layer")
+                assert_close(ai, ci, tol, f"{what}[{j}] fused vs dense float64")
+        else:
+            assert_close(a, b, tol, f"{what} fused vs layer by layer")
+            assert_close(a, c, tol, f"{what} fused vs dense float64")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eval_mode_and_no_grad(dtype):
+    m = make([20, 50, 50, 4], 0.2, dtype, dropout=0.5)
+    x = torch.randn(70, 20, dtype=dtype)
+    m.eval()
+    y = m(x)
+    assert int(m.dropout_state[1]) == 0, "no dropout step in eval mode"
+    with torch.no_grad():
+        assert torch.equal(m(x), y.detach())
+    ref = dense_reference(m, x, torch.zeros(70, 4), None)[0]
+    assert_close(y.detach(), ref, TOL[dtype], "eval output")
+    m.train()
+    with torch.no_grad():
+        a = m(x)
+    assert int(m.dropout_state[1]) == 1 and not a.requires_grad
+    with torch.inference_mode():
+        m(x)
+
+
+def test_multiple_backward_and_interleaved_forwards():
+    m = make([10, 64, 64, 3], 0.3, torch.float64, dropout=0.2)
+    x1, x2 = torch.randn(80, 10, dtype=torch.float64), torch.randn(80, 10, dtype=torch.float64)
+    y1 = m(x1)
+    y2 = m(x2)  # a second graph alive at the same time: its own buffers
+    y1.sum().backward(retain_graph=True)
+    g1 = [p.grad.clone() for p in m.parameters()]
+    y2.sum().backward()
+    m.zero_grad()
+    y1.sum().backward()  # again, after another graph's backward
+    for a, p in zip(g1, m.parameters(), strict=True):
+        assert torch.equal(a, p.grad)
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    """The batch is cut into tiles of 64 samples whose partial sums are added in tile order, whichever thread
+    ran which tile: 1 and 2 threads give bit-identical outputs and gradients."""
+    monkeypatch.setattr(functional, "MIN_WORK_PER_THREAD", 1)
+    m = make([30, 100, 100, 10], 0.2, torch.float32, dropout=0.3, empty=False)
+    x, g = torch.randn(200, 30), torch.randn(200, 10)
+    results = []
+    for threads in (1, 2, 2):
+        sparta.set_num_threads(threads)
+        try:
+            m.dropout_state[1] = 0
+            results.append(run(m, x, g))
+        finally:
+            sparta.set_num_threads(None)
+    for other in results[1:]:
+        for ta, tb in zip(results[0][:2], other[:2], strict=True):
+            assert torch.equal(ta, tb)
+        for la, lb in zip(results[0][2] + results[0][3], other[2] + other[3], strict=True):
+            assert torch.equal(la, lb)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["allrelu", "tanh"])
+@pytest.mark.parametrize("transpose", ["csc", "scatter"])
+def test_layer_mode_for_big_nets_matches_the_tile_path(dtype, activation, transpose, monkeypatch):
+    """From LAYER_MODE_CONNECTIONS connections the threads split each layer's rows (forward, value gradients)
+    and columns (input gradients) instead of the batch: the same numbers as the tile path and the dense
+    reference, bit-identical for 1 and 2 threads."""
+    from sparta.nn import mlp as mlp_module
+
+    m = make([21, 90, 70, 60, 5], 0.15, dtype, activation=activation, dropout=0.3, transpose=transpose)
+    x = torch.randn(150, 21, dtype=dtype)  # two full tiles and a tail
+    g = torch.randn(150, 5, dtype=torch.float64)
+    seed = int(m.dropout_state[0])
+    tiles = run(m, x, g)
+    ref = dense_reference(m, x, g, (seed, 0))
+    monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 0)
+    results = []
+    for threads in (1, 2):
+        sparta.set_num_threads(threads)
+        try:
+            m.dropout_state[1] = 0
+            results.append(run(m, x, g))
+        finally:
+            sparta.set_num_threads(None)
+    for what, a, b, t, c in zip(("y", "dx", "dvalues", "dbias"), *results, tiles, ref, strict=True):
+        pairs = list(zip(a, b, t, c, strict=True)) if isinstance(a, list) else [(a, b, t, c)]
+        for j, (ai, bi, ti, ci) in enumerate(pairs):
+            if what == "dvalues":
+                layer = m.layers[j]
+                ci = ci[layer.rows(), layer.indices.long()]
+            assert torch.equal(ai, bi), f"{what}[{j}]: layer mode differs between 1 and 2 threads"
+            assert_close(ai, ti, TOL[dtype], f"{what}[{j}] layer mode vs tiles")
+            assert_close(ai, ci, TOL[dtype], f"{what}[{j}] layer mode vs dense float64")
+
+
+def test_dropout_masks_statistics_and_reproducibility():
+    p = 0.3
+    k = hashrng.keep_mask(5, 0, 1, p, 1000, 128)
+    frac = k.float().mean().item()
+    assert abs(frac - (1 - p)) < 4 * (p * (1 - p) / k.numel()) ** 0.5  # within 4 standard errors
+    assert torch.equal(k, hashrng.keep_mask(5, 0, 1, p, 1000, 128)), "a function of (seed, step, layer)"
+    for other in (hashrng.keep_mask(5, 1, 1, p, 1000, 128), hashrng.keep_mask(6, 0, 1, p, 1000, 128),
+                  hashrng.keep_mask(5, 0, 2, p, 1000, 128)):
+        agree = (other == k).float().mean().item()
+        assert abs(agree - (p * p + (1 - p) ** 2)) < 0.01, "masks of other steps/seeds/layers are independent"
+    kf = k.float()
+    for a, b in ((kf[:, :-1], kf[:, 1:]), (kf[:-1], kf[1:])):  # neighbouring units and samples uncorrelated
+        c = torch.corrcoef(torch.stack([a.reshape(-1), b.reshape(-1)]))[0, 1].item()
+        assert abs(c) < 0.02
+    assert hashrng.keep_mask(5, 0, 1, 0.0, 10, 10).all()
+
+
+def test_fused_dropout_keeps_one_minus_p_and_changes_every_step():
+    m = make([100, 400, 10], 1.0, torch.float32, activation="relu", dropout=0.4, empty=False)
+    with torch.no_grad():
+        for layer in m.layers:
+            layer.values.fill_(0.0)
+            layer.bias.fill_(1.0)  # hidden units are all exactly 1 before dropout
+    x = torch.zeros(256, 100)
+    masks = []
+    for _ in range(3):
+        m(x).sum().backward()
+        h = m.layers[1].capture  # not set: use the layerwise path to read the hidden activations
+        assert h is None
+        masks.append(_hidden(m, x))
+    keep = masks[0] > 0
+    assert abs(keep.float().mean().item() - 0.6) < 0.01
+    assert torch.allclose(masks[0][keep], torch.tensor(1 / 0.6))
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+def _hidden(m: SparseMLP, x: torch.Tensor) -> torch.Tensor:
+    """The hidden activations the last training forward used (same seed and step, recomputed)."""
+    seed, step = (int(v) for v in m.dropout_state)
+    h = F.relu(m.layers[0](x))
+    return h * hashrng.keep_mask(seed, step - 1, 1, m.p, h.shape[1], h.shape[0]) / (1 - m.p)
+
+
+def test_state_dict_round_trip_restores_masks():
+    m = make([12, 30, 30, 2], 0.4, torch.float64, dropout=0.3)
+    x = torch.randn(9, 12, dtype=torch.float64)
+    m(x)
+    state = copy.deepcopy(m.state_dict())
+    assert "dropout_state" in state
+    y1 = m(x).detach()
+    m2 = make([12, 30, 30, 2], 0.4, torch.float64, dropout=0.3, seed=99)
+    m2.load_state_dict(state)
+    assert torch.equal(m2(x).detach(), y1), "same weights, seed and step: same output and masks"
+
+
+def test_torch_optimizer_and_fused_optimizer_agree():
+    m1 = make([20, 60, 60, 5], 0.2, torch.float64, dropout=0.1)
+    m2 = copy.deepcopy(m1)
+    o1 = torch.optim.SGD(m1.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    o2 = sparta.optim.SGD(m2.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    x, y = torch.randn(50, 20, dtype=torch.float64), torch.randint(0, 5, (50,))
+    for _ in range(5):
+        for m, o in ((m1, o1), (m2, o2)):
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert_close(a.detach(), b.detach(), 1e-12, "parameters")
+
+
+@pytest.mark.parametrize("algo", ["set", "rigl", "importance", "gmp"])
+def test_topology_algorithms_keep_the_fused_path_exact(algo):
+    torch.manual_seed(3)
+    sizes = [16, 48, 48, 6]
+    if algo == "gmp":
+        m = SparseMLP(sizes, sparse=False, dtype=torch.float64, dropout=0.2)
+    else:
+        m = make(sizes, 0.3, torch.float64, dropout=0.2, empty=False)
+    opt = sparta.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(70, 16, dtype=torch.float64), torch.randint(0, 6, (70,))
+    if algo == "set":
+        a = sparta.SET(m, opt, zeta=0.3, every=2)
+    elif algo == "rigl":
+        a = sparta.RigL(m, opt, alpha=0.3, every=2, end=100)
+    elif algo == "importance":
+        a = sparta.ImportancePruning(m, opt, percentile=20, every=2)
+    else:
+        a = sparta.GMP(m, opt, final_sparsity=0.8, start=0, end=4, every=2, breakeven=0.5)
+    counts = [layer.nnz if isinstance(layer, SparseLinear) else None for layer in m.layers]
+    for _ in range(6):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        a.step()
+        if algo in ("set", "rigl"):
+            assert [layer.nnz for layer in m.layers] == counts, "exact connection counts after every update"
+    assert all(isinstance(layer, SparseLinear) for layer in m.layers)
+    if algo == "importance":
+        assert m.sizes[1] < 48 and m.sizes[2] < 48
+    assert m.fused_path(x)
+    g = torch.randn(70, 6, dtype=torch.float64)
+    m.dropout_state[1] = 5
+    fused = run(m, x, g)
+    m.dropout_state[1] = 5
+    m.fused = False
+    layerwise = run(m, x, g)
+    for a_, b_ in zip(fused[:2], layerwise[:2], strict=True):
+        assert_close(a_, b_, 1e-10, "after topology updates (transposed copy rebuilt)")
+    for a_, b_ in zip(fused[2], layerwise[2], strict=True):
+        assert_close(a_, b_, 1e-10, "value gradients after topology updates")
+
+
+def test_transposed_copy_follows_topology_changes():
+    layer = SparseLinear(30, 20, 0.3, dtype=torch.float64)
+    c1 = layer.transposed()
+    assert layer.transposed() is c1, "cached while the structure is unchanged"
+    with torch.no_grad():
+        layer.values.mul_(2)
+    assert layer.transposed() is c1, "value changes do not invalidate it"
+    layer.remove_connections(torch.arange(5))
+    c2 = layer.transposed()
+    assert c2 is not c1 and c2[1].size == layer.nnz
+
+
+def test_bad_input_messages():
+    with pytest.raises(ValueError, match="sizes must list"):
+        SparseMLP([5], density=0.5)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        SparseMLP([5, 5], density=0.5, activation="gelu")
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        SparseMLP([5, 5], density=0.5, dropout=1.0)
+    with pytest.raises(ValueError, match="transpose must be one of"):
+        SparseMLP([5, 5], density=0.5, transpose="dense")
+    with pytest.raises(ValueError, match="exactly one of density"):
+        SparseMLP([5, 5])
+    with pytest.raises(ValueError, match="one per layer"):
+        SparseMLP([5, 5, 5], density=[0.5])
+    m = SparseMLP([5, 6, 2], density=0.5)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 5\)"):
+        m(torch.randn(3, 4))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        m([[1.0] * 5])
+
+
+def test_leading_dimensions_and_empty_batch():
+    m = make([7, 20, 3], 0.5, torch.float64)
+    x = torch.randn(2, 5, 7, dtype=torch.float64)
+    y = m(x)
+    assert y.shape == (2, 5, 3)
+    m.eval()
+    assert_close(y.detach()[1, 2], m(x[1, 2:3])[0].detach(), 1e-12, "leading dims")
+    m.train()
+    z = m(torch.zeros(0, 7, dtype=torch.float64))
+    assert z.shape == (0, 3)
+
+
+def test_repr_and_sizes():
+    m = SparseMLP([4, 8, 2], density=0.5, dropout=0.1)
+    assert m.sizes == [4, 8, 2]
+    assert "sizes=[4, 8, 2]" in repr(m) and "dropout=0.1" in repr(m)
