@@ -241,6 +241,15 @@ def test_dense_layers_are_named_in_the_header_and_the_summary(tmp_path, capsys):
     assert code == 0 and "note:" not in out
 
 
+@pytest.mark.parametrize(("threads", "shown"), [("1", "seed 0, 1 thread\n"), ("2", "seed 0, 2 threads\n")])
+def test_the_header_shows_the_threads_the_run_trains_with(tmp_path, capsys, threads, shown):
+    """A sparse run's threads are sparta's workers (torch itself is kept at one): the header shows those."""
+    code, out, err = run_cli(capsys, "train", *TINY, "--epochs", "1", "--threads", threads, "--no-compare-dense",
+                             "--out", tmp_path / "a")
+    assert code == 0, err
+    assert shown in out
+
+
 def test_a_gmp_schedule_with_too_little_training_left_is_warned_about(tmp_path, capsys):
     code, out, err = run_cli(capsys, "train", *TINY, "--algo", "gmp", "--epochs", "5", "--no-compare-dense",
                              "--out", tmp_path / "a")

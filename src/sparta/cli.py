@@ -152,7 +152,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--batch-size", dest="batch_size", type=int, help="minibatch size")
     m.add_argument("--epochs", type=int, help="epochs to train (with --resume: the new total)")
     m.add_argument("--seed", type=int, help="seed of everything: weights, topology, shuffling, dropout, regrowth")
-    m.add_argument("--threads", type=int, help="torch and numba threads (default: torch's, usually one per core)")
+    m.add_argument("--threads", type=int, help="threads of the training step: sparta's workers for sparse models "
+                   "(torch kept at one), torch's for dense ones (default: torch's default, usually one per core)")
     m.add_argument("--compare-dense", dest="compare_dense", action=argparse.BooleanOptionalAction,
                    help="also train the same network dense into RUN/dense and compare")
     from sparta.train.config import RunConfig
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", metavar="RUN_DIR")
     e.add_argument("--data", metavar="PATH", help="read the data from PATH (default: the run's saved data)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    e.add_argument("--threads", type=int, help="torch and numba threads (default: torch's, usually one per core)")
+    e.add_argument("--threads", type=int, help="threads for the evaluation (default: torch's default, usually one per core)")
     e.set_defaults(func=cmd_eval)
     r = sub.add_parser("report", help="PNG plots of a run", description="Write learning curves, connections and "
                        "neurons over time, degree distributions, the input-layer connectivity map and weight "
@@ -418,8 +419,7 @@ def _train(config, out: Path, resume: bool, stop_after: int | None, progress: _P
 
 
 def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> None:
-    import torch
-
+    from sparta.kernels.threads import get_num_threads
     from sparta.train.runs import dense_layer_note, gmp_distribution, schedule_warnings, target_density
 
     if config.algo == "dense":
@@ -440,7 +440,11 @@ def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> No
     if config.workers is not None:
         mode = "synchronous" if config.parallel.get("sync") else "asynchronous"
         print(f"parallel: WASAP-SGD, a server and {config.workers} worker processes, {mode}")
-    threads = f"{config.threads or 1} thread(s) per process" if config.workers else f"{torch.get_num_threads()} threads"
+    if config.workers:
+        threads = f"{config.threads or 1} thread(s) per process"
+    else:  # the count runs.set_threads settled on (sparse models: sparta's workers, torch itself kept at one)
+        n = get_num_threads()
+        threads = f"{n} thread{'s' if n > 1 else ''}"
     print(f"training: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
           f"seed {config.seed}, {threads}", flush=True)
     note = dense_layer_note(config, sizes)

@@ -83,7 +83,8 @@ def add_rl_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"episodes per evaluation (default: {cd['eval_episodes']})")
     t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between checkpoints "
                    f"(taken at the next episode boundary; default: {cd['checkpoint_every']})")
-    t.add_argument("--threads", type=int, help="torch and numba threads (default: torch's, usually one per core)")
+    t.add_argument("--threads", type=int, help="threads of the training step: sparta's workers for sparse networks (torch "
+                   "kept at one), torch's for dense ones (default: torch's default, usually one per core)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/rl/<algo>-<env>-<method>-<time>)")
     t.add_argument("--overwrite", action="store_true", help="replace the runs in --out")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue every run under RUN_DIR from its checkpoint "
