@@ -134,3 +134,10 @@ def test_the_readme_says_what_the_quick_start_prints(tmp_path, monkeypatch, caps
 def test_the_readme_has_no_unfilled_placeholders():
     text = README.read_text()
     assert "{{" not in text and "}}" not in text, "README.md holds a {{…}} placeholder"
+
+
+def test_the_readme_and_the_help_quote_the_same_time_for_sparta_train(capsys):
+    assert main(["train", "--help"]) == 0
+    helped = re.search(r"about (\d+) s on 2 cores", " ".join(capsys.readouterr().out.split()))
+    quoted = re.search(r"the same network dense \(~(\d+) s\)", README.read_text())
+    assert helped and quoted and helped.group(1) == quoted.group(1), (helped, quoted)
