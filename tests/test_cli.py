@@ -281,6 +281,12 @@ def test_every_help_shows_the_defaults():
     assert not missing, missing
 
 
+def test_every_command_describes_itself():
+    """Each command's --help says what it does, not only its usage line."""
+    for parser in _parsers(build_parser()):
+        assert parser.description, parser.prog
+
+
 def test_help_loads_no_torch_numba_or_matplotlib():
     code = ("import sys; from sparta.cli import main\n"
             "for argv in (['--help'], ['train', '--help'], ['rl', 'train', '--help']):\n"

@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which benchmark script (default: layer)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script (after --)")
     b.set_defaults(func=cmd_bench)
-    pr = sub.add_parser("presets", help="list the built-in published settings")
+    pr = sub.add_parser("presets", help="list the built-in published settings",
+                        description="List the built-in published settings (`sparta train --preset NAME`), or every "
+                                    "setting of one of them.")
     pr.add_argument("name", nargs="?", help="show every setting of this preset (default: list them all)")
     pr.set_defaults(func=cmd_presets)
     from sparta.rl.cli import add_rl_parser  # `sparta rl train|eval|report`

@@ -93,12 +93,17 @@ def add_rl_parser(subparsers) -> argparse.ArgumentParser:
                    help="checkpoint and stop at the first episode end after N steps (default: run to the end)")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="deterministic evaluation of saved runs")
+    e = sub.add_parser("eval", help="deterministic evaluation of saved runs",
+                       description="Evaluate the policy in the last checkpoint of each run under RUN_DIR (one per "
+                                   "seed) deterministically (greedy or mean action), --episodes episodes each.")
     e.add_argument("run", metavar="RUN_DIR")
     e.add_argument("--episodes", type=int, default=10, help="evaluation episodes per run (default: 10)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.set_defaults(func=cmd_eval)
-    r = sub.add_parser("report", help="IQM return curves across seeds and density over time (PNG + table)")
+    r = sub.add_parser("report", help="IQM return curves across seeds and density over time (PNG + table)",
+                       description="Write returns.png (IQM evaluation return across seeds over environment steps, "
+                                   "with a 95 % bootstrap band) and density.png (each network's density over time) "
+                                   "for the runs under RUN_DIR, and print the final IQM table.")
     r.add_argument("run", metavar="RUN_DIR")
     r.add_argument("--out", metavar="DIR", help="where to write the plots (default: RUN_DIR/plots)")
     r.set_defaults(func=cmd_report)
