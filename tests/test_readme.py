@@ -16,6 +16,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from sparta.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -107,12 +109,24 @@ def test_readme_blocks_and_commands(tmp_path, monkeypatch, capsys):
                 exec(compile(body, where, "exec"), {"__name__": "__readme__"})
             for expr, expected in re.findall(r"^print\((\w+)\)\s+#\s*(.+)$", body, re.M):
                 assert expected.strip() in out.getvalue(), f"{where}: print({expr}) shows {out.getvalue()!r}"
+            after = README.read_text().split(body, 1)[1].split("```", 2)[1]  # the prose after the block
+            for expected in re.findall(r"It prints `([^`]+)`", after):
+                assert expected in out.getvalue(), f"{where}: the README says it prints {expected!r}, it printed " \
+                                                   f"{out.getvalue()!r}"
             ran.append(where)
         elif lang == "toml":
             (tmp_path / "run.toml").write_text(body)
             run("sparta train --config run.toml --out runs/toml -q", capsys)
             summaries = [json.loads((tmp_path / "runs/toml" / d / "summary.json").read_text()) for d in (".", "dense")]
             assert all(s["test_acc"] > 0.8 for s in summaries), summaries  # it learns visibly (chance: 0.5)
+            claim = re.search(r"test accuracy (\d\.\d+) sparse\s+with ([\d ]+) connections, (\d\.\d+) dense",
+                              README.read_text())
+            assert claim, "the README no longer quotes the TOML example's results; update this test"
+            sparse_acc, connections, dense_acc = float(claim[1]), int(claim[2].replace(" ", "")), float(claim[3])
+            # as quoted, to a few test samples (another thread count may change a borderline prediction)
+            got = (summaries[0]["test_acc"], summaries[1]["test_acc"])
+            assert got == pytest.approx((sparse_acc, dense_acc), abs=0.005), (got, claim[0])
+            assert summaries[0]["connections"] == connections, summaries[0]
             ran.append(where)
         else:
             assert lang in ("", "text"), f"{where}: a ```{lang} block; teach tests/test_readme.py to run it"
