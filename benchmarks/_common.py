@@ -14,8 +14,6 @@ import platform  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -60,69 +58,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
 
 # ------------------------------------------------------------------- memory
 
-
-def proc_status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM`` …); -1 where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
-    except OSError:
-        return -1
-    return int(m.group(1)) if m else -1
-
-
-def reset_peak_rss() -> bool:
-    """Reset ``VmHWM`` (peak RSS) to the current RSS (Linux ≥ 4.0); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    hwm, rss = proc_status_kib("VmHWM"), proc_status_kib("VmRSS")
-    return 0 <= hwm <= rss + 1024  # took effect (1 MiB slack for RSS moving in between)
-
-
-class PeakRSS:
-    """Context manager: peak RSS increase (bytes) over the RSS at entry.
-
-    Uses the kernel's high-water mark after resetting it; where that cannot be reset, polls ``VmRSS``
-    every millisecond from a thread (which can miss a short-lived peak).
-    """
-
-    def __init__(self) -> None:
-        self.base_kib = 0
-        self.peak_kib = 0
-        self._poll: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.method = ""
-
-    def __enter__(self) -> PeakRSS:
-        self.base_kib = proc_status_kib("VmRSS")
-        if reset_peak_rss():
-            self.method = "VmHWM reset via /proc/self/clear_refs"
-        else:
-            self.method = "VmRSS polled every 1 ms"
-            self.peak_kib = self.base_kib
-            self._poll = threading.Thread(target=self._run, daemon=True)
-            self._poll.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, proc_status_kib("VmRSS"))
-            time.sleep(0.001)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._poll is not None:
-            self._stop.set()
-            self._poll.join()
-        else:
-            self.peak_kib = proc_status_kib("VmHWM")
-
-    @property
-    def extra_bytes(self) -> int:
-        return max(0, self.peak_kib - self.base_kib) * 1024
-
+from sparta.train.memory import PeakRSS, proc_status_kib, reset_peak_rss  # noqa: E402,F401  (re-exported)
 
 # -------------------------------------------------------------- environment
 

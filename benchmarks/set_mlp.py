@@ -231,7 +231,7 @@ def median_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def speed(args: argparse.Namespace) -> list[dict[str, Any]]:
     info = machine_info()
     w = WORKLOADS[args.workload]
-    sizes = WIDE if args.wide else SIZES
+    sizes = [SIZES[0], *args.hidden, SIZES[-1]] if args.hidden else WIDE if args.wide else SIZES
     models = list(args.models)
     if args.workload == "plain" and not args.wide and args.peers:
         models += [p for p in available_peers() if p not in models]
@@ -254,13 +254,15 @@ def speed(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append([r["threads"], r["model"], f"{r['connections']:,}", fmt(r["seconds"]),
                      fmt(dense["seconds"] / r["seconds"]) if dense else "–", fmt(r["ms_per_step"]),
                      fmt(one["seconds"] / r["seconds"]) if one and r["threads"] != 1 else "–",
+                     fmt(6 * r["connections"] * BATCH / r["ms_per_step"] / 1e6),
                      fmt(r["set_seconds"], 2), fmt(set_share, 2), fmt(r["peak_rss_mb"]), fmt(r["extra_peak_mb"]),
                      fmt(r["cpu_per_wall"], 2), f"{100 * r['test_acc']:.1f}"])
     print(markdown_table(["threads", "model", "connections", "s/epoch", "× dense", "ms/step (median)", "× 1 thread",
-                          "SET update s", "SET % of epoch", "peak RSS MB", "extra peak MB", "cpu/wall",
+                          "step GFLOP/s", "SET update s", "SET % of epoch", "peak RSS MB", "extra peak MB", "cpu/wall",
                           "test acc % (1 epoch)"], rows))
     print(f"\npeak RSS: the process's VmHWM (includes the {args.n_train * sizes[0] * 4 / MB:.0f} MB training set); "
-          f"extra peak: above the RSS before the model was built ({results[0]['peak_method']}).")
+          f"extra peak: above the RSS before the model was built ({results[0]['peak_method']}); step GFLOP/s: "
+          f"6 · connections · batch per step (forward, input and value gradients) over the measured step time.")
     peers = [r for r in med if r["model"] in PEERS]
     if peers:
         for t in sorted({r["threads"] for r in med}):
@@ -343,6 +345,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-peers", dest="peers", action="store_false",
                    help="with --workload plain, leave out SparseLab/SparseProp even when installed")
     p.add_argument("--wide", action="store_true", help="the 784-10000-10000-10000-10 network (sparta fused only)")
+    p.add_argument("--hidden", type=_ints, help="other hidden sizes, e.g. 250,250,250 (784-…-10, ε = 20)")
     p.add_argument("--n-train", type=int, default=60_000, help="training samples per epoch (default 60000)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps before the timed epoch (default 3)")
     p.add_argument("--repeats", type=int, default=1, help="repeat the whole sequence, report medians (default 1)")

@@ -117,3 +117,22 @@ def make_input(lead: tuple[int, ...], in_f: int, dtype, layout: str = "contiguou
         raise ValueError(layout)
     assert tuple(x.shape) == shape
     return x
+
+
+def in_fresh_process(module: str, func: str, *args: object):
+    """``module.func(*args)`` run in a new Python process, its JSON-able result returned.
+
+    For peak-memory measurements: in the test process, memory that earlier tests freed stays in the
+    allocator and serves new allocations without raising the resident size, which would hide them.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"import json, {module} as m; print(json.dumps(m.{func}(*{args!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         cwd=Path(__file__).resolve().parents[1])
+    if out.returncode != 0:
+        raise AssertionError(f"{module}.{func}{args!r} failed in a fresh process:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

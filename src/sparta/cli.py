@@ -37,7 +37,8 @@ EXIT_INTERRUPTED = 130
 # flag -> RunConfig field, for the settings `sparta train` can override
 TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "distribution", "activation",
                "alpha", "dropout", "init", "loss", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs",
-               "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "workers")
+               "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "workers", "transpose",
+               "eval_batch_size", "importance_pruning", "ip_percentile", "ip_every", "ip_start")
 RESUME_FLAGS = ("epochs", "threads", "checkpoint_every")
 
 
@@ -155,6 +156,18 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    "(torch kept at one), torch's for dense ones (default: torch's default, usually one per core)")
     m.add_argument("--compare-dense", dest="compare_dense", action=argparse.BooleanOptionalAction,
                    help="also train the same network dense into RUN/dense and compare")
+    sc = p.add_argument_group("scale")
+    sc.add_argument("--transpose", help="input gradients: csc (a gather over a transposed copy, 8 B/connection more) "
+                                       "or scatter (none)")
+    sc.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, metavar="N",
+                   help="evaluation batch (default: up to 1024 samples whose activations fit in 1 GB)")
+    sc.add_argument("--importance-pruning", dest="importance_pruning", action=argparse.BooleanOptionalAction,
+                   help="remove the least important hidden neurons (Importance Pruning) every --ip-every epochs")
+    sc.add_argument("--ip-percentile", dest="ip_percentile", type=float, metavar="P",
+                   help="Importance Pruning removes neurons at or below this percentile of importance")
+    sc.add_argument("--ip-every", dest="ip_every", type=int, metavar="EPOCHS", help="epochs between prunings")
+    sc.add_argument("--ip-start", dest="ip_start", type=int, metavar="EPOCHS",
+                   help="epochs before the first pruning (default: --ip-every)")
     from sparta.train.config import RunConfig
 
     defaults = RunConfig()

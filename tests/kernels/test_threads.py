@@ -85,3 +85,43 @@ def test_configure_policy():
     finally:
         threads.set_num_threads(None)
         torch.set_num_threads(before)
+
+
+def test_workers_that_lag_send_the_next_runs_to_the_caller():
+    """A worker that started its part but runs slowly (its core shared with another process) makes the next
+    runs serial on the caller, for 8 runs and then twice as many while the probes still lag; workers that
+    keep pace bring the backoff back to its minimum."""
+    pool = Pool()
+    caller = threading.get_ident()
+    who: list[int] = []
+
+    def part(slow_on_worker: bool):
+        def run():
+            who.append(threading.get_ident())
+            time.sleep(0.03 if slow_on_worker and threading.get_ident() != caller else 0.01)
+        return run
+
+    def lagging_run() -> bool:
+        """Parallel runs until a worker takes a part (it may wake after the caller took both); True if it did."""
+        for _ in range(20):
+            who.clear()
+            pool.run([part(True), part(True)], 2)
+            if set(who) != {caller}:
+                return True
+        return False
+
+    if not lagging_run():
+        pytest.skip("the worker never woke in time on this machine")
+    assert pool.lagged == 1 and pool.serial_runs == Pool.BACKOFF_MIN and pool.backoff == 2 * Pool.BACKOFF_MIN
+    for _ in range(Pool.BACKOFF_MIN):
+        who.clear()
+        pool.run([part(True), part(True)], 2)
+        assert who == [caller, caller], "serial runs stay on the caller"
+    assert pool.serial_runs == 0
+    assert lagging_run() and pool.serial_runs == 2 * Pool.BACKOFF_MIN  # still lagging: twice as long
+    pool.serial_runs = 0
+    for _ in range(20):  # parts of equal speed on every thread: the backoff returns to its minimum
+        pool.run([part(False), part(False)], 2)
+        if pool.backoff == Pool.BACKOFF_MIN:
+            break
+    assert pool.backoff == Pool.BACKOFF_MIN

@@ -352,3 +352,37 @@ def test_repr_and_sizes():
     m = SparseMLP([4, 8, 2], density=0.5, dropout=0.1)
     assert m.sizes == [4, 8, 2]
     assert "sizes=[4, 8, 2]" in repr(m) and "dropout=0.1" in repr(m)
+
+
+def test_big_networks_keep_one_set_of_batch_buffers(monkeypatch):
+    """Above BIG_WORKSPACE_BYTES a module keeps one set of activation buffers: a training loop whose previous
+    loss is still alive during the next forward reuses it (no second set), with the same gradients; a
+    second backward of a graph whose buffers a later forward took raises instead of reading them."""
+    from sparta.nn import mlp as mlp_module
+
+    x, y = torch.randn(70, 12), torch.randint(0, 3, (70,))
+
+    def train(big: bool):
+        monkeypatch.setattr(mlp_module, "BIG_WORKSPACE_BYTES", 0 if big else 1 << 40)
+        m = make([12, 40, 30, 3], 0.3, torch.float32, seed=3, dropout=0.2)
+        opt = sparta.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        seen, loss = set(), None
+        for _ in range(4):
+            out = m(x)  # the previous step's loss (and its graph) is still referenced here
+            loss = F.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen.add(id(m._runner.done[-1]() if big else None))
+        return m, seen
+
+    small, _ = train(False)
+    big, seen = train(True)
+    assert len(seen) == 1, "one set of buffers, reused"
+    for a, b in zip(small.parameters(), big.parameters(), strict=True):
+        assert torch.equal(a, b)
+    y1 = big(x)
+    y1.sum().backward(retain_graph=True)
+    big(x).sum().backward()  # takes y1's buffers over
+    with pytest.raises(RuntimeError, match="reused by a later forward"):
+        y1.sum().backward()

@@ -11,6 +11,12 @@ worker has started yet, so a worker that wakes late (a busy core, a slow wake-up
 step — at worst the caller does all the work, as with one thread. Results do not depend on which
 thread ran which part (each part writes its own buffers; partial sums are added in part order).
 
+A worker that started a part but runs slowly (another process shares its core) would still hold the
+step up, so each parallel run is timed: when the caller, done with its own parts, waited for the workers
+longer than half of one of its parts took, the next runs go serial on the caller (8 runs, doubling up to
+256 while the next probe finds the workers still slow, back to 8 once they keep pace). Two threads
+then cost at most a probe step now and then on a busy machine, instead of every step.
+
 The thread count is :func:`get_num_threads`: what :func:`set_num_threads` set, else torch's
 ``torch.get_num_threads()`` (so ``torch.set_num_threads`` and ``sparta train --threads`` apply).
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import _thread
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -98,12 +105,17 @@ class Pool:
     def __init__(self) -> None:
         self._forget_workers()
 
+    BACKOFF_MIN, BACKOFF_MAX = 8, 256  # serial runs after a run whose workers lagged (doubling while they do)
+
     def _forget_workers(self) -> None:
         """Start afresh (also in a forked child, where the parent's workers do not exist)."""
         self._workers: list[threading.Thread] = []
         self._wake = threading.Semaphore(0)
         self._batch: _Batch | None = None
         self._lock = threading.Lock()
+        self.serial_runs = 0  # runs left to do on the caller alone (the workers lagged recently)
+        self.backoff = self.BACKOFF_MIN
+        self.lagged = 0  # parallel runs whose workers lagged (for tests and benchmarks)
 
     def _loop(self) -> None:
         while True:
@@ -116,9 +128,18 @@ class Pool:
         """Run every task (on at most ``threads`` threads, the caller included; default one per task) and
         return when all are done; re-raise the first exception (in task order) any of them raised."""
         n = len(tasks) if threads is None else max(1, min(threads, len(tasks)))
+        if n > 1 and self.serial_runs > 0:
+            self.serial_runs -= 1
+            n = 1
         if n <= 1:
-            for task in tasks:
-                task()
+            first: BaseException | None = None
+            for task in tasks:  # every task runs, as in a parallel run; the first error is raised after
+                try:
+                    task()
+                except BaseException as e:  # noqa: BLE001 - re-raised below
+                    first = first or e
+            if first is not None:
+                raise first
             return
         with self._lock:  # one parallel run at a time per process
             while len(self._workers) < n - 1:
@@ -129,10 +150,20 @@ class Pool:
             self._batch = batch
             for _ in range(n - 1):
                 self._wake.release()
-            batch.work()
+            t0 = time.perf_counter()
+            ran = batch.work()
+            t1 = time.perf_counter()
             for d in batch.done:  # tasks a worker claimed: wait for them to finish
                 d.acquire()
+            waited = time.perf_counter() - t1
             self._batch = None
+            if ran and len(ran) < len(tasks):  # the workers did part of it: did they keep pace?
+                if waited > 0.5 * (t1 - t0) / len(ran):
+                    self.lagged += 1
+                    self.serial_runs = self.backoff
+                    self.backoff = min(2 * self.backoff, self.BACKOFF_MAX)
+                else:
+                    self.backoff = self.BACKOFF_MIN
         for e in batch.errors:
             if e is not None:
                 raise e

@@ -41,6 +41,7 @@ ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
 TRANSPOSES = ("csc", "scatter")
 LAYER_MODE_CONNECTIONS = 1 << 22  # from 4M connections, threads split each layer's rows instead of the batch
 MAX_FREE_WORKSPACES = 4  # buffers kept for the next forwards (training batch, last batch, evaluation …)
+BIG_WORKSPACE_BYTES = 1 << 26  # batch buffers above this: one set per module (see _FusedRunner.workspace)
 
 
 def _sizes(sizes: Sequence[int]) -> list[int]:
@@ -263,6 +264,9 @@ class _Workspace:
         self.bias_parts = [tuple(np.empty(n, dtype) for n in sizes[1:]) for _ in parts]
         self.grad_parts: list[tuple[np.ndarray, ...]] = []  # value-gradient scratch of parts 1, 2, …
         self.empty = empty
+        self.nbytes = sum(a.nbytes for a in (*self.acts, *self.ds, *self.codes, *self.dz, self.dxbuf))
+        self.generation = 0  # bumped by each training forward that takes these buffers
+        self.backward_done = False  # the latest graph on these buffers has run its backward
 
     def matches(self, key: tuple, train: bool) -> bool:
         return self.key == key and (self.train or not train)
@@ -273,17 +277,24 @@ class _FusedRunner:
 
     def __init__(self) -> None:
         self.free: list[_Workspace] = []
+        self.done: list[weakref.ref] = []  # big workspaces whose graph is alive but has run its backward
         self.arrays: tuple | None = None  # (key, the layers' arrays) — see _layer_arrays
 
     def clear(self) -> None:
         self.free = []
+        self.done = []
         self.arrays = None
 
     def __deepcopy__(self, memo: dict) -> _FusedRunner:  # a copy of the module starts with empty caches
         return _FusedRunner()
 
     def __getstate__(self) -> dict:
-        return {"free": [], "arrays": None}
+        return {"free": [], "done": [], "arrays": None}
+
+    def release(self, ws: _Workspace, generation: int) -> None:
+        """A graph was freed: its buffers are free unless a later forward already took them."""
+        if ws.generation == generation:
+            self.free.append(ws)
 
     def workspace(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
                   train: bool, leaky: bool) -> _Workspace:
@@ -291,7 +302,20 @@ class _FusedRunner:
         for i, ws in enumerate(self.free):
             if ws.matches(key, train):
                 return self.free.pop(i)
+        # a big network: the buffers of a graph that is still referenced (the previous step's loss is
+        # usually alive during the next forward) but has run its backward are taken over rather than
+        # doubled; a second backward of that graph then raises instead of reading overwritten buffers
+        self.done = [r for r in self.done if (w := r()) is not None and w.backward_done]
+        for i, r in enumerate(self.done):
+            ws = r()
+            if ws is not None and ws.matches(key, train):
+                del self.done[i]
+                return ws
         del self.free[:-(MAX_FREE_WORKSPACES - 1) or None]  # keep the most recent few shapes
+        if fused.leading_dim(batch) * sum(sizes) * dtype.itemsize > BIG_WORKSPACE_BYTES or \
+                any(w.nbytes > BIG_WORKSPACE_BYTES for w in self.free):
+            self.free.clear()  # a big network: never hold a second set of batch buffers
+            self.done.clear()
         return _Workspace(sizes, batch, dtype, parts, train, leaky)
 
 
@@ -341,8 +365,11 @@ class _FusedMLPFunction(torch.autograd.Function):
             _layer_forward(args, ws, xn, outn, mode, act, slopes, np.uint32(thr), scalar(scale), k1s, k2s, threads)
         else:
             POOL.run([lambda c0=c0, c1=c1: run(c0, c1) for c0, c1 in parts], threads)
+        ws.generation += 1
+        ws.backward_done = False
+        ctx.generation = ws.generation
         if grad:  # the buffers go back to the pool when the graph is freed (any number of backward calls)
-            weakref.finalize(ctx, runner.free.append, ws)
+            weakref.finalize(ctx, runner.release, ws, ws.generation)
         else:
             runner.free.append(ws)
         ctx.ws, ctx.mlp, ctx.layers, ctx.scale, ctx.threads = ws, mlp, layers, scale, threads
@@ -355,6 +382,10 @@ class _FusedMLPFunction(torch.autograd.Function):
     def backward(ctx, gy):  # type: ignore[override]
         ws: _Workspace = ctx.ws
         values = ctx.saved_tensors  # autograd checks here that no value changed in place since forward
+        if ws.generation != ctx.generation:
+            raise RuntimeError("this SparseMLP graph's activation buffers were reused by a later forward (networks "
+                               f"whose batch buffers exceed {BIG_WORKSPACE_BYTES >> 20} MB keep one set): run "
+                               "backward before the next forward")
         mlp: SparseMLP = ctx.mlp
         layers: list[SparseLinear] = ctx.layers
         n_layers = len(layers)
@@ -409,6 +440,9 @@ class _FusedMLPFunction(torch.autograd.Function):
             if m.capture is not None:
                 m.capture["xt"] = torch.from_numpy(ws.acts[j].reshape(-1, ld)[:, :batch].copy())
                 m.capture["dyt"] = torch.from_numpy(caps[j]).view(m.out_features, batch)
+        if ws.nbytes > BIG_WORKSPACE_BYTES and not ws.backward_done:
+            mlp._runner.done.append(weakref.ref(ws))  # the next forward may take these buffers over
+        ws.backward_done = True
         out: list[Any] = [dx, None, None, None]
         for j in range(n_layers):
             out += [grads[j], dbias[j]]

@@ -26,17 +26,18 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], fmt: int | str) -> Non
 
 
 def load_checkpoint(run_dir: str | Path, formats: Collection[int | str], what: str = "sparta",
-                    purpose: str = "the run cannot resume from it") -> dict[str, Any]:
+                    purpose: str = "the run cannot resume from it", mmap: bool = False) -> dict[str, Any]:
     """The checkpoint of ``run_dir`` whose ``format`` is one of ``formats`` (tensors on the CPU).
 
     ``what`` names the kind of run in messages (``"sparta"``, ``"WASAP-SGD"``, ``"sparta RL"``); ``purpose`` says
-    what a damaged file means for the command at hand.
+    what a damaged file means for the command at hand; ``mmap``: map the file rather than read it (tensors are
+    read as they are copied out, so a large model is never held twice).
     """
     p = Path(run_dir) / CHECKPOINT
     if not p.is_file():
         raise missing_checkpoint(run_dir, purpose)
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
+        ck = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except PermissionError:
         raise RunError(f"cannot read {p}: permission denied") from None
     except Exception:  # noqa: BLE001 - truncated, random bytes, a pickle of other objects: all mean "not ours"

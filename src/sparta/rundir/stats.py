@@ -39,7 +39,7 @@ def layer_weights(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().cpu().reshape(-1)
 
 
-def input_degree(model: nn.Module) -> torch.Tensor:
+def input_degree_of(model: nn.Module) -> torch.Tensor:
     """Connections each input feature keeps in the first layer, int64 ``(in,)``."""
     layers = weight_layers(model)
     if not layers:
@@ -66,13 +66,15 @@ def structure_stats(model: nn.Module) -> dict[str, Any]:
                        for (n, m), k, t in zip(layers, nnz, total, strict=True)]}
 
 
-def epoch_stats(model: nn.Module) -> dict[str, Any]:
+def epoch_stats(model: nn.Module, input_degree: bool = True) -> dict[str, Any]:
     """The structure fields of a metrics row: connections, density, neurons, active neurons, per-layer
-    ``(name, nnz)`` and the first layer's connections per input feature (``input_degree``)."""
+    ``(name, nnz)`` and, with ``input_degree``, the first layer's connections per input feature (``input_degree``)."""
     s = structure_stats(model)
-    return {"connections": s["connections"], "density": s["density"], "neurons": s["neurons"],
-            "active_neurons": s["active_neurons"], "layers": [(x["name"], x["nnz"]) for x in s["layers"]],
-            "input_degree": input_degree(model).tolist()}
+    row = {"connections": s["connections"], "density": s["density"], "neurons": s["neurons"],
+           "active_neurons": s["active_neurons"], "layers": [(x["name"], x["nnz"]) for x in s["layers"]]}
+    if input_degree:
+        row["input_degree"] = input_degree_of(model).tolist()
+    return row
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ GMP_DISTRIBUTIONS = ("er", "uniform", "erk", "global")
 DATASETS = ("digits", "madelon", "teacher_student", "mnist", "fashionmnist", "cifar10", "csv", "npz", "mat")
 LOSSES = ("ce", "mse")
 OPTIMIZERS = ("sgd", "adam")
+TRANSPOSES = ("csc", "scatter")
 INITS = ("uniform", "kaiming_normal", "kaiming_uniform", "xavier_uniform", "normal")
 
 
@@ -46,6 +47,12 @@ class RunConfig:
     into ``RUN/dense``. ``workers``: train with WASAP-SGD, a parameter server and this many worker processes
     (None: one process); ``parallel`` holds further WASAP-SGD settings (``sync``, ``phase1_fraction``, …, see
     :class:`sparta.parallel.WasapConfig`).
+
+    Scale: ``transpose`` how sparse layers form input gradients (``"csc"``: a gather over a transposed copy,
+    8 more bytes per connection; ``"scatter"``: none); ``eval_batch_size`` the evaluation's batch (None:
+    up to 1024, smaller when a batch's activations would exceed 1 GB); ``importance_pruning`` removes the
+    hidden neurons at or below the ``ip_percentile``-th percentile of importance after epoch ``ip_start``
+    (None: ``ip_every``) and every ``ip_every`` epochs after it (not after the last epoch; one process only).
     """
 
     dataset: str = "digits"
@@ -73,6 +80,12 @@ class RunConfig:
     threads: int | None = None
     checkpoint_every: int = 10
     compare_dense: bool = True
+    transpose: str = "csc"
+    eval_batch_size: int | None = None
+    importance_pruning: bool = False
+    ip_percentile: float = 20.0
+    ip_every: int = 10
+    ip_start: int | None = None
     preset: str | None = None
     distribution: str | None = None
     schedule_epochs: int | None = None
@@ -169,6 +182,23 @@ class RunConfig:
             raise ConfigError(f"parallel must be a table of WASAP-SGD settings, got {self.parallel!r}")
         if self.parallel and self.workers is None:
             raise ConfigError(f"parallel settings {sorted(self.parallel)} apply to WASAP-SGD runs only: set workers")
+        _choice("transpose", self.transpose, TRANSPOSES)
+        if self.eval_batch_size is not None:
+            self.eval_batch_size = _int("eval_batch_size", self.eval_batch_size, 1)
+        if not isinstance(self.importance_pruning, bool):
+            raise ConfigError(f"importance_pruning must be true or false, got {self.importance_pruning!r}")
+        if self.importance_pruning and self.algo not in ("static", "set", "rigl"):
+            raise ConfigError(f"importance_pruning needs a model sparse from the start (algo static, set or rigl), "
+                              f"got algo {self.algo!r}")
+        if self.importance_pruning and len(self.hidden) < 1:
+            raise ConfigError("importance_pruning removes hidden neurons: give at least one hidden layer")
+        self.ip_percentile = _float("ip_percentile", self.ip_percentile, 0.0, 100.0, high_open=True)
+        self.ip_every = _int("ip_every", self.ip_every, 1)
+        if self.ip_start is not None:
+            self.ip_start = _int("ip_start", self.ip_start, 1)
+        if self.importance_pruning and self.workers is not None:
+            raise ConfigError("importance_pruning runs in one process; WASAP-SGD (workers) does not remove neurons: "
+                              "drop one of them")
         return self
 
     @property
@@ -184,7 +214,12 @@ class RunConfig:
     def dense_baseline(self) -> RunConfig:
         """The same run with every layer dense (``algo="dense"``, one process), for the side-by-side comparison."""
         return dataclasses.replace(self, algo="dense", compare_dense=False, distribution=None, schedule_epochs=None,
-                                   workers=None, parallel={})
+                                   workers=None, parallel={}, importance_pruning=False)
+
+    @property
+    def ip_first_epoch(self) -> int:
+        """Epochs after which Importance Pruning first runs (``ip_start``, or ``ip_every``)."""
+        return self.ip_start if self.ip_start is not None else self.ip_every
 
 
 # ---------------------------------------------------------------- layering

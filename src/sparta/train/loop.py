@@ -111,7 +111,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data, *, epochs: int, batch_size: int,
         algo: TopologyAlgorithm | None = None, loss: str = "ce", seed: int = 0, start_epoch: int = 0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, eval_batch_size: int = 1024,
         on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
     """Train for ``epochs`` epochs on ``data`` (a :class:`~sparta.train.data.Dataset`), evaluating on its test
     part after each; ``on_epoch`` is called with each epoch's :class:`EpochStats`."""
@@ -124,7 +124,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data, *, epochs: int
         tr_loss, tr_acc, topo = train_epoch(model, optimizer, data.x_train, data.y_train, batch_size=batch_size,
                                             algo=algo, loss=loss, generator=gen)
         secs = time.perf_counter() - t0
-        te_loss, te_acc = evaluate(model, data.x_test, data.y_test, loss)
+        te_loss, te_acc = evaluate(model, data.x_test, data.y_test, loss, eval_batch_size)
         nnz, dens = connections(model)
         st = EpochStats(epoch + 1, tr_loss, tr_acc, te_loss, te_acc, secs, topo, nnz, dens)
         history.append(st)

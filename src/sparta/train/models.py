@@ -14,7 +14,7 @@ from sparta.nn.mlp import ACTIVATIONS, SparseMLP
 
 def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | None = None, sparse: bool = True,
         activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.0, init: str = "uniform",
-        dense_last: bool = False, fused: bool | None = None,
+        dense_last: bool = False, fused: bool | None = None, transpose: str = "csc",
         generator: torch.Generator | None = None) -> nn.Module:
     """``sizes = [in, h1, ..., out]`` → Linear/activation/(dropout) stack, no activation after the last layer.
 
@@ -27,7 +27,8 @@ def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | 
     (for ``sparse=False`` it starts with ``nn.Linear`` layers, as GMP wants, and runs fused once they are
     all ``SparseLinear``); otherwise an ``nn.Sequential`` of ``SparseLinear``/``nn.Linear``, ``AllReLU``
     (or ``nn.ReLU``, …) and ``sparta.nn.Dropout`` modules. ``dense_last`` keeps the output layer an
-    ``nn.Linear`` (``nn.Sequential`` only).
+    ``nn.Linear`` (``nn.Sequential`` only). ``transpose``: how sparse layers form input gradients
+    (``"csc"``, a gather over a transposed copy, or ``"scatter"``, 8 bytes per connection less).
     """
     if fused is None:
         fused = sparse and not dense_last
@@ -36,7 +37,7 @@ def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | 
             raise ValueError("dense_last needs fused=False (a SparseMLP's layers are all sparse or all dense)")
         return SparseMLP(sizes, density=density if sparse and epsilon is None else None,
                          epsilon=epsilon if sparse else None, activation=activation, alpha=alpha, dropout=dropout,
-                         init=init, sparse=sparse, generator=generator)
+                         init=init, sparse=sparse, transpose=transpose, generator=generator)
     if len(sizes) < 2:
         raise ValueError(f"sizes must list at least input and output sizes, got {list(sizes)}")
     if activation not in ACTIVATIONS:
@@ -51,7 +52,7 @@ def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | 
             d = density
             if epsilon is not None:
                 d = min(1.0, epsilon * (a + b) / (a * b))
-            layers.append(SparseLinear(a, b, density=d, init=init, generator=generator))
+            layers.append(SparseLinear(a, b, density=d, init=init, transpose=transpose, generator=generator))
         else:
             layers.append(nn.Linear(a, b))
         if not last:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from sparta import optim as sparta_optim
+from sparta.nn.linear import SparseLinear
 from sparta.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -57,13 +58,14 @@ from sparta.rundir.checkpoint import save_checkpoint as _save_checkpoint
 from sparta.rundir.files import append_metrics, read_metrics, write_json, write_metrics
 from sparta.rundir.runtime import seed_everything, set_threads
 from sparta.rundir.stats import epoch_stats, shrink_layers, structure_stats
-from sparta.topology import GMP, SET, RigL, Static, TopologyAlgorithm
+from sparta.topology import GMP, SET, Chain, ImportancePruning, RigL, Static, TopologyAlgorithm
 from sparta.topology.base import cadence_warnings
 from sparta.topology.distribution import layer_densities
 from sparta.topology.gmp import gmp_warnings
 from sparta.train.config import ConfigError, RunConfig
 from sparta.train.data import Dataset
 from sparta.train.loop import evaluate, fit
+from sparta.train.memory import BIG_NETWORK_CONNECTIONS, Estimate, check_fits, estimate, return_freed_memory
 from sparta.train.models import mlp
 from sparta.train.readers import load_dataset
 
@@ -178,12 +180,16 @@ class Session:
 def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> Session:
     """A fresh model, optimizer and algorithm for ``config``, seeded from ``config.seed``."""
     sizes = layer_sizes(config, n_features, n_classes)
+    est = memory_estimate(config, sizes)
+    check_fits(est, f"the {config.algo} network {'-'.join(map(str, sizes))}")
+    if est.connections >= BIG_NETWORK_CONNECTIONS:
+        return_freed_memory()  # building's transients go back to the system instead of staying in the heap
     seed_everything(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     try:  # sparse runs (GMP included: it starts dense) get a SparseMLP and its fused training step
         model = mlp(sizes, density=config.density, epsilon=config.epsilon, sparse=config.sparse,
                     activation=config.activation, alpha=config.alpha, dropout=config.dropout, init=config.init,
-                    fused=config.algo != "dense", generator=gen)
+                    fused=config.algo != "dense", transpose=config.transpose, generator=gen)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     # the dense baseline is plain PyTorch (nn.Linear, torch.optim); sparse runs use sparta's fused optimizers
@@ -215,6 +221,14 @@ def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> S
                    start=start, end=end, every=every, seed=seed)
     else:  # validated by RunConfig
         raise ConfigError(f"unknown algo {config.algo!r}")
+    if config.importance_pruning:
+        assert algo is not None  # validated: static, set or rigl
+        try:
+            ip = ImportancePruning(model, opt, percentile=config.ip_percentile, every=config.ip_every * spe,
+                                   start=config.ip_first_epoch * spe, end=total, seed=config.seed + 3)
+        except ValueError as e:
+            raise ConfigError(f"importance_pruning: {e}") from None
+        algo = Chain(algo, ip)  # type: ignore[assignment]
     shuffle = torch.Generator().manual_seed(config.seed + 1)
     return Session(config, model, opt, algo, shuffle, spe, sizes)
 
@@ -233,6 +247,38 @@ def schedule_warnings(config: RunConfig, n_train: int) -> list[str]:
         return []
     run = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} of {spe} steps"
     return [f"algo {config.algo!r} over {run}: {w}; {advice}" for w in found]
+
+
+def densities(config: RunConfig, sizes: list[int]) -> list[float]:
+    """Each layer's starting density (GMP and dense runs start dense)."""
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+    if not config.sparse:
+        return [1.0] * len(pairs)
+    if config.density is not None:
+        return [config.density] * len(pairs)
+    assert config.epsilon is not None
+    return [min(1.0, config.epsilon * (a + b) / (a * b)) for a, b in pairs]
+
+
+def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
+    """What training ``config`` holds (:func:`sparta.train.memory.estimate`), before anything is allocated."""
+    state = {"sgd": 1 if config.momentum else 0, "adam": 2}[config.optimizer]
+    transpose = config.transpose if config.sparse else None
+    return estimate(sizes, densities(config, sizes), config.batch_size, transpose=transpose,
+                    optimizer_state=state, leaky=config.activation in ("allrelu", "relu"),
+                    eval_batch=eval_batch_size(config, sizes))
+
+
+EVAL_ACTIVATION_BYTES = 1 << 30  # the default evaluation batch keeps one batch's activations under 1 GB
+
+
+def eval_batch_size(config: RunConfig, sizes: list[int]) -> int:
+    """The evaluation's batch: ``config.eval_batch_size``, else up to 1024 samples whose activations fit in
+    1 GB (never below the training batch, whose activations training holds anyway)."""
+    if config.eval_batch_size is not None:
+        return config.eval_batch_size
+    fits = EVAL_ACTIVATION_BYTES // max(1, 4 * sum(sizes))
+    return int(max(min(config.batch_size, 1024), min(1024, fits)))
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -254,7 +300,9 @@ def load_checkpoint(run_dir: str | Path, purpose: str = "the run cannot resume f
     ``workers`` a WASAP-SGD server's."""
     if workers is not None:
         return _load_checkpoint(run_dir, (WASAP_FORMAT,), "WASAP-SGD", purpose)
-    return _load_checkpoint(run_dir, (CHECKPOINT_FORMAT,), "sparta", purpose)
+    # memory-mapped: tensors are read from the file as load_state_dict copies them into the model, so loading
+    # never holds a second copy of a large model in memory
+    return _load_checkpoint(run_dir, (CHECKPOINT_FORMAT,), "sparta", purpose, mmap=True)
 
 
 def restore(session: Session, ck: dict[str, Any]) -> None:
@@ -263,9 +311,28 @@ def restore(session: Session, ck: dict[str, Any]) -> None:
         raise RunError(f"the checkpoint is for layer sizes {ck['sizes']}, the config builds {session.sizes}")
     if session.algo is not None:
         session.algo.load_state_dict(ck["algo"])
+    match_shapes(session.model, ck["model"])
     session.model.load_state_dict(ck["model"])
     session.optimizer.load_state_dict(ck["optimizer"])
     set_rng_state(ck["rng"], session.shuffle)
+
+
+def match_shapes(model: nn.Module, state: dict[str, Any]) -> None:
+    """Shrink the ``SparseLinear`` layers of a freshly built model to the (in, out) sizes recorded in
+    ``state`` (Importance Pruning removes hidden neurons), so that ``load_state_dict`` can fill them."""
+    for name, m in model.named_modules():
+        extra = state.get(f"{name}._extra_state" if name else "_extra_state")
+        if not isinstance(m, SparseLinear) or not isinstance(extra, dict):
+            continue
+        n_in, n_out = int(extra.get("in_features", m.in_features)), int(extra.get("out_features", m.out_features))
+        if (n_in, n_out) == (m.in_features, m.out_features):
+            continue
+        if not (1 <= n_in <= m.in_features and 1 <= n_out <= m.out_features):
+            raise RunError(f"the checkpoint's layer {name} is {n_in} → {n_out}, larger than the {m.in_features} → "
+                           f"{m.out_features} the config builds")
+        keep_in = torch.arange(m.in_features) < n_in
+        keep_out = torch.arange(m.out_features) < n_out
+        m.remove_neurons(keep_outputs=keep_out, keep_inputs=keep_in)
 
 
 # ------------------------------------------------------------------ training
@@ -370,8 +437,12 @@ def train_model(config: RunConfig, run_dir: Path, data: Dataset, *, label: str =
     try:
         for epoch in range(first, last):
             st = fit(session.model, session.optimizer, data, epochs=1, batch_size=config.batch_size, algo=session.algo,
-                     loss=config.loss, start_epoch=epoch, generator=session.shuffle)[0]
-            row = {**st.as_dict(), **epoch_stats(session.model), "time": time.time()}
+                     loss=config.loss, start_epoch=epoch, generator=session.shuffle,
+                     eval_batch_size=eval_batch_size(config, session.sizes))[0]
+            # the input connectivity at the checkpoint epochs (and the first): enough for the report's snapshots,
+            # and metrics.jsonl stays small for wide inputs
+            snapshot = epoch == 0 or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+            row = {**st.as_dict(), **epoch_stats(session.model, input_degree=snapshot), "time": time.time()}
             rows.append(row)
             append_metrics(run_dir, row, CSV_FIELDS)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == last:
@@ -486,8 +557,9 @@ def evaluate_run(run_dir: str | Path, data: Dataset | None = None) -> list[dict[
         if data.n_features != session.sizes[0]:
             raise RunError(f"{d}: the model takes {session.sizes[0]} features, the data set {data.name!r} has "
                            f"{data.n_features}")
-        te_loss, te_acc = evaluate(session.model, data.x_test, data.y_test, config.loss)
-        tr_loss, tr_acc = evaluate(session.model, data.x_train, data.y_train, config.loss)
+        eb = eval_batch_size(config, session.sizes)
+        te_loss, te_acc = evaluate(session.model, data.x_test, data.y_test, config.loss, eb)
+        tr_loss, tr_acc = evaluate(session.model, data.x_train, data.y_train, config.loss, eb)
         s = structure_stats(session.model)
         results.append({"label": label, "run": str(d), "algo": config.algo, "workers": config.workers,
                         "epoch": int(ck["epoch"]), "epochs": config.epochs, "test_loss": te_loss, "test_acc": te_acc,

@@ -1,0 +1,188 @@
+"""What training a sparse MLP holds in memory, estimated before anything is allocated.
+
+The estimate follows what :class:`~sparta.nn.SparseMLP` and :mod:`sparta.optim` keep (see the README's
+"Memory" paragraph): per connection the value, the int32 column index, the gradient, the optimizer state
+and, with ``transpose="csc"``, the transposed copy; per row/column the pointers; per sample and unit the
+stored activation and what backward needs of it; plus the data set. :func:`check_fits` turns it into a
+clear refusal before a network that cannot fit is built. :class:`PeakRSS` measures what a block of code
+really added to the process's peak resident memory (benchmarks and allocation tests).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes a training run holds, by part (``total`` is their sum)."""
+
+    connections: int
+    structure: int  # values, indices, row pointers, and the transposed copy when there is one
+    training: int  # gradients and optimizer state
+    activations: int  # per-batch buffers (activations, derivative codes, output-gradient rows)
+    data: int  # the data set's tensors
+
+    @property
+    def total(self) -> int:
+        return self.structure + self.training + self.activations + self.data
+
+    def describe(self) -> str:
+        return (f"{self.total / GB:.1f} GB ({self.connections:,} connections: structure {self.structure / GB:.2f} GB, "
+                f"gradients and optimizer state {self.training / GB:.2f} GB; activations {self.activations / GB:.2f} "
+                f"GB; data {self.data / GB:.2f} GB)")
+
+
+def connections(sizes: Sequence[int], densities: Sequence[float]) -> list[int]:
+    """Connections of each layer ``sizes[j] → sizes[j+1]`` at ``densities[j]`` (as ``SparseLinear`` rounds them)."""
+    from sparta.nn.init import nnz_for
+
+    return [nnz_for(d, a, b) for d, a, b in zip(densities, sizes[:-1], sizes[1:], strict=True)]
+
+
+def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, transpose: str | None = "csc",
+             optimizer_state: int = 1, leaky: bool = True, eval_batch: int | None = None,
+             data_elements: int = 0, value_bytes: int = 4) -> Estimate:
+    """Bytes to train an MLP ``sizes`` at per-layer ``densities`` with minibatches of ``batch``.
+
+    ``transpose``: ``"csc"`` (a transposed copy of each layer's structure), ``"scatter"`` (none) or None
+    (dense weight matrices: no indices); ``optimizer_state``: tensors per connection (SGD with momentum 1,
+    Adam 2, plain SGD 0); ``leaky``: ReLU/All-ReLU (a one-byte code per stored activation) or tanh/sigmoid
+    (a float); ``eval_batch``: the evaluation batch, if larger than ``batch``; ``data_elements``: floats in
+    the data set.
+    """
+    nnz = connections(sizes, densities)
+    total = sum(nnz)
+    rows = sum(sizes[1:]) + len(nnz)
+    cols = sum(sizes[:-1]) + len(nnz)
+    if transpose is None:
+        structure = total * value_bytes
+    else:
+        structure = total * (value_bytes + 4) + rows * 8 + (total * 8 + cols * 8 if transpose == "csc" else 0)
+    training = total * value_bytes * (1 + optimizer_state) + rows * value_bytes * (1 + optimizer_state)
+    ld = -(-max(batch, eval_batch or 0) // 16) * 16
+    hidden = sum(sizes[1:-1])
+    per_sample = (sum(sizes) * value_bytes + hidden * (1 if leaky else value_bytes)
+                  + 2 * max(sizes) * value_bytes + sizes[0] * value_bytes)
+    return Estimate(total, structure, training, ld * per_sample, data_elements * 4)
+
+
+BIG_NETWORK_CONNECTIONS = 1 << 22  # from here on, training runs call return_freed_memory()
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Have glibc serve allocations of ``threshold`` bytes or more with their own mappings, which go back to
+    the system when freed (``mallopt(M_MMAP_THRESHOLD)``; this also stops glibc from raising the threshold
+    after such frees). Otherwise the transients of building a big network (tens of bytes per connection)
+    stay in the heap and count in the process's memory for the whole run. Returns whether it applied
+    (False off glibc). The price: a fresh mapping's page faults for each such allocation, small next to
+    the work on data that size."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def available_bytes() -> int | None:
+    """Memory the system can give this process now (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+class TooLarge(ValueError):
+    """A network would not fit in the memory this machine has available (raised before allocating it)."""
+
+
+def check_fits(est: Estimate, what: str = "this network", margin: float = 0.9) -> None:
+    """Raise :class:`TooLarge` with the estimate and the free memory when ``est`` exceeds ``margin`` of it."""
+    free = available_bytes()
+    if free is not None and est.total > margin * free:
+        raise TooLarge(f"{what} needs about {est.describe()} to train, but this machine has "
+                          f"{free / GB:.1f} GB available; use fewer or narrower hidden layers, a smaller epsilon "
+                          "or density, a smaller batch, or fewer samples")
+
+
+# ------------------------------------------------------------------- measuring
+
+
+def proc_status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM`` …); -1 where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
+    except OSError:
+        return -1
+    return int(m.group(1)) if m else -1
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` (peak RSS) to the current RSS (Linux ≥ 4.0); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    hwm, rss = proc_status_kib("VmHWM"), proc_status_kib("VmRSS")
+    return 0 <= hwm <= rss + 1024  # took effect (1 MiB slack for RSS moving in between)
+
+
+class PeakRSS:
+    """Context manager: peak RSS increase (bytes) over the RSS at entry.
+
+    Uses the kernel's high-water mark after resetting it; where that cannot be reset, polls ``VmRSS``
+    every millisecond from a thread (which can miss a short-lived peak).
+    """
+
+    def __init__(self) -> None:
+        self.base_kib = 0
+        self.peak_kib = 0
+        self._poll: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.method = ""
+
+    def __enter__(self) -> PeakRSS:
+        self.base_kib = proc_status_kib("VmRSS")
+        if reset_peak_rss():
+            self.method = "VmHWM reset via /proc/self/clear_refs"
+        else:
+            self.method = "VmRSS polled every 1 ms"
+            self.peak_kib = self.base_kib
+            self._poll = threading.Thread(target=self._run, daemon=True)
+            self._poll.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, proc_status_kib("VmRSS"))
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._poll is not None:
+            self._stop.set()
+            self._poll.join()
+        else:
+            self.peak_kib = proc_status_kib("VmHWM")
+
+    @property
+    def extra_bytes(self) -> int:
+        return max(0, self.peak_kib - self.base_kib) * 1024

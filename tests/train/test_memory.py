@@ -1,0 +1,94 @@
+"""Memory at scale: the estimate against measured peak memory, the refusal before allocating a network that
+cannot fit, the evaluation batch, and runs with Importance Pruning (shrinking layers) that resume exactly."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import sparta
+from sparta import SparseMLP
+from sparta.cli import main
+from sparta.rundir.stats import degrees, weight_layers
+from sparta.train import memory, runs
+from sparta.train.config import RunConfig
+from sparta.train.memory import PeakRSS, TooLarge, estimate, reset_peak_rss, return_freed_memory
+from sparta.train.runs import eval_batch_size, load_checkpoint, resume_config, train
+from tests.helpers import in_fresh_process
+from tests.train.test_runs import assert_same_state, state, tiny
+
+
+def measure_training(transpose: str) -> dict:
+    """(Run in a fresh process.) Build a 4M-connection SparseMLP and train three steps; peak memory added."""
+    sizes, eps, batch = [1000, 200_000, 200_000, 10], 5.0, 64
+    dens = [min(1.0, eps * (a + b) / (a * b)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    est = estimate(sizes, dens, batch, transpose=transpose)
+    x, y = torch.randn(batch, sizes[0]), torch.randint(0, 10, (batch,))
+    assert return_freed_memory()  # as training runs of big networks do
+    warm = SparseMLP([1000, 64, 64, 10], epsilon=eps, dropout=0.3, transpose=transpose)  # compile the kernels
+    warm_opt = sparta.optim.SGD(warm.parameters(), lr=0.01, momentum=0.9)
+    torch.nn.functional.cross_entropy(warm(x), y).backward()
+    warm_opt.step()
+    del warm, warm_opt
+    gc.collect()
+    with PeakRSS() as peak:
+        torch.manual_seed(0)
+        model = SparseMLP(sizes, epsilon=eps, dropout=0.3, transpose=transpose)
+        opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return {"connections": sum(m.nnz for m in model.layers), "estimated": est.connections, "total": est.total,
+            "describe": est.describe(), "measured": peak.extra_bytes}
+
+
+@pytest.mark.skipif(not reset_peak_rss(), reason="needs a resettable peak RSS (Linux /proc/self/clear_refs)")
+@pytest.mark.parametrize("transpose", ["csc", "scatter"])
+def test_estimate_matches_measured_training_memory(transpose):
+    r = in_fresh_process("tests.train.test_memory", "measure_training", transpose)
+    assert r["estimated"] == r["connections"]
+    assert 0.85 * r["total"] <= r["measured"] <= 1.1 * r["total"] + 10e6, \
+        f"measured {r['measured'] / 1e6:.0f} MB, estimated {r['total'] / 1e6:.0f} MB ({r['describe']})"
+
+
+def test_a_network_that_cannot_fit_is_refused_before_allocation(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * 10**9)
+    config = RunConfig.from_dict({"hidden": [5_000_000] * 2, "epsilon": 20.0})
+    with pytest.raises(TooLarge, match=r"needs about .* GB .* this machine has 2\.0 GB available"):
+        runs.build(config, 64, 10, 1000)
+    code = main(["train", "--hidden", "5000000", "5000000", "--epochs", "1", "--out", str(tmp_path / "r"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "GB available" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_batch_follows_the_network_size():
+    small = RunConfig.from_dict({"hidden": [1000, 1000, 1000]})
+    assert eval_batch_size(small, [64, 1000, 1000, 1000, 10]) == 1024
+    big = RunConfig.from_dict({"hidden": [2_500_000] * 4, "batch_size": 64, "epsilon": 1.0})
+    assert eval_batch_size(big, [1000, *[2_500_000] * 4, 10]) == 64  # 1024 samples would hold 41 GB
+    assert eval_batch_size(big.replace(eval_batch_size=8), [1000, 10]) == 8
+    with pytest.raises(ValueError, match="eval_batch_size must be a positive int"):
+        big.replace(eval_batch_size=0)
+
+
+def test_importance_pruning_run_shrinks_layers_and_resumes_exactly(tmp_path):
+    config = tiny("set", importance_pruning=True, ip_every=1, ip_percentile=20.0, epochs=4)
+    straight = train(config, tmp_path / "a")
+    sizes = [len(degrees(m)[0]) for _, m in weight_layers(runs.load_model(tmp_path / "a")[1].model)]
+    assert sizes[0] < 24 and sizes[1] < 16, "Importance Pruning removed hidden neurons"
+    assert straight[0].rows[-1]["neurons"] < straight[0].rows[0]["neurons"]
+    train(config, tmp_path / "b", stop_after=2)
+    train(resume_config(tmp_path / "b"), tmp_path / "b", resume=True)
+    assert_same_state(state(tmp_path / "a"), state(tmp_path / "b"))
+    assert load_checkpoint(tmp_path / "b")["algo"]["chain"]
+
+
+def test_importance_pruning_settings_are_checked():
+    with pytest.raises(ValueError, match="importance_pruning needs a model sparse from the start"):
+        tiny("gmp", importance_pruning=True)
+    with pytest.raises(ValueError, match="ip_percentile must be a number in"):
+        tiny("set", importance_pruning=True, ip_percentile=100)
