@@ -10,7 +10,8 @@ updates (target < 5 %).
 
 Sparse layers use ERK densities over the model (``sparta.sparsify``); SET evolves once per epoch
 (ζ = 0.3), RigL every 100 steps (α = 0.3, T_end = 75 % of training), GMP prunes from dense between
-20 % and 80 % of training (once per epoch), converting layers to SparseLinear below density 0.3.
+20 % and 80 % of training (once per epoch) to the same ERK layer densities (``distribution="erk"``;
+``--gmp-distribution`` picks another), converting layers to SparseLinear below density 0.3.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ DATASETS = {
 ALGOS = ("dense", "static", "set", "rigl", "gmp")
 
 
-def run(dataset: str, algo: str, sparsity: float, seed: int, epochs: int) -> dict:
+def run(dataset: str, algo: str, sparsity: float, seed: int, epochs: int, gmp_distribution: str = "erk") -> dict:
     loader, sizes, hp = DATASETS[dataset]
     data = loader(seed=seed)
     torch.manual_seed(seed)
@@ -51,7 +52,8 @@ def run(dataset: str, algo: str, sparsity: float, seed: int, epochs: int) -> dic
     elif algo == "rigl":
         topo = sparta.RigL(model, opt, alpha=0.3, every=100, end=int(0.75 * total))
     elif algo == "gmp":
-        topo = sparta.GMP(model, opt, final_sparsity=sparsity, total_steps=total, every=steps_per_epoch)
+        topo = sparta.GMP(model, opt, final_sparsity=sparsity, total_steps=total, every=steps_per_epoch,
+                          distribution=gmp_distribution)
     else:
         topo = None
     hist = fit(model, opt, data, epochs=epochs, batch_size=hp["batch"], algo=topo, seed=seed)
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override each data set's epochs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="1 seed, 8 epochs")
+    p.add_argument("--gmp-distribution", default="erk", choices=("erk", "er", "uniform", "global"),
+                   help="how GMP spreads its final sparsity over the layers (default: erk, as the sparse algorithms)")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.epochs = 1, 8
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         print("|:--|--:|--:|--:|--:|--:|")
         for algo in a.algos.split(","):
             for sp in ([0.0] if algo == "dense" else [float(s) for s in a.sparsities.split(",")]):
-                rs = [run(ds, algo, sp, seed, epochs) for seed in range(a.seeds)]
+                rs = [run(ds, algo, sp, seed, epochs, a.gmp_distribution) for seed in range(a.seeds)]
                 accs = [r["acc"] for r in rs]
                 std = statistics.stdev(accs) if len(accs) > 1 else 0.0
                 print(f"| {algo} | {sp:.2f} | {statistics.mean(r['density'] for r in rs):.4f} | "

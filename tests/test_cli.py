@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparta.cli import find_benchmark, main
+from sparta.cli import build_parser, find_benchmark, main
 from sparta.train.runs import load_checkpoint
 
 TINY = ["--hidden", "16", "12", "--epsilon", "4", "--epochs", "2", "--batch-size", "256", "-q"]
@@ -150,14 +151,151 @@ def test_train_on_a_file_data_set(tmp_path, capsys, monkeypatch):
     assert code == 0 and json.loads(out)[0]["algo"] == "rigl"
 
 
-def test_train_with_workers_runs_wasap_and_resumes(tmp_path, capsys):
+def test_train_with_workers_is_a_run_like_any_other(tmp_path, capsys):
+    """`--workers N` (WASAP-SGD) writes the same run directory, shows the same progress and summary, works with
+    eval, report and resume, and runs the mse-loss Madelon preset."""
     out = tmp_path / "wasap"
-    code, stdout, _ = run_cli(capsys, "train", "--workers", "1", "--dataset", "digits", "--hidden", "32", "32",
-                              "--epochs", "2", "--out", str(out), "--quiet")
-    assert code == 0, stdout
-    assert "WASAP-SGD with 1 workers" in stdout and (out / "wasap.json").is_file()
-    code, stdout, _ = run_cli(capsys, "train", "--resume", str(out), "--epochs", "3")
-    assert code == 0 and "test accuracy" in stdout
+    args = ["--preset", "set-mlp-madelon", "--hidden", "40", "10", "40", "--epochs", "2", "--workers", "2"]
+    code, stdout, err = run_cli(capsys, "train", *args, "--out", out)
+    assert code == 0, err
+    assert "[sparse] epoch 1/2" in err and "[sparse] epoch 2/2" in err  # per-epoch lines while it trains
+    assert "parallel: WASAP-SGD, a server and 2 worker processes" in stdout
+    assert "| SET (sparse, 2 workers) |" in stdout and f"sparta eval {out}" in stdout
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["workers"], saved["loss"], saved["preset"]) == (2, "mse", "set-mlp-madelon")
+    assert not (out / "wasap.json").exists()
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc,test_loss")
+
+    code, stdout, err = run_cli(capsys, "eval", out)
+    assert code == 0 and "SET (sparse, 2 workers)" in stdout and "2/2" in stdout, err
+    code, stdout, err = run_cli(capsys, "report", out)
+    assert code == 0 and len(stdout.split()) == 5, err
+    code, stdout, err = run_cli(capsys, "train", "--resume", out, "--epochs", "3", "-q")
+    assert code == 0 and stdout.startswith(f"resuming: {out}"), err
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["schedule_epochs"] == 2  # the phase split stays planned
+
+
+def _small_run(capsys, out, *extra):
+    code, _, err = run_cli(capsys, "train", *TINY, "--no-compare-dense", *extra, "--out", out)
+    assert code == 0, err
+
+
+def _snapshot(run):
+    return {p.name: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_without_a_checkpoint_is_refused_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", *TINY, "--out", run)
+    assert code == 0, err
+    for missing in (run / "checkpoint.pt", run / "dense" / "checkpoint.pt"):
+        saved = missing.read_bytes()
+        missing.unlink()
+        before = _snapshot(run)
+        code, out, err = run_cli(capsys, "train", "--resume", run, "--epochs", "3")
+        assert code == 2 and out == "", out  # no "resuming" banner
+        assert err.startswith("sparta: error: ") and err.count("\n") == 1
+        assert f"{missing.parent} has no checkpoint.pt" in err and "cannot resume" in err
+        assert _snapshot(run) == before
+        missing.write_bytes(saved)
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_a_damaged_checkpoint_gives_one_line_without_torch_advice(tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    _small_run(capsys, run)
+    ck = run / "checkpoint.pt"
+    data = ck.read_bytes()
+    ck.write_bytes({"random": os.urandom(4096), "truncated": data[: len(data) // 2], "empty": b""}[damage])
+    before = _snapshot(run)
+    for args in (["train", "--resume", run], ["eval", run], ["report", run]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and out == "", (args, out)
+        assert err == f"sparta: error: {ck} is damaged or is not a sparta checkpoint: " + (
+            "the run cannot resume from it\n" if args[0] == "train" else "the run's model cannot be loaded\n")
+        assert "weights_only" not in err and "Errno" not in err
+    assert _snapshot(run) == before
+
+
+def test_out_pointing_at_a_run_is_refused_before_any_banner(tmp_path, capsys):
+    run = tmp_path / "run"
+    _small_run(capsys, run)
+    before = _snapshot(run)
+    code, out, err = run_cli(capsys, "train", *TINY, "--out", run)
+    assert code == 2 and out == "" and "already exists" in err and f"sparta train --resume {run}" in err
+    assert _snapshot(run) == before
+
+
+def test_dense_layers_are_named_in_the_header_and_the_summary(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", *TINY, "--epsilon", "8", "--no-compare-dense", "--out", tmp_path / "a")
+    assert code == 0, err
+    note = "note: layer 2 (16→12), layer 3 (12→10) are dense: ε = 8 gives density ε (in + out)/(in · out) ≥ 1"
+    assert out.count(note) == 2  # in the header and under the summary table
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["dense_layers"] == ["layer 2 (16→12)",
+                                                                                           "layer 3 (12→10)"]
+    code, out, err = run_cli(capsys, "train", *TINY, "--epsilon", "50", "--no-compare-dense", "--out", tmp_path / "b")
+    assert code == 0 and "note: every layer is dense" in out and "the sparse model is the dense network" in out
+    code, out, err = run_cli(capsys, "train", *TINY, "--no-compare-dense", "--out", tmp_path / "c")
+    assert code == 0 and "note:" not in out
+
+
+@pytest.mark.parametrize(("threads", "shown"), [("1", "seed 0, 1 thread\n"), ("2", "seed 0, 2 threads\n")])
+def test_the_header_shows_the_threads_the_run_trains_with(tmp_path, capsys, threads, shown):
+    """A sparse run's threads are sparta's workers (torch itself is kept at one): the header shows those."""
+    code, out, err = run_cli(capsys, "train", *TINY, "--epochs", "1", "--threads", threads, "--no-compare-dense",
+                             "--out", tmp_path / "a")
+    assert code == 0, err
+    assert shown in out
+
+
+def test_a_gmp_schedule_with_too_little_training_left_is_warned_about(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", *TINY, "--algo", "gmp", "--epochs", "5", "--no-compare-dense",
+                             "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "warning: algo 'gmp' over 5 epochs of 6 steps: it prunes until step 24 of 30" in out
+    assert "train at least 10 epochs (--epochs)" in out
+    code, out, err = run_cli(capsys, "train", *TINY, "--algo", "gmp", "--epochs", "10", "--no-compare-dense",
+                             "--out", tmp_path / "b")
+    assert code == 0 and "warning:" not in out
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_help_shows_the_defaults():
+    """Every option that takes a value says its default, except those that name a thing only the user knows."""
+    no_default = {"--resume", "--config"}
+    missing = []
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if action.option_strings and action.nargs != 0 and action.help not in (None, argparse.SUPPRESS):
+                if "default" not in action.help and not no_default & set(action.option_strings):
+                    missing.append(f"{parser.prog} {action.option_strings[0]}")
+    assert not missing, missing
+
+
+def test_every_command_describes_itself():
+    """Each command's --help says what it does, not only its usage line."""
+    for parser in _parsers(build_parser()):
+        assert parser.description, parser.prog
+
+
+def test_help_loads_no_torch_numba_or_matplotlib():
+    code = ("import sys; from sparta.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['rl', 'train', '--help']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numba', 'matplotlib'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -167,3 +305,16 @@ def test_train_with_workers_runs_wasap_and_resumes(tmp_path, capsys):
 def test_train_workers_bad_flags(capsys, argv, message):
     code, _, err = run_cli(capsys, "train", "--dataset", "digits", *argv)
     assert code == 2 and message in err
+
+
+def test_a_run_of_the_other_kind_names_the_commands_that_take_it(tmp_path, capsys):
+    rl = tmp_path / "rl"
+    rl.mkdir()
+    (rl / "config.json").write_text('{"algo": "dqn", "config": {"env_id": "CartPole-v1"}}')
+    for args in (["eval", rl], ["report", rl], ["train", "--resume", rl]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and out == "" and "is an RL run" in err and "sparta rl eval" in err, err
+    run = tmp_path / "run"
+    _small_run(capsys, run)
+    code, out, err = run_cli(capsys, "rl", "eval", run)
+    assert code == 2 and "is a `sparta train` run; use sparta eval" in err, err

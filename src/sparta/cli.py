@@ -1,17 +1,20 @@
-"""The ``sparta`` command: train, evaluate and inspect sparse networks. Thin: the work is in :mod:`sparta.train`.
+"""The ``sparta`` command: train, evaluate and inspect sparse networks. Thin: the work is in :mod:`sparta.train`,
+:mod:`sparta.parallel` and :mod:`sparta.rl`, imported only when a command runs (``sparta --help`` loads no torch).
 
 ::
 
-    sparta train                                   # SET + All-ReLU on digits vs the same network dense (~1 min)
+    sparta train                                   # SET + All-ReLU on digits vs the same network dense
     sparta train --preset set-mlp-fashionmnist --data ~/data/fashion --out runs/fmnist
+    sparta train --workers 2 --out runs/wasap      # the same with WASAP-SGD: a server and 2 worker processes
     sparta train --resume runs/fmnist              # continue exactly where it stopped
     sparta eval runs/fmnist                        # test metrics of the saved model(s)
     sparta report runs/fmnist                      # PNG plots into runs/fmnist/plots
     sparta bench                                   # benchmarks/layer.py --quick
     sparta presets                                 # the published settings built in
 
-User errors (missing files, bad values, unknown names) print ``sparta: error: …`` on stderr and exit with
-status 2; an interrupted training exits with 130 and can be resumed from its last checkpoint.
+User errors (missing files, bad values, unknown names, damaged run directories) print one line
+``sparta: error: …`` on stderr and exit with status 2, before anything is written or announced; an interrupted
+training exits with 130 and can be resumed from its last checkpoint; a WASAP-SGD process that dies exits with 1.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,10 +35,10 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 # flag -> RunConfig field, for the settings `sparta train` can override
-TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "activation", "alpha",
-               "dropout", "init", "loss", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs",
-               "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "transpose", "eval_batch_size",
-               "importance_pruning", "ip_percentile", "ip_every", "ip_start")
+TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "distribution", "activation",
+               "alpha", "dropout", "init", "loss", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs",
+               "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "workers", "transpose",
+               "eval_batch_size", "importance_pruning", "ip_percentile", "ip_every", "ip_start")
 RESUME_FLAGS = ("epochs", "threads", "checkpoint_every")
 
 
@@ -90,43 +94,52 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a sparse MLP (default: SET + All-ReLU on digits, vs dense)",
                        description="Train a sparse MLP and save the run (config, metrics, checkpoints) to a directory. "
                                    "Without arguments: SET + All-ReLU on scikit-learn's digits, 64-1000-1000-1000-10, "
-                                   "50 epochs, compared with the same network dense (about a minute on 2 cores). "
+                                   "50 epochs, compared with the same network dense (about 40 s on 2 cores). "
                                    "Settings are layered: defaults < --preset < --config file < flags.",
                        argument_default=S)
     g = p.add_argument_group("run")
     g.add_argument("--preset", help="published settings (see `sparta presets`): set-mlp-fashionmnist, "
-                                    "set-mlp-cifar10, set-mlp-madelon")
+                                    "set-mlp-cifar10, set-mlp-madelon (default: none, the defaults shown here)")
     g.add_argument("--config", metavar="FILE", help="TOML (or YAML, with PyYAML) file of settings, e.g. epochs = 50")
     g.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<dataset>-<algo>-<time>)")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out if there is one")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (same settings; "
                                                        "--epochs may raise the total)")
     g.add_argument("--stop-after", type=int, metavar="N", help="train at most N epochs now (per model), checkpoint, "
-                                                               "stop; continue later with --resume")
+                                                               "stop; continue later with --resume (default: all of "
+                                                               "them)")
     g.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, metavar="N",
                    help="epochs between checkpoints (one is always written at the end)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
     g.add_argument("--workers", type=int, metavar="N", help="train with WASAP-SGD: a parameter server and N worker "
-                                                            "processes on this machine (sparta.parallel)")
+                                                            "processes on this machine (sparta.parallel); the same "
+                                                            "run directory, progress and summary (default: one "
+                                                            "process)")
     g.add_argument("--sync", action="store_true", help="with --workers: synchronous WASAP-SGD (average the N "
                                                        "gradients, learning rate × N with a 5-epoch warm-up)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", help="digits, madelon, teacher_student, classification (embedded); mnist, fashionmnist, cifar10, "
                                      "csv, npz, mat (read from --data)")
     d.add_argument("--data", metavar="PATH", help="folder (mnist, fashionmnist, cifar10) or file (csv, npz, mat) "
-                                                  "holding the data set; nothing is downloaded")
-    d.add_argument("--label-column", type=int, metavar="N", help="csv: column of the label (default 0; -1 = last)")
+                                                  "holding the data set; nothing is downloaded (default: none, "
+                                                  "the embedded data sets need none)")
+    d.add_argument("--label-column", type=int, metavar="N", help="csv: column of the label, -1 = last (default: 0)")
     d.add_argument("--data-option", action="append", metavar="KEY=VALUE",
-                   help="option for the data loader, e.g. test_fraction=0.3, max_rows=100000, n_train=5000")
+                   help="option for the data loader, e.g. test_fraction=0.3, max_rows=100000, n_train=5000 "
+                        "(default: none)")
     d.add_argument("--data-seed", dest="data_seed", type=int, help="seed of the train/test split where one is drawn")
     m = p.add_argument_group("model and training")
     m.add_argument("--hidden", nargs="+", metavar="N", help="hidden layer sizes, e.g. --hidden 1000 1000 1000")
     m.add_argument("--algo", help="dense, static, set, rigl or gmp")
-    m.add_argument("--density", type=float, help="fraction of connections per layer (instead of --epsilon)")
+    m.add_argument("--density", type=float, help="fraction of connections per layer (instead of --epsilon; "
+                                                  "default: none)")
     m.add_argument("--epsilon", type=float, help="Erdős–Rényi sparsity: density ε(in+out)/(in·out) per layer")
     m.add_argument("--zeta", type=float, help="fraction of connections replaced per update (SET ζ, RigL α)")
     m.add_argument("--every", type=int, metavar="STEPS", help="optimizer steps between topology updates "
                                                               "(default: once per epoch)")
+    m.add_argument("--distribution", help="gmp: how the pruning is spread over the layers: er, uniform, erk, or "
+                                          "global (one magnitude threshold) (default: the layer densities --epsilon "
+                                          "(er) or --density (uniform) give the sparse algorithms)")
     m.add_argument("--activation", help="allrelu, relu, tanh or sigmoid")
     m.add_argument("--alpha", type=float, help="All-ReLU slope α")
     m.add_argument("--dropout", type=float, help="dropout rate after each hidden layer")
@@ -139,7 +152,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--batch-size", dest="batch_size", type=int, help="minibatch size")
     m.add_argument("--epochs", type=int, help="epochs to train (with --resume: the new total)")
     m.add_argument("--seed", type=int, help="seed of everything: weights, topology, shuffling, dropout, regrowth")
-    m.add_argument("--threads", type=int, help="torch and numba threads")
+    m.add_argument("--threads", type=int, help="threads of the training step: sparta's workers for sparse models "
+                   "(torch kept at one), torch's for dense ones (default: torch's default, usually one per core)")
     m.add_argument("--compare-dense", dest="compare_dense", action=argparse.BooleanOptionalAction,
                    help="also train the same network dense into RUN/dense and compare")
     sc = p.add_argument_group("scale")
@@ -178,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="train/test metrics of a saved run", description="Evaluate the last checkpoint "
                        "of each model in a run (and its dense twin) on the run's data set.")
     e.add_argument("run", metavar="RUN_DIR")
-    e.add_argument("--data", metavar="PATH", help="read the data from PATH instead of the saved one")
+    e.add_argument("--data", metavar="PATH", help="read the data from PATH (default: the run's saved data)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    e.add_argument("--threads", type=int, help="torch and numba threads")
+    e.add_argument("--threads", type=int, help="threads for the evaluation (default: torch's default, usually one per core)")
     e.set_defaults(func=cmd_eval)
     r = sub.add_parser("report", help="PNG plots of a run", description="Write learning curves, connections and "
                        "neurons over time, degree distributions, the input-layer connectivity map and weight "
@@ -192,11 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run benchmarks/layer.py (from a source checkout) with --quick, or with the "
                                    "arguments after `--`, e.g. `sparta bench -- --headline`; --which set-mlp runs "
                                    "benchmarks/set_mlp.py instead.")
-    b.add_argument("--which", choices=("layer", "set-mlp"), default="layer", help="which benchmark script")
+    b.add_argument("--which", choices=("layer", "set-mlp"), default="layer",
+                   help="which benchmark script (default: layer)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script (after --)")
     b.set_defaults(func=cmd_bench)
-    pr = sub.add_parser("presets", help="list the built-in published settings")
-    pr.add_argument("name", nargs="?", help="show every setting of this preset")
+    pr = sub.add_parser("presets", help="list the built-in published settings",
+                        description="List the built-in published settings (`sparta train --preset NAME`), or every "
+                                    "setting of one of them.")
+    pr.add_argument("name", nargs="?", help="show every setting of this preset (default: list them all)")
     pr.set_defaults(func=cmd_presets)
     from sparta.rl.cli import add_rl_parser  # `sparta rl train|eval|report`
 
@@ -241,9 +258,12 @@ class _Progress:
 
     @staticmethod
     def _fields(row: dict[str, Any]) -> dict[str, str]:
-        return {"loss": f"{row['train_loss']:.4f}", "acc": f"{row['train_acc']:.4f}",
-                "test": f"{row['test_acc']:.4f}", "dens": f"{100 * row['density']:.2f}%",
-                "conn": _human(row["connections"]), "s/ep": f"{row['seconds']:.3g}"}
+        def num(key: str) -> str:  # a WASAP-SGD epoch without a merge has no test evaluation
+            return "–" if row.get(key) is None else f"{row[key]:.4f}"
+
+        return {"loss": num("train_loss"), "acc": num("train_acc"), "test": num("test_acc"),
+                "dens": f"{100 * row['density']:.2f}%", "conn": _human(row["connections"]),
+                "s/ep": f"{row['seconds']:.3g}"}
 
     def epoch(self, label, row) -> None:
         if self.quiet:
@@ -274,13 +294,21 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([lines[0], rule, *lines[1:]])
 
 
+def _model_name(s: dict[str, Any]) -> str:
+    """How a model of a run is named in tables: ``dense``, ``SET (sparse)``, ``SET (sparse, 2 workers)``."""
+    if s["label"] == "dense":
+        return "dense"
+    workers = s.get("workers")
+    return f"{s['algo'].upper()} (sparse{f', {workers} workers' if workers else ''})"
+
+
 def _summary_table(summaries: list[dict[str, Any]]) -> str:
     dense = next((s for s in summaries if s["label"] == "dense" and s.get("epochs")), None)
     rows = []
     for s in summaries:
         if not s.get("epochs"):
             continue
-        name = "dense" if s["label"] == "dense" else f"{s['algo'].upper()} (sparse)"
+        name = _model_name(s)
         speed = "–"
         fewer = "–"
         if dense is not None:
@@ -301,24 +329,22 @@ def _given(args: argparse.Namespace, name: str) -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``sparta train``."""
+    """``sparta train`` (one process, or WASAP-SGD with ``--workers N``: the same run directory and output).
+
+    Everything is checked before anything is announced or written: settings, the data, the run directory (an
+    existing one is refused without --overwrite; a resumed one needs a readable checkpoint).
+    """
     from sparta.train import runs
     from sparta.train.config import resolve
 
     stop_after = getattr(args, "stop_after", None)
     if stop_after is not None and stop_after < 1:
         raise UsageError(f"stop-after must be a positive int, got {stop_after}")
-    quiet = getattr(args, "quiet", False)
-    workers = getattr(args, "workers", None)
-    if workers is not None and workers < 1:
-        raise UsageError(f"workers must be a positive int, got {workers}")
-    if _given(args, "resume") and (Path(args.resume) / "wasap.json").is_file():
-        return _train_parallel(None, None, Path(args.resume), args, resume=True)
-    if _given(args, "sync") and workers is None:
-        raise UsageError("--sync only applies with --workers N")
+    if _given(args, "workers") and args.workers < 1:
+        raise UsageError(f"workers must be a positive int, got {args.workers}")
     if _given(args, "resume"):
         extra = [f"--{k.replace('_', '-')}" for k in (*TRAIN_FLAGS, "preset", "config", "out", "overwrite",
-                                                      "label_column", "data_option")
+                                                      "label_column", "data_option", "sync")
                  if _given(args, k) and k not in RESUME_FLAGS]
         if extra:
             raise UsageError(f"--resume continues a run with its saved settings; it cannot change {', '.join(extra)} "
@@ -328,6 +354,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                     getattr(args, "checkpoint_every", None))
         resume = True
     else:
+        if _given(args, "sync") and not _given(args, "workers"):
+            raise UsageError("--sync only applies with --workers N")
         overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if _given(args, k)}
         if "hidden" in overrides:
             overrides["hidden"] = _hidden(overrides["hidden"])
@@ -336,24 +364,43 @@ def cmd_train(args: argparse.Namespace) -> int:
             options["label_column"] = args.label_column
         if options:
             overrides["data_options"] = options
+        if _given(args, "sync"):
+            overrides["parallel"] = {"sync": True}
         config = resolve(getattr(args, "preset", None), getattr(args, "config", None), overrides)
         if config.data is not None:  # saved absolute, so eval/report/resume work from any directory
             config = config.replace(data=str(Path(config.data).expanduser().resolve()))
         out = Path(args.out) if _given(args, "out") else Path("runs") / (
             f"{config.dataset}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
         resume = False
-        if workers is not None:
-            return _train_parallel(config, workers, out, args, resume=False)
+    if config.workers is not None:
+        from sparta.parallel import from_run_config
+
+        if stop_after is not None:
+            raise UsageError("--stop-after applies to single-process runs; a WASAP-SGD run (--workers) checkpoints "
+                             f"every {config.checkpoint_every} epochs: stop it with Ctrl-C and continue it with "
+                             "sparta train --resume RUN")
+        from_run_config(config)  # WASAP-SGD supports these settings (WasapConfigError otherwise)
     runs.set_threads(config.threads)
     data = runs.load_data(config)
-    _print_header(config, data, out, resume)
+    sizes = runs.layer_sizes(config, data.n_features, data.n_classes)
+    if not resume:
+        runs.prepare_run_dir(out, getattr(args, "overwrite", False))
+    _print_header(config, data, out, resume, sizes)
     t0 = time.perf_counter()
     try:
-        results = runs.train(config, out, resume=resume, overwrite=getattr(args, "overwrite", False),
-                             stop_after=stop_after, progress=_Progress(quiet), data=data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", runs.ScheduleWarning)  # the header said it
+            results = _train(config, out, resume, stop_after, _Progress(getattr(args, "quiet", False)), data)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue from the last checkpoint with: sparta train --resume {out}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RuntimeError as e:
+        from sparta.parallel import WorkerFailure
+
+        if not isinstance(e, WorkerFailure):
+            raise
+        print(f"sparta: error: {e}", file=sys.stderr)
+        return 1
     wall = time.perf_counter() - t0
     summaries = [r.summary() for r in results]
     if config.compare_dense and config.algo != "dense" and (out / runs.DENSE_DIR / runs.SUMMARY).is_file():
@@ -361,6 +408,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             summaries.append(json.loads((out / runs.DENSE_DIR / runs.SUMMARY).read_text()))
     print()
     print(_summary_table(summaries))
+    note = runs.dense_layer_note(config, sizes)
+    if note:
+        print(f"note: {note}")
     print()
     if all(r.finished for r in results) and (not config.compare_dense or config.algo == "dense" or len(results) == 2):
         print(f"done in {wall:.1f} s. run: {out}")
@@ -371,44 +421,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_parallel(config, workers: int | None, out: Path, args: argparse.Namespace, resume: bool) -> int:
-    """``sparta train --workers N``: WASAP-SGD through :func:`sparta.parallel.train_wasap`."""
-    from sparta.parallel import WasapConfigError, WorkerFailure, from_run_config, train_wasap
+def _train(config, out: Path, resume: bool, stop_after: int | None, progress: _Progress, data) -> list:
+    """Train a run in this process, or with WASAP-SGD when ``config.workers`` is set."""
+    if config.workers is not None:
+        from sparta.parallel import train_run
 
-    t0 = time.perf_counter()
-    try:
-        if resume:
-            result = train_wasap(resume=out, epochs=getattr(args, "epochs", None))
-        else:
-            result = train_wasap(from_run_config(config, sync=getattr(args, "sync", False)), workers, out,
-                                 overwrite=getattr(args, "overwrite", False))
-    except WasapConfigError as e:
-        raise UsageError(str(e)) from None
-    except WorkerFailure as e:
-        print(f"sparta: error: {e}", file=sys.stderr)
-        print(f"the last checkpoint is intact; continue with: sparta train --resume {out}", file=sys.stderr)
-        return 1
-    print(f"\nWASAP-SGD with {result.workers} workers: test accuracy {result.test_acc:.4f}, "
-          f"{time.perf_counter() - t0:.1f} s. run: {result.run_dir}")
-    return 0
+        return train_run(config, out, resume=resume, progress=progress, data=data)
+    from sparta.train.runs import train
+
+    return train(config, out, resume=resume, stop_after=stop_after, progress=progress, data=data)
 
 
-def _print_header(config, data, out: Path, resume: bool) -> None:
-    import torch
+def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> None:
+    from sparta.kernels.threads import get_num_threads
+    from sparta.train.runs import dense_layer_note, gmp_distribution, schedule_warnings, target_density
 
-    from sparta.train.runs import layer_sizes
-
-    sizes = layer_sizes(config, data.n_features, data.n_classes)
-    sparsity = f"density {config.density}" if config.density is not None else f"epsilon {config.epsilon:g}"
-    what = "dense" if config.algo == "dense" else f"{config.algo.upper()} ({sparsity}, zeta {config.zeta:g})"
+    if config.algo == "dense":
+        what = "dense"
+    else:
+        sparsity = f"density {config.density:g}" if config.density is not None else f"epsilon {config.epsilon:g}"
+        if config.algo == "gmp":
+            sparsity += f", pruned {gmp_distribution(config)}"
+        elif config.algo in ("set", "rigl"):
+            sparsity += f", zeta {config.zeta:g}"
+        what = f"{config.algo.upper()} ({sparsity}; {100 * target_density(config, sizes):.2f}% of the connections)"
     print(f"{'resuming' if resume else 'run'}: {out}")
     print(f"data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test samples, {data.n_features} "
           f"features, {data.n_classes} classes")
     print(f"model: {'-'.join(map(str, sizes))} {config.activation}"
           f"{f' α={config.alpha:g}' if config.activation == 'allrelu' else ''}, {what}"
           f"{', vs dense' if config.compare_dense and config.algo != 'dense' else ''}")
+    if config.workers is not None:
+        mode = "synchronous" if config.parallel.get("sync") else "asynchronous"
+        print(f"parallel: WASAP-SGD, a server and {config.workers} worker processes, {mode}")
+    if config.workers:
+        threads = f"{config.threads or 1} thread(s) per process"
+    else:  # the count runs.set_threads settled on (sparse models: sparta's workers, torch itself kept at one)
+        n = get_num_threads()
+        threads = f"{n} thread{'s' if n > 1 else ''}"
     print(f"training: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
-          f"seed {config.seed}, {torch.get_num_threads()} threads", flush=True)
+          f"seed {config.seed}, {threads}", flush=True)
+    note = dense_layer_note(config, sizes)
+    if note:
+        print(f"note: {note}")
+    for message in schedule_warnings(config, len(data.x_train)):
+        print(f"warning: {message}", flush=True)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -426,7 +483,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    rows = [[r["label"] if r["label"] == "dense" else f"{r['algo'].upper()} (sparse)", f"{r['epoch']}/{r['epochs']}",
+    rows = [[_model_name(r), f"{r['epoch']}/{r['epochs']}",
              f"{r['test_acc']:.4f}", f"{r['test_loss']:.4f}", f"{r['train_acc']:.4f}", f"{r['train_loss']:.4f}",
              f"{r['connections']:,}", f"{100 * r['density']:.2f}%", f"{r['active_neurons']}/{r['neurons']}"]
             for r in results]
@@ -491,10 +548,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sparta`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    from sparta.train.config import ConfigError
-    from sparta.train.readers import DataError
-    from sparta.train.runs import RunError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -506,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (UsageError, ConfigError, DataError, RunError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # UsageError, ConfigError, DataError, RunError, WasapConfigError, ...
         print(f"sparta: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sparta.parallel import RunDirError, WasapConfig, WasapConfigError, from_run_config, train_wasap
+from sparta.parallel import WasapConfig, WasapConfigError, from_run_config, to_run_config, train_wasap
 from sparta.parallel.__main__ import main
+from sparta.rundir import RunError
+from sparta.train.config import RunConfig, resolve
 
 
 def test_defaults_follow_the_reference_code():
@@ -48,17 +50,38 @@ def test_unknown_keys_are_named():
 
 
 def test_from_run_config_copies_shared_settings_and_rejects_unsupported_ones():
-    from types import SimpleNamespace
-
-    rc = SimpleNamespace(dataset="madelon", hidden=[32], epsilon=None, density=0.1, lr=0.02, epochs=7, algo="static",
-                         loss="ce", optimizer="sgd", threads=None, compare_dense=True)
-    c = from_run_config(rc, sync=True, phase1_fraction=0.5)
-    assert (c.dataset, c.hidden, c.density, c.lr, c.epochs, c.zeta, c.sync, c.threads) == (
-        "madelon", [32], 0.1, 0.02, 7, 0.0, True, 1)
+    rc = RunConfig(dataset="madelon", hidden=[32], epsilon=None, density=0.1, lr=0.02, epochs=7, algo="static",
+                   workers=2, parallel={"phase1_fraction": 0.5})
+    c = from_run_config(rc, sync=True)
+    assert (c.dataset, c.hidden, c.density, c.lr, c.epochs, c.zeta, c.sync, c.threads, c.phase1_fraction) == (
+        "madelon", [32], 0.1, 0.02, 7, 0.0, True, 1, 0.5)
     with pytest.raises(WasapConfigError, match="algo 'rigl'"):
-        from_run_config(SimpleNamespace(algo="rigl"))
+        from_run_config(RunConfig(algo="rigl"))
     with pytest.raises(WasapConfigError, match="optimizer='sgd' only, got 'adam'"):
-        from_run_config(SimpleNamespace(optimizer="adam"))
+        from_run_config(RunConfig(optimizer="adam"))
+    with pytest.raises(WasapConfigError, match="unknown setting"):
+        from_run_config(RunConfig(workers=2, parallel={"phase_one": 0.5}))
+
+
+def test_every_preset_converts_including_the_mse_one():
+    for name in ("set-mlp-fashionmnist", "set-mlp-cifar10", "set-mlp-madelon"):
+        rc = resolve(name, overrides={"workers": 2})
+        c = from_run_config(rc)
+        assert (c.loss, c.hidden, c.batch_size) == (rc.loss, rc.hidden, rc.batch_size)
+    assert from_run_config(resolve("set-mlp-madelon", overrides={"workers": 2})).loss == "mse"
+
+
+def test_a_wasap_config_round_trips_through_the_run_config():
+    c = WasapConfig(dataset="madelon", hidden=[16, 8], loss="mse", sync=True, phase1_fraction=0.4, threads=2, zeta=0.0)
+    rc = to_run_config(c, 3)
+    assert (rc.workers, rc.algo, rc.parallel["sync"], rc.threads) == (3, "static", True, 2)
+    assert from_run_config(RunConfig.from_dict(rc.as_dict())) == c  # as config.json stores it
+
+
+def test_an_extended_run_keeps_its_phase_split():
+    c = WasapConfig(epochs=10)
+    assert c.phase1_epochs == 7 and c.replace(epochs=20).phase1_epochs == 14
+    assert c.replace(epochs=20, schedule_epochs=10).phase1_epochs == 7
 
 
 def test_launcher_checks_arguments_before_starting_processes(tmp_path):
@@ -71,9 +94,9 @@ def test_launcher_checks_arguments_before_starting_processes(tmp_path):
         train_wasap(None, 2, tmp_path / "b")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(RunDirError, match="not empty"):
+    with pytest.raises(RunError, match="not empty"):
         train_wasap(c, 2, tmp_path / "full")
-    with pytest.raises(RunDirError, match="not a WASAP-SGD run directory"):
+    with pytest.raises(RunError, match="not a run directory"):
         train_wasap(resume=tmp_path / "full")
     with pytest.raises(ValueError, match="either config"):
         train_wasap(c, resume=tmp_path / "full")

@@ -112,7 +112,9 @@ def test_killed_worker_is_named_checkpoint_survives_and_resume_continues_exactly
     with pytest.raises(WorkerFailure, match=r"worker rank 1 exited abruptly \(exit code 1\)") as info:
         train_wasap(SYNC, WORKERS, run, data=DATA)
     assert info.value.rank == 1
-    assert "after epoch 1) is intact" in str(info.value)
+    message = str(info.value)
+    assert f"The last checkpoint (after epoch 1) is intact; continue with: sparta train --resume {run}" in message
+    assert message.count("resume") == 1  # one way to continue, not three
     _, _, ck = load_model(run)  # the checkpoint loads
     assert ck["epoch"] == 1 and [r["epoch"] for r in read_metrics(run)] == [1]
     monkeypatch.delenv(CRASH_ENV)

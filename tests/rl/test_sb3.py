@@ -131,13 +131,18 @@ def test_td3_actor_and_critic_targets_aligned():
     check_same_topology(p.critic, p.critic_target)
 
 
-def test_dqn_gmp_prunes_dense_network_and_target():
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_dqn_gmp_prunes_dense_network_and_target(distribution):
     model = dqn()
-    cb = TopologyCallback("gmp", every=10, sparsity=0.9)
+    cb = TopologyCallback("gmp", every=10, sparsity=0.9, distribution=distribution)
     model.learn(1500, callback=cb)
     q, qt = model.policy.q_net, model.policy.q_net_target
     assert density(q) == pytest.approx(0.1, abs=0.02)
-    assert all(isinstance(m, SparseLinear) for m in sparse_layers(q).values())
+    layers = list(sparse_layers(q).values())
+    if distribution == "uniform":  # every layer at 10 %: below the break-even, so truly sparse
+        assert all(isinstance(m, SparseLinear) for m in layers)
+    else:  # ERK keeps the 4-input first layer far denser than the 64×64 middle one
+        assert layers[0].nnz / (4 * 64) > 3 * layers[1].nnz / (64 * 64)
     check_same_topology(q, qt)
 
 

@@ -51,3 +51,20 @@ def test_bad_members():
         Chain()
     with pytest.raises(TypeError, match="topology algorithms"):
         Chain(object())
+
+
+def test_deferred_updates_wait_for_run_pending_as_in_a_training_loop():
+    """sparta's training loop defers updates due at a step (step(defer=True)) and runs them before the next one;
+    a Chain does the same for each member, in order."""
+    model, opt, chain = setup()
+    assert not chain.needs_dense_grad
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(16, 12)).pow(2).mean().backward()
+        opt.step()
+        assert chain.step(defer=True) is False
+    assert chain.pending and chain.algorithms[0].pending and not chain.algorithms[1].pending  # SET due at step 2
+    before = [layer.indices.clone() for layer in model.layers]
+    assert chain.run_pending() and not chain.pending
+    assert any(not torch.equal(b, layer.indices) for b, layer in zip(before, model.layers, strict=True))
+    assert chain.run_pending() is False

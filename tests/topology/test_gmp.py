@@ -192,3 +192,75 @@ def test_gmp_does_nothing_before_start_and_after_end():
     ran = [algo.step() for _ in range(10)]
     assert ran == [False, False, True, True, True, True, False, False, False, False]
     assert not algo.due(0)
+
+
+def _mlp(sizes=(8, 64, 64, 3)):
+    layers = []
+    for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if j < len(sizes) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+def _prune_to_the_end(model, **kw):
+    algo = GMP(model, final_sparsity=0.9, start=0, end=4, every=1, breakeven=None, **kw)
+    for _ in range(4):
+        algo.step()
+    return algo, [v.nnz / v.total for v in algo.layers]
+
+
+def test_uniform_prunes_every_layer_to_the_final_sparsity():
+    _, dens = _prune_to_the_end(_mlp())
+    assert dens == pytest.approx([0.1, 0.1, 0.1], abs=0.01)
+
+
+def test_erk_keeps_small_layers_denser_at_the_same_overall_sparsity():
+    model = _mlp()
+    algo, dens = _prune_to_the_end(model, distribution="erk")
+    total = 8 * 64 + 64 * 64 + 64 * 3
+    assert sum(d * v.total for d, v in zip(dens, algo.layers, strict=True)) / total == pytest.approx(0.1, abs=0.01)
+    assert dens[0] > 3 * dens[1] and dens[2] > 3 * dens[1]  # the 8-input and 3-output layers keep far more
+    assert dens == pytest.approx(list(algo.final_density.values()), abs=0.01)
+
+
+def test_er_with_epsilon_leaves_layers_it_makes_dense_alone():
+    model = _mlp()
+    algo, dens = _prune_to_the_end(model, distribution="er", epsilon=4.0)
+    assert dens == pytest.approx([4 * (8 + 64) / (8 * 64), 4 * 128 / 64**2], abs=0.01)
+    assert type(model[4]) is nn.Linear  # 64→3 at ε = 4 has density > 1: never wrapped, never pruned
+
+
+def test_keep_dense_first_and_last():
+    model = _mlp()
+    algo, dens = _prune_to_the_end(model, distribution="uniform", keep_dense=("first", "last"))
+    assert [v.name for v in algo.layers] == ["2"] and type(model[0]) is type(model[4]) is nn.Linear
+
+
+def test_global_threshold_drops_the_smallest_magnitudes_of_all_layers():
+    torch.manual_seed(0)
+    model = _mlp((8, 32, 32))  # nn.Linear's init: the 8-input layer's weights are twice as large (1/√fan_in)
+    before = torch.cat([model[0].weight.abs().reshape(-1), model[2].weight.abs().reshape(-1)])
+    algo, dens = _prune_to_the_end(model, distribution="global")
+    kept = round(0.1 * before.numel())
+    assert sum(v.nnz for v in algo.layers) == kept
+    threshold = before.sort(descending=True).values[kept - 1]
+    for v in algo.layers:
+        assert bool((v.weights().abs() >= threshold).all())
+    assert dens[0] > 2 * dens[1]
+
+
+def test_bad_distribution_is_named():
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        GMP(_mlp(), total_steps=10, distribution="random")
+    with pytest.raises(ValueError, match="leaves no layer to prune"):
+        GMP(_mlp((4, 3)), total_steps=10, keep_dense=("first",))
+
+
+def test_schedule_warnings():
+    from sparta.topology.base import cadence_warnings
+    from sparta.topology.gmp import gmp_warnings
+
+    assert gmp_warnings(1000, 200, 800, 50) == []
+    assert "leaving 20 steps" in gmp_warnings(1000, 200, 980, 50)[0]
+    assert "prunes to the final sparsity at once" in gmp_warnings(1000, 200, 240, 50)[0]
+    assert cadence_warnings(100, 10) == [] and cadence_warnings(100, 100) != []
+    assert cadence_warnings(100, 10, end=10) != [] and cadence_warnings(100, 10, end=11) == []

@@ -11,6 +11,7 @@ import torch
 import sparta
 from sparta import SparseMLP
 from sparta.cli import main
+from sparta.rundir.stats import degrees, weight_layers
 from sparta.train import memory, runs
 from sparta.train.config import RunConfig
 from sparta.train.memory import PeakRSS, TooLarge, estimate, reset_peak_rss, return_freed_memory
@@ -77,7 +78,7 @@ def test_eval_batch_follows_the_network_size():
 def test_importance_pruning_run_shrinks_layers_and_resumes_exactly(tmp_path):
     config = tiny("set", importance_pruning=True, ip_every=1, ip_percentile=20.0, epochs=4)
     straight = train(config, tmp_path / "a")
-    sizes = [len(r) for r in (runs.degrees(m)[0] for _, m in runs.weight_layers(runs.load_model(tmp_path / "a")[1].model))]
+    sizes = [len(degrees(m)[0]) for _, m in weight_layers(runs.load_model(tmp_path / "a")[1].model)]
     assert sizes[0] < 24 and sizes[1] < 16, "Importance Pruning removed hidden neurons"
     assert straight[0].rows[-1]["neurons"] < straight[0].rows[0]["neurons"]
     train(config, tmp_path / "b", stop_after=2)

@@ -139,6 +139,20 @@ def test_csv(tmp_path):
         load_csv(tmp_path / "missing.csv")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("label,a,b\n0,1,2\n1,2,3\n0,x,4\n", "bad.csv, line 4: cannot read 'x' (column 2) as a number"),
+    ("0,1,2\n1,2,3\n0,1,oops\n", "bad.csv, line 3: cannot read 'oops' (column 3) as a number"),
+    ("label,a,b\n0,1,2\n\n1,2\n0,3,4\n", "bad.csv, line 4: 2 columns, but the lines before it have 3"),
+])
+def test_csv_errors_name_the_files_line(tmp_path, text, message):
+    """The line an editor shows (1-based, header and blank lines counted), not numpy's 0-based data row."""
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    with pytest.raises(DataError) as e:
+        load_csv(p)
+    assert message in str(e.value)
+
+
 def test_npz(tmp_path):
     rng = np.random.default_rng(3)
     p = tmp_path / "set.npz"

@@ -118,3 +118,73 @@ def test_structure_stats_counts_active_neurons():
     model[0].mask[1] = False  # neuron 1 has no input
     s = runs.structure_stats(model)
     assert s["neurons"] == 4 and s["active_neurons"] == 3 and s["connections"] == 9 + 8
+
+
+@pytest.mark.parametrize("algo", ["set", "static", "gmp", "rigl"])
+def test_extending_a_finished_run_equals_a_longer_run(tmp_path, algo):
+    """SET and static have no planned end: 2 epochs extended to 5 are the first 5 of a 5-epoch run. RigL's and
+    GMP's schedules stay planned over the epochs the run started with: the extended run equals a 5-epoch run with
+    schedule_epochs = 2."""
+    short = tiny(algo, epochs=2, every=3 if algo == "rigl" else None, epsilon=1.5 if algo == "gmp" else 3.0)
+    train(short, tmp_path / "ext")
+    extended = resume_config(tmp_path / "ext", epochs=5)
+    assert extended.schedule_epochs == (2 if algo in ("rigl", "gmp") else None)
+    train(extended, tmp_path / "ext", resume=True)
+    straight = short.replace(epochs=5, schedule_epochs=2 if algo in ("rigl", "gmp") else None)
+    train(straight, tmp_path / "long")
+    assert_same_state(state(tmp_path / "ext"), state(tmp_path / "long"))
+
+
+def test_set_updates_after_the_epoch_it_comes_due_in(tmp_path):
+    """An update due at an epoch's end runs after that epoch's evaluation and checkpoint, before the next step; the
+    last epoch ends without one (SET's original code evolves between epochs, never after the last)."""
+    res = train(tiny("set", epochs=3, checkpoint_every=1), tmp_path / "r")[0]
+    ck = load_checkpoint(tmp_path / "r")
+    assert ck["algo"]["t"] == 3 * 7 and ck["algo"]["pending"] is True  # 200 samples / 32 = 7 steps per epoch
+    assert [r["topology_seconds"] > 0 for r in res.rows] == [False, True, True]
+
+
+def test_a_run_writes_its_first_checkpoint_as_it_starts(tmp_path):
+    class Stop(Exception):
+        pass
+
+    class StopAtFirstEpoch:
+        def start(self, *args):
+            pass
+
+        def epoch(self, label, row):
+            raise Stop
+
+        def end(self, label):
+            pass
+
+    with pytest.raises(Stop):  # interrupted in epoch 1, before any epoch's checkpoint
+        train(tiny("set", checkpoint_every=4), tmp_path / "r", progress=StopAtFirstEpoch())
+    assert load_checkpoint(tmp_path / "r")["epoch"] == 0
+    rest = train(resume_config(tmp_path / "r"), tmp_path / "r", resume=True)
+    train(tiny("set", checkpoint_every=4), tmp_path / "a")
+    assert rest[0].finished and [r["epoch"] for r in rest[0].rows] == [1, 2, 3, 4]
+    assert_same_state(state(tmp_path / "a"), state(tmp_path / "r"))
+
+
+def test_gmp_prunes_each_layer_to_the_density_the_sparse_algorithms_give_it():
+    """With epsilon, GMP ends with SET's Erdős–Rényi layer densities (a layer ε makes dense is never pruned), not
+    with every layer at the overall density."""
+    config = RunConfig(algo="gmp", hidden=[256, 256], epsilon=20.0)
+    sizes = runs.layer_sizes(config, 64, 10)
+    session = runs.build(config, 64, 10, 1000)
+    want = [20 * (64 + 256) / (64 * 256), 20 * (256 + 256) / (256 * 256), 1.0]
+    assert runs.planned_densities(config, sizes) == pytest.approx(want)
+    assert list(session.algo.final_density.values()) == pytest.approx(want[:2])
+    assert isinstance(session.model.layers[-1], torch.nn.Linear)  # the 256→10 layer stays an nn.Linear, never pruned
+    uniform = runs.build(config.replace(distribution="uniform"), 64, 10, 1000).algo.final_density
+    assert len(set(uniform.values())) == 1 and len(uniform) == 3
+    with pytest.raises(runs.ConfigError, match="applies to algo 'gmp' only"):
+        config.replace(algo="set", distribution="erk")
+
+
+def test_schedule_warnings_come_from_train(tmp_path):
+    with pytest.warns(runs.ScheduleWarning, match="leaving 6 steps"):
+        train(tiny("gmp", epochs=4, epsilon=1.5), tmp_path / "r")
+    assert runs.schedule_warnings(tiny("gmp", epochs=10, epsilon=1.5), 200) == []
+    assert "the topology never changes" in runs.schedule_warnings(tiny("set", epochs=1), 200)[0]

@@ -7,17 +7,33 @@ N gradients) and returns the model; after every global epoch it runs SET and Imp
 train locally with their own SET; the server averages their models over the union of their topologies and
 prunes every layer back to its connection budget by magnitude. Everything exchanged is sparse.
 
-``train_wasap(config, workers, run_dir)`` runs N + 1 local processes; ``python -m sparta.parallel`` runs one
+``train_run(run_config, out)`` (what ``sparta train --workers N`` calls) and ``train_wasap(config, workers,
+run_dir)`` run N + 1 local processes and write a sparta run directory; ``python -m sparta.parallel`` runs one
 process of a ``torchrun`` job on one or several machines.
 """
 
 from sparta.parallel.comm import PeerLost
-from sparta.parallel.config import WasapConfig, WasapConfigError, build_model, from_run_config, load_data
-from sparta.parallel.launch import WasapResult, WorkerFailure, load_model, run_process, train_wasap
+from sparta.parallel.config import (
+    WasapConfig,
+    WasapConfigError,
+    build_model,
+    from_run_config,
+    load_data,
+    to_run_config,
+)
+from sparta.parallel.launch import (
+    WasapResult,
+    WorkerFailure,
+    load_model,
+    open_run,
+    run_process,
+    train_run,
+    train_wasap,
+)
 from sparta.parallel.merge import merge_layers, merge_models
-from sparta.parallel.rundir import RunDirError, load_checkpoint, read_metrics
 from sparta.parallel.state import LayerData, SparsityError, check_layers
+from sparta.rundir.files import read_metrics
 
-__all__ = ["LayerData", "PeerLost", "RunDirError", "SparsityError", "WasapConfig", "WasapConfigError", "WasapResult",
-           "WorkerFailure", "build_model", "check_layers", "from_run_config", "load_checkpoint", "load_data", "load_model",
-           "merge_layers", "merge_models", "read_metrics", "run_process", "train_wasap"]
+__all__ = ["LayerData", "PeerLost", "SparsityError", "WasapConfig", "WasapConfigError", "WasapResult", "WorkerFailure",
+           "build_model", "check_layers", "from_run_config", "load_data", "load_model", "merge_layers", "merge_models",
+           "open_run", "read_metrics", "run_process", "to_run_config", "train_run", "train_wasap"]

@@ -24,9 +24,9 @@ from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import sparta  # noqa: E402, F401  (before torch: sets the OpenMP wait policy)
-from sparta.parallel.config import WasapConfig, WasapConfigError  # noqa: E402
-from sparta.parallel.launch import DEFAULT_TIMEOUT_S, WorkerFailure, resolve, run_process, train_wasap  # noqa: E402
-from sparta.parallel.rundir import RunDirError  # noqa: E402
+from sparta.parallel.config import WasapConfig, from_run_config, to_run_config  # noqa: E402
+from sparta.parallel.launch import DEFAULT_TIMEOUT_S, WorkerFailure, open_run, run_process, train_wasap  # noqa: E402
+from sparta.train.runs import resume_config  # noqa: E402
 
 DEFAULTS = WasapConfig()
 
@@ -123,11 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.workers is not None:
                 p.error("--workers starts local processes; under torchrun the world size sets the number of workers")
             rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-            config, run_dir, resuming = None, None, False
-            if rank == 0:
-                new = None if args.resume else config_from(args)
-                config, _, run_dir, resuming = resolve(new, world - 1, args.out, args.resume, args.epochs
-                                                       if args.resume else None, args.overwrite)
+            config, run_dir, resuming = None, None, args.resume is not None
+            if rank == 0:  # the server validates the run and writes its config.json
+                if resuming:
+                    run_config = resume_config(args.resume, epochs=args.epochs)
+                else:
+                    run_config = to_run_config(config_from(args), world - 1)
+                run_dir = open_run(run_config, args.resume or args.out, resume=resuming, overwrite=args.overwrite)
+                config = from_run_config(run_config)
             run_process(rank, world, init_method="env://", backend=args.backend, device=args.device, config=config,
                         run_dir=run_dir, resume=resuming, timeout_s=args.timeout)
             return 0
@@ -138,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = train_wasap(config_from(args), args.workers, args.out, overwrite=args.overwrite,
                                  timeout_s=args.timeout)
-    except (WasapConfigError, RunDirError, ValueError) as e:
+    except ValueError as e:  # WasapConfigError, RunError, ConfigError: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     except WorkerFailure as e:

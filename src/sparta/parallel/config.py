@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparta.train.models import ACTIVATIONS, mlp
+from sparta.train.config import ACTIVATIONS, ConfigError, RunConfig
+from sparta.train.models import mlp
 
 BACKENDS = ("gloo", "nccl")
 INITS = ("uniform", "kaiming_normal", "kaiming_uniform", "xavier_uniform", "normal")
+LOSSES = ("ce", "mse")
 
 
 class WasapConfigError(ValueError):
@@ -54,7 +56,8 @@ class WasapConfig:
     ``x_train[r-1::N][:n_train // N]``.
 
     Model: ``[features, *hidden, classes]`` ``SparseLinear`` layers at Erdős–Rényi ``epsilon`` (or ``density``),
-    All-ReLU (``alpha``) by default, cross-entropy loss. Optimizer: SGD with ``momentum`` and ``weight_decay``.
+    All-ReLU (``alpha``) by default; ``loss`` ``ce`` (softmax cross-entropy) or ``mse`` (one sigmoid output unit
+    for two classes, the Madelon SET-MLP setting). Optimizer: SGD with ``momentum`` and ``weight_decay``.
 
     Topology: after every phase-1 epoch the server runs SET (drop and regrow the fraction ``zeta``; 0: static
     topology) and, when ``importance_pruning``, Importance Pruning of the hidden neurons at or below the
@@ -64,7 +67,8 @@ class WasapConfig:
     Phase 1: asynchronous (``sync=False``: every gradient is applied as it arrives) or synchronous (the N
     gradients of a round are averaged; with ``lr_scaling`` the learning rate grows linearly from ``lr`` to
     ``N · lr`` over ``warmup_epochs`` epochs, as in the reference code). ``phase1_fraction`` of the epochs
-    (rounded) are phase 1.
+    (rounded) are phase 1 — of ``schedule_epochs`` when set (a run extended beyond the epochs it was planned
+    for keeps its phase split).
 
     Phase 2: ``sync_every`` local epochs between merges (union of the workers' topologies, average, prune
     back to each layer's connection budget by magnitude); the last epoch always merges.
@@ -87,6 +91,7 @@ class WasapConfig:
     alpha: float = 0.6
     dropout: float = 0.0
     init: str = "uniform"
+    loss: str = "ce"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 2e-4
@@ -102,6 +107,7 @@ class WasapConfig:
     lr_scaling: bool = True
     warmup_epochs: int = 5
     phase1_fraction: float = 0.7
+    schedule_epochs: int | None = None
     sync_every: int = 1
     shuffle: bool = True
     checkpoint_every: int = 1
@@ -140,6 +146,8 @@ class WasapConfig:
         _number("dropout", self.dropout, 0.0, 1.0, high_open=True)
         if self.init not in INITS:
             raise WasapConfigError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.loss not in LOSSES:
+            raise WasapConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         _number("lr", self.lr, 0.0, low_open=True)
         _number("momentum", self.momentum, 0.0, 1.0, high_open=True)
         _number("weight_decay", self.weight_decay, 0.0)
@@ -159,6 +167,8 @@ class WasapConfig:
                                    "add hidden layers or set importance_pruning=False")
         _int("warmup_epochs", self.warmup_epochs, 0)
         _number("phase1_fraction", self.phase1_fraction, 0.0, 1.0)
+        if self.schedule_epochs is not None:
+            _int("schedule_epochs", self.schedule_epochs, 1)
         _int("sync_every", self.sync_every, 1)
         _int("checkpoint_every", self.checkpoint_every, 1)
         _int("threads", self.threads, 1)
@@ -175,8 +185,9 @@ class WasapConfig:
     # ------------------------------------------------------------------ schedule
     @property
     def phase1_epochs(self) -> int:
-        """Number of phase-1 epochs, ``round(phase1_fraction · epochs)``."""
-        return min(self.epochs, max(0, int(round(self.phase1_fraction * self.epochs))))
+        """Number of phase-1 epochs, ``round(phase1_fraction · E)`` with ``E`` = ``schedule_epochs`` or ``epochs``."""
+        planned = self.schedule_epochs if self.schedule_epochs is not None else self.epochs
+        return min(self.epochs, max(0, int(round(self.phase1_fraction * planned))))
 
     @property
     def ip_first(self) -> int:
@@ -225,28 +236,44 @@ class WasapConfig:
 
 
 SHARED_FIELDS = ("dataset", "data", "data_options", "data_seed", "hidden", "epsilon", "density", "activation", "alpha",
-                 "dropout", "init", "lr", "momentum", "weight_decay", "batch_size", "epochs", "seed", "zeta",
-                 "checkpoint_every")
+                 "dropout", "init", "loss", "lr", "momentum", "weight_decay", "batch_size", "epochs", "seed", "zeta",
+                 "checkpoint_every", "schedule_epochs")
+# WASAP-SGD's own settings: kept in RunConfig.parallel
+PARALLEL_FIELDS = tuple(f.name for f in dataclasses.fields(WasapConfig) if f.name not in (*SHARED_FIELDS, "threads"))
 
 
-def from_run_config(run_config: Any, **overrides: Any) -> WasapConfig:
-    """A :class:`WasapConfig` from a single-process run's settings (any object with the attributes of
-    :class:`sparta.train.config.RunConfig`): the fields both share are copied, ``overrides`` (e.g. ``sync=True``)
-    set the WASAP-SGD ones. Raises :class:`WasapConfigError` for settings WASAP-SGD does not support."""
-    algo = getattr(run_config, "algo", "set")
-    if algo not in ("set", "static"):
-        raise WasapConfigError(f"WASAP-SGD evolves the topology with SET (or keeps it static), got algo {algo!r}")
-    for name, want in (("loss", "ce"), ("optimizer", "sgd"), ("sparse", True)):
-        got = getattr(run_config, name, want)
-        if got != want:
-            raise WasapConfigError(f"WASAP-SGD supports {name}={want!r} only, got {got!r}")
-    values = {f: getattr(run_config, f) for f in SHARED_FIELDS if hasattr(run_config, f)}
-    if algo == "static":
+def from_run_config(run_config: RunConfig, **overrides: Any) -> WasapConfig:
+    """The :class:`WasapConfig` of a run's settings: the fields both share are copied, ``run_config.parallel`` and
+    then ``overrides`` (e.g. ``sync=True``) set WASAP-SGD's own. Raises :class:`WasapConfigError` for settings
+    WASAP-SGD does not support."""
+    if run_config.algo not in ("set", "static"):
+        raise WasapConfigError(f"WASAP-SGD evolves the topology with SET (or keeps it static), got algo "
+                               f"{run_config.algo!r}")
+    if run_config.optimizer != "sgd":
+        raise WasapConfigError(f"WASAP-SGD supports optimizer='sgd' only, got {run_config.optimizer!r}")
+    if run_config.every is not None:
+        raise WasapConfigError(f"WASAP-SGD evolves the topology once per epoch; every={run_config.every} cannot be "
+                               f"honoured (leave it unset)")
+    values = {f: getattr(run_config, f) for f in SHARED_FIELDS}
+    if run_config.algo == "static":
         values["zeta"] = 0.0
-    if getattr(run_config, "threads", None) is not None:
+    if run_config.threads is not None:
         values["threads"] = run_config.threads
+    values.update(run_config.parallel)
     values.update(overrides)
     return WasapConfig.from_dict(values)
+
+
+def to_run_config(config: WasapConfig, workers: int) -> RunConfig:
+    """The :class:`~sparta.train.config.RunConfig` a WASAP-SGD run directory stores (``config.json``): the inverse of
+    :func:`from_run_config` (``from_run_config(to_run_config(c, n)) == c``)."""
+    values: dict[str, Any] = {f: getattr(config, f) for f in SHARED_FIELDS}
+    values.update(algo="set" if config.zeta > 0 else "static", zeta=config.zeta, threads=config.threads,
+                  workers=workers, compare_dense=False, parallel={f: getattr(config, f) for f in PARALLEL_FIELDS})
+    try:
+        return RunConfig.from_dict(values)
+    except ConfigError as e:
+        raise WasapConfigError(str(e)) from None
 
 
 def seed_for(*parts: int) -> int:
@@ -254,12 +281,20 @@ def seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def layer_sizes(config: WasapConfig, n_features: int, n_classes: int) -> list[int]:
+    """``[n_features, *hidden, outputs]``: one output unit for ``loss="mse"`` (two classes), else one per class."""
+    if config.loss == "mse" and n_classes != 2:
+        raise WasapConfigError(f"loss 'mse' trains one sigmoid output unit for two classes, but the data has "
+                               f"{n_classes} classes; use loss 'ce'")
+    return [n_features, *config.hidden, 1 if config.loss == "mse" else n_classes]
+
+
 def build_model(config: WasapConfig, n_features: int, n_classes: int) -> nn.Sequential:
-    """The sparse MLP ``[n_features, *hidden, n_classes]`` of ``config``, initialised from ``config.seed``
-    (the same on every process)."""
+    """The sparse MLP :func:`layer_sizes` of ``config``, initialised from ``config.seed`` (the same on every
+    process)."""
     gen = torch.Generator().manual_seed(config.seed)
     try:
-        return mlp([n_features, *config.hidden, n_classes], density=config.density, epsilon=config.epsilon,
+        return mlp(layer_sizes(config, n_features, n_classes), density=config.density, epsilon=config.epsilon,
                    activation=config.activation, alpha=config.alpha, dropout=config.dropout, init=config.init,
                    generator=gen)
     except ValueError as e:

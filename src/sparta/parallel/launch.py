@@ -1,10 +1,15 @@
-"""Running WASAP-SGD: N + 1 local processes through ``torch.multiprocessing`` (:func:`train_wasap`), or one
-process of a ``torchrun`` job on one or several machines (:func:`run_process`).
+"""Running WASAP-SGD: N + 1 local processes through ``torch.multiprocessing`` (:func:`train_run` for a run's
+:class:`~sparta.train.config.RunConfig`, as ``sparta train --workers N`` does; :func:`train_wasap` for a
+:class:`WasapConfig`), or one process of a ``torchrun`` job on one or several machines (:func:`run_process`).
+
+A WASAP-SGD run directory is a sparta run directory like any other (:mod:`sparta.rundir`): ``config.json`` holds
+the RunConfig (with ``workers`` and WASAP-SGD's own settings in ``parallel``), the server writes the metrics,
+checkpoints and summary, and ``dense/`` holds the dense twin when the run compares with one. Progress, the
+summary, ``sparta eval`` / ``sparta report`` and ``sparta train --resume`` work on it as on any run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import signal
@@ -19,12 +24,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sparta.parallel import rundir
 from sparta.parallel.comm import Link
-from sparta.parallel.config import WasapConfig, WasapConfigError, build_model, load_data
+from sparta.parallel.config import WasapConfig, build_model, from_run_config, layer_sizes, load_data, to_run_config
 from sparta.parallel.server import Server, restore_model
-from sparta.parallel.worker import Worker, set_threads, warm_up
+from sparta.parallel.worker import Worker, warm_up
+from sparta.rundir import CONFIG, SUMMARY, WASAP_FORMAT, RunError, check_run
+from sparta.rundir.checkpoint import load_checkpoint
+from sparta.rundir.files import read_json, read_metrics, write_json
+from sparta.rundir.runtime import set_threads
+from sparta.train.config import ConfigError, RunConfig
 from sparta.train.data import Dataset
+from sparta.train.runs import ModelResult, Progress, check_resume, prepare_run_dir, resume_config, train_dense_twin
 
 DEFAULT_TIMEOUT_S = 300.0
 GRACE_S = 3.0  # after a failure, how long the other processes get to stop (and record their errors) on their own
@@ -59,10 +69,19 @@ class WasapResult:
     def read(cls, run_dir: str | Path) -> WasapResult:
         """The result stored in ``run_dir``."""
         p = Path(run_dir)
-        settings = rundir.read_settings(p)
-        summary_path = p / rundir.SUMMARY
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        return cls(p, WasapConfig.from_dict(settings["config"]), int(settings["workers"]), rundir.read_metrics(p), summary)
+        rc = _run_config(p)
+        summary = read_json(p / SUMMARY) if (p / SUMMARY).exists() else {}
+        assert rc.workers is not None
+        return cls(p, from_run_config(rc), rc.workers, read_metrics(p), summary)
+
+
+def _run_config(run_dir: Path) -> RunConfig:
+    """The RunConfig of a WASAP-SGD run directory; :class:`RunError` for any other directory."""
+    rc = RunConfig.load(check_run(run_dir) / CONFIG)
+    if rc.workers is None:
+        raise RunError(f"{run_dir} is a single-process run, not a WASAP-SGD one; continue it with "
+                       f"`sparta train --resume {run_dir}`")
+    return rc
 
 
 # ------------------------------------------------------------------ one process
@@ -120,42 +139,46 @@ def run_process(rank: int, world_size: int, *, init_method: str = "env://", back
 # ------------------------------------------------------------------ local launcher
 
 
-def resolve(config: WasapConfig | None, workers: int | None, run_dir: str | Path | None, resume: str | Path | None,
-            epochs: int | None, overwrite: bool) -> tuple[WasapConfig, int, Path, bool]:
-    """Settings, worker count and run directory of a new run or a resumed one (``resume``: its directory);
-    a new run's directory is created (``wasap.json`` written). Returns ``(config, workers, run_dir, resuming)``."""
-    if resume is not None:
-        if config is not None:
-            raise ValueError("give either config (a new run) or resume=RUN_DIR (its saved settings are used; "
-                             "epochs= may extend it), not both")
-        p = rundir.check(resume)
-        if run_dir is not None and Path(run_dir).resolve() != p.resolve():
-            raise ValueError(f"run_dir {run_dir} differs from resume {resume}; give only resume")
-        settings = rundir.read_settings(p)
-        config = WasapConfig.from_dict(settings["config"])
-        saved = int(settings["workers"])
-        if workers is not None and workers != saved:
-            raise ValueError(f"{p} was trained with {saved} workers; resume it with the same number (the data shards "
-                             f"depend on it), got workers={workers}")
-        if epochs is not None:
-            done = int(rundir.load_checkpoint(p)["epoch"])
-            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < done:
-                raise ValueError(f"epochs must be an int ≥ the {done} epochs {p} has trained, got {epochs!r}")
-            config = config.replace(epochs=epochs)
-        return config, saved, p, True
-    if config is None:
-        raise ValueError("a new run needs config (a WasapConfig); to continue a run pass resume=RUN_DIR")
-    if not isinstance(config, WasapConfig):
-        raise TypeError(f"config must be a WasapConfig, got {type(config).__name__}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int ≥ 1, got {workers!r}")
-    if run_dir is None:
-        raise ValueError("run_dir is required: the server writes metrics and checkpoints there")
-    if epochs is not None:
-        config = config.replace(epochs=epochs)
-    p = rundir.prepare(run_dir, overwrite)
-    rundir.write_settings(p, config.as_dict(), workers)
-    return config, workers, p, False
+def open_run(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Validate a WASAP-SGD run (its settings, and for ``resume`` its checkpoints) and write its ``config.json``:
+    the run directory, ready for the server. Nothing is written when a check fails."""
+    if config.workers is None:
+        raise ConfigError("a WASAP-SGD run needs workers (the number of worker processes), got None")
+    from_run_config(config)  # WASAP-SGD supports these settings
+    if resume:
+        p = check_resume(out)
+        saved = _run_config(p).workers
+        if saved != config.workers:
+            raise RunError(f"{p} was trained with {saved} workers; resume it with the same number (the data shards "
+                           f"depend on it), got {config.workers}")
+    else:
+        p = prepare_run_dir(out, overwrite)
+    write_json(p / CONFIG, config.as_dict())
+    return p
+
+
+def train_run(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+              progress: Progress | None = None, data: Dataset | None = None,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> list[ModelResult]:
+    """Train a run whose ``config.workers`` is set with WASAP-SGD on this machine (a server and that many workers,
+    each its own process), then its dense twin when ``config.compare_dense``, into run directory ``out``; with
+    ``resume``, continue from its checkpoints. ``progress`` gets the server's epochs as they are written.
+
+    Returns the models' results as :func:`sparta.train.runs.train` does. Raises :class:`WorkerFailure` naming the
+    rank when a process dies or raises; the last checkpoint stays intact.
+    """
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    run_dir = open_run(config, out, resume=resume, overwrite=overwrite)
+    wasap = from_run_config(config)
+    if data is None:
+        data = load_data(wasap)
+    done = int(load_checkpoint(run_dir, (WASAP_FORMAT,), "WASAP-SGD")["epoch"]) if resume else 0
+    if done < config.epochs:
+        _launch(config, wasap, run_dir, resume, data, timeout_s, progress, done)
+    main = ModelResult("sparse", run_dir, config, read_metrics(run_dir), True,
+                       layer_sizes(wasap, data.n_features, data.n_classes))
+    return [main, *train_dense_twin(config, run_dir, data, main, resume=resume, stop_after=None, progress=progress)]
 
 
 def free_port() -> int:
@@ -172,44 +195,88 @@ def _spawn_entry(index: int, world_size: int, init_method: str, payload: dict[st
                 timeout_s=payload["timeout_s"])
 
 
+def _launch(run_config: RunConfig, config: WasapConfig, run_dir: Path, resume: bool, data: Dataset | None,
+            timeout_s: float, progress: Progress | None, done: int) -> None:
+    """Run the server and ``run_config.workers`` workers (start method ``spawn``, gloo over 127.0.0.1 on a free port)
+    to the end, reporting every epoch the server writes to ``progress``."""
+    workers = run_config.workers
+    assert workers is not None
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # children inherit it before they load OpenMP
+    set_threads(config.threads)  # checked here, where a bad value is one clear error
+    payload = {"config": config, "run_dir": str(run_dir), "resume": resume, "data": data, "timeout_s": float(timeout_s)}
+    ctx = mp.start_processes(_spawn_entry, args=(workers + 1, f"tcp://127.0.0.1:{free_port()}", payload),
+                             nprocs=workers + 1, join=False, start_method="spawn")
+    if progress is not None:
+        progress.start("sparse", done, config.epochs, run_config)
+    try:
+        while not ctx.join(timeout=0.5, grace_period=GRACE_S):
+            done = _report(run_dir, done, progress)
+        _report(run_dir, done, progress)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        raise _failure(e, ctx, run_dir) from None
+    except BaseException:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    finally:
+        if progress is not None:
+            progress.end("sparse")
+
+
+def _report(run_dir: Path, done: int, progress: Progress | None) -> int:
+    """Pass the metrics rows after epoch ``done`` to ``progress``; returns the last epoch passed on."""
+    if progress is None:
+        return done
+    for row in read_metrics(run_dir):
+        if row["epoch"] > done:
+            progress.epoch("sparse", row)
+            done = row["epoch"]
+    return done
+
+
 def train_wasap(config: WasapConfig | None = None, workers: int | None = None, run_dir: str | Path | None = None, *,
                 resume: str | Path | None = None, epochs: int | None = None, overwrite: bool = False,
                 data: Dataset | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> WasapResult:
-    """Train with WASAP-SGD on this machine: a server and ``workers`` workers, each its own process (start method
-    ``spawn``, gloo over 127.0.0.1 on a free port), writing metrics and checkpoints to ``run_dir``.
+    """Train with WASAP-SGD on this machine: a server and ``workers`` workers, each its own process, writing a run
+    directory to ``run_dir`` (see :func:`train_run`, which this calls with ``to_run_config(config, workers)``).
 
     Args:
         config: the settings of a new run (see :class:`WasapConfig`).
         workers: number of worker processes N ≥ 1 (N + 1 processes in all).
         run_dir: run directory; must be empty or absent unless ``overwrite``.
         resume: the directory of a run to continue from its checkpoint (instead of ``config``/``run_dir``).
-        epochs: a new total number of epochs (to extend a resumed run).
+        epochs: a new total number of epochs (to extend a resumed run; its phase split stays as planned).
         data: a :class:`~sparta.train.data.Dataset` to use instead of loading ``config.dataset`` in every process.
         timeout_s: the longest any process waits for a message before the run fails.
 
     Raises :class:`WorkerFailure` naming the rank when a process dies or raises; every other process is stopped
     and the last checkpoint stays intact (``resume=run_dir`` continues from it).
     """
-    config, workers, p, resuming = resolve(config, workers, run_dir, resume, epochs, overwrite)
-    if resuming and int(rundir.load_checkpoint(p)["epoch"]) >= config.epochs:
-        return WasapResult.read(p)
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # children inherit it before they load OpenMP
-    payload = {"config": config, "run_dir": str(p), "resume": resuming, "data": data, "timeout_s": float(timeout_s)}
-    ctx = mp.start_processes(_spawn_entry, args=(workers + 1, f"tcp://127.0.0.1:{free_port()}", payload),
-                             nprocs=workers + 1, join=False, start_method="spawn")
-    try:
-        while not ctx.join(timeout=0.5, grace_period=GRACE_S):
-            pass
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-        raise _failure(e, ctx, p) from None
-    except BaseException:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.terminate()
-        raise
-    return WasapResult.read(p)
+    if resume is not None:
+        if config is not None:
+            raise ValueError("give either config (a new run) or resume=RUN_DIR (its saved settings are used; "
+                             "epochs= may extend it), not both")
+        if run_dir is not None and Path(run_dir).resolve() != Path(resume).resolve():
+            raise ValueError(f"run_dir {run_dir} differs from resume {resume}; give only resume")
+        rc = _run_config(Path(resume))
+        if workers is not None and workers != rc.workers:
+            raise RunError(f"{resume} was trained with {rc.workers} workers; resume it with the same number (the data "
+                           f"shards depend on it), got workers={workers}")
+        train_run(resume_config(resume, epochs=epochs), resume, resume=True, data=data, timeout_s=timeout_s)
+        return WasapResult.read(resume)
+    if config is None:
+        raise ValueError("a new run needs config (a WasapConfig); to continue a run pass resume=RUN_DIR")
+    if not isinstance(config, WasapConfig):
+        raise TypeError(f"config must be a WasapConfig, got {type(config).__name__}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int ≥ 1, got {workers!r}")
+    if run_dir is None:
+        raise ValueError("run_dir is required: the server writes metrics and checkpoints there")
+    if epochs is not None:
+        config = config.replace(epochs=epochs)
+    train_run(to_run_config(config, workers), run_dir, overwrite=overwrite, data=data, timeout_s=timeout_s)
+    return WasapResult.read(run_dir)
 
 
 def _role(rank: int) -> str:
@@ -257,11 +324,11 @@ def _failure(e: mp.ProcessRaisedException | mp.ProcessExitedException, ctx: Any,
         last = [ln for ln in trace.strip().splitlines() if ln.strip()]
         how = f"raised {last[-1].strip() if last else 'an exception'}"
     try:
-        ck = rundir.load_checkpoint(run_dir)
-        state = (f"The last checkpoint ({run_dir / rundir.CHECKPOINT}, after epoch {ck['epoch']}) is intact; continue "
-                 f"with train_wasap(resume={str(run_dir)!r}) or `python -m sparta.parallel --resume {run_dir}`.")
-    except rundir.RunDirError:
-        state = "No checkpoint had been written yet."
+        ck = load_checkpoint(run_dir, (WASAP_FORMAT,), "WASAP-SGD")
+        state = (f"The last checkpoint (after epoch {ck['epoch']}) is intact; continue with: "
+                 f"sparta train --resume {run_dir}")
+    except RunError:
+        state = "Its checkpoint cannot be read: start the run again with --overwrite."
     codes_text = ", ".join(f"rank {i}: {_code(c)}" for i, c in codes.items())
     message = f"WASAP-SGD run stopped: {_role(culprit)} {how}. {state}\nProcesses: {codes_text}."
     if trace is not None:
@@ -274,13 +341,10 @@ def _failure(e: mp.ProcessRaisedException | mp.ProcessExitedException, ctx: Any,
 
 def load_model(run_dir: str | Path) -> tuple[WasapConfig, nn.Module, dict[str, Any]]:
     """Rebuild the model of a run from its last checkpoint: ``(config, model, checkpoint)``."""
-    p = rundir.check(run_dir)
-    config = WasapConfig.from_dict(rundir.read_settings(p)["config"])
-    ck = rundir.load_checkpoint(p)
-    shapes = [tuple(s) for s in ck["shapes"]]
-    try:
-        model = build_model(config, shapes[0][1], shapes[-1][0])
-    except WasapConfigError as e:
-        raise rundir.RunDirError(f"{p}: {e}") from None
+    p = Path(run_dir)
+    config = from_run_config(_run_config(p))
+    ck = load_checkpoint(p, (WASAP_FORMAT,), "WASAP-SGD", "the run's model cannot be loaded")
+    sizes = list(ck["sizes"])
+    model = build_model(config, sizes[0], 2 if config.loss == "mse" else sizes[-1])
     restore_model(model, ck)
     return config, model, ck

@@ -1,12 +1,12 @@
 """The parameter server (rank 0) of WASAP-SGD: it holds the model, applies the workers' gradients in phase 1,
-evolves the topology once per global epoch, merges the workers' models in phase 2, and writes the run directory.
+evolves the topology once per global epoch, merges the workers' models in phase 2, and writes the run directory
+(the format every sparta run shares: its rows carry the supervised columns first, then WASAP-SGD's own).
 
 Read top to bottom: :meth:`Server.run` is start → phase 1 → phase 2 → finish.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from sparta.parallel import rundir
 from sparta.parallel.comm import Kind, Link, Message, json_tensor, model_tensors, read_layers, read_shapes, split_values
-from sparta.parallel.config import WasapConfig, build_model, seed_for
+from sparta.parallel.config import WasapConfig, build_model, layer_sizes, seed_for
 from sparta.parallel.merge import merge_models
 from sparta.parallel.state import (
     carry_gradient,
@@ -26,9 +25,20 @@ from sparta.parallel.state import (
     sparse_layers,
     traced_update,
 )
+from sparta.rundir import CONFIG, METRICS_JSONL, SUMMARY, WASAP_FORMAT, RunError
+from sparta.rundir.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sparta.rundir.files import append_metrics, read_metrics, write_json, write_metrics
+from sparta.rundir.stats import epoch_stats, shrink_layers
 from sparta.topology import SET, ImportancePruning
+from sparta.train.config import RunConfig
 from sparta.train.data import Dataset
 from sparta.train.loop import evaluate
+from sparta.train.runs import CSV_FIELDS as TRAIN_FIELDS
+from sparta.train.runs import summarise as summarise_run
+
+CSV_FIELDS = (*TRAIN_FIELDS, "phase", "mode", "lr", "eval_seconds", "wall_seconds", "samples", "samples_per_s",
+              "updates", "exchanges", "bytes_sent", "bytes_received", "bytes_per_exchange", "dense_bytes_per_exchange",
+              "staleness_mean", "staleness_max")
 
 Grads = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -53,6 +63,7 @@ class Server:
         self.steps_per_epoch = math.ceil(self.shard / config.batch_size)
         self.data = data
         self.x_test, self.y_test = data.x_test.to(self.device), data.y_test.to(self.device)
+        self.sizes = layer_sizes(config, data.n_features, data.n_classes)
         self.model = build_model(config, data.n_features, data.n_classes).to(self.device)
         self.layers = sparse_layers(self.model)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -73,9 +84,9 @@ class Server:
         if resume:
             self._restore()
         else:
-            rundir.write_metrics(self.run_dir, [])
-        rundir.write_settings(self.run_dir, config.as_dict(), workers)
-        (self.run_dir / rundir.SUMMARY).unlink(missing_ok=True)
+            write_metrics(self.run_dir, [], CSV_FIELDS)
+            self.save()  # a run directory has a checkpoint from its start
+        (self.run_dir / SUMMARY).unlink(missing_ok=True)
 
     # ================================================================== the run
     def run(self) -> None:
@@ -158,7 +169,8 @@ class Server:
         for r in self.workers():
             self.link.send(Message(Kind.DONE), r)
         self.link.flush()
-        rundir.atomic_write(self.run_dir / rundir.SUMMARY, (_json(summarise(self.rows, self.config, self.n)) + "\n").encode())
+        run_config = RunConfig.load(self.run_dir / CONFIG)
+        write_json(self.run_dir / SUMMARY, summarise(self.rows, run_config, self.config, self.n, self.sizes))
 
     # ================================================================== phase-1 pieces
     def workers(self) -> range:
@@ -262,13 +274,11 @@ class Server:
         c, ep = self.config, self.ep
         done = self.epoch + 1
         t0 = time.perf_counter()
-        te_loss, te_acc = evaluate(self.model, self.x_test, self.y_test, "ce") if evaluated else (None, None)
+        te_loss, te_acc = evaluate(self.model, self.x_test, self.y_test, c.loss) if evaluated else (None, None)
         ep["checks"]["0"] = self.checks
         self.checks = 0
         sent, received = self.link.bytes_sent - ep["sent"], self.link.bytes_received - ep["received"]
         stale = ep["staleness"]
-        total = sum(m.in_features * m.out_features for m in self.layers)
-        conns = sum(m.nnz for m in self.layers)
         dense = 2 * self.layers[0].values.element_size() * sum(m.in_features * m.out_features + m.out_features
                                                                for m in self.layers)
         samples = ep["samples"]
@@ -283,8 +293,8 @@ class Server:
                "bytes_per_exchange": (sent + received) / ep["exchanges"] if ep["exchanges"] else None,
                "dense_bytes_per_exchange": dense,
                "staleness_mean": sum(stale) / len(stale) if stale else None, "staleness_max": max(stale) if stale else None,
-               "topology_seconds": ep["topology_seconds"], "connections": conns, "density": conns / total,
-               "neurons": sum(m.out_features for m in self.layers[:-1]), "layers": [m.nnz for m in self.layers],
+               "topology_seconds": ep["topology_seconds"],
+               **epoch_stats(self.model),
                "invariant_checks": ep["checks"], "topology_version": self.topo_version, "version": self.version}
         self.epoch = done
         now = time.perf_counter()
@@ -292,25 +302,26 @@ class Server:
         row["time"] = time.time()
         self._wall_end = now
         self.rows.append(row)
-        rundir.append_metrics(self.run_dir, row)  # first: a resume drops rows past its checkpoint, never misses one
+        append_metrics(self.run_dir, row, CSV_FIELDS)  # first: a resume drops rows past its checkpoint, never misses one
         if checkpoint:
             self.save()
 
     # ================================================================== checkpoints
     def save(self) -> None:
-        """Write ``checkpoint.pt`` (state after ``self.epoch`` epochs) atomically."""
-        rundir.save_checkpoint(self.run_dir, {
+        """Write ``checkpoint.pt`` (state after ``self.epoch`` epochs; 0: the initial state) atomically."""
+        save_checkpoint(self.run_dir, {
             "epoch": self.epoch, "phase": 1 if self.epoch < self.config.phase1_epochs else 2,
             "workers": self.n, "version": self.version, "topo_version": self.topo_version, "budgets": self.budgets,
+            "sizes": self.sizes, "steps_per_epoch": self.steps_per_epoch,
             "shapes": [(m.out_features, m.in_features) for m in self.layers],
             "model": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(),
             "set": self.set_algo.state_dict() if self.set_algo is not None else None,
             "ip": self.ip.state_dict() if self.ip is not None else None,
-            "rng": rundir.rng_state(), "config": _json(self.config.as_dict())})
+            "rng": rng_state()}, WASAP_FORMAT)
 
     def _restore(self) -> None:
-        ck = rundir.load_checkpoint(self.run_dir)
+        ck = load_checkpoint(self.run_dir, (WASAP_FORMAT,), "WASAP-SGD")
         if ck["workers"] != self.n:
             raise ValueError(f"{self.run_dir} was trained with {ck['workers']} workers; resume it with the same number "
                              f"(the data shards depend on it), got {self.n}")
@@ -322,41 +333,27 @@ class Server:
             self.ip.load_state_dict(ck["ip"])
         self.epoch, self.version, self.topo_version = int(ck["epoch"]), int(ck["version"]), int(ck["topo_version"])
         self.budgets = [int(b) for b in ck["budgets"]]
-        rundir.set_rng_state(ck["rng"])
-        self.rows = [r for r in rundir.read_metrics(self.run_dir) if r["epoch"] <= self.epoch]
+        set_rng_state(ck["rng"])
+        self.rows = [r for r in read_metrics(self.run_dir) if r["epoch"] <= self.epoch]
         if len(self.rows) != self.epoch:
-            raise ValueError(f"{self.run_dir}: {rundir.METRICS_JSONL} holds {len(self.rows)} of the {self.epoch} epochs "
-                             "in the checkpoint")
-        rundir.write_metrics(self.run_dir, self.rows)
+            raise RunError(f"{self.run_dir}: {METRICS_JSONL} holds {len(self.rows)} of the {self.epoch} epochs "
+                           "in the checkpoint")
+        write_metrics(self.run_dir, self.rows, CSV_FIELDS)
 
 
 def restore_model(model: torch.nn.Module, ck: dict[str, Any]) -> None:
     """Shrink ``model``'s sparse layers to the checkpoint's sizes (Importance Pruning removes neurons), then load it."""
-    layers = sparse_layers(model)
-    shapes = [tuple(s) for s in ck["shapes"]]
-    if len(shapes) != len(layers):
-        raise ValueError(f"the checkpoint has {len(shapes)} sparse layers, the model {len(layers)}")
-    for m, (out_f, in_f) in zip(layers, shapes, strict=True):
-        if (out_f, in_f) != (m.out_features, m.in_features):
-            if out_f > m.out_features or in_f > m.in_features:
-                raise ValueError(f"the checkpoint's layer is {out_f} × {in_f}, larger than the model's "
-                                 f"{m.out_features} × {m.in_features}")
-            dev = m.indices.device
-            m.remove_neurons(torch.arange(m.out_features, device=dev) < out_f,
-                             torch.arange(m.in_features, device=dev) < in_f)
+    shrink_layers(model, [tuple(s) for s in ck["shapes"]])
     model.load_state_dict(ck["model"])
 
 
-def summarise(rows: list[dict[str, Any]], config: WasapConfig, workers: int) -> dict[str, Any]:
-    """Final metrics of a run from its rows."""
-    evaluated = [r for r in rows if r.get("test_acc") is not None]
+def summarise(rows: list[dict[str, Any]], run_config: RunConfig, config: WasapConfig, workers: int,
+              sizes: list[int]) -> dict[str, Any]:
+    """Final metrics of a run from its rows: those of every run (:func:`sparta.train.runs.summarise`), then
+    WASAP-SGD's (mode, throughput, traffic, staleness)."""
     p1 = [r for r in rows if r["phase"] == 1]
-    out: dict[str, Any] = {"workers": workers, "mode": "sync" if config.sync else "async", "epochs": len(rows)}
-    if evaluated:
-        last = evaluated[-1]
-        out.update({"test_acc": last["test_acc"], "test_loss": last["test_loss"],
-                    "best_test_acc": max(r["test_acc"] for r in evaluated), "connections": last["connections"],
-                    "density": last["density"], "neurons": last["neurons"]})
+    out = summarise_run(rows, "sparse", run_config, sizes)
+    out.update({"workers": workers, "mode": "sync" if config.sync else "async"})
     secs = sum(r["seconds"] for r in rows)
     out["train_seconds"] = secs
     out["samples_per_s"] = sum(r["samples"] for r in rows) / secs if secs > 0 else None
@@ -367,7 +364,3 @@ def summarise(rows: list[dict[str, Any]], config: WasapConfig, workers: int) -> 
         st = [r["staleness_mean"] for r in p1 if r["staleness_mean"] is not None]
         out["staleness_mean"] = sum(st) / len(st) if st else None
     return out
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from sparta.nn.mlp import SparseMLP
 from sparta.parallel.comm import (
@@ -27,8 +26,10 @@ from sparta.parallel.comm import (
 )
 from sparta.parallel.config import WasapConfig, build_model, load_data, seed_for
 from sparta.parallel.state import check_layers, export_layers, import_layers, import_values, sparse_layers
+from sparta.rundir.runtime import set_threads
 from sparta.topology import SET
 from sparta.train.data import Dataset
+from sparta.train.loop import correct_count, loss_function
 
 CRASH_ENV = "SPARTA_WASAP_CRASH"  # testing hook: "RANK:STEP" makes worker RANK exit abruptly before its STEP-th step
 
@@ -62,6 +63,7 @@ class Worker:
         """Receive the settings and the model, train phase 1 then phase 2, stop when the server says so."""
         init = tensor_json(self.link.expect(0, Kind.INIT).tensors[0])
         self.config = c = WasapConfig.from_dict(init["config"])
+        self.loss = loss_function(c.loss)
         self.n, start = int(init["workers"]), int(init["start_epoch"])
         set_threads(c.threads)
         data = self.data if self.data is not None else load_data(c)
@@ -104,7 +106,7 @@ class Worker:
             for idx in self.batches(epoch):
                 self.maybe_crash()
                 out = self.model(self.x[idx])
-                loss = F.cross_entropy(out, self.y[idx])
+                loss = self.loss(out, self.y[idx])
                 if not bool(torch.isfinite(loss)):
                     raise FloatingPointError(f"worker rank {self.rank}: the loss became non-finite in local epoch "
                                              f"{epoch + 1}: training diverged (lower lr)")
@@ -112,7 +114,7 @@ class Worker:
                 loss.backward()
                 opt.step()
                 loss_sum += float(loss.detach()) * len(idx)
-                correct += float((out.detach().argmax(-1) == self.y[idx]).sum())
+                correct += correct_count(out.detach(), self.y[idx])
                 self.steps += 1
             if algo is not None and epoch + 1 < c.epochs:
                 algo.generator.manual_seed(seed_for(c.seed, self.rank, epoch, 2))
@@ -144,14 +146,14 @@ class Worker:
         self.maybe_crash()
         self.model.train()
         out = self.model(self.x[idx])
-        loss = F.cross_entropy(out, self.y[idx])
+        loss = self.loss(out, self.y[idx])
         for p in self.model.parameters():
             p.grad = None
         loss.backward()
         grads = [(m.values.grad if m.values.grad is not None else torch.zeros_like(m.values),
                   m.bias.grad if m.bias.grad is not None else torch.zeros_like(m.bias))  # type: ignore[union-attr]
                  for m in self.layers]
-        stats = [float(loss.detach()) * len(idx), float((out.detach().argmax(-1) == self.y[idx]).sum()), self.take_checks()]
+        stats = [float(loss.detach()) * len(idx), correct_count(out.detach(), self.y[idx]), self.take_checks()]
         tensors = gradient_tensors(grads, shapes_tensor(export_layers(self.model)), stats)
         self.link.send(Message(Kind.GRAD, [self.version, self.topo_version, len(idx), epoch], tensors), 0)
         self.steps += 1
@@ -198,11 +200,4 @@ def warm_up() -> None:
     p.grad = torch.zeros(1)
     torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4).step()
 
-
-def set_threads(threads: int) -> None:
-    """torch's and numba's thread counts for this process."""
-    import numba
-
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 

@@ -9,13 +9,17 @@ topology of their online networks. Needs ``pip install "sparta[rl]"`` (gymnasium
     from sparta.rl import DQNConfig, SparsityConfig, train_dqn
     train_dqn(DQNConfig(env_id="CartPole-v1", total_steps=50_000,
                         sparsity=SparsityConfig(method="set", sparsity=0.9)), run_dir="runs/dqn")
+
+The names are imported on first use (the ``sparta rl`` command's parser loads no torch).
 """
 
-from sparta.rl.buffers import Batch, ReplayBuffer
-from sparta.rl.dqn import DQNConfig
-from sparta.rl.dqn import train as train_dqn
-from sparta.rl.envs import MissingExtraError, make_env
-from sparta.rl.sparsity import SparsityConfig, check_same_topology, sync_target
+from sparta._lazy import lazy_attributes
+
+_EXPORTS = {"Batch": "sparta.rl.buffers", "ReplayBuffer": "sparta.rl.buffers", "DQNConfig": "sparta.rl.dqn",
+            "MissingExtraError": "sparta.rl.envs", "make_env": "sparta.rl.envs", "SparsityConfig": "sparta.rl.sparsity",
+            "check_same_topology": "sparta.rl.sparsity", "sync_target": "sparta.rl.sparsity",
+            "train_dqn": "sparta.rl.dqn:train"}
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
 __all__ = ["Batch", "DQNConfig", "MissingExtraError", "ReplayBuffer", "SparsityConfig", "check_same_topology",
            "make_env", "sync_target", "train_dqn"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,8 +25,8 @@ from sparta.nn import SparseMLP
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.envs import make_env
-from sparta.rl.runs import Run, eval_envs, eval_row, evaluate, restore_network, summarize
-from sparta.train.runs import set_threads
+from sparta.rl.runs import BudgetWarning, Run, check_budget, eval_envs, eval_row, evaluate, restore_network, summarize
+from sparta.rundir.runtime import set_threads
 
 
 @dataclass
@@ -111,10 +112,15 @@ def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> fl
     return max(slope * t + start_e, end_e)
 
 
+def gradient_steps(cfg: DQNConfig) -> dict[str, int]:
+    """Gradient steps the Q-network takes over the run: one per ``train_frequency`` steps after ``learning_starts``."""
+    return {"q": (cfg.total_steps - cfg.learning_starts) // cfg.train_frequency}
+
+
 def build(cfg: DQNConfig, env) -> dict[str, Any]:
     """Q-network (sparse per ``cfg.sparsity``), its optimizer, topology algorithm and target network."""
     n_actions = int(env.action_space.n)
-    grad_steps = max(1, (cfg.total_steps - cfg.learning_starts) // cfg.train_frequency)
+    grad_steps = max(1, gradient_steps(cfg)["q"])
     q = QNetwork(env.observation_space.shape, n_actions, cfg.sparsity.hidden(cfg.hidden))
     sp.make_sparse(q, cfg.sparsity, grad_steps, cfg.seed)
     opt = sp.optimizers(cfg.sparsity).Adam(q.parameters(), lr=cfg.learning_rate)
@@ -137,6 +143,8 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "n"):
         raise ValueError(f"DQN needs a discrete action space; {cfg.env_id} has {env.action_space}")
+    for message in check_budget("dqn", cfg, gradient_steps(cfg)):
+        warnings.warn(message, BudgetWarning, stacklevel=2)
     run = Run(run_dir, "dqn", cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
               total_steps=cfg.total_steps)
     nets = build(cfg, env)
@@ -168,6 +176,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         step, episode, grad_step, next_checkpoint = ck["step"], ck["episode"], ck["grad_step"], ck["next_checkpoint"]
     else:
         run.log(eval_row(0, evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6), sp.density(q)))
+        checkpoint()  # a run directory has a checkpoint from its start
 
     obs, _ = env.reset(seed=cfg.seed + episode)
     ep_return, ep_len, t_start = 0.0, 0, time.perf_counter()

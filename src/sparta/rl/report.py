@@ -80,19 +80,21 @@ def aggregate(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """``returns.png`` (IQM return vs steps with 95 % bootstrap bands) and ``density.png``; returns their paths."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = aggregate(path)
-    out = Path(out_dir) if out_dir is not None else Path(path) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt
+
+
+def figure_returns(data: dict[str, dict[str, Any]]):
+    """IQM return vs steps with 95 % bootstrap bands, one line per group of :func:`aggregate`; every evaluation is
+    marked, so a run evaluated once still shows its point."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for label, c in data.items():
-        line, = ax.plot(c["steps"], c["iqm"], label=f"{label} (n={c['runs']})")
+        line, = ax.plot(c["steps"], c["iqm"], marker="o", markersize=3, label=f"{label} (n={c['runs']})")
         ax.fill_between(c["steps"], c["lo"], c["hi"], color=line.get_color(), alpha=0.2)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return (IQM over runs, 95% CI)")
@@ -100,11 +102,14 @@ def write_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "returns.png", dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    return fig
+
+
+def figure_density(data: dict[str, dict[str, Any]]):
+    """Weight density per episode end of the first run of each group."""
+    fig, ax = _pyplot().subplots(figsize=(7, 3.5))
     for label, c in data.items():
-        ax.plot(c["density_steps"], c["density"], label=label)
+        ax.plot(c["density_steps"], c["density"], marker="o" if len(c["density"]) < 2 else None, label=label)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("weight density")
     ax.set_ylim(0, 1.05)
@@ -112,6 +117,19 @@ def write_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "density.png", dpi=120)
-    plt.close(fig)
-    return [out / "returns.png", out / "density.png"]
+    return fig
+
+
+def write_plots(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """``returns.png`` (:func:`figure_returns`) and ``density.png`` (:func:`figure_density`); returns their paths."""
+    plt = _pyplot()
+    data = aggregate(path)
+    out = Path(out_dir) if out_dir is not None else Path(path) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, figure in (("returns.png", figure_returns), ("density.png", figure_density)):
+        fig = figure(data)
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+    return written

@@ -1,13 +1,13 @@
 """RL run directories, metrics, checkpoints and deterministic evaluation.
 
-A run directory holds::
+A run directory (the format every sparta run shares, :mod:`sparta.rundir`) holds::
 
     config.json     {"algo": ..., "config": {...agent settings..., "sparsity": {...}}}
     metrics.jsonl   one JSON object per line: {"kind": "episode", "step", "return", "length", "fps", "density", ...}
                     and {"kind": "eval", "step", "return", "returns", "density", ...}
     checkpoint.pt   networks, optimizers, topology algorithms, replay buffer, RNG states, counters; written
-                    atomically (sparta.train.runs.atomic_write_bytes) at the first episode boundary after every
-                    ``checkpoint_every`` steps, and at the end
+                    atomically when the run starts, at the first episode boundary after every ``checkpoint_every``
+                    steps, and at the end
     summary.json    final evaluation, written when the run completes
 
 Checkpoints are taken at episode boundaries (the environment's internal state is not saved): episodes are
@@ -18,7 +18,6 @@ steps starts a fresh episode there.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,36 +26,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparta.train.runs import atomic_write_bytes, atomic_write_text
+from sparta.rl.sparsity import schedule_warnings
+from sparta.rundir import CHECKPOINT, CONFIG, METRICS_JSONL, RL_FORMAT, SUMMARY, RunError, check_run, prepare_run_dir
+from sparta.rundir.checkpoint import load_checkpoint as _load_checkpoint
+from sparta.rundir.checkpoint import save_checkpoint
+from sparta.rundir.files import append_metrics, read_json, read_metrics, write_json, write_metrics
 
-CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
-CHECKPOINT_FORMAT = "sparta-rl-2"  # 2: networks are SparseMLP modules
+METRICS = METRICS_JSONL
+CHECKPOINT_FORMAT = RL_FORMAT
 
-
-class RunError(ValueError):
-    """A run directory that is missing, incomplete, or not what the command expects."""
-
-
-def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl`` (of one ``kind`` if given); a truncated last line is ignored."""
-    p = Path(run_dir) / METRICS
-    rows = []
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if kind is None or row.get("kind") == kind:
-                rows.append(row)
-    return rows
+__all__ = ["CHECKPOINT", "CONFIG", "METRICS", "SUMMARY", "Run", "RunError", "eval_envs", "eval_row", "evaluate",
+           "find_runs", "load_checkpoint", "read_config", "read_metrics", "restore_network", "summarize"]
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """``{"algo": ..., "config": {...}}`` of an RL run directory."""
     p = Path(run_dir) / CONFIG
     if not p.is_file():
         raise RunError(f"{run_dir} is not an RL run directory (no {CONFIG}); start one with `sparta rl train`")
-    return json.loads(p.read_text())
+    check_run(run_dir, "sparta rl train --out DIR", kind="rl")
+    saved = read_json(p)
+    if not isinstance(saved, dict) or "algo" not in saved or "config" not in saved:
+        raise RunError(f"{p} is not the config of an RL run (runs are written by `sparta rl train`)")
+    return saved
 
 
 def find_runs(path: str | Path) -> list[Path]:
@@ -64,10 +56,51 @@ def find_runs(path: str | Path) -> list[Path]:
     p = Path(path)
     if (p / CONFIG).is_file():
         return [p]
+    if not p.is_dir():
+        raise RunError(f"RL run directory {p} does not exist")
     found = sorted({c.parent for pattern in (f"*/{CONFIG}", f"*/*/{CONFIG}") for c in p.glob(pattern)})
     if not found:
         raise RunError(f"no RL run found in {p} (looked for {CONFIG} in it and in its sub-folders)")
     return found
+
+
+def load_checkpoint(run_dir: str | Path, purpose: str = "the run cannot resume from it") -> dict[str, Any]:
+    """A run's checkpoint, read only; one-line :class:`RunError` when missing or damaged."""
+    return _load_checkpoint(run_dir, (CHECKPOINT_FORMAT,), "sparta RL", purpose)
+
+
+MIN_GRADIENT_STEPS = 1000  # fewer, and an agent learns next to nothing: the run warns
+
+
+class BudgetWarning(UserWarning):
+    """A run whose step budget leaves its agent or its sparse method very little room (the CLI prints these)."""
+
+
+def check_budget(algo: str, cfg: Any, steps: dict[str, int]) -> list[str]:
+    """Refuse (``ValueError``) a run whose ``cfg.total_steps`` leaves no gradient step, or no room for GMP to
+    prune; return one warning per thing that leaves very little room. ``steps``: gradient steps each network
+    (``"q"``, ``"critics"``, ``"actor"``) takes over the whole run."""
+    every = getattr(cfg, "train_frequency", 1)
+    learns = f"{algo.upper()} takes its first gradient step after learning_starts = {cfg.learning_starts} environment " \
+             f"steps" + (f", then one every train_frequency = {every}" if every > 1 else "")
+    need = cfg.learning_starts + MIN_GRADIENT_STEPS * every
+    fix = f"give --steps {need} or more, or lower --set learning_starts=N"
+    if max(steps.values()) < 1:
+        raise ValueError(f"--steps {cfg.total_steps} leaves {algo.upper()} no gradient step: {learns}; {fix}")
+    out = []
+    if max(steps.values()) < MIN_GRADIENT_STEPS:
+        out.append(f"--steps {cfg.total_steps} leaves {algo.upper()} only {max(steps.values())} gradient steps "
+                   f"({learns}): it will barely learn; {fix}")
+    nets: dict[tuple[str, int], list[str]] = {}  # one line per finding, naming every network it applies to
+    for net, n in steps.items():
+        try:
+            found = schedule_warnings(cfg.sparsity, n)
+        except ValueError as e:
+            raise ValueError(f"{e} (the {net} takes {n} gradient steps: {learns})") from None
+        for w in found:
+            nets.setdefault((w, n), []).append(net)
+    return out + [f"method {cfg.sparsity.method!r} on the {' and '.join(names)} ({n} gradient steps): {w}; give more "
+                  f"--steps" for (w, n), names in nets.items()]
 
 
 class Run:
@@ -85,13 +118,10 @@ class Run:
             saved = read_config(self.dir)
             if saved["algo"] != algo:
                 raise RunError(f"{self.dir} is a {saved['algo']} run, not {algo}")
+            load_checkpoint(self.dir)  # present and readable, before anything is written
         else:
-            if (self.dir / CONFIG).exists() and not overwrite:
-                raise RunError(f"{self.dir} already holds a run; resume it with --resume, or pass --overwrite")
-            self.dir.mkdir(parents=True, exist_ok=True)
-            for name in (METRICS, CHECKPOINT, SUMMARY):
-                (self.dir / name).unlink(missing_ok=True)
-        atomic_write_text(self.dir / CONFIG, json.dumps({"algo": algo, "config": config}, indent=2) + "\n")
+            prepare_run_dir(self.dir, overwrite, resume_command="sparta rl train --resume")
+        write_json(self.dir / CONFIG, {"algo": algo, "config": config})
 
     # --------------------------------------------------------------- metrics
     def log(self, row: dict[str, Any]) -> None:
@@ -100,8 +130,7 @@ class Run:
         elif row.get("kind") == "eval":
             self.last["eval"] = row["return"]
         if self.dir is not None:
-            with open(self.dir / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_metrics(self.dir, row)
         if row.get("kind") == "eval" and not self.quiet:
             print(f"\r[eval] step {row['step']}: return {row['return']:.1f} ± {row['return_std']:.1f} "
                   f"(density {row['density']:.3f})".ljust(100), flush=True)
@@ -125,22 +154,14 @@ class Run:
 
     # ----------------------------------------------------------- checkpoints
     def save(self, state: dict[str, Any]) -> None:
-        if self.dir is None:
-            return
-        state = {"format": CHECKPOINT_FORMAT, **state}
-        atomic_write_bytes(self.dir / CHECKPOINT, lambda f: torch.save(state, f))
+        if self.dir is not None:
+            save_checkpoint(self.dir, state, CHECKPOINT_FORMAT)
 
     def load(self) -> dict[str, Any]:
         """The checkpoint; metrics rows written after it (an interrupted run) are dropped."""
         assert self.dir is not None
-        p = self.dir / CHECKPOINT
-        if not p.is_file():
-            raise RunError(f"no checkpoint in {self.dir}; nothing to resume")
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-            raise RunError(f"{p} is not a sparta RL checkpoint ({CHECKPOINT_FORMAT})")
-        rows = [r for r in read_metrics(self.dir) if r["step"] <= ck["step"]]
-        atomic_write_text(self.dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+        ck = load_checkpoint(self.dir)
+        write_metrics(self.dir, [r for r in read_metrics(self.dir) if r["step"] <= ck["step"]])
         self.step0 = ck["step"]
         return ck
 
@@ -148,18 +169,7 @@ class Run:
         if not self.quiet:
             print()
         if self.dir is not None:
-            atomic_write_text(self.dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
-
-
-def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    """A run's checkpoint, read only."""
-    p = Path(run_dir) / CHECKPOINT
-    if not p.is_file():
-        raise RunError(f"no checkpoint in {run_dir}; was the run started with `sparta rl train`?")
-    ck = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{p} is not a sparta RL checkpoint ({CHECKPOINT_FORMAT})")
-    return ck
+            write_json(self.dir / SUMMARY, summary)
 
 
 EVAL_ENVS = 16  # environment copies an evaluation steps in lockstep (one batched forward pass per step)
@@ -243,7 +253,7 @@ def restore_network(run_dir: str | Path, config_cls: type, build: Callable[..., 
     cfg = config_cls(**read_config(run_dir)["config"])
     env = make_env(cfg.env_id)
     nets = build(cfg, env)
-    ck = load_checkpoint(run_dir)
+    ck = load_checkpoint(run_dir, "the run's policy cannot be loaded")
     if nets[algo] is not None:
         nets[algo].load_state_dict(ck[algo])
     nets[net].load_state_dict(ck[net])

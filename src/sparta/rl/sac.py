@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,8 +26,8 @@ from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
 from sparta.rl.envs import make_env
-from sparta.rl.runs import Run, eval_envs, eval_row, evaluate, restore_network, summarize
-from sparta.train.runs import set_threads
+from sparta.rl.runs import BudgetWarning, Run, check_budget, eval_envs, eval_row, evaluate, restore_network, summarize
+from sparta.rundir.runtime import set_threads
 
 LOG_STD_MIN, LOG_STD_MAX = -5, 2
 
@@ -122,11 +123,18 @@ class Actor(nn.Module):
         return torch.tanh(self(obs)[0]) * self.scale + self.bias
 
 
+def gradient_steps(cfg: SACConfig) -> dict[str, int]:
+    """Gradient steps each network takes over the run: one per environment step after ``learning_starts`` (the actor's
+    delayed updates are repeated ``policy_frequency`` times)."""
+    n = cfg.total_steps - cfg.learning_starts
+    return {"critics": n, "actor": n}
+
+
 def build(cfg: SACConfig, env) -> dict[str, Any]:
     """Actor and twin critics (sparse per ``cfg.sparsity``), optimizers, topology algorithms, target critics."""
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     hidden = cfg.sparsity.hidden(cfg.hidden)
-    steps = max(1, cfg.total_steps - cfg.learning_starts)
+    steps = max(1, gradient_steps(cfg)["critics"])
     actor = Actor(obs_dim, act_dim, hidden, env.action_space.low, env.action_space.high)
     qf = TwinQ(obs_dim, act_dim, hidden)
     sp.make_sparse(actor, cfg.sparsity, steps, cfg.seed)
@@ -154,6 +162,8 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "low"):
         raise ValueError(f"SAC needs a continuous (Box) action space; {cfg.env_id} has {env.action_space}")
+    for message in check_budget("sac", cfg, gradient_steps(cfg)):
+        warnings.warn(message, BudgetWarning, stacklevel=2)
     run = Run(run_dir, "sac", cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
               total_steps=cfg.total_steps)
     n = build(cfg, env)
@@ -201,6 +211,7 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         step, episode, next_checkpoint = ck["step"], ck["episode"], ck["next_checkpoint"]
     else:
         run.log(eval_row(0, evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
+        checkpoint()  # a run directory has a checkpoint from its start
 
     obs, _ = env.reset(seed=cfg.seed + episode)
     ep_return, ep_len, t_start = 0.0, 0, time.perf_counter()

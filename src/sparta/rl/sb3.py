@@ -40,7 +40,7 @@ from sparta.nn.masked import MaskedConv2d, MaskedLinear
 from sparta.rl.sparsity import nnz_count, sparse_layers, sync_target
 from sparta.topology import GMP, SET, RigL, Static, TopologyAlgorithm, sparsify
 from sparta.topology.distribution import DISTRIBUTIONS, replace_module
-from sparta.topology.gmp import _share_masked
+from sparta.topology.gmp import GMP_DISTRIBUTIONS, _share_masked
 
 try:
     from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
@@ -177,22 +177,12 @@ def sparsify_policy(model: BaseAlgorithm, sparsity: float = 0.9, distribution: s
     for net in nets:
         before = {id(p) for p in net.module.parameters()}
         rel = tuple(r for k in keep_dense if (r := (k if k in ("first", "last") else _rel(net.path, k))) is not None)
-        kw: dict[str, Any] = {"keep_dense": rel, "backend": backend}
-        if distribution == "er":
-            kw["epsilon"] = epsilon if epsilon is not None else _er_epsilon(net.module, density)
-        sparsify(net.module, None if distribution == "er" else density, distribution=distribution, **kw)
+        sparsify(net.module, density, distribution=distribution, epsilon=epsilon, keep_dense=rel, backend=backend)
         new = {id(p) for p in net.module.parameters()} - before
         _rebuild_optimizer(net.optimizer_owner, net.module, new, model.policy)
         if net.target is not None:
             copy_topology(net.module, net.target)
     return model
-
-
-def _er_epsilon(net: nn.Module, density: float) -> float:
-    shapes = [m.weight.shape for m in net.modules() if type(m) in (nn.Linear, nn.Conv2d)]
-    total = sum(s.numel() for s in shapes)
-    raw = sum(s[0] + s[1:].numel() for s in shapes)
-    return density * total / raw
 
 
 # --------------------------------------------------------------------------------------------- callback
@@ -227,6 +217,8 @@ class TopologyCallback(BaseCallback):
         zeta: fraction of connections replaced per update (SET ζ, RigL α).
         end_fraction: SET/RigL: fraction of training after which the topology is frozen (None: never, SET only).
         sparsity, gmp_start, gmp_end: GMP's final sparsity and the fractions of training it prunes between.
+        distribution: how GMP spreads its final sparsity over a network's layers: ``erk`` (small layers kept
+            denser), ``er``, ``uniform`` or ``global`` (one magnitude threshold).
         new_values: values a target network gives connections its online network grew: ``online`` or ``zero``.
         total_gradient_steps: optimizer steps per network over the run, as an int or a dict
             ``{network name: steps}`` (default: estimated from the model's settings and the remaining
@@ -243,7 +235,7 @@ class TopologyCallback(BaseCallback):
 
     def __init__(self, method: str = "set", every: int = 1000, *, zeta: float = 0.05,
                  end_fraction: float | None = 0.9, sparsity: float = 0.9, gmp_start: float = 0.2,
-                 gmp_end: float = 0.8, new_values: str = "online",
+                 gmp_end: float = 0.8, distribution: str = "erk", new_values: str = "online",
                  total_gradient_steps: int | dict[str, int] | None = None, log_every: int = 1000, seed: int = 0,
                  verbose: int = 0) -> None:
         super().__init__(verbose)
@@ -263,10 +255,13 @@ class TopologyCallback(BaseCallback):
             raise ValueError(f"need 0 ≤ gmp_start < gmp_end ≤ 1, got {gmp_start!r}, {gmp_end!r}")
         if new_values not in ("online", "zero"):
             raise ValueError(f"new_values must be 'online' or 'zero', got {new_values!r}")
+        if distribution not in GMP_DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {GMP_DISTRIBUTIONS}, got {distribution!r}")
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every must be an int ≥ 1, got {log_every!r}")
         self.method, self.every, self.zeta, self.end_fraction = method, every, float(zeta), end_fraction
         self.sparsity, self.gmp_start, self.gmp_end = float(sparsity), gmp_start, gmp_end
+        self.distribution = distribution
         self.new_values, self.total_gradient_steps, self.log_every, self.seed = (
             new_values, total_gradient_steps, log_every, seed)
         self.algorithms: dict[str, TopologyAlgorithm] = {}
@@ -308,10 +303,11 @@ class TopologyCallback(BaseCallback):
             else:
                 start, stop = int(self.gmp_start * n), int(self.gmp_end * n)
                 if stop <= start:
-                    raise ValueError(f"GMP needs more gradient steps for {net.name}: pruning from step {start} to "
-                                     f"{stop} of {n}")
-                algo = GMP(net.module, opt, final_sparsity=self.sparsity, start=start, end=stop, every=self.every,
-                           seed=seed)
+                    raise ValueError(f"method 'gmp' prunes between gmp_start={self.gmp_start:g} and gmp_end="
+                                     f"{self.gmp_end:g} of the {n} gradient steps {net.name} takes, steps {start} to "
+                                     f"{stop}: nothing to prune in; learn for more timesteps")
+                algo = GMP(net.module, opt, final_sparsity=self.sparsity, distribution=self.distribution, start=start,
+                           end=stop, every=self.every, seed=seed)
                 if net.target is not None:  # the target gets masked layers of its own, on the online topology
                     for name, mod in list(net.target.named_modules()):
                         if type(mod) in (nn.Linear, nn.Conv2d) and isinstance(

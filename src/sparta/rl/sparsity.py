@@ -25,7 +25,9 @@ from sparta.nn.linear import SparseLinear, set_param_data
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
 from sparta.nn.structure import keys as csr_keys
 from sparta.topology import GMP, SET, RigL, Static, TopologyAlgorithm, sparsify
+from sparta.topology.base import cadence_warnings
 from sparta.topology.distribution import DISTRIBUTIONS, replace_module
+from sparta.topology.gmp import gmp_warnings
 from sparta.topology.layers import connection_count as nnz_count  # (connections, dense size), re-exported
 
 METHODS = ("dense", "static", "set", "rigl", "gmp")
@@ -37,7 +39,8 @@ class SparsityConfig:
 
     method: dense, static (random topology kept), set, rigl, gmp (dense → pruned).
     sparsity: target fraction of removed connections in [0, 1) (overall, distributed by ``distribution``).
-    distribution: erk, er or uniform per-layer densities (static/set/rigl; GMP prunes each layer uniformly).
+    distribution: erk, er or uniform per-layer densities (the initial ones of static/set/rigl, the final ones
+        GMP prunes each layer to; ERK keeps small layers, such as an 8-input first layer, denser).
     width: multiplier of the hidden-layer sizes (Obando-Ceron et al. use ×3 with GMP).
     every: gradient steps of a network between its topology updates (DQN: one gradient step per
         ``train_frequency`` environment steps; a TD3 actor counts its own, delayed, steps).
@@ -88,6 +91,14 @@ class SparsityConfig:
     def density(self) -> float:
         return 1.0 - float(self.sparsity) if self.method != "dense" else 1.0
 
+    def end(self, total_steps: int) -> int:
+        """SET/RigL: the gradient step after which the topology is frozen."""
+        return max(1, int(self.end_fraction * total_steps))
+
+    def gmp_window(self, total_steps: int) -> tuple[int, int]:
+        """GMP: the gradient steps it prunes between."""
+        return int(self.gmp_start * total_steps), int(self.gmp_end * total_steps)
+
     def hidden(self, sizes: tuple[int, ...] | list[int]) -> list[int]:
         """Hidden-layer sizes scaled by ``width`` (at least 1)."""
         return [max(1, round(h * self.width)) for h in sizes]
@@ -108,17 +119,8 @@ def make_sparse(net: nn.Module, cfg: SparsityConfig, total_steps: int, seed: int
     """Make ``net`` sparse in place for ``cfg`` before its optimizer is built (static/set/rigl); GMP and dense
     leave it as it is (GMP converts layers when its algorithm is built). Returns ``net``."""
     if cfg.method in ("static", "set", "rigl"):
-        sparsify(net, cfg.density, distribution=cfg.distribution,
-                 **({"epsilon": _er_epsilon(net, cfg.density)} if cfg.distribution == "er" else {}))
+        sparsify(net, cfg.density, distribution=cfg.distribution)  # er: ε derived from the overall density
     return net
-
-
-def _er_epsilon(net: nn.Module, density: float) -> float:
-    """The Erdős–Rényi ε that gives ``density`` overall (before capping dense layers)."""
-    shapes = [m.weight.shape for m in net.modules() if type(m) in (nn.Linear, nn.Conv2d)]
-    total = sum(s.numel() for s in shapes)
-    raw = sum((s[0] + s[1:].numel()) for s in shapes)
-    return density * total / raw
 
 
 def optimizers(cfg: SparsityConfig):
@@ -133,19 +135,32 @@ def make_algorithm(net: nn.Module, optimizer: torch.optim.Optimizer, cfg: Sparsi
 
     ``total_steps`` counts the algorithm's steps (gradient steps of ``net``) over the whole run.
     """
-    end = max(1, int(cfg.end_fraction * total_steps))
     if cfg.method == "dense":
         return None
     if cfg.method == "static":
         return Static(net, optimizer, seed=seed)
     if cfg.method == "set":
-        return SET(net, optimizer, zeta=cfg.zeta, every=cfg.every, end=end, seed=seed)
+        return SET(net, optimizer, zeta=cfg.zeta, every=cfg.every, end=cfg.end(total_steps), seed=seed)
     if cfg.method == "rigl":
-        return RigL(net, optimizer, alpha=cfg.zeta, every=cfg.every, end=end, seed=seed)
-    start, stop = int(cfg.gmp_start * total_steps), int(cfg.gmp_end * total_steps)
+        return RigL(net, optimizer, alpha=cfg.zeta, every=cfg.every, end=cfg.end(total_steps), seed=seed)
+    start, stop = cfg.gmp_window(total_steps)
+    return GMP(net, optimizer, final_sparsity=cfg.sparsity, distribution=cfg.distribution, start=start, end=stop,
+               every=cfg.every, seed=seed)
+
+
+def schedule_warnings(cfg: SparsityConfig, total_steps: int) -> list[str]:
+    """What leaves the sparse method too little room in ``total_steps`` gradient steps of a network (empty when
+    fine); ``ValueError`` when GMP's pruning window is empty."""
+    if cfg.method in ("set", "rigl"):
+        return cadence_warnings(total_steps, cfg.every, end=cfg.end(total_steps))
+    if cfg.method != "gmp":
+        return []
+    start, stop = cfg.gmp_window(total_steps)
     if stop <= start:
-        raise ValueError(f"GMP needs more steps: pruning from step {start} to {stop} of {total_steps}")
-    return GMP(net, optimizer, final_sparsity=cfg.sparsity, start=start, end=stop, every=cfg.every, seed=seed)
+        raise ValueError(f"method 'gmp' prunes between gmp_start={cfg.gmp_start:g} and gmp_end={cfg.gmp_end:g} of the "
+                         f"{total_steps} gradient steps this run takes, steps {start} to {stop}: nothing to prune in; "
+                         f"give more --steps")
+    return gmp_warnings(total_steps, start, stop, cfg.every)
 
 
 def sparse_layers(net: nn.Module) -> dict[str, nn.Module]:

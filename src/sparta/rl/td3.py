@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,9 +24,9 @@ from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
 from sparta.rl.envs import make_env
-from sparta.rl.runs import Run, eval_envs, eval_row, evaluate, restore_network, summarize
+from sparta.rl.runs import BudgetWarning, Run, check_budget, eval_envs, eval_row, evaluate, restore_network, summarize
 from sparta.rl.sac import TwinQ, mlp
-from sparta.train.runs import set_threads
+from sparta.rundir.runtime import set_threads
 
 
 @dataclass
@@ -86,11 +87,18 @@ class Actor(nn.Module):
         return torch.tanh(self.net(obs)) * self.scale + self.bias
 
 
+def gradient_steps(cfg: TD3Config) -> dict[str, int]:
+    """Gradient steps each network takes over the run: the critics one per environment step after
+    ``learning_starts``, the actor one per ``policy_frequency`` of those."""
+    n = cfg.total_steps - cfg.learning_starts
+    return {"critics": n, "actor": n // cfg.policy_frequency}
+
+
 def build(cfg: TD3Config, env) -> dict[str, Any]:
     """Actor and twin critics (sparse per ``cfg.sparsity``), optimizers, topology algorithms, target networks."""
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     hidden = cfg.sparsity.hidden(cfg.hidden)
-    steps = max(1, cfg.total_steps - cfg.learning_starts)
+    steps = max(1, gradient_steps(cfg)["critics"])
     actor = Actor(obs_dim, act_dim, hidden, env.action_space.low, env.action_space.high)
     qf = TwinQ(obs_dim, act_dim, hidden)
     sp.make_sparse(actor, cfg.sparsity, steps, cfg.seed)
@@ -99,7 +107,7 @@ def build(cfg: TD3Config, env) -> dict[str, Any]:
     actor_opt = optim.Adam(actor.parameters(), lr=cfg.learning_rate)
     q_opt = optim.Adam(qf.parameters(), lr=cfg.learning_rate)
     # the actor takes one step per policy_frequency critic steps: its schedule counts its own steps
-    actor_algo = sp.make_algorithm(actor, actor_opt, cfg.sparsity, max(1, steps // cfg.policy_frequency), cfg.seed)
+    actor_algo = sp.make_algorithm(actor, actor_opt, cfg.sparsity, max(1, gradient_steps(cfg)["actor"]), cfg.seed)
     q_algo = sp.make_algorithm(qf, q_opt, cfg.sparsity, steps, cfg.seed + 1)
     return {"actor": actor, "qf": qf, "actor_target": copy.deepcopy(actor), "qf_target": copy.deepcopy(qf),
             "actor_opt": actor_opt, "q_opt": q_opt, "actor_algo": actor_algo, "q_algo": q_algo}
@@ -115,6 +123,8 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
     env, test_envs = make_env(cfg.env_id), eval_envs(cfg.env_id, cfg.eval_episodes)
     if not hasattr(env.action_space, "low"):
         raise ValueError(f"TD3 needs a continuous (Box) action space; {cfg.env_id} has {env.action_space}")
+    for message in check_budget("td3", cfg, gradient_steps(cfg)):
+        warnings.warn(message, BudgetWarning, stacklevel=2)
     run = Run(run_dir, "td3", cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
               total_steps=cfg.total_steps)
     n = build(cfg, env)
@@ -157,6 +167,7 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
         step, episode, next_checkpoint = ck["step"], ck["episode"], ck["next_checkpoint"]
     else:
         run.log(eval_row(0, evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
+        checkpoint()  # a run directory has a checkpoint from its start
 
     obs, _ = env.reset(seed=cfg.seed + episode)
     ep_return, ep_len, t_start = 0.0, 0, time.perf_counter()

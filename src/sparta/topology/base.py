@@ -9,7 +9,10 @@ to drop at time ``t`` is the schedule (:meth:`TopologyAlgorithm.num_drop`). SET 
 
 Time ``t`` counts optimizer steps: call :meth:`step` after each ``optimizer.step()`` (or :meth:`attach`
 it as an optimizer step hook); it runs :meth:`update` every ``every`` steps from ``start`` up to (not
-including) ``end``.
+including) ``end``. ``step(defer=True)`` leaves an update that comes due *pending* instead, and
+:meth:`run_pending`, called before the next optimizer step, runs it: a training loop that evaluates and
+checkpoints at the end of an epoch then sees the network before an update due at that step, a run ends
+without one, and a run continued from its checkpoint runs it first, exactly as a longer run would.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class TopologyAlgorithm:
         if self.end is not None and self.end < self.start:
             raise ValueError(f"end must be ≥ start, got start={start}, end={end}")
         self.t = 0
+        self.pending = False  # an update came due at step t and waits for run_pending() (step(defer=True))
         self.generator = torch.Generator().manual_seed(int(seed))
         self.layers: list[LayerView] = find_layers(model)
         if not self.layers:
@@ -81,13 +85,26 @@ class TopologyAlgorithm:
             return False
         return (t - self.start) % self.every == 0 and t > 0
 
-    def step(self) -> bool:
-        """Count one optimizer step; run :meth:`update` if one is due. Returns whether it ran."""
+    def step(self, defer: bool = False) -> bool:
+        """Count one optimizer step; run :meth:`update` if one is due (with ``defer``: mark it pending for
+        :meth:`run_pending`). Returns whether an update ran."""
         self.t += 1
         if self.due(self.t):
+            if defer:
+                self.pending = True
+                return False
             self.update()
             return True
         return False
+
+    def run_pending(self) -> bool:
+        """Run the update :meth:`step` deferred, if there is one (call it before the next optimizer step).
+        Returns whether an update ran."""
+        if not self.pending:
+            return False
+        self.pending = False
+        self.update()
+        return True
 
     def attach(self) -> torch.utils.hooks.RemovableHandle:
         """Run :meth:`step` automatically after every ``optimizer.step()`` (a step post-hook).
@@ -145,13 +162,24 @@ class TopologyAlgorithm:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "generator": self.generator.get_state(),
+        return {"t": self.t, "pending": self.pending, "generator": self.generator.get_state(),
                 "stats": {k: dict(v) for k, v in self.stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
+        self.pending = bool(state.get("pending", False))
         self.generator.set_state(state["generator"])
         self.stats = {k: dict(v) for k, v in state["stats"].items()}
+
+
+def cadence_warnings(total: int, every: int, start: int = 0, end: int | None = None) -> list[str]:
+    """Why a run of ``total`` optimizer steps would never update its topology with this cadence (empty if it does;
+    an update due after the very last step does not count)."""
+    stop = total if end is None else min(end, total)
+    if (start if start > 0 else every) >= stop:
+        return [f"it updates the topology every {every} steps from step {start}, but the run stops its updates at "
+                f"step {stop}: the topology never changes"]
+    return []
 
 
 def sample_absent(total: int, n: int, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -37,9 +37,26 @@ class Chain:
                 out[name] = {**out.get(name, {}), **s}
         return out
 
-    def step(self) -> bool:
-        """Count one optimizer step in every member; True when any of them updated the topology."""
-        ran = [a.step() for a in self.algorithms]
+    @property
+    def needs_dense_grad(self) -> bool:
+        """Whether every member needs the step's gradient (RigL): only then may a training loop not defer."""
+        return all(a.needs_dense_grad for a in self.algorithms)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a member has an update :meth:`step` deferred."""
+        return any(a.pending for a in self.algorithms)
+
+    def step(self, defer: bool = False) -> bool:
+        """Count one optimizer step in every member; True when any of them updated the topology. With ``defer``,
+        a member's due update waits for :meth:`run_pending` (except a member that needs the step's gradient,
+        RigL, which updates now), as :meth:`TopologyAlgorithm.step` does."""
+        ran = [a.step(defer=defer and not a.needs_dense_grad) for a in self.algorithms]
+        return any(ran)
+
+    def run_pending(self) -> bool:
+        """Run the members' deferred updates, in member order; True when any ran."""
+        ran = [a.run_pending() for a in self.algorithms]
         return any(ran)
 
     def state_dict(self) -> dict[str, Any]:

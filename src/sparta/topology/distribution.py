@@ -13,6 +13,27 @@ from sparta.nn.masked import MaskedConv2d, MaskedLinear
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
 
+def er_epsilon(shapes: list[tuple[int, ...]], density: float, dense: tuple[int, ...] = ()) -> float:
+    """The Erdős–Rényi ε whose per-layer densities ``min(1, ε Σdims/Πdims)`` (layers in ``dense`` at 1) give
+    ``density`` overall — found by bisection, so layers capped at density 1 are accounted for. Raises
+    ``ValueError`` when ``density`` cannot be reached (the dense layers alone exceed it)."""
+    density = check_density(density)
+    sizes = [math.prod(s) for s in shapes]
+    raw = [sum(s) / math.prod(s) for s in shapes]
+    target = density * sum(sizes)
+
+    def nnz(eps: float) -> float:
+        return sum(n if j in dense else min(1.0, eps * r) * n for j, (r, n) in enumerate(zip(raw, sizes, strict=True)))
+
+    if nnz(0.0) > target * (1 + 1e-9):
+        raise ValueError(f"the dense layers alone hold more than density {density:g} of the connections")
+    lo, hi = 0.0, max(1.0 / r for r in raw)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if nnz(mid) < target else (lo, mid)
+    return hi
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` where the submodule called ``name`` is."""
     parent_name, _, attr = name.rpartition(".")
@@ -20,17 +41,24 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def layer_densities(shapes: list[tuple[int, ...]], distribution: str = "erk", density: float | None = None,
-                    epsilon: float | None = None, dense: tuple[int, ...] = ()) -> list[float]:
+                    epsilon: float | None = None, dense: tuple[int, ...] = (), cap: bool = False) -> list[float]:
     """Densities for layers with weight ``shapes`` (``(out, in)`` or ``(out, in, kh, kw)``).
 
-    ``uniform``: every layer at ``density``; ``er``: ``ε (in + out)/(in · out)`` per layer (give
-    ``epsilon``); ``erk``: ERK budgets reaching ``density`` overall. Layers listed in ``dense`` stay dense.
+    ``uniform``: every layer at ``density``; ``er``: ``ε (in + out)/(in · out)`` per layer (give ``epsilon``, or
+    ``density`` to derive ε from with :func:`er_epsilon`); a layer where that exceeds 1 is an error unless
+    ``cap`` (or ε was derived), then it is dense, as the SET-MLP builder makes it; ``erk``: ERK budgets
+    reaching ``density`` overall. Layers listed in ``dense`` stay dense.
     """
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
     if distribution == "er":
         if epsilon is None:
-            raise ValueError("distribution 'er' needs epsilon")
+            if density is None:
+                raise ValueError("distribution 'er' needs epsilon (or an overall density to derive it from)")
+            epsilon, cap = er_epsilon(shapes, density, dense), True
+        if cap:
+            return [1.0 if j in dense else min(1.0, epsilon * (math.prod(s[1:]) + s[0]) / math.prod(s))
+                    for j, s in enumerate(shapes)]
         return [1.0 if j in dense else er_density(math.prod(s[1:]), s[0], epsilon) for j, s in enumerate(shapes)]
     if density is None:
         raise ValueError(f"distribution {distribution!r} needs density")

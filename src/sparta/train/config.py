@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparta.train.models import ACTIVATIONS
-
 ALGORITHMS = ("dense", "static", "set", "rigl", "gmp")
-DATASETS = ("digits", "madelon", "teacher_student", "classification", "mnist", "fashionmnist", "cifar10", "csv", "npz", "mat")
+ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
+GMP_DISTRIBUTIONS = ("er", "uniform", "erk", "global")
+DATASETS = ("digits", "madelon", "teacher_student", "classification", "mnist", "fashionmnist", "cifar10", "csv",
+            "npz", "mat")
 LOSSES = ("ce", "mse")
 OPTIMIZERS = ("sgd", "adam")
 TRANSPOSES = ("csc", "scatter")
@@ -39,14 +40,20 @@ class RunConfig:
     ``loss="mse"``). Sparsity: exactly one of ``density`` (fraction of connections per layer) or
     ``epsilon`` (Erdős–Rényi, density ``ε (in + out) / (in · out)``); ``zeta`` is the fraction dropped
     and regrown per update (SET's ζ, RigL's α); ``every`` the optimizer steps between topology updates
-    (None: once per epoch). ``algo="gmp"`` starts dense and prunes to the same overall density.
-    ``compare_dense`` also trains the same network dense (same seed) into ``RUN/dense``.
+    (None: once per epoch). ``algo="gmp"`` starts dense and prunes each layer to the density ``density`` or
+    ``epsilon`` gives it (``distribution`` None), or spreads the same overall sparsity by ``distribution``
+    (``er``, ``uniform``, ``erk``, or ``global``: one magnitude threshold over all layers).
+    ``schedule_epochs``: the epochs RigL's and GMP's schedules are planned over (None: ``epochs``; extending a
+    run keeps the schedule it started with). ``compare_dense`` also trains the same network dense (same seed)
+    into ``RUN/dense``. ``workers``: train with WASAP-SGD, a parameter server and this many worker processes
+    (None: one process); ``parallel`` holds further WASAP-SGD settings (``sync``, ``phase1_fraction``, …, see
+    :class:`sparta.parallel.WasapConfig`).
 
     Scale: ``transpose`` how sparse layers form input gradients (``"csc"``: a gather over a transposed copy,
     8 more bytes per connection; ``"scatter"``: none); ``eval_batch_size`` the evaluation's batch (None:
     up to 1024, smaller when a batch's activations would exceed 1 GB); ``importance_pruning`` removes the
     hidden neurons at or below the ``ip_percentile``-th percentile of importance after epoch ``ip_start``
-    (None: ``ip_every``) and every ``ip_every`` epochs after it (not after the last epoch).
+    (None: ``ip_every``) and every ``ip_every`` epochs after it (not after the last epoch; one process only).
     """
 
     dataset: str = "digits"
@@ -81,6 +88,10 @@ class RunConfig:
     ip_every: int = 10
     ip_start: int | None = None
     preset: str | None = None
+    distribution: str | None = None
+    schedule_epochs: int | None = None
+    workers: int | None = None
+    parallel: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ I/O
     def as_dict(self) -> dict[str, Any]:
@@ -155,6 +166,23 @@ class RunConfig:
         self.checkpoint_every = _int("checkpoint_every", self.checkpoint_every, 1)
         if not isinstance(self.compare_dense, bool):
             raise ConfigError(f"compare_dense must be true or false, got {self.compare_dense!r}")
+        if self.distribution is not None:
+            _choice("distribution", self.distribution, GMP_DISTRIBUTIONS)
+            if self.algo != "gmp":
+                raise ConfigError(f"distribution spreads GMP's pruning over the layers and applies to algo 'gmp' only "
+                                  f"(the other algorithms' layer densities follow density/epsilon); got algo "
+                                  f"{self.algo!r}")
+        if self.schedule_epochs is not None:
+            self.schedule_epochs = _int("schedule_epochs", self.schedule_epochs, 1)
+        if self.workers is not None:
+            self.workers = _int("workers", self.workers, 1)
+            if self.algo not in ("set", "static"):
+                raise ConfigError(f"workers (WASAP-SGD) evolves the topology with SET or keeps it static; got algo "
+                                  f"{self.algo!r}")
+        if not isinstance(self.parallel, dict):
+            raise ConfigError(f"parallel must be a table of WASAP-SGD settings, got {self.parallel!r}")
+        if self.parallel and self.workers is None:
+            raise ConfigError(f"parallel settings {sorted(self.parallel)} apply to WASAP-SGD runs only: set workers")
         _choice("transpose", self.transpose, TRANSPOSES)
         if self.eval_batch_size is not None:
             self.eval_batch_size = _int("eval_batch_size", self.eval_batch_size, 1)
@@ -169,6 +197,9 @@ class RunConfig:
         self.ip_every = _int("ip_every", self.ip_every, 1)
         if self.ip_start is not None:
             self.ip_start = _int("ip_start", self.ip_start, 1)
+        if self.importance_pruning and self.workers is not None:
+            raise ConfigError("importance_pruning runs in one process; WASAP-SGD (workers) does not remove neurons: "
+                              "drop one of them")
         return self
 
     @property
@@ -176,9 +207,15 @@ class RunConfig:
         """Whether the model is built from sparse layers from the start (not for ``dense``/``gmp``)."""
         return self.algo not in ("dense", "gmp")
 
+    @property
+    def planned_epochs(self) -> int:
+        """The epochs RigL's and GMP's schedules are fractions of (``schedule_epochs``, else ``epochs``)."""
+        return self.schedule_epochs if self.schedule_epochs is not None else self.epochs
+
     def dense_baseline(self) -> RunConfig:
-        """The same run with every layer dense (``algo="dense"``), for the side-by-side comparison."""
-        return dataclasses.replace(self, algo="dense", compare_dense=False, importance_pruning=False)
+        """The same run with every layer dense (``algo="dense"``, one process), for the side-by-side comparison."""
+        return dataclasses.replace(self, algo="dense", compare_dense=False, distribution=None, schedule_epochs=None,
+                                   workers=None, parallel={}, importance_pruning=False)
 
     @property
     def ip_first_epoch(self) -> int:

@@ -44,13 +44,15 @@ def connections(model: nn.Module) -> tuple[int, float]:
     return nnz, (nnz / total if total else 1.0)
 
 
-def _accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+def correct_count(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Correct predictions among ``out (n, classes)`` (one unit: positive logit = class 1) for labels ``y (n,)``."""
     if out.shape[-1] == 1:
         return float(((out.reshape(-1) > 0).long() == y).float().sum())
     return float((out.argmax(-1) == y).float().sum())
 
 
-def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(out, y)`` for ``"ce"`` (softmax cross-entropy) or ``"mse"`` (one sigmoid unit against 0/1 labels)."""
     if name == "ce":
         return nn.functional.cross_entropy
     if name == "mse":  # single sigmoid output against 0/1 labels (Madelon's SET-MLP setting)
@@ -62,14 +64,14 @@ def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
              batch_size: int = 1024) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` on ``x (n, features)``, ``y (n,)``."""
-    fn = _loss_fn(loss)
+    fn = loss_function(loss)
     was = model.training
     model.eval()
     tot_loss = tot_acc = 0.0
     for idx in batches(len(x), batch_size):
         out = model(x[idx])
         tot_loss += float(fn(out, y[idx])) * len(idx)
-        tot_acc += _accuracy(out, y[idx])
+        tot_acc += correct_count(out, y[idx])
     model.train(was)
     return tot_loss / len(x), tot_acc / len(x)
 
@@ -77,24 +79,32 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
                 batch_size: int, algo: TopologyAlgorithm | None = None, loss: str = "ce",
                 generator: torch.Generator | None = None) -> tuple[float, float, float]:
-    """One pass over ``(x, y)``; calls ``algo.step()`` after every optimizer step.
+    """One pass over ``(x, y)``; counts every optimizer step with ``algo.step()``.
+
+    An update of SET, static or GMP that comes due at a step runs before the next optimizer step
+    (``step(defer=True)``, :meth:`~sparta.topology.TopologyAlgorithm.run_pending`), so one due at the end of an
+    epoch runs after that epoch's evaluation and checkpoint, and the last epoch ends without one. RigL's updates
+    run right after their step: they need its gradient.
 
     Returns ``(mean loss, accuracy, seconds spent in topology updates)``.
     """
-    fn = _loss_fn(loss)
+    fn = loss_function(loss)
     model.train()
     tot_loss = tot_acc = 0.0
     topo0 = algo.time_in_updates if algo is not None else 0.0
+    defer = algo is not None and not algo.needs_dense_grad
     for idx in batches(len(x), batch_size, generator):
+        if algo is not None:
+            algo.run_pending()
         out = model(x[idx])
         batch_loss = fn(out, y[idx])
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         optimizer.step()
         if algo is not None:
-            algo.step()
+            algo.step(defer=defer)
         tot_loss += float(batch_loss.detach()) * len(idx)
-        tot_acc += _accuracy(out.detach(), y[idx])
+        tot_acc += correct_count(out.detach(), y[idx])
     topo = (algo.time_in_updates - topo0) if algo is not None else 0.0
     return tot_loss / len(x), tot_acc / len(x), topo
 

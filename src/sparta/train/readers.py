@@ -225,9 +225,30 @@ def _read_csv_array(path: Path, delimiter: str, max_rows: int | None) -> np.ndar
     try:
         with _open(path) as f:
             arr = np.loadtxt(f, delimiter=delimiter, skiprows=skip, max_rows=max_rows, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise DataError(f"{path}: cannot parse as numbers separated by {delimiter!r} ({e})") from None
+    except ValueError:
+        raise DataError(_csv_problem(path, delimiter, skip)) from None
     return arr
+
+
+def _csv_problem(path: Path, delimiter: str, skip: int) -> str:
+    """Where and why a CSV file does not parse as numbers, naming the file's 1-based line (as editors count)."""
+    width = None
+    with _open(path) as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8", "replace").strip()
+            if number <= skip or not line:
+                continue
+            fields = line.split(delimiter)
+            for column, text in enumerate(fields, start=1):
+                try:
+                    float(text)
+                except ValueError:
+                    return (f"{path}, line {number}: cannot read {text.strip()!r} (column {column}) as a number; "
+                            f"expected numbers separated by {delimiter!r}")
+            if width is not None and len(fields) != width:
+                return f"{path}, line {number}: {len(fields)} columns, but the lines before it have {width}"
+            width = len(fields)
+    return f"{path}: cannot parse as numbers separated by {delimiter!r}"
 
 
 def load_csv(path: str | Path, label_column: int = 0, test_fraction: float = 0.2, seed: int = 0,

@@ -1,31 +1,33 @@
-"""Run directories: build a run from its config, train it with checkpoints, resume it exactly, evaluate it.
+"""Supervised runs: build a run from its config, train it with checkpoints, resume it exactly, evaluate it.
 
-A run directory holds::
+A run directory (the format every run shares, see :mod:`sparta.rundir`) holds::
 
     config.json      the resolved RunConfig
     metrics.csv      one row per epoch (train/test loss and accuracy, seconds, connections, density, neurons)
-    metrics.jsonl    the same rows plus per-layer connection counts, one JSON object per line
+    metrics.jsonl    the same rows plus per-layer connection counts and the connections each input feature keeps,
+                     one JSON object per line
     checkpoint.pt    model, optimizer and topology-algorithm state, RNG states (torch, numpy, python, the
-                     data-shuffling generator) at the end of an epoch; written atomically (temp file + rename)
+                     data-shuffling generator) at the end of an epoch; written atomically when the run starts,
                      every ``checkpoint_every`` epochs and at the end
     summary.json     final metrics, written when the run completes
     dense/           the same network trained dense (``compare_dense``), itself a run directory
 
 Resuming rebuilds the model from ``config.json``, loads the algorithm's state (which restores layer types and
 sizes, e.g. after GMP turned masked layers into ``SparseLinear``), then the model's, then the optimizer's, and
-restores every RNG, so a resumed run ends with the same weights and metrics as an uninterrupted one with the
-same seed and thread count.
+restores every RNG. What that guarantees, with the same seed and thread count:
+
+* a run stopped (``stop_after``, Ctrl-C, a crash) and resumed ends with the same weights and metrics as an
+  uninterrupted one;
+* a finished run extended to more epochs equals a longer uninterrupted run whose RigL/GMP schedule is planned
+  over the original epochs (``schedule_epochs``): SET, static and dense runs have no planned end, so an
+  extended one equals the longer run exactly; RigL and GMP keep the schedule they started with.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import random
 import time
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,10 +37,31 @@ import torch
 from torch import nn
 
 from sparta import optim as sparta_optim
-from sparta.kernels.threads import configure as configure_threads
 from sparta.nn.linear import SparseLinear
-from sparta.nn.masked import MaskedLinear
+from sparta.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS_CSV,
+    METRICS_JSONL,
+    SUMMARY,
+    TRAIN_FORMAT,
+    WASAP_FORMAT,
+    RunError,
+    check_resumable,
+    check_run,
+    is_run,
+)
+from sparta.rundir import prepare_run_dir as _prepare
+from sparta.rundir.checkpoint import load_checkpoint as _load_checkpoint
+from sparta.rundir.checkpoint import rng_state, set_rng_state
+from sparta.rundir.checkpoint import save_checkpoint as _save_checkpoint
+from sparta.rundir.files import append_metrics, read_metrics, write_json, write_metrics
+from sparta.rundir.runtime import seed_everything, set_threads
+from sparta.rundir.stats import epoch_stats, shrink_layers, structure_stats
 from sparta.topology import GMP, SET, Chain, ImportancePruning, RigL, Static, TopologyAlgorithm
+from sparta.topology.base import cadence_warnings
+from sparta.topology.distribution import layer_densities
+from sparta.topology.gmp import gmp_warnings
 from sparta.train.config import ConfigError, RunConfig
 from sparta.train.data import Dataset
 from sparta.train.loop import evaluate, fit
@@ -46,55 +69,20 @@ from sparta.train.memory import BIG_NETWORK_CONNECTIONS, Estimate, check_fits, e
 from sparta.train.models import mlp
 from sparta.train.readers import load_dataset
 
-CONFIG, METRICS_CSV, METRICS_JSONL, CHECKPOINT, SUMMARY, DENSE_DIR = (
-    "config.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt", "summary.json", "dense")
+DENSE_DIR = "dense"
 CSV_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "topology_seconds",
               "connections", "density", "neurons", "active_neurons")
-CHECKPOINT_FORMAT = 2  # 2: sparse models are SparseMLP modules (dropout seed and step in their state)
+CHECKPOINT_FORMAT = TRAIN_FORMAT
+
+__all__ = ["CHECKPOINT", "CONFIG", "CSV_FIELDS", "DENSE_DIR", "METRICS_CSV", "METRICS_JSONL", "SUMMARY", "ModelResult",
+           "Progress", "RunError", "ScheduleWarning", "Session", "build", "check_resume", "check_run", "evaluate_run",
+           "layer_sizes", "load_checkpoint", "load_data", "load_model", "output_size", "prepare_run_dir",
+           "read_metrics", "resume_config", "runs_in", "schedule_warnings", "set_threads", "structure_stats",
+           "summarise", "train", "train_model"]
 
 
-class RunError(ValueError):
-    """A run directory is missing, incomplete or inconsistent with what was asked."""
-
-
-# ------------------------------------------------------------------ environment
-
-
-def set_threads(threads: int | None, sparse: bool = True) -> None:
-    """The run's thread policy (:func:`sparta.kernels.threads.configure`): sparse models on sparta's own
-    workers with torch at one thread, dense models on torch's threads (None: the machine's default)."""
-    import numba
-
-    limit = numba.config.NUMBA_NUM_THREADS
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit):
-        raise ConfigError(f"threads must be an int in [1, {limit}] (numba's NUMBA_NUM_THREADS), got {threads!r}")
-    numba.set_num_threads(configure_threads(threads, sparse=sparse))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's ``random``, numpy's global RNG and torch's global RNG."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state(shuffle: torch.Generator) -> dict[str, Any]:
-    """Every RNG state a run depends on, in a form ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "shuffle": shuffle.get_state(),
-            "numpy": {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
-
-
-def set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
-    """Restore what :func:`rng_state` saved."""
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    shuffle.set_state(state["shuffle"])
+class ScheduleWarning(UserWarning):
+    """A run whose settings leave the topology algorithm too little room (the CLI prints these in its header)."""
 
 
 # ------------------------------------------------------------------ model building
@@ -124,6 +112,55 @@ def target_density(config: RunConfig, sizes: list[int]) -> float:
     pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
     nnz = sum(min(1.0, config.epsilon * (a + b) / (a * b)) * a * b for a, b in pairs)
     return nnz / sum(a * b for a, b in pairs)
+
+
+def gmp_distribution(config: RunConfig) -> str:
+    """How GMP spreads its pruning: ``config.distribution``, else the layer densities ``epsilon`` (ER) or
+    ``density`` (uniform) give the sparse algorithms."""
+    return config.distribution or ("er" if config.epsilon is not None else "uniform")
+
+
+def planned_densities(config: RunConfig, sizes: list[int]) -> list[float | None]:
+    """Final density of each layer ``sizes[j] → sizes[j + 1]`` (None where a global threshold decides it)."""
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+    if config.algo == "dense":
+        return [1.0] * len(pairs)
+    shapes = [(b, a) for a, b in pairs]
+    if config.algo == "gmp":
+        dist = gmp_distribution(config)
+        if dist == "global":
+            return [None] * len(pairs)
+        return list(layer_densities(shapes, dist, target_density(config, sizes), config.epsilon, cap=True))
+    if config.density is not None:
+        return [config.density] * len(pairs)
+    return list(layer_densities(shapes, "er", epsilon=config.epsilon, cap=True))
+
+
+def dense_layers(config: RunConfig, sizes: list[int]) -> list[str]:
+    """The layers of a sparse run that are (or end) fully dense, e.g. ``["layer 4 (1000→10)"]``."""
+    if config.algo == "dense":
+        return []
+    return [f"layer {j + 1} ({sizes[j]}→{sizes[j + 1]})" for j, d in enumerate(planned_densities(config, sizes))
+            if d is not None and d >= 1.0]
+
+
+def dense_layer_note(config: RunConfig, sizes: list[int]) -> str | None:
+    """One line saying which layers of a sparse run are dense and why (None when none is)."""
+    dense = dense_layers(config, sizes)
+    if not dense:
+        return None
+    why = (f"ε = {config.epsilon:g} gives density ε (in + out)/(in · out) ≥ 1" if config.epsilon is not None
+           and (config.algo != "gmp" or gmp_distribution(config) == "er") else f"{gmp_distribution(config)} gives "
+           f"density 1")
+    if len(dense) == len(sizes) - 1:
+        return f"every layer is dense ({why} for each): the sparse model is the dense network; lower epsilon or " \
+               f"give density"
+    return f"{', '.join(dense)} {'is' if len(dense) == 1 else 'are'} dense: {why}"
+
+
+def gmp_window(total: int) -> tuple[int, int]:
+    """GMP's pruning window in a run of ``total`` optimizer steps: from 20 % to 80 % of it."""
+    return int(0.2 * total), max(int(0.8 * total), int(0.2 * total) + 1)
 
 
 @dataclass
@@ -163,7 +200,7 @@ def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> S
     else:
         opt = optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     spe = math.ceil(n_train / config.batch_size)
-    total = spe * config.epochs
+    total = spe * config.planned_epochs  # RigL's T_end and GMP's window are fractions of it; SET has no end
     every = config.every or spe
     algo: TopologyAlgorithm | None
     seed = config.seed + 2
@@ -172,15 +209,16 @@ def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> S
     elif config.algo == "static":
         algo = Static(model, opt, seed=seed)
     elif config.algo == "set":
-        algo = SET(model, opt, zeta=config.zeta, every=every, end=total, seed=seed)
+        algo = SET(model, opt, zeta=config.zeta, every=every, seed=seed)
     elif config.algo == "rigl":
         algo = RigL(model, opt, alpha=config.zeta, every=every, end=max(1, int(0.75 * total)), seed=seed)
     elif config.algo == "gmp":
         final = 1.0 - target_density(config, sizes)
         if not 0 < final < 1:
             raise ConfigError(f"algo 'gmp' needs a target density below 1; density/epsilon give {1 - final:.3g}")
-        start, end = int(0.2 * total), max(int(0.8 * total), int(0.2 * total) + 1)
-        algo = GMP(model, opt, final_sparsity=final, start=start, end=end, every=every, seed=seed)
+        start, end = gmp_window(total)
+        algo = GMP(model, opt, final_sparsity=final, distribution=gmp_distribution(config), epsilon=config.epsilon,
+                   start=start, end=end, every=every, seed=seed)
     else:  # validated by RunConfig
         raise ConfigError(f"unknown algo {config.algo!r}")
     if config.importance_pruning:
@@ -193,6 +231,22 @@ def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> S
         algo = Chain(algo, ip)  # type: ignore[assignment]
     shuffle = torch.Generator().manual_seed(config.seed + 1)
     return Session(config, model, opt, algo, shuffle, spe, sizes)
+
+
+def schedule_warnings(config: RunConfig, n_train: int) -> list[str]:
+    """What in ``config`` leaves its topology algorithm too little room, one sentence each (empty when fine)."""
+    spe = math.ceil(n_train / config.batch_size)
+    steps, every, planned = spe * config.epochs, config.every or spe, spe * config.planned_epochs
+    if config.algo in ("set", "rigl"):
+        found = cadence_warnings(steps, every, end=None if config.algo == "set" else max(1, int(0.75 * planned)))
+        advice = "lower --every or train more epochs"
+    elif config.algo == "gmp":
+        found = gmp_warnings(steps, *gmp_window(planned), every)
+        advice = f"train at least {max(10, math.ceil(10 * every / spe))} epochs (--epochs)"
+    else:
+        return []
+    run = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} of {spe} steps"
+    return [f"algo {config.algo!r} over {run}: {w}; {advice}" for w in found]
 
 
 def densities(config: RunConfig, sizes: list[int]) -> list[float]:
@@ -227,109 +281,28 @@ def eval_batch_size(config: RunConfig, sizes: list[int]) -> int:
     return int(max(min(config.batch_size, 1024), min(1024, fits)))
 
 
-# ------------------------------------------------------------------ statistics
-
-
-def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's linear layers (``SparseLinear``, ``MaskedLinear``, ``nn.Linear``) in order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SparseLinear | nn.Linear)]
-
-
-def degrees(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(in-degree of each output neuron (out,), out-degree of each input feature (in,))`` of a linear layer."""
-    if isinstance(layer, SparseLinear):
-        return layer.fan_in().cpu(), torch.bincount(layer.indices.long().cpu(), minlength=layer.in_features)
-    if isinstance(layer, MaskedLinear):
-        m = layer.mask.cpu()
-        return m.sum(1), m.sum(0)
-    if isinstance(layer, nn.Linear):
-        o, i = layer.weight.shape
-        return torch.full((o,), i, dtype=torch.int64), torch.full((i,), o, dtype=torch.int64)
-    raise TypeError(f"not a linear layer: {type(layer).__name__}")
-
-
-def layer_weights(layer: nn.Module) -> torch.Tensor:
-    """The weights of the connections present, 1-D."""
-    if isinstance(layer, SparseLinear):
-        return layer.values.detach().cpu()
-    if isinstance(layer, MaskedLinear):
-        return layer.weight.detach().cpu()[layer.mask.cpu()]
-    return layer.weight.detach().cpu().reshape(-1)
-
-
-def input_degree(model: nn.Module) -> torch.Tensor:
-    """Connections each input feature keeps in the first layer, int64 ``(in,)``."""
-    layers = weight_layers(model)
-    if not layers:
-        raise RunError("the model has no linear layer")
-    return degrees(layers[0][1])[1]
-
-
-def structure_stats(model: nn.Module) -> dict[str, Any]:
-    """Connections, density, hidden neurons and *active* hidden neurons (some input and some output
-    connection), and per-layer ``nnz``/``density``."""
-    layers = weight_layers(model)
-    degs = [degrees(m) for _, m in layers]
-    nnz = [int(d[0].sum()) for d in degs]
-    total = [m.weight.numel() if not isinstance(m, SparseLinear) else m.in_features * m.out_features
-             for _, m in layers]
-    neurons = active = 0
-    for j in range(len(layers) - 1):
-        fan_in, fan_out = degs[j][0], degs[j + 1][1]
-        neurons += fan_in.numel()
-        active += int(((fan_in > 0) & (fan_out[:fan_in.numel()] > 0)).sum())
-    return {"connections": sum(nnz), "density": sum(nnz) / max(1, sum(total)), "neurons": neurons,
-            "active_neurons": active,
-            "layers": [{"name": n, "type": type(m).__name__, "nnz": k, "density": k / t}
-                       for (n, m), k, t in zip(layers, nnz, total, strict=True)]}
-
-
-# ------------------------------------------------------------------ files
-
-
-def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+# ------------------------------------------------------------------ checkpoints
 
 
 def save_checkpoint(run_dir: Path, session: Session, epoch: int) -> None:
-    """Write ``checkpoint.pt`` (state at the end of ``epoch``) atomically."""
-    state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "sizes": session.sizes,
+    """Write ``checkpoint.pt`` (state at the end of ``epoch``; 0: the initial state) atomically."""
+    state = {"epoch": epoch, "sizes": session.sizes,
              "steps_per_epoch": session.steps_per_epoch, "model": session.model.state_dict(),
              "optimizer": session.optimizer.state_dict(),
              "algo": session.algo.state_dict() if session.algo is not None else None,
              "rng": rng_state(session.shuffle)}
-    atomic_write_bytes(run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+    _save_checkpoint(run_dir, state, CHECKPOINT_FORMAT)
 
 
-def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    """The checkpoint of a run directory (tensors and plain Python values only)."""
-    p = Path(run_dir) / CHECKPOINT
-    if not p.is_file():
-        raise RunError(f"no checkpoint in {Path(run_dir)} (expected {p}); was the run started with `sparta train`?")
-    try:
-        # memory-mapped: tensors are read from the file as load_state_dict copies them into the model, so
-        # loading never holds a second copy of a large model in memory
-        ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise RunError(f"{p} is not a readable sparta checkpoint ({e})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{p} is not a sparta checkpoint of format {CHECKPOINT_FORMAT}")
-    return ck
+def load_checkpoint(run_dir: str | Path, purpose: str = "the run cannot resume from it",
+                    workers: int | None = None) -> dict[str, Any]:
+    """The checkpoint of a run directory (tensors and plain Python values only): a single-process run's, or with
+    ``workers`` a WASAP-SGD server's."""
+    if workers is not None:
+        return _load_checkpoint(run_dir, (WASAP_FORMAT,), "WASAP-SGD", purpose)
+    # memory-mapped: tensors are read from the file as load_state_dict copies them into the model, so loading
+    # never holds a second copy of a large model in memory
+    return _load_checkpoint(run_dir, (CHECKPOINT_FORMAT,), "sparta", purpose, mmap=True)
 
 
 def restore(session: Session, ck: dict[str, Any]) -> None:
@@ -362,59 +335,6 @@ def match_shapes(model: nn.Module, state: dict[str, Any]) -> None:
         m.remove_neurons(keep_outputs=keep_out, keep_inputs=keep_in)
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch rows of ``metrics.jsonl`` (empty if there are none yet)."""
-    p = Path(run_dir) / METRICS_JSONL
-    if not p.is_file():
-        return []
-    rows = []
-    for line in p.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by an interruption: the rows before it stand
-    return rows
-
-
-def _write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in rows))
-    lines = [",".join(CSV_FIELDS)] + [",".join(_csv_value(r.get(k)) for k in CSV_FIELDS) for r in rows]
-    atomic_write_text(run_dir / METRICS_CSV, "\n".join(lines) + "\n")
-
-
-def _append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(run_dir / METRICS_JSONL, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    new = not (run_dir / METRICS_CSV).exists()
-    with open(run_dir / METRICS_CSV, "a", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        if new:
-            w.writerow(CSV_FIELDS)
-        w.writerow([_csv_value(row.get(k)) for k in CSV_FIELDS])
-
-
-def _csv_value(v: Any) -> str:
-    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
-
-
-def is_run(path: str | Path) -> bool:
-    """Whether ``path`` is a run directory (has ``config.json``)."""
-    return (Path(path) / CONFIG).is_file()
-
-
-def check_run(path: str | Path) -> Path:
-    """``path`` as a run directory, or :class:`RunError` saying what is missing."""
-    p = Path(path)
-    if not p.exists():
-        raise RunError(f"run directory {p} does not exist")
-    if not p.is_dir():
-        raise RunError(f"{p} is not a run directory (it is a file)")
-    if not is_run(p):
-        raise RunError(f"{p} is not a run directory: it has no {CONFIG} (runs are written by `sparta train --out DIR`)")
-    return p
-
-
 # ------------------------------------------------------------------ training
 
 
@@ -437,41 +357,45 @@ class ModelResult:
     config: RunConfig
     rows: list[dict[str, Any]]
     finished: bool
+    sizes: list[int] | None = None
 
     def summary(self) -> dict[str, Any]:
-        """Final metrics: last epoch's, best test accuracy, mean seconds per epoch."""
-        return summarise(self.rows, self.label, self.config)
+        """Final metrics: last epoch's, best test accuracy, seconds per epoch (what ``summary.json`` holds)."""
+        return summarise(self.rows, self.label, self.config, self.sizes)
 
 
-def summarise(rows: list[dict[str, Any]], label: str, config: RunConfig) -> dict[str, Any]:
-    """Final metrics of a run from its rows."""
-    if not rows:
-        return {"label": label, "algo": config.algo, "epochs": 0}
-    last = rows[-1]
+def summarise(rows: list[dict[str, Any]], label: str, config: RunConfig,
+              sizes: list[int] | None = None) -> dict[str, Any]:
+    """Final metrics of a run from its rows (rows without a test evaluation count for time, not accuracy)."""
+    out: dict[str, Any] = {"label": label, "algo": config.algo, "workers": config.workers, "epochs": 0}
+    if sizes is not None:
+        out["dense_layers"] = dense_layers(config, sizes)
+    evaluated = [r for r in rows if r.get("test_acc") is not None]
+    if not evaluated:
+        return out
+    last = evaluated[-1]
     secs = [r["seconds"] for r in rows]
-    return {"label": label, "algo": config.algo, "epochs": last["epoch"], "test_acc": last["test_acc"],
-            "test_loss": last["test_loss"], "train_acc": last["train_acc"], "train_loss": last["train_loss"],
-            "best_test_acc": max(r["test_acc"] for r in rows), "connections": last["connections"],
-            "density": last["density"], "neurons": last.get("neurons"), "active_neurons": last.get("active_neurons"),
-            "seconds_per_epoch": float(np.mean(secs)), "median_seconds_per_epoch": float(np.median(secs)),
-            "total_seconds": float(np.sum(secs))}
+    out.update({"epochs": rows[-1]["epoch"], "test_acc": last["test_acc"], "test_loss": last["test_loss"],
+                "train_acc": last["train_acc"], "train_loss": last["train_loss"],
+                "best_test_acc": max(r["test_acc"] for r in evaluated), "connections": last["connections"],
+                "density": last["density"], "neurons": last.get("neurons"), "active_neurons": last.get("active_neurons"),
+                "seconds_per_epoch": float(np.mean(secs)), "median_seconds_per_epoch": float(np.median(secs)),
+                "total_seconds": float(np.sum(secs))})
+    return out
 
 
 def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     """Create ``out`` for a new run; refuse to overwrite an existing run unless ``overwrite``."""
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise RunError(f"--out {p} is a file, not a directory")
-    if p.exists() and any(p.iterdir()):
-        if not overwrite:
-            hint = f"continue it with `sparta train --resume {p}`, or " if is_run(p) else ""
-            raise RunError(f"{p} already exists and is not empty; {hint}choose another --out or add --overwrite")
-        for name in (CONFIG, METRICS_CSV, METRICS_JSONL, CHECKPOINT, SUMMARY):
-            (p / name).unlink(missing_ok=True)
-        if (p / DENSE_DIR).is_dir():
-            for name in (CONFIG, METRICS_CSV, METRICS_JSONL, CHECKPOINT, SUMMARY):
-                (p / DENSE_DIR / name).unlink(missing_ok=True)
-    p.mkdir(parents=True, exist_ok=True)
+    return _prepare(out, overwrite, extra=(DENSE_DIR,))
+
+
+def check_resume(run_dir: str | Path) -> Path:
+    """``run_dir`` as a run that can resume: its checkpoint (and its dense twin's, once that started) present and
+    readable. Raises :class:`RunError` and changes nothing otherwise."""
+    p = check_resumable(run_dir)
+    load_checkpoint(p, workers=RunConfig.load(p / CONFIG).workers)
+    if is_run(p / DENSE_DIR):
+        load_checkpoint(check_resumable(p / DENSE_DIR))
     return p
 
 
@@ -482,16 +406,16 @@ def load_data(config: RunConfig) -> Dataset:
 
 def train_model(config: RunConfig, run_dir: Path, data: Dataset, *, label: str = "sparse", resume: bool = False,
                 stop_after: int | None = None, progress: Progress | None = None) -> ModelResult:
-    """Train one model into ``run_dir`` (fresh, or from its checkpoint when ``resume``) up to ``config.epochs``.
+    """Train one model into ``run_dir`` (fresh, or from its checkpoint when ``resume`` and it has started) up to
+    ``config.epochs``.
 
     ``stop_after``: train at most this many epochs in this call, then checkpoint and return (``finished`` False).
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
     set_threads(config.threads, sparse=config.algo != "dense")
     session = build(config, data.n_features, data.n_classes, len(data.x_train))
     first = 0
     rows: list[dict[str, Any]] = []
-    if resume and (run_dir / CHECKPOINT).exists():
+    if resume and is_run(run_dir):
         ck = load_checkpoint(run_dir)
         if ck["steps_per_epoch"] != session.steps_per_epoch:
             raise RunError(f"{run_dir}: the data gives {session.steps_per_epoch} steps per epoch, the checkpoint "
@@ -501,26 +425,26 @@ def train_model(config: RunConfig, run_dir: Path, data: Dataset, *, label: str =
         rows = [r for r in read_metrics(run_dir) if r["epoch"] <= first]
         if len(rows) != first:
             raise RunError(f"{run_dir}: {METRICS_JSONL} holds {len(rows)} of the {first} epochs in the checkpoint")
-    _write_metrics(run_dir, rows)
-    atomic_write_text(run_dir / CONFIG, json.dumps(config.as_dict(), indent=2) + "\n")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(run_dir, rows, CSV_FIELDS)
+    write_json(run_dir / CONFIG, config.as_dict())
     (run_dir / SUMMARY).unlink(missing_ok=True)
+    if first == 0:
+        save_checkpoint(run_dir, session, 0)  # a run directory has a checkpoint from its start
     last = config.epochs if stop_after is None else min(config.epochs, first + stop_after)
     if progress is not None:
         progress.start(label, first, config.epochs, config)
-    loss = config.loss
     try:
         for epoch in range(first, last):
             st = fit(session.model, session.optimizer, data, epochs=1, batch_size=config.batch_size, algo=session.algo,
-                     loss=loss, start_epoch=epoch, generator=session.shuffle,
+                     loss=config.loss, start_epoch=epoch, generator=session.shuffle,
                      eval_batch_size=eval_batch_size(config, session.sizes))[0]
-            s = structure_stats(session.model)
-            row = {**st.as_dict(), "connections": s["connections"], "density": s["density"], "neurons": s["neurons"],
-                   "active_neurons": s["active_neurons"], "layers": [(x["name"], x["nnz"]) for x in s["layers"]],
-                   "time": time.time()}
-            if epoch == 0 or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                row["input_degree"] = input_degree(session.model).tolist()
+            # the input connectivity at the checkpoint epochs (and the first): enough for the report's snapshots,
+            # and metrics.jsonl stays small for wide inputs
+            snapshot = epoch == 0 or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+            row = {**st.as_dict(), **epoch_stats(session.model, input_degree=snapshot), "time": time.time()}
             rows.append(row)
-            _append_metrics(run_dir, row)
+            append_metrics(run_dir, row, CSV_FIELDS)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == last:
                 save_checkpoint(run_dir, session, epoch + 1)
             if progress is not None:
@@ -528,10 +452,9 @@ def train_model(config: RunConfig, run_dir: Path, data: Dataset, *, label: str =
     finally:
         if progress is not None:
             progress.end(label)
-    finished = last == config.epochs
-    result = ModelResult(label, run_dir, config, rows, finished)
-    if finished:
-        atomic_write_text(run_dir / SUMMARY, json.dumps(result.summary(), indent=2) + "\n")
+    result = ModelResult(label, run_dir, config, rows, last == config.epochs, session.sizes)
+    if result.finished:
+        write_json(run_dir / SUMMARY, result.summary())
     return result
 
 
@@ -539,30 +462,54 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite
           stop_after: int | None = None, progress: Progress | None = None,
           data: Dataset | None = None) -> list[ModelResult]:
     """Train ``config`` into run directory ``out`` (and its dense twin into ``out/dense`` when
-    ``config.compare_dense``); with ``resume``, continue both from their checkpoints."""
-    run_dir = check_run(out) if resume else prepare_run_dir(out, overwrite)
+    ``config.compare_dense``); with ``resume``, continue both from their checkpoints.
+
+    Runs with ``config.workers`` are WASAP-SGD runs: train them with :func:`sparta.parallel.train_run`.
+    """
+    if config.workers is not None:
+        raise ConfigError("a run with workers is a WASAP-SGD run: train it with sparta.parallel.train_run "
+                          "(or `sparta train --workers N`)")
+    run_dir = check_resume(out) if resume else prepare_run_dir(out, overwrite)
     if data is None:
         data = load_data(config)
     output_size(config, data.n_classes)  # fail early on an impossible loss/classes pair
+    for message in schedule_warnings(config, len(data.x_train)):
+        warnings.warn(message, ScheduleWarning, stacklevel=2)
     results = [train_model(config, run_dir, data, label=config.algo if config.algo == "dense" else "sparse",
                            resume=resume, stop_after=stop_after, progress=progress)]
-    if config.compare_dense and config.algo != "dense" and results[0].finished:
-        results.append(train_model(config.dense_baseline(), run_dir / DENSE_DIR, data, label="dense", resume=resume,
-                                   stop_after=stop_after, progress=progress))
+    results += train_dense_twin(config, run_dir, data, results[0], resume=resume, stop_after=stop_after,
+                                progress=progress)
     return results
+
+
+def train_dense_twin(config: RunConfig, run_dir: Path, data: Dataset, main: ModelResult, *, resume: bool,
+                     stop_after: int | None, progress: Progress | None) -> list[ModelResult]:
+    """The dense twin of a finished sparse model (``compare_dense``), trained into ``run_dir/dense``; none when the
+    run does not compare or the sparse model has not finished."""
+    if not (config.compare_dense and config.algo != "dense" and main.finished):
+        return []
+    return [train_model(config.dense_baseline(), run_dir / DENSE_DIR, data, label="dense", resume=resume,
+                        stop_after=stop_after, progress=progress)]
 
 
 def resume_config(run_dir: str | Path, epochs: int | None = None, threads: int | None = None,
                   checkpoint_every: int | None = None) -> RunConfig:
-    """The saved config of a run, with the few settings that may change on resume."""
-    p = check_run(run_dir)
+    """The saved config of a run that can resume (see :func:`check_resume`), with the few settings that may change.
+
+    A new ``epochs`` total keeps RigL's and GMP's schedules (and WASAP-SGD's phase split) planned over the epochs
+    the run started with.
+    """
+    p = check_resume(run_dir)
     config = RunConfig.load(p / CONFIG)
     changes: dict[str, Any] = {}
     if epochs is not None:
-        done = len(read_metrics(p))
+        done = int(load_checkpoint(p, workers=config.workers)["epoch"])
         if epochs < done:
             raise RunError(f"--epochs {epochs} is fewer than the {done} epochs {p} has already trained")
         changes["epochs"] = epochs
+        planned = config.algo in ("rigl", "gmp") or config.workers is not None  # schedules with a planned end
+        if epochs != config.epochs and planned and config.schedule_epochs is None:
+            changes["schedule_epochs"] = config.epochs
     if threads is not None:
         changes["threads"] = threads
     if checkpoint_every is not None:
@@ -574,15 +521,19 @@ def resume_config(run_dir: str | Path, epochs: int | None = None, threads: int |
 
 
 def load_model(run_dir: str | Path) -> tuple[RunConfig, Session, dict[str, Any]]:
-    """Rebuild a run's model from its config and final checkpoint (no data needed)."""
+    """Rebuild a run's model from its config and last checkpoint (no data needed); also WASAP-SGD runs."""
     p = check_run(run_dir)
     config = RunConfig.load(p / CONFIG)
-    ck = load_checkpoint(p)
+    ck = load_checkpoint(p, "the run's model cannot be loaded", config.workers)
     sizes = list(ck["sizes"])
     n_classes = 2 if config.loss == "mse" else sizes[-1]
     n_train = ck["steps_per_epoch"] * config.batch_size  # any n with the same number of steps per epoch
     session = build(config, sizes[0], n_classes, n_train)
-    restore(session, ck)
+    if config.workers:  # the server's model: Importance Pruning may have removed neurons
+        shrink_layers(session.model, [tuple(s) for s in ck["shapes"]])
+        session.model.load_state_dict(ck["model"])
+    else:
+        restore(session, ck)
     return config, session, ck
 
 
@@ -610,8 +561,8 @@ def evaluate_run(run_dir: str | Path, data: Dataset | None = None) -> list[dict[
         te_loss, te_acc = evaluate(session.model, data.x_test, data.y_test, config.loss, eb)
         tr_loss, tr_acc = evaluate(session.model, data.x_train, data.y_train, config.loss, eb)
         s = structure_stats(session.model)
-        results.append({"label": label, "run": str(d), "algo": config.algo, "epoch": int(ck["epoch"]),
-                        "epochs": config.epochs, "test_loss": te_loss, "test_acc": te_acc, "train_loss": tr_loss,
-                        "train_acc": tr_acc, "connections": s["connections"], "density": s["density"],
-                        "active_neurons": s["active_neurons"], "neurons": s["neurons"]})
+        results.append({"label": label, "run": str(d), "algo": config.algo, "workers": config.workers,
+                        "epoch": int(ck["epoch"]), "epochs": config.epochs, "test_loss": te_loss, "test_acc": te_acc,
+                        "train_loss": tr_loss, "train_acc": tr_acc, "connections": s["connections"],
+                        "density": s["density"], "active_neurons": s["active_neurons"], "neurons": s["neurons"]})
     return results
