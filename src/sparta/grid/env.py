@@ -94,7 +94,8 @@ def window(start_day: int = 0, days: int | None = None, total_steps: int = 8760)
 
 
 class GridEnv(_ParallelEnv):
-    """``GridEnv(schema=DEFAULT_SCHEMA, start_day=0, days=None, normalize=True, reward="default", kpis_at_end=True)``
+    """``GridEnv(schema=DEFAULT_SCHEMA, start_day=0, days=None, normalize=True, reward="default", kpis_at_end=True,
+    district_seed=0)``
 
     A PettingZoo ``ParallelEnv`` over ``CityLearnEnv(schema, central_agent=False)``.
 
@@ -106,6 +107,9 @@ class GridEnv(_ParallelEnv):
             ``solar_penalty``, ``marl``, ``independent_sac``.
         kpis_at_end: put CityLearn's KPIs into the last step's infos (``"kpis"``: the building's,
             ``"district_kpis"``: the district's; ~1 s of ``CityLearnEnv.evaluate``).
+        district_seed: CityLearn draws each battery's efficiency and power curves when it builds the district;
+            this seed fixes them, so every ``GridEnv`` of a schema is the same district (CityLearn's default
+            draws a new one per instance, and a resumed run would then train on different batteries).
 
     Observations: ``float32`` arrays ``(obs_dim,)`` (31 normalised / 28 raw values for the 2022 set);
     actions: ``(1,)`` arrays in [−1, 1] (battery charge > 0, discharge < 0, as a fraction of capacity).
@@ -114,13 +118,16 @@ class GridEnv(_ParallelEnv):
     metadata = {"name": "citylearn_grid_v0", "render_modes": [], "is_parallelizable": True}
 
     def __init__(self, schema: str | Path | None = None, start_day: int = 0, days: int | None = None, *,
-                 normalize: bool = True, reward: str = "default", kpis_at_end: bool = True) -> None:
+                 normalize: bool = True, reward: str = "default", kpis_at_end: bool = True,
+                 district_seed: int = 0) -> None:
         cl = citylearn()
         if _ParallelEnv is object:
             raise MissingCityLearnError(f"sparta grid needs PettingZoo; install it with: {INSTALL}")
         schema = Path(schema) if schema is not None else DEFAULT_SCHEMA
         if not schema.is_file():
             raise ValueError(f"schema must be a CityLearn schema.json file, got {str(schema)!r} (not found)")
+        if isinstance(district_seed, bool) or not isinstance(district_seed, int) or district_seed < 0:
+            raise ValueError(f"district_seed must be an int ≥ 0, got {district_seed!r}")
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {sorted(REWARDS)}, got {reward!r}")
         first, last = window(start_day, days)
@@ -129,7 +136,8 @@ class GridEnv(_ParallelEnv):
         try:
             self.citylearn = cl.citylearn.CityLearnEnv(
                 str(schema), central_agent=False, simulation_start_time_step=first, simulation_end_time_step=last,
-                reward_function=f"citylearn.reward_function.{REWARDS[reward]}", offline=True)
+                reward_function=f"citylearn.reward_function.{REWARDS[reward]}", offline=True,
+                random_seed=district_seed)
         finally:
             root.setLevel(level)
         self.schema, self.start_day, self.days, self.normalize, self.reward = schema, start_day, days, normalize, reward
