@@ -39,8 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                            "CityLearn 3.0.2: see `sparta grid --help`)",
                               description="Train, evaluate and report battery controllers for the 17 buildings of "
                                           "CityLearn's 2022 challenge data (shipped with sparta). Needs CityLearn "
-                                          "3.0.2 and sparta's grid extra: pip install --no-deps citylearn==3.0.2 "
-                                          '&& pip install -e ".[grid]"')
+                                          "3.0.2 and PettingZoo: pip install pettingzoo pandas simplejson pyyaml "
+                                          "platformdirs requests && pip install --no-deps citylearn==3.0.2")
     sub = g.add_subparsers(dest="grid_command", metavar="GRID_COMMAND")
     t = sub.add_parser("train", argument_default=S, help="train SAC agents (or run a baseline) into a run directory",
                        description="Train sparse SAC battery controllers, one per building (independent) or one "

@@ -219,10 +219,10 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
     target_entropy = -float(np.prod(env.action_space(agents[0]).shape))
     rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # warm-up actions
     step = episode = 0
-    train_seconds = 0.0
+    train_seconds = train_cpu_seconds = 0.0  # wall-clock and this process's CPU time (robust to a busy machine)
 
     def checkpoint() -> None:
-        run.save({"step": step, "episode": episode, "train_seconds": train_seconds,
+        run.save({"step": step, "episode": episode, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
                   "learners": [learner_state(n) for n in learners], "rng": rng_state(rng),
                   "torch_rng": torch.get_rng_state()})
 
@@ -233,9 +233,10 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
         set_rng_state(rng, ck["rng"])
         torch.set_rng_state(ck["torch_rng"])
         step, episode, train_seconds = ck["step"], ck["episode"], ck["train_seconds"]
+        train_cpu_seconds = ck.get("train_cpu_seconds", 0.0)
     done_now = 0
     while episode < cfg.episodes:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         obs = stack(env.reset(seed=cfg.seed + episode)[0], agents)
         ep_return = np.zeros(len(agents))
         while env.agents:
@@ -262,10 +263,12 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
                                                 target_entropy)
             run.progress(step)
         train_seconds += time.perf_counter() - t0
+        train_cpu_seconds += time.process_time() - c0
         k = env.kpis()["district"]
         run.log({"kind": "episode", "step": step, "episode": episode, "return": float(ep_return.mean()),
                  "returns": ep_return.tolist(), "length": T, "fps": run.fps(step), "density": density(learners),
                  "alpha": float(np.mean([n["alpha"] for n in learners])), "seconds": train_seconds,
+                 "cpu_seconds": train_cpu_seconds,
                  **{key: k.get(key) for key in DISTRICT_KPIS}})
         episode += 1
         done_now += 1
@@ -277,7 +280,9 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
     summary = {"agent": "sac", "mode": cfg.mode, "method": cfg.sparsity.method,
                "sparsity": cfg.sparsity.sparsity if cfg.sparsity.method != "dense" else 0.0,
                "width": cfg.sparsity.width, "seed": cfg.seed, "episodes": episode, "env_steps": step,
-               "train_seconds": train_seconds, "env_steps_per_second": step / max(train_seconds, 1e-9),
+               "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
+               "env_steps_per_second": step / max(train_seconds, 1e-9),
+               "env_steps_per_cpu_second": step / max(train_cpu_seconds, 1e-9),
                "density": density(learners), "size": agent_size(learners[0]), **result["kpis"]}
     run.finish(summary)
     return {**summary, "traces": result["traces"]}
