@@ -63,7 +63,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--start-day", dest="start_day", type=int, help="first day of the episode in the data (default 0, "
                                                                    "1 August)")
     t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac"),
-                   help="CityLearn reward function (default: −max(net consumption, 0) per building)")
+                   help="CityLearn reward function for --agent sac (default solar_penalty, the reward of "
+                        "CityLearn's SAC examples; 'default' is −max(net consumption, 0))")
     t.add_argument("--learning-starts", dest="learning_starts", type=int, help="random-action steps first (default 72)")
     t.add_argument("--updates-per-step", dest="updates_per_step", type=int, help="SAC updates per learner per step")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="SAC minibatch (default 256)")
@@ -194,7 +195,7 @@ def _train_controller(agent: str, a: dict[str, Any], quiet: bool) -> int:
     from sparta.rl.runs import Run
 
     cfg = {"controller": agent, "start_day": a.get("start_day", 0), "episode_days": a.get("episode_days"),
-           "reward": a.get("reward", "default"), "seed": a.get("seed", 1), "schema": None}
+           "reward": a.get("reward", "solar_penalty"), "seed": a.get("seed", 1), "schema": None}
     out = Path(a.get("out") or f"runs/grid/{agent}-{time.strftime('%Y%m%d-%H%M%S')}")
     env = GridEnv(cfg["schema"], cfg["start_day"], cfg["episode_days"], reward=cfg["reward"], kpis_at_end=False)
     run = Run(out, RBC_ALGO, cfg, overwrite=a.get("overwrite", False), quiet=True)

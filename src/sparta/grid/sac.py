@@ -44,7 +44,10 @@ class GridSACConfig:
     start_day: int = 0
     episode_days: int | None = None
     episodes: int = 10
-    reward: str = "default"            # CityLearn reward function: default, solar_penalty, marl, independent_sac
+    # CityLearn reward function: solar_penalty (its SAC examples' reward: penalises grid imports, and storing less
+    # than the PV surplus), default (−max(net consumption, 0): learns to leave the batteries empty), marl,
+    # independent_sac
+    reward: str = "solar_penalty"
     schema: str | None = None          # a CityLearn 3.0.2 schema.json (default: the shipped 2022 set)
     # the agents
     mode: str = "shared"               # shared: one network for all buildings; independent: one per building
