@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sparta.rl.cli import add_rl_parser  # `sparta rl train|eval|report`
 
     add_rl_parser(sub)
+    from sparta.grid.cli import add_parser as add_grid_parser  # `sparta grid train|eval|report`
+
+    add_grid_parser(sub)
     return parser
 
 

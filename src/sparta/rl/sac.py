@@ -229,44 +229,8 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         ep_len += 1
         step += 1
 
-        if step > cfg.learning_starts:
-            b = rb.sample(cfg.batch_size)
-            # soft TD target from the target critics, actions from the current policy
-            with torch.no_grad():
-                next_a, next_logp = actor.sample(b.next_obs)
-                q1_t, q2_t = qf_target(b.next_obs, next_a)
-                min_q = torch.min(q1_t, q2_t) - alpha * next_logp
-                td_target = b.rewards + b.discounts * (1 - b.dones) * min_q
-            q1, q2 = qf(b.obs, b.actions)
-            q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
-            q_opt.zero_grad()
-            q_loss.backward()
-            q_opt.step()
-            if q_algo is not None and q_algo.step():
-                sp.sync_target(qf, qf_target, cfg.sparsity.new_values)
-
-            # delayed actor (and α) updates, repeated to keep one actor step per critic step
-            if step % cfg.policy_frequency == 0:
-                for _ in range(cfg.policy_frequency):
-                    a, logp = actor.sample(b.obs)
-                    q1_pi, q2_pi = qf(b.obs, a)
-                    actor_loss = (alpha * logp - torch.min(q1_pi, q2_pi)).mean()
-                    actor_opt.zero_grad()
-                    actor_loss.backward()
-                    actor_opt.step()
-                    if actor_algo is not None:
-                        actor_algo.step()
-                    if cfg.autotune:
-                        with torch.no_grad():
-                            _, logp = actor.sample(b.obs)
-                        alpha_loss = (-log_alpha.exp() * (logp + target_entropy)).mean()
-                        a_opt.zero_grad()
-                        alpha_loss.backward()
-                        a_opt.step()
-                        alpha = float(log_alpha.detach().exp())
-
-            if step % cfg.target_network_frequency == 0:
-                sp.polyak(qf, qf_target, cfg.tau)
+        if step > cfg.learning_starts:  # one critic step; every policy_frequency steps, the actor's and α's
+            alpha = update(n, rb.sample(cfg.batch_size), cfg, step, alpha, target_entropy)
 
         if step % cfg.eval_every == 0:
             run.log(eval_row(step, evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density(),
@@ -289,6 +253,52 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     checkpoint()
     final = evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6)
     return summarize(run, "sac", cfg, step, final, [actor, qf], t_start, env, *test_envs)
+
+
+def update(n: dict[str, Any], b, cfg: SACConfig, step: int, alpha: float, target_entropy: float) -> float:
+    """One SAC update of the networks ``n`` (from :func:`build`) on the batch ``b`` at environment step ``step``:
+    soft TD target → critic loss → (every ``policy_frequency`` steps, repeated as often) actor loss and α → topology
+    updates → Polyak target update. Returns the entropy coefficient α after it."""
+    actor, qf, qf_target = n["actor"], n["qf"], n["qf_target"]
+    actor_opt, q_opt, actor_algo, q_algo = n["actor_opt"], n["q_opt"], n["actor_algo"], n["q_algo"]
+    log_alpha, a_opt = n["log_alpha"], n["a_opt"]
+    # soft TD target from the target critics, actions from the current policy
+    with torch.no_grad():
+        next_a, next_logp = actor.sample(b.next_obs)
+        q1_t, q2_t = qf_target(b.next_obs, next_a)
+        min_q = torch.min(q1_t, q2_t) - alpha * next_logp
+        td_target = b.rewards + b.discounts * (1 - b.dones) * min_q
+    q1, q2 = qf(b.obs, b.actions)
+    q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
+    q_opt.zero_grad()
+    q_loss.backward()
+    q_opt.step()
+    if q_algo is not None and q_algo.step():
+        sp.sync_target(qf, qf_target, cfg.sparsity.new_values)
+
+    # delayed actor (and α) updates, repeated to keep one actor step per critic step
+    if step % cfg.policy_frequency == 0:
+        for _ in range(cfg.policy_frequency):
+            a, logp = actor.sample(b.obs)
+            q1_pi, q2_pi = qf(b.obs, a)
+            actor_loss = (alpha * logp - torch.min(q1_pi, q2_pi)).mean()
+            actor_opt.zero_grad()
+            actor_loss.backward()
+            actor_opt.step()
+            if actor_algo is not None:
+                actor_algo.step()
+            if cfg.autotune:
+                with torch.no_grad():
+                    _, logp = actor.sample(b.obs)
+                alpha_loss = (-log_alpha.exp() * (logp + target_entropy)).mean()
+                a_opt.zero_grad()
+                alpha_loss.backward()
+                a_opt.step()
+                alpha = float(log_alpha.detach().exp())
+
+    if step % cfg.target_network_frequency == 0:
+        sp.polyak(qf, qf_target, cfg.tau)
+    return alpha
 
 
 def eval_policy(actor: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

@@ -1,0 +1,338 @@
+"""The ``sparta grid`` sub-command: sparse agents controlling building batteries in CityLearn.
+
+::
+
+    sparta grid train --agent sac --method set --sparsity 0.95 --episode-days 7 --episodes 1 --out runs/grid/set95
+    sparta grid train --agent rbc --episode-days 7 --out runs/grid/rbc          # CityLearn's BasicBatteryRBC
+    sparta grid train --resume runs/grid/set95 --episodes 3                     # continue (bit-identical)
+    sparta grid eval runs/grid/set95 [--json] [--buildings]                     # KPIs: district (and per building)
+    sparta grid report runs/grid                                                # KPI bars, SoC and net load plots
+
+Building the parser imports nothing heavy (no torch, no CityLearn); the commands import what they use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+AGENTS = ("sac", "rbc", "optimized-rbc", "basic-rbc", "none")
+SPARSITY_FLAGS = ("method", "sparsity", "distribution", "width", "every", "zeta")
+SAC_FLAGS = {"mode": "mode", "episodes": "episodes", "episode_days": "episode_days", "start_day": "start_day",
+             "reward": "reward", "seed": "seed", "threads": "threads", "hidden": "hidden",
+             "learning_starts": "learning_starts", "updates_per_step": "updates_per_step", "batch_size": "batch_size"}
+RBC_ALGO = "grid-controller"
+KPI_COLUMNS = ("cost_total", "carbon_emissions_total", "daily_peak_average", "all_time_peak_average",
+               "ramping_average", "daily_one_minus_load_factor_average")
+EVAL_DIR = "eval"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``sparta grid {train,eval,report}`` on ``subparsers``."""
+    S = argparse.SUPPRESS
+    g = subparsers.add_parser("grid", help="sparse agents controlling building batteries in CityLearn (needs "
+                                           "CityLearn 3.0.2: see `sparta grid --help`)",
+                              description="Train, evaluate and report battery controllers for the 17 buildings of "
+                                          "CityLearn's 2022 challenge data (shipped with sparta). Needs CityLearn "
+                                          "3.0.2 and PettingZoo: pip install pettingzoo pandas simplejson pyyaml "
+                                          "platformdirs requests && pip install --no-deps citylearn==3.0.2")
+    sub = g.add_subparsers(dest="grid_command", metavar="GRID_COMMAND")
+    t = sub.add_parser("train", argument_default=S, help="train SAC agents (or run a baseline) into a run directory",
+                       description="Train sparse SAC battery controllers, one per building (independent) or one "
+                                   "network shared by all buildings; or evaluate a baseline controller (--agent rbc, "
+                                   "optimized-rbc, basic-rbc, none). Writes config.json, metrics.jsonl, "
+                                   "checkpoint.pt (every episode), summary.json and eval/ to --out.")
+    t.add_argument("--agent", choices=AGENTS, help="sac (default), or CityLearn's controllers: rbc "
+                   "(BasicBatteryRBC), optimized-rbc, basic-rbc, none (no control)")
+    t.add_argument("--mode", choices=("shared", "independent"), help="one network for all buildings with the "
+                   "building's identity in its input (default), or one per building")
+    t.add_argument("--method", choices=("dense", "static", "set", "rigl", "gmp"), help="sparse method (default dense)")
+    t.add_argument("--sparsity", type=float, help="target sparsity in [0, 1) (default 0.95)")
+    t.add_argument("--distribution", choices=("erk", "er", "uniform"), help="layer densities (default erk)")
+    t.add_argument("--width", type=float, help="hidden-layer width multiplier (default 1)")
+    t.add_argument("--every", type=int, help="gradient steps between topology updates (default 1000)")
+    t.add_argument("--zeta", type=float, help="fraction replaced per update, SET ζ / RigL α (default 0.05)")
+    t.add_argument("--hidden", type=int, nargs="+", help="hidden-layer sizes (default 256 256)")
+    t.add_argument("--episodes", type=int, help="training episodes (default 10; with --resume: the new total)")
+    t.add_argument("--episode-days", dest="episode_days", type=int, help="days per episode (default: the whole year)")
+    t.add_argument("--start-day", dest="start_day", type=int, help="first day of the episode in the data (default 0, "
+                                                                   "1 August)")
+    t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac"),
+                   help="CityLearn reward function for --agent sac (default solar_penalty, the reward of "
+                        "CityLearn's SAC examples; 'default' is −max(net consumption, 0))")
+    t.add_argument("--learning-starts", dest="learning_starts", type=int, help="random-action steps first (default 72)")
+    t.add_argument("--updates-per-step", dest="updates_per_step", type=int, help="SAC updates per learner per step")
+    t.add_argument("--batch-size", dest="batch_size", type=int, help="SAC minibatch (default 256)")
+    t.add_argument("--seed", type=int, help="seed (default 1)")
+    t.add_argument("--threads", type=int, help="torch and numba threads (default 1)")
+    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/grid/<agent>-<method>-<time>)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (an episode end)")
+    t.add_argument("--stop-after", dest="stop_after", type=int, metavar="N",
+                   help="checkpoint and stop after N more episodes; continue with --resume")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="KPIs of a run's policy over one deterministic episode",
+                       description="Run the saved policy (mean actions) or controller over an episode and print "
+                                   "CityLearn's KPIs for the district (and, with --buildings, each building); "
+                                   "1.0 = no control, lower is better. Saves eval/<window>.json and .npz in the run.")
+    e.add_argument("run", metavar="RUN_DIR")
+    e.add_argument("--start-day", dest="start_day", type=int, help="first day (default: the run's)")
+    e.add_argument("--days", type=int, help="days to evaluate (default: the run's episode)")
+    e.add_argument("--buildings", action="store_true", help="also print the KPIs of each building")
+    e.add_argument("--json", action="store_true", help="print JSON: {run, agent, window, district, buildings}")
+    e.set_defaults(func=cmd_eval)
+    r = sub.add_parser("report", help="KPI bar chart across runs; battery SoC and district net load plots",
+                       description="For every run under RUN_DIR: a KPI bar chart across methods (mean over seeds, "
+                                   "with the seeds' spread), and battery state of charge with district net load over "
+                                   "one winter and one summer week (from the runs' evaluations; `sparta grid eval RUN "
+                                   "--start-day 0 --days 365` evaluates the whole year).")
+    r.add_argument("run", metavar="RUN_DIR")
+    r.add_argument("--out", metavar="DIR", help="where to write the plots (default RUN_DIR/plots)")
+    r.set_defaults(func=cmd_report)
+    g.set_defaults(func=lambda args: _help(g))
+    return g
+
+
+def _help(g: argparse.ArgumentParser) -> int:
+    """Bare ``sparta grid``: the install command if CityLearn is missing (exit 2), else the help (exit 0)."""
+    from sparta.grid.env import citylearn
+
+    citylearn()
+    g.print_help()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``sparta grid …`` command."""
+    return args.func(args)
+
+
+# ---------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sparta.grid.env import citylearn
+
+    citylearn()  # a clear message naming the install command, before anything else
+    a = vars(args)
+    quiet = a.get("quiet", False)
+    stop_after = a.get("stop_after")
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop-after must be a positive int, got {stop_after}")
+    if "resume" in a:
+        return _resume(a, quiet, stop_after)
+    agent = a.get("agent", "sac")
+    if agent != "sac":
+        extra = [f"--{k.replace('_', '-')}" for k in (*SPARSITY_FLAGS, *SAC_FLAGS) if k in a
+                 and k not in ("episode_days", "start_day", "reward", "seed", "episodes")]
+        if extra:
+            raise ValueError(f"--agent {agent} is a fixed controller; {', '.join(extra)} apply to --agent sac only")
+        return _train_controller(agent, a, quiet)
+    from sparta.grid import sac
+    from sparta.rl.sparsity import SparsityConfig
+
+    sparsity = SparsityConfig(**{k: a[k] for k in SPARSITY_FLAGS if k in a})
+    settings = {f: a[k] for k, f in SAC_FLAGS.items() if k in a}
+    cfg = sac.GridSACConfig(**settings, sparsity=sparsity)
+    out = Path(a.get("out") or f"runs/grid/sac-{cfg.mode}-{sparsity.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not quiet:
+        what = "dense" if sparsity.method == "dense" else f"{sparsity.method} {sparsity.sparsity:.0%}"
+        days = "the whole year" if cfg.episode_days is None else f"{cfg.episode_days} days"
+        print(f"SAC ({cfg.mode}, {what}, width ×{sparsity.width:g}) on 17 buildings, {cfg.episodes} episodes of {days} "
+              f"from day {cfg.start_day}, seed {cfg.seed} → {out}", flush=True)
+    summary = sac.train(cfg, out, overwrite=a.get("overwrite", False), stop_after=stop_after, quiet=quiet)
+    return _finish(out, summary)
+
+
+def _resume(a: dict[str, Any], quiet: bool, stop_after: int | None) -> int:
+    from sparta.grid import sac
+    from sparta.rl.runs import read_config
+
+    out = Path(a["resume"])
+    saved = read_config(out)
+    if saved.get("algo") != sac.ALGO:
+        raise ValueError(f"{out} is not a `sparta grid train --agent sac` run (a {saved.get('algo')} run); nothing to "
+                         "resume")
+    extra = [f"--{k.replace('_', '-')}" for k in a if k not in ("resume", "episodes", "stop_after", "quiet", "func",
+                                                                "command", "grid_command", "threads")]
+    if extra:
+        raise ValueError(f"--resume continues a run with its saved settings; it cannot change {', '.join(extra)} "
+                         "(only --episodes, --threads, --stop-after, --quiet)")
+    cfg = sac.GridSACConfig(**saved["config"])
+    if "threads" in a:
+        cfg.threads = a["threads"]
+    if "episodes" in a and a["episodes"] < 1:
+        raise ValueError(f"episodes must be a positive int, got {a['episodes']}")
+    if not quiet:
+        print(f"resuming {out}", flush=True)
+    summary = sac.train(cfg, out, resume=True, stop_after=stop_after, quiet=quiet, episodes=a.get("episodes"))
+    return _finish(out, summary)
+
+
+def _finish(out: Path, summary: dict[str, Any]) -> int:
+    if "stopped_at" in summary:
+        print(f"{out}: stopped after episode {summary['episode']} (step {summary['stopped_at']}); continue with "
+              f"`sparta grid train --resume {out}`")
+        return 0
+    _save_eval(out, summary["window"] if "window" in summary else _window_of(out), summary, summary.pop("traces"))
+    d = summary["district"]
+    print(f"{out}: cost {d['cost_total']:.3f}, carbon {d['carbon_emissions_total']:.3f}, daily peak "
+          f"{d['daily_peak_average']:.3f} (1.0 = no control), {summary.get('train_seconds', 0):.0f} s of training")
+    print(f"  sparta grid eval {out}      # KPI table\n  sparta grid report {out}    # plots")
+    return 0
+
+
+def _train_controller(agent: str, a: dict[str, Any], quiet: bool) -> int:
+    from sparta.grid.baselines import Controller
+    from sparta.grid.env import GridEnv
+    from sparta.grid.sac import evaluate
+    from sparta.rl.runs import Run
+
+    cfg = {"controller": agent, "start_day": a.get("start_day", 0), "episode_days": a.get("episode_days"),
+           "reward": a.get("reward", "solar_penalty"), "seed": a.get("seed", 1), "schema": None}
+    out = Path(a.get("out") or f"runs/grid/{agent}-{time.strftime('%Y%m%d-%H%M%S')}")
+    env = GridEnv(cfg["schema"], cfg["start_day"], cfg["episode_days"], reward=cfg["reward"], kpis_at_end=False)
+    run = Run(out, RBC_ALGO, cfg, overwrite=a.get("overwrite", False), quiet=True)
+    if not quiet:
+        print(f"{agent} on 17 buildings, {env.episode_steps} steps from day {cfg['start_day']} → {out}", flush=True)
+    result = evaluate(env, Controller(agent))
+    summary = {"agent": agent, "mode": None, "method": agent, "sparsity": None, "width": None, "seed": cfg["seed"],
+               "episodes": 0, "env_steps": env.episode_steps, "train_seconds": 0.0, **result["kpis"]}
+    run.finish(summary)
+    return _finish(out, {**summary, "traces": result["traces"]})
+
+
+# ---------------------------------------------------------------- eval
+
+
+def _window_of(run: Path) -> tuple[int, int | None]:
+    from sparta.rl.runs import read_config
+
+    c = read_config(run)["config"]
+    return c.get("start_day", 0), c.get("episode_days")
+
+
+def _save_eval(run: Path, window: tuple[int, int | None], result: dict[str, Any], traces: dict[str, Any]) -> Path:
+    """``RUN/eval/d<start>-<days>.json`` (KPIs) and ``.npz`` (traces), written atomically."""
+    import io
+
+    import numpy as np
+
+    from sparta.train.runs import atomic_write_bytes, atomic_write_text
+
+    start, days = window
+    d = run / EVAL_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    stem = d / f"d{start}-{'all' if days is None else days}"
+    body = {"run": str(run), "agent": result.get("agent"), "method": result.get("method"),
+            "window": {"start_day": start, "days": days}, "district": result["district"],
+            "buildings": result["buildings"]}
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(body, indent=2, default=_nan) + "\n")
+
+    def write(f):
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **traces)
+        f.write(buf.getvalue())
+
+    atomic_write_bytes(stem.with_suffix(".npz"), write)
+    return stem
+
+
+def _nan(x: Any) -> Any:
+    return None
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def evaluate_run(run: str | Path, start_day: int | None = None, days: int | None = None) -> dict[str, Any]:
+    """One deterministic episode of a run's policy (or controller): ``{run, agent, method, window, district,
+    buildings, traces}``."""
+    from sparta.grid.baselines import Controller
+    from sparta.grid.env import GridEnv, citylearn
+    from sparta.grid.sac import ALGO, evaluate, load, policy
+    from sparta.rl.runs import read_config
+
+    citylearn()
+    run = Path(run)
+    saved = read_config(run)
+    c = saved["config"]
+    window = (c.get("start_day", 0) if start_day is None else start_day,
+              c.get("episode_days") if days is None and start_day is None else days)
+    if saved["algo"] == ALGO:
+        cfg, learners, _ = load(run)
+        env = GridEnv(cfg.schema, window[0], window[1], reward=cfg.reward, kpis_at_end=False)
+        pol = policy(learners, cfg.mode, env.possible_agents)
+        agent, method = "sac", cfg.sparsity.method
+    elif saved["algo"] == RBC_ALGO:
+        env = GridEnv(c.get("schema"), window[0], window[1], reward=c.get("reward", "default"), kpis_at_end=False)
+        pol, agent, method = Controller(c["controller"]), c["controller"], c["controller"]
+    else:
+        raise ValueError(f"{run} is a {saved['algo']} run, not a `sparta grid train` run")
+    result = evaluate(env, pol)
+    return {"run": str(run), "agent": agent, "method": method, "window": window, **result["kpis"],
+            "traces": result["traces"], "seconds": result["seconds"]}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sparta.grid.env import citylearn
+    from sparta.rl.runs import find_runs
+
+    citylearn()
+    runs = find_runs(args.run)
+    rows = []
+    for run in runs:
+        r = evaluate_run(run, args.start_day, args.days)
+        _save_eval(run, r["window"], r, r.pop("traces"))
+        rows.append(r)
+    if args.json:
+        out = [{"run": r["run"], "agent": r["agent"], "method": r["method"],
+                "window": {"start_day": r["window"][0], "days": r["window"][1]}, "district": _clean(r["district"]),
+                "buildings": {b: _clean(k) for b, k in r["buildings"].items()}} for r in rows]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+        return 0
+    for r in rows:
+        start, days = r["window"]
+        print(f"{r['run']}: {r['agent']} ({r['method']}), days {start}..{'end' if days is None else start + days - 1}")
+        print(kpi_table({"district": r["district"], **(r["buildings"] if args.buildings else {})}))
+        print()
+    return 0
+
+
+def kpi_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = KPI_COLUMNS) -> str:
+    """A Markdown table: one row per name (district, buildings), one column per KPI."""
+    head = ["", *(c.replace("_total", "").replace("_average", "") for c in columns)]
+    body = [[name, *(_fmt(k.get(c)) for c in columns)] for name, k in rows.items()]
+    widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *(line(r) for r in body)])
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+# ---------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sparta.grid.report import write_report
+
+    for p in write_report(args.run, args.out):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":  # python -m sparta.grid.cli …
+    from sparta.cli import main
+
+    sys.exit(main(["grid", *sys.argv[1:]]))

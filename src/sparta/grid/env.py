@@ -1,0 +1,267 @@
+"""CityLearn as a PettingZoo ``ParallelEnv``: one agent per building, each controlling its battery.
+
+CityLearn (Vázquez-Canteli et al., MIT licence) simulates a district of buildings with batteries, PV panels,
+prices and grid carbon intensity; ``CityLearnEnv(schema, central_agent=False)`` takes one action list per
+building and returns one observation and one reward per building. :class:`GridEnv` exposes it through
+PettingZoo's parallel API (the multi-agent counterpart of Gymnasium): agents ``"Building_1"`` … ``"Building_17"``,
+``observation_space(agent)`` / ``action_space(agent)`` per agent, ``reset(seed, options)`` and ``step(actions)``
+with dicts keyed by agent, and CityLearn's KPIs (cost, carbon, peaks, ramping, load factor; relative to the
+same district without batteries, so 1.0 is "no control" and lower is better) when the episode ends.
+
+Observations are normalised as CityLearn's examples do (its ``NormalizedObservationWrapper``): hour, day type
+and month as cosine/sine pairs, everything else min-max scaled to [0, 1] with CityLearn's estimated bounds
+(clipped to them, so every observation lies in ``observation_space(agent)``); ``normalize=False`` gives the raw
+values. Data: the ``citylearn_challenge_2022_phase_all`` set (17 buildings, one year of hourly steps) ships
+with sparta (:data:`DEFAULT_SCHEMA`) and is read by its schema path, so nothing is downloaded or cached.
+
+CityLearn cannot be an ordinary pip extra (its declared pins conflict with torch, numpy 2 and gymnasium 1);
+:func:`citylearn` names the command that installs it when it is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_DATASET = "citylearn_challenge_2022_phase_all"
+DEFAULT_SCHEMA = DATA_DIR / DEFAULT_DATASET / "schema.json"
+STEPS_PER_DAY = 24
+# one line that works for any install of sparta (editable or not): CityLearn's run-time imports and PettingZoo,
+# then CityLearn itself without its declared pins (they conflict with torch, numpy 2 and gymnasium 1)
+INSTALL = ("pip install pettingzoo pandas simplejson pyyaml platformdirs requests && "
+           "pip install --no-deps citylearn==3.0.2")
+REWARDS = {"default": "RewardFunction", "solar_penalty": "SolarPenaltyReward", "marl": "MARL",
+           "independent_sac": "IndependentSACReward"}
+DISTRICT_KPIS = ("cost_total", "carbon_emissions_total", "daily_peak_average", "all_time_peak_average",
+                 "ramping_average", "daily_one_minus_load_factor_average", "monthly_one_minus_load_factor_average",
+                 "electricity_consumption_total", "zero_net_energy")
+
+
+class MissingCityLearnError(ImportError, ValueError):
+    """CityLearn (or PettingZoo) is not installed; the message says which command installs it."""
+
+
+def citylearn():
+    """The ``citylearn`` package (3.0.2), imported without letting it raise the root logger to INFO; raises
+    :class:`MissingCityLearnError` naming the install command when CityLearn 3.0.2 or PettingZoo is missing."""
+    root = logging.getLogger()
+    level = root.level
+    try:
+        import citylearn as cl
+        import citylearn.agents.rbc  # noqa: F401
+        import citylearn.citylearn  # noqa: F401
+        import citylearn.wrappers  # noqa: F401
+    except ImportError as e:
+        raise MissingCityLearnError(f"sparta grid needs CityLearn 3.0.2 ({e}); install it with: {INSTALL}") from None
+    finally:
+        root.setLevel(level)
+    try:
+        import pettingzoo  # noqa: F401
+    except ImportError as e:
+        raise MissingCityLearnError(f"sparta grid needs PettingZoo ({e}); install it with: {INSTALL}") from None
+    if getattr(cl, "__version__", "3.0.2") != "3.0.2":
+        raise MissingCityLearnError(f"sparta grid needs CityLearn 3.0.2 (its column names changed between versions), "
+                                    f"found {cl.__version__}; install it with: {INSTALL}")
+    return cl
+
+
+try:
+    from pettingzoo import ParallelEnv as _ParallelEnv
+except ImportError:  # GridEnv() then says which command installs it
+    _ParallelEnv = object
+
+
+def window(start_day: int = 0, days: int | None = None, total_steps: int = 8760) -> tuple[int, int]:
+    """``(first, last)`` time steps (inclusive) of ``days`` days from ``start_day`` (None: to the end of the data)."""
+    if isinstance(start_day, bool) or not isinstance(start_day, int) or start_day < 0:
+        raise ValueError(f"start_day must be an int ≥ 0, got {start_day!r}")
+    first = start_day * STEPS_PER_DAY
+    if first >= total_steps - 1:
+        raise ValueError(f"start_day must be below {(total_steps - 1) // STEPS_PER_DAY}, got {start_day}")
+    if days is None:
+        return first, total_steps - 1
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValueError(f"episode days must be a positive int, got {days!r}")
+    last = first + days * STEPS_PER_DAY - 1
+    if last > total_steps - 1:
+        raise ValueError(f"start_day + days must be at most {total_steps // STEPS_PER_DAY} (the data set's days), "
+                         f"got {start_day} + {days}")
+    return first, last
+
+
+class GridEnv(_ParallelEnv):
+    """``GridEnv(schema=DEFAULT_SCHEMA, start_day=0, days=None, normalize=True, reward="default", kpis_at_end=True,
+    district_seed=0)``
+
+    A PettingZoo ``ParallelEnv`` over ``CityLearnEnv(schema, central_agent=False)``.
+
+    Args:
+        schema: path of a CityLearn 3.0.2 ``schema.json`` (default: the shipped 2022 set).
+        start_day, days: the episode is ``days`` days from day ``start_day`` of the data (None: to the end).
+        normalize: CityLearn's periodic + min-max normalisation (else raw observations, and raw bounds).
+        reward: one of CityLearn's reward functions: ``default`` (−max(net consumption, 0) per building),
+            ``solar_penalty``, ``marl``, ``independent_sac``.
+        kpis_at_end: put CityLearn's KPIs into the last step's infos (``"kpis"``: the building's,
+            ``"district_kpis"``: the district's; ~1 s of ``CityLearnEnv.evaluate``).
+        district_seed: CityLearn draws each battery's efficiency and power curves when it builds the district;
+            this seed fixes them, so every ``GridEnv`` of a schema is the same district (CityLearn's default
+            draws a new one per instance, and a resumed run would then train on different batteries).
+
+    Observations: ``float32`` arrays ``(obs_dim,)`` (31 normalised / 28 raw values for the 2022 set);
+    actions: ``(1,)`` arrays in [−1, 1] (battery charge > 0, discharge < 0, as a fraction of capacity).
+    """
+
+    metadata = {"name": "citylearn_grid_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(self, schema: str | Path | None = None, start_day: int = 0, days: int | None = None, *,
+                 normalize: bool = True, reward: str = "default", kpis_at_end: bool = True,
+                 district_seed: int = 0) -> None:
+        cl = citylearn()
+        if _ParallelEnv is object:
+            raise MissingCityLearnError(f"sparta grid needs PettingZoo; install it with: {INSTALL}")
+        schema = Path(schema) if schema is not None else DEFAULT_SCHEMA
+        if not schema.is_file():
+            raise ValueError(f"schema must be a CityLearn schema.json file, got {str(schema)!r} (not found)")
+        if isinstance(district_seed, bool) or not isinstance(district_seed, int) or district_seed < 0:
+            raise ValueError(f"district_seed must be an int ≥ 0, got {district_seed!r}")
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {sorted(REWARDS)}, got {reward!r}")
+        first, last = window(start_day, days)
+        root = logging.getLogger()
+        level = root.level
+        try:
+            self.citylearn = cl.citylearn.CityLearnEnv(
+                str(schema), central_agent=False, simulation_start_time_step=first, simulation_end_time_step=last,
+                reward_function=f"citylearn.reward_function.{REWARDS[reward]}", offline=True,
+                random_seed=district_seed)
+        finally:
+            root.setLevel(level)
+        self.schema, self.start_day, self.days, self.normalize, self.reward = schema, start_day, days, normalize, reward
+        self.kpis_at_end = kpis_at_end
+        self.first_step, self.last_step = first, last
+        self.normalizer = cl.wrappers.NormalizedObservationWrapper(self.citylearn) if normalize else None
+        source = self.normalizer if normalize else self.citylearn
+        self.possible_agents = [b.name for b in self.citylearn.buildings]
+        self.agents: list[str] = []
+        self.observation_names = dict(zip(self.possible_agents, source.observation_names, strict=True))
+        spaces = source.observation_space
+        self._obs_spaces = {a: _box(s) for a, s in zip(self.possible_agents, spaces, strict=True)}
+        self._act_spaces = {a: _box(s) for a, s in zip(self.possible_agents, self.citylearn.action_space, strict=True)}
+        self._low = np.stack([s.low for s in self._obs_spaces.values()]) if self._same_obs_dims() else None
+        self._high = np.stack([s.high for s in self._obs_spaces.values()]) if self._same_obs_dims() else None
+        self.episode_steps = last - first  # steps until the episode ends (CityLearn ends one before the last row)
+
+    # ------------------------------------------------------------------ spaces
+    def observation_space(self, agent: str):
+        """The ``Box`` of ``agent``'s observations (the same object on every call)."""
+        return self._obs_spaces[agent]
+
+    def action_space(self, agent: str):
+        """The ``Box`` of ``agent``'s actions (the same object on every call)."""
+        return self._act_spaces[agent]
+
+    def _same_obs_dims(self) -> bool:
+        return len({s.shape for s in self._obs_spaces.values()}) == 1
+
+    # ------------------------------------------------------------------ dynamics
+    def _observations(self, raw: list[list[float]]) -> dict[str, np.ndarray]:
+        obs = self.normalizer.observation(raw) if self.normalizer is not None else raw
+        out = {}
+        for a, o in zip(self.possible_agents, obs, strict=True):
+            s = self._obs_spaces[a]
+            out[a] = np.clip(np.asarray(o, dtype=np.float32), s.low, s.high)
+        return out
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode at the window's first step: ``(observations, infos)`` dicts keyed by agent."""
+        raw, _ = self.citylearn.reset(seed=seed)
+        for space in self._act_spaces.values():
+            if seed is not None:
+                space.seed(seed)
+        self.agents = list(self.possible_agents)
+        return self._observations(raw), {a: {} for a in self.agents}
+
+    def step(self, actions: dict[str, np.ndarray]):
+        """Apply one action per live agent (``(1,)`` arrays in [−1, 1]); returns ``(observations, rewards,
+        terminations, truncations, infos)`` dicts. All agents end together; at the end ``agents`` is empty and,
+        with ``kpis_at_end``, the infos hold the KPIs."""
+        if not self.agents:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        missing = [a for a in self.agents if a not in actions]
+        if missing:
+            raise ValueError(f"actions must hold one action per live agent; missing {missing}")
+        acts = [np.asarray(actions[a], dtype=np.float64).reshape(-1).tolist() for a in self.possible_agents]
+        raw, rewards, terminated, truncated, _ = self.citylearn.step(acts)
+        obs = self._observations(raw)
+        done = bool(terminated or truncated)
+        rew = {a: float(r) for a, r in zip(self.possible_agents, rewards, strict=True)}
+        terms = dict.fromkeys(self.possible_agents, bool(terminated))
+        truncs = dict.fromkeys(self.possible_agents, bool(truncated) and not terminated)
+        infos: dict[str, dict[str, Any]] = {a: {} for a in self.possible_agents}
+        if done:
+            self.agents = []
+            if self.kpis_at_end:
+                k = self.kpis()
+                for a in self.possible_agents:
+                    infos[a] = {"kpis": k["buildings"][a], "district_kpis": k["district"]}
+        return obs, rew, terms, truncs, infos
+
+    # ------------------------------------------------------------------ results
+    def kpis(self) -> dict[str, Any]:
+        """CityLearn's KPIs of the episode so far: ``{"district": {name: value}, "buildings": {agent: {name: value}}}``
+        (values relative to no batteries: 1.0 = no control, lower is better; NaN where undefined)."""
+        table = self.citylearn.evaluate()
+        out: dict[str, Any] = {"district": {}, "buildings": {a: {} for a in self.possible_agents}}
+        for name, value, owner, level in table[["cost_function", "value", "name", "level"]].itertuples(index=False):
+            v = float(value) if value is not None else float("nan")
+            if level == "district":
+                out["district"][name] = v
+            elif owner in out["buildings"]:
+                out["buildings"][owner][name] = v
+        return out
+
+    def traces(self) -> dict[str, np.ndarray]:
+        """Time series of the episode so far, for plots: ``month``/``hour`` ``(T,)``, battery state of charge
+        ``soc (n_buildings, T)`` (fraction of capacity), district net load with and without batteries
+        ``net_load``/``net_load_without_storage (T,)`` in kWh."""
+        env = self.citylearn
+        t = len(env.net_electricity_consumption)
+        b0 = env.buildings[0]
+        return {"month": np.asarray(b0.energy_simulation.month[:t], dtype=np.int32),
+                "hour": np.asarray(b0.energy_simulation.hour[:t], dtype=np.int32),
+                "soc": np.stack([np.asarray(b.electrical_storage.soc[:t], dtype=np.float32) for b in env.buildings]),
+                "net_load": np.asarray(env.net_electricity_consumption[:t], dtype=np.float32),
+                "net_load_without_storage": np.asarray(env.net_electricity_consumption_without_storage[:t],
+                                                       dtype=np.float32),
+                "first_step": np.asarray(self.first_step)}
+
+    def raw_observations(self) -> list[list[float]]:
+        """CityLearn's un-normalised observations of the current step (what its rule-based controllers read)."""
+        return self.citylearn.observations
+
+    def render(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.agents = []
+
+    def state(self) -> np.ndarray:
+        """All agents' current observations stacked ``(n_agents, obs_dim)`` (same dims needed)."""
+        obs = self._observations(self.citylearn.observations)
+        return np.stack([obs[a] for a in self.possible_agents])
+
+    @property
+    def unwrapped(self):
+        return self
+
+
+def _box(space):
+    from gymnasium import spaces
+
+    return spaces.Box(np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32),
+                      dtype=np.float32)
+
