@@ -32,12 +32,16 @@ SHORTEN = [
                                              r"--eval-episodes 1 --every 20 --checkpoint-every 500"),
     (r"^(sparta rl train --resume .*)--steps \d+", r"\1--steps 2000"),
     (r"^(sparta rl eval .*)$", r"\1 --episodes 1"),
+    (r"--preset scale-10m", "--preset scale-10m --hidden 400 400 400 400 --data-option n_train=512 "
+                            "--data-option n_test=128"),
 ]
 # commands not run here, and why
 SKIP = {
     "pip install": "installs: the suite runs in the installed environment",
     "python -m pytest": "this test suite itself",
     "torchrun": "needs several hosts",
+    "python benchmarks/": "benchmarks run for minutes to hours; their tables in the README come from them",
+    "sparta grid": "tests/grid/test_grid.py runs the grid commands on short episodes (CityLearn needs minutes here)",
     "sparta train --workers 2 --preset set-mlp-madelon": "tests/test_cli.py::test_train_with_workers_is_a_run_like_"
                                                          "any_other runs it (three processes cost seconds to start)",
 }
@@ -148,6 +152,7 @@ def test_the_readme_says_what_the_quick_start_prints(tmp_path, monkeypatch, caps
 def test_the_readme_has_no_unfilled_placeholders():
     text = README.read_text()
     assert "{{" not in text and "}}" not in text, "README.md holds a {{…}} placeholder"
+    assert not re.findall(r"^[A-Z][A-Z0-9]*_[A-Z0-9_]+$", text, re.M), "README.md holds a TABLE_NAME placeholder line"
 
 
 def test_the_readme_and_the_help_quote_the_same_time_for_sparta_train(capsys):

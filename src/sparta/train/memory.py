@@ -29,15 +29,16 @@ class Estimate:
     training: int  # gradients and optimizer state
     activations: int  # per-batch buffers (activations, derivative codes, output-gradient rows)
     data: int  # the data set's tensors
+    updates: int = 0  # transients of a topology update of the largest sparse layer (the run's peak above training)
 
     @property
     def total(self) -> int:
-        return self.structure + self.training + self.activations + self.data
+        return self.structure + self.training + self.activations + self.data + self.updates
 
     def describe(self) -> str:
         return (f"{self.total / GB:.1f} GB ({self.connections:,} connections: structure {self.structure / GB:.2f} GB, "
                 f"gradients and optimizer state {self.training / GB:.2f} GB; activations {self.activations / GB:.2f} "
-                f"GB; data {self.data / GB:.2f} GB)")
+                f"GB; data {self.data / GB:.2f} GB; topology updates {self.updates / GB:.2f} GB)")
 
 
 def connections(sizes: Sequence[int], densities: Sequence[float]) -> list[int]:
@@ -71,9 +72,11 @@ def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, tr
     hidden = sum(sizes[1:-1])
     per_sample = (sum(sizes) * value_bytes + hidden * (1 if leaky else value_bytes)
                   + 2 * max(sizes) * value_bytes + sizes[0] * value_bytes)
-    return Estimate(total, structure, training, ld * per_sample, data_elements * 4)
+    updates = 0 if transpose is None else UPDATE_BYTES_PER_CONNECTION * max(nnz)
+    return Estimate(total, structure, training, ld * per_sample, data_elements * 4, updates)
 
 
+UPDATE_BYTES_PER_CONNECTION = 120  # SET/GMP update transients per connection of the layer updated (measured ~115)
 BIG_NETWORK_CONNECTIONS = 1 << 22  # from here on, training runs call return_freed_memory()
 
 

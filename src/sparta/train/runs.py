@@ -473,6 +473,9 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite
     if data is None:
         data = load_data(config)
     output_size(config, data.n_classes)  # fail early on an impossible loss/classes pair
+    sizes = layer_sizes(config, data.n_features, data.n_classes)
+    for c in [config] + ([config.dense_baseline()] if config.compare_dense and config.algo != "dense" else []):
+        check_fits(memory_estimate(c, sizes), f"the {c.algo} network {'-'.join(map(str, sizes))}")  # before training
     for message in schedule_warnings(config, len(data.x_train)):
         warnings.warn(message, ScheduleWarning, stacklevel=2)
     results = [train_model(config, run_dir, data, label=config.algo if config.algo == "dense" else "sparse",
