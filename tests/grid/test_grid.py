@@ -204,7 +204,7 @@ def test_resume_and_eval_errors(tmp_path, capsys):
     assert main(["grid", "train", "--resume", str(tmp_path / "none")]) == 2
     assert "not a `sparta grid train --agent sac` run" in capsys.readouterr().err
     assert main(["grid", "eval", str(tmp_path / "empty")]) == 2
-    assert "no RL run found" in capsys.readouterr().err
+    assert "empty does not exist" in capsys.readouterr().err
     assert main(["grid", "eval", str(tmp_path / "none"), "--days", "0"]) == 2
     assert "episode days must be a positive int, got 0" in capsys.readouterr().err
 

@@ -66,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="CityLearn reward function for --agent sac (default solar_penalty, the reward of "
                         "CityLearn's SAC examples; 'default' is −max(net consumption, 0))")
     t.add_argument("--learning-starts", dest="learning_starts", type=int, help="random-action steps first (default 72)")
-    t.add_argument("--updates-per-step", dest="updates_per_step", type=int, help="SAC updates per learner per step")
+    t.add_argument("--updates-per-step", dest="updates_per_step", type=int, help="SAC updates per learner per step (default 1)")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="SAC minibatch (default 256)")
     t.add_argument("--seed", type=int, help="seed (default 1)")
     t.add_argument("--threads", type=int, help="torch and numba threads (default 1)")
@@ -74,7 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (an episode end)")
     t.add_argument("--stop-after", dest="stop_after", type=int, metavar="N",
-                   help="checkpoint and stop after N more episodes; continue with --resume")
+                   help="checkpoint and stop after N more episodes; continue with --resume (default: train all)")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="KPIs of a run's policy over one deterministic episode",
@@ -224,7 +224,7 @@ def _save_eval(run: Path, window: tuple[int, int | None], result: dict[str, Any]
 
     import numpy as np
 
-    from sparta.train.runs import atomic_write_bytes, atomic_write_text
+    from sparta.rundir.files import atomic_write_bytes, atomic_write_text
 
     start, days = window
     d = run / EVAL_DIR

@@ -32,7 +32,7 @@ from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
 from sparta.rl.runs import Run
-from sparta.train.runs import set_threads
+from sparta.rundir.runtime import set_threads
 
 MODES = ("shared", "independent")
 ALGO = "grid-sac"
