@@ -61,6 +61,19 @@ def run(m: SparseMLP, x: torch.Tensor, g: torch.Tensor):
         layer.bias.grad.clone() for layer in m.layers]
 
 
+def run_at_threads(m: SparseMLP, x: torch.Tensor, g: torch.Tensor, counts) -> list:
+    """:func:`run` at each thread count in ``counts``, from the same dropout step."""
+    results = []
+    for threads in counts:
+        sparta.set_num_threads(threads)
+        try:
+            m.dropout_state[1] = 0
+            results.append(run(m, x, g))
+        finally:
+            sparta.set_num_threads(None)
+    return results
+
+
 def assert_close(a, b, tol, what):
     assert a.shape == b.shape, what
     err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
@@ -142,14 +155,7 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     monkeypatch.setattr(functional, "MIN_WORK_PER_THREAD", 1)
     m = make([30, 100, 100, 10], 0.2, torch.float32, dropout=0.3, empty=False)
     x, g = torch.randn(200, 30), torch.randn(200, 10)
-    results = []
-    for threads in (1, 2, 2):
-        sparta.set_num_threads(threads)
-        try:
-            m.dropout_state[1] = 0
-            results.append(run(m, x, g))
-        finally:
-            sparta.set_num_threads(None)
+    results = run_at_threads(m, x, g, (1, 2, 2))
     for other in results[1:]:
         for ta, tb in zip(results[0][:2], other[:2], strict=True):
             assert torch.equal(ta, tb)
@@ -173,14 +179,7 @@ def test_layer_mode_for_big_nets_matches_the_tile_path(dtype, activation, transp
     tiles = run(m, x, g)
     ref = dense_reference(m, x, g, (seed, 0))
     monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 0)
-    results = []
-    for threads in (1, 2):
-        sparta.set_num_threads(threads)
-        try:
-            m.dropout_state[1] = 0
-            results.append(run(m, x, g))
-        finally:
-            sparta.set_num_threads(None)
+    results = run_at_threads(m, x, g, (1, 2))
     for what, a, b, t, c in zip(("y", "dx", "dvalues", "dbias"), *results, tiles, ref, strict=True):
         pairs = list(zip(a, b, t, c, strict=True)) if isinstance(a, list) else [(a, b, t, c)]
         for j, (ai, bi, ti, ci) in enumerate(pairs):

@@ -255,6 +255,19 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     return summarize(run, "sac", cfg, step, final, [actor, qf], t_start, env, *test_envs)
 
 
+def critic_step(qf: TwinQ, qf_target: TwinQ, q_opt: torch.optim.Optimizer, q_algo: Any, b, td_target: torch.Tensor,
+                new_values: str) -> None:
+    """One step of both critics towards ``td_target (batch,)`` on the batch ``b``; when the critics' topology
+    algorithm changed their connections, the target critics take the new topology (SAC and TD3 alike)."""
+    q1, q2 = qf(b.obs, b.actions)
+    q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
+    q_opt.zero_grad()
+    q_loss.backward()
+    q_opt.step()
+    if q_algo is not None and q_algo.step():
+        sp.sync_target(qf, qf_target, new_values)
+
+
 def update(n: dict[str, Any], b, cfg: SACConfig, step: int, alpha: float, target_entropy: float) -> float:
     """One SAC update of the networks ``n`` (from :func:`build`) on the batch ``b`` at environment step ``step``:
     soft TD target → critic loss → (every ``policy_frequency`` steps, repeated as often) actor loss and α → topology
@@ -268,13 +281,7 @@ def update(n: dict[str, Any], b, cfg: SACConfig, step: int, alpha: float, target
         q1_t, q2_t = qf_target(b.next_obs, next_a)
         min_q = torch.min(q1_t, q2_t) - alpha * next_logp
         td_target = b.rewards + b.discounts * (1 - b.dones) * min_q
-    q1, q2 = qf(b.obs, b.actions)
-    q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
-    q_opt.zero_grad()
-    q_loss.backward()
-    q_opt.step()
-    if q_algo is not None and q_algo.step():
-        sp.sync_target(qf, qf_target, cfg.sparsity.new_values)
+    critic_step(qf, qf_target, q_opt, q_algo, b, td_target, cfg.sparsity.new_values)
 
     # delayed actor (and α) updates, repeated to keep one actor step per critic step
     if step % cfg.policy_frequency == 0:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sparta.rl import sparsity as sp
@@ -25,7 +24,7 @@ from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
 from sparta.rl.envs import make_env
 from sparta.rl.runs import BudgetWarning, Run, check_budget, eval_envs, eval_row, evaluate, restore_network, summarize
-from sparta.rl.sac import TwinQ, mlp
+from sparta.rl.sac import TwinQ, critic_step, mlp
 from sparta.rundir.runtime import set_threads
 
 
@@ -193,13 +192,7 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
                 next_a = torch.max(torch.min(actor_target(b.next_obs) + noise, actor.bias + scale), actor.bias - scale)
                 q1_t, q2_t = qf_target(b.next_obs, next_a)
                 td_target = b.rewards + b.discounts * (1 - b.dones) * torch.min(q1_t, q2_t)
-            q1, q2 = qf(b.obs, b.actions)
-            q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
-            q_opt.zero_grad()
-            q_loss.backward()
-            q_opt.step()
-            if q_algo is not None and q_algo.step():
-                sp.sync_target(qf, qf_target, cfg.sparsity.new_values)
+            critic_step(qf, qf_target, q_opt, q_algo, b, td_target, cfg.sparsity.new_values)
 
             # delayed actor update, then both target networks
             if step % cfg.policy_frequency == 0:
