@@ -88,6 +88,13 @@ def test_importance_pruning_run_shrinks_layers_and_resumes_exactly(tmp_path):
     assert load_checkpoint(tmp_path / "b")["algo"]["chain"]
 
 
+def test_importance_pruning_that_never_runs_is_warned_about():
+    assert not any("importance_pruning" in w for w in runs.schedule_warnings(
+        tiny("set", importance_pruning=True, ip_every=1, epochs=2), 200))
+    found = runs.schedule_warnings(tiny("set", importance_pruning=True, ip_every=1, epochs=1), 200)
+    assert any("importance_pruning never runs" in w and "--ip-start" in w for w in found), found
+
+
 def test_importance_pruning_settings_are_checked():
     with pytest.raises(ValueError, match="importance_pruning needs a model sparse from the start"):
         tiny("gmp", importance_pruning=True)

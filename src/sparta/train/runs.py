@@ -246,7 +246,12 @@ def schedule_warnings(config: RunConfig, n_train: int) -> list[str]:
     else:
         return []
     run = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} of {spe} steps"
-    return [f"algo {config.algo!r} over {run}: {w}; {advice}" for w in found]
+    out = [f"algo {config.algo!r} over {run}: {w}; {advice}" for w in found]
+    if config.importance_pruning and config.epochs <= config.ip_first_epoch:
+        out.append(f"importance_pruning never runs: it first prunes after epoch {config.ip_first_epoch} and never "
+                   f"after the last, but the run has {config.epochs} epoch{'s' if config.epochs > 1 else ''}; "
+                   f"train more epochs (--epochs) or prune earlier (--ip-start)")
+    return out
 
 
 def densities(config: RunConfig, sizes: list[int]) -> list[float]:
