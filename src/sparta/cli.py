@@ -386,6 +386,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     runs.set_threads(config.threads)
     data = runs.load_data(config)
     sizes = runs.layer_sizes(config, data.n_features, data.n_classes)
+    runs.check_memory(config, sizes)
     if not resume:
         runs.prepare_run_dir(out, getattr(args, "overwrite", False))
     _print_header(config, data, out, resume, sizes)

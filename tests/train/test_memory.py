@@ -61,9 +61,11 @@ def test_a_network_that_cannot_fit_is_refused_before_allocation(monkeypatch, tmp
     with pytest.raises(TooLarge, match=r"needs about .* GB .* this machine has 2\.0 GB available"):
         runs.build(config, 64, 10, 1000)
     code = main(["train", "--hidden", "5000000", "5000000", "--epochs", "1", "--out", str(tmp_path / "r"), "-q"])
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 2 and "GB available" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    assert captured.out == "" and not (tmp_path / "r").exists(), "refused before any banner or directory"
 
 
 def test_eval_batch_follows_the_network_size():

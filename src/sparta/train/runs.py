@@ -274,6 +274,12 @@ def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
                     eval_batch=eval_batch_size(config, sizes))
 
 
+def check_memory(config: RunConfig, sizes: list[int]) -> None:
+    """Refuse (:class:`~sparta.train.memory.TooLarge`) a run whose network, or dense twin, cannot fit in memory."""
+    for c in [config] + ([config.dense_baseline()] if config.compare_dense and config.algo != "dense" else []):
+        check_fits(memory_estimate(c, sizes), f"the {c.algo} network {'-'.join(map(str, sizes))}")
+
+
 EVAL_ACTIVATION_BYTES = 1 << 30  # the default evaluation batch keeps one batch's activations under 1 GB
 
 
@@ -479,8 +485,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite
         data = load_data(config)
     output_size(config, data.n_classes)  # fail early on an impossible loss/classes pair
     sizes = layer_sizes(config, data.n_features, data.n_classes)
-    for c in [config] + ([config.dense_baseline()] if config.compare_dense and config.algo != "dense" else []):
-        check_fits(memory_estimate(c, sizes), f"the {c.algo} network {'-'.join(map(str, sizes))}")  # before training
+    check_memory(config, sizes)
     for message in schedule_warnings(config, len(data.x_train)):
         warnings.warn(message, ScheduleWarning, stacklevel=2)
     results = [train_model(config, run_dir, data, label=config.algo if config.algo == "dense" else "sparse",
