@@ -96,6 +96,8 @@ def bad_npz(tmp_path):
     (["train", "--config", "{tmp}/missing.toml"], "config file not found"),
     (["train", "--data-option", "oops"], "--data-option takes KEY=VALUE"),
     (["train", "--stop-after", "0"], "stop-after must be a positive int"),
+    (["train", "--lr-fan-in", "-5"], "lr_fan_in must be a number in (0, inf)"),
+    (["train", "--preset", "scale-10m", "--workers", "2", "--optimizer", "sgd"], "lr_fan_in (per-layer learning"),
     (["eval", "{tmp}/nowhere"], "does not exist"),
     (["report", "{tmp}"], "is not a run directory"),
 ])
@@ -109,7 +111,8 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, bad_npz, args, messa
 
 @pytest.mark.parametrize("args,message", [(["train", "--epochs", "x"], "invalid int value: 'x'"),
                                           (["frobnicate"], "invalid choice"),
-                                          (["train", "--compare-dense", "yes"], "unrecognized arguments")])
+                                          (["train", "--compare-dense", "yes"], "unrecognized arguments"),
+                                          (["train", "--lr-fan-in", "wide"], "expected a number or 'none'")])
 def test_argparse_errors_exit_2(capsys, args, message):
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and message in err
@@ -318,3 +321,18 @@ def test_a_run_of_the_other_kind_names_the_commands_that_take_it(tmp_path, capsy
     _small_run(capsys, run)
     code, out, err = run_cli(capsys, "rl", "eval", run)
     assert code == 2 and "is a `sparta train` run; use sparta eval" in err, err
+
+
+def test_lr_fan_in_none_drops_a_presets_per_layer_rates(tmp_path, capsys):
+    """--lr-fan-in none turns off the per-layer learning rates a preset sets (and shows in the banner)."""
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", "--preset", "scale-10m", "--hidden", "40", "30", "--epochs", "1",
+                           "--no-importance-pruning", "--data-option", "n_train=256", "--data-option", "n_test=64",
+                           "--out", run)
+    assert code == 0 and "(x 100/fan-in where fan-in > 100)" in out
+    assert len(load_checkpoint(run)["optimizer"]["param_groups"]) == 3
+    code, out, _ = run_cli(capsys, "train", "--preset", "scale-10m", "--hidden", "40", "30", "--epochs", "1",
+                           "--no-importance-pruning", "--data-option", "n_train=256", "--data-option", "n_test=64",
+                           "--lr-fan-in", "none", "--out", tmp_path / "plain")
+    assert code == 0 and "fan-in" not in out
+    assert len(load_checkpoint(tmp_path / "plain")["optimizer"]["param_groups"]) == 1

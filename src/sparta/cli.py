@@ -36,8 +36,8 @@ EXIT_INTERRUPTED = 130
 
 # flag -> RunConfig field, for the settings `sparta train` can override
 TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "distribution", "activation",
-               "alpha", "dropout", "init", "loss", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs",
-               "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "workers", "transpose",
+               "alpha", "dropout", "init", "loss", "optimizer", "lr", "lr_fan_in", "momentum", "weight_decay", "batch_size",
+               "epochs", "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "workers", "transpose",
                "eval_batch_size", "importance_pruning", "ip_percentile", "ip_every", "ip_start")
 RESUME_FLAGS = ("epochs", "threads", "checkpoint_every")
 
@@ -147,6 +147,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--loss", help="ce (softmax cross-entropy) or mse (one sigmoid output unit, two classes)")
     m.add_argument("--optimizer", help="sgd or adam")
     m.add_argument("--lr", type=float, help="learning rate")
+    m.add_argument("--lr-fan-in", dest="lr_fan_in", type=_fan_in, metavar="F",
+                   help="a layer whose mean fan-in exceeds F learns at lr x F / fan-in (wide sparse layers; "
+                   "default: none, every layer at --lr)")
     m.add_argument("--momentum", type=float, help="SGD momentum")
     m.add_argument("--weight-decay", dest="weight_decay", type=float, help="L2 weight decay")
     m.add_argument("--batch-size", dest="batch_size", type=int, help="minibatch size")
@@ -327,6 +330,15 @@ def _summary_table(summaries: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- commands
 
 
+def _fan_in(value: str) -> float | None:
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from None
+
+
 def _given(args: argparse.Namespace, name: str) -> bool:
     return name in vars(args)
 
@@ -463,7 +475,9 @@ def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> No
     else:  # the count runs.set_threads settled on (sparse models: sparta's workers, torch itself kept at one)
         n = get_num_threads()
         threads = f"{n} thread{'s' if n > 1 else ''}"
-    print(f"training: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
+    lr = f"lr {config.lr:g}" + (f" (x {config.lr_fan_in:g}/fan-in where fan-in > {config.lr_fan_in:g})"
+                                if config.lr_fan_in is not None else "")
+    print(f"training: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} {lr}, "
           f"seed {config.seed}, {threads}", flush=True)
     note = dense_layer_note(config, sizes)
     if note:

@@ -33,13 +33,19 @@ def sparse_layers(model):
 def expected_kept(dense: list[np.ndarray], percentile: float) -> list[np.ndarray]:
     """Brute force, layer by layer from the input: a hidden neuron's importance is the sum of |w| over its incoming
     connections (after the previous layer's removed neurons took their outgoing connections with them); neurons at
-    or below the P-th percentile (linear interpolation, as numpy/torch) go."""
+    or below the P-th percentile (linear interpolation, as numpy/torch) go, but never more than ⌊P (n − 1) / 100⌋ + 1
+    of them: ties at the cut go in order of outgoing Σ|w|, then index."""
     w = [d.copy() for d in dense]
     kept = []
     for j in range(len(w) - 1):
         imp = np.abs(w[j]).sum(axis=1)
         cut = np.percentile(imp, percentile)
         keep = imp > cut
+        share = int(percentile * (len(imp) - 1) // 100) + 1
+        if (~keep).sum() > share:
+            order = np.lexsort((np.arange(len(imp)), np.abs(w[j + 1]).sum(axis=0), imp))
+            keep = np.ones(len(imp), bool)
+            keep[order[:share]] = False
         assert keep.any()
         kept.append(np.nonzero(keep)[0])
         w[j + 1][:, ~keep] = 0.0
@@ -94,21 +100,30 @@ def test_removes_the_right_neurons_and_keeps_the_function(percentile, seed):
 
 
 def test_percentile_quantile_semantics_ties():
-    """Neurons at the cut (ties with the percentile value) are removed; torch.quantile's linear interpolation."""
+    """Neurons at or below the cut go (torch.quantile's linear interpolation), ties at the cut only up to the
+    percentile's share ⌊P (n − 1) / 100⌋ + 1, the tied neuron with the lighter outgoing weights first."""
     gen = torch.Generator().manual_seed(0)
     a = SparseLinear(4, 5, 1.0, dtype=torch.float64, generator=gen)
     b = SparseLinear(5, 2, 1.0, dtype=torch.float64, generator=gen)
     with torch.no_grad():
         # importances 4, 8, 8, 12, 16 -> 40th percentile = 8 (at the ties): neurons 0, 1, 2 go
         a.values.copy_(torch.tensor([1.0] * 4 + [2.0] * 4 + [-2.0] * 4 + [3.0] * 4 + [-4.0] * 4, dtype=torch.float64))
+        # outgoing Σ|w|: neuron 2's connections are lighter than neuron 1's
+        b.values.copy_(torch.tensor([0.5, 0.5, 0.1, 0.5, 0.5] * 2, dtype=torch.float64))
     algo = ImportancePruning(nn.Sequential(a, nn.ReLU(), b), percentile=40)
-    assert torch.equal(algo.neurons_to_keep(algo.chain[0]), torch.tensor([False, False, False, True, True]))
-    algo.percentile = 30.0  # quantile 0.3 of [4, 8, 8, 12, 16] = 4 + 0.2 * 4 = 8 -> same
-    assert torch.equal(algo.neurons_to_keep(algo.chain[0]), torch.tensor([False, False, False, True, True]))
+    first, second = algo.chain
+    # a share of ⌊0.4 · 4⌋ + 1 = 2 of the 3 at or below the cut: neuron 0, then 2 (lighter) of the tied 1 and 2
+    assert torch.equal(algo.neurons_to_keep(first, second), torch.tensor([False, True, False, True, True]))
+    algo.percentile = 50.0  # 8 again; a share of 3: all three go
+    assert torch.equal(algo.neurons_to_keep(first, second), torch.tensor([False, False, False, True, True]))
+    algo.percentile = 30.0  # quantile 0.3 of [4, 8, 8, 12, 16] = 4 + 0.2 * 4 = 8; a share of 2
+    assert torch.equal(algo.neurons_to_keep(first, second), torch.tensor([False, True, False, True, True]))
     algo.percentile = 20.0  # 4 + 0.8 * 4 = 7.2 -> only neuron 0
-    assert torch.equal(algo.neurons_to_keep(algo.chain[0]), torch.tensor([False, True, True, True, True]))
+    assert torch.equal(algo.neurons_to_keep(first, second), torch.tensor([False, True, True, True, True]))
+    algo.percentile = 40.0
     algo.update()
-    assert a.out_features == 4 and b.in_features == 4
+    assert a.out_features == 3 and b.in_features == 3
+    torch.testing.assert_close(b.values.detach(), torch.full((6,), 0.5, dtype=torch.float64))
 
 
 def test_min_neurons_and_last_layer_untouched():
@@ -205,3 +220,30 @@ def test_set_after_importance_pruning_on_the_same_model():
         validate(m.indptr, m.indices, m.out_features, m.in_features)
         assert m.nnz == b
     model(torch.randn(8, 20)).sum().backward()
+
+
+@pytest.mark.parametrize("percentile", [20, 50])
+def test_ties_at_zero_importance_take_only_a_percentiles_share(percentile):
+    """At ε ≈ 1 many neurons have no incoming connection (importance 0, all tied at the cut): only
+    ⌊P (n − 1) / 100⌋ + 1 of them go, those with the lightest outgoing connections first."""
+    model = chain(3, sizes=(6, 40, 30, 4), density=0.5)
+    first, second = sparse_layers(model)[:2]
+    empty = torch.arange(0, 40, 2)  # half of the first hidden layer loses every incoming connection
+    keep_rows = torch.ones(40, dtype=torch.bool)
+    keep_rows[empty] = False
+    mask = keep_rows[first.rows()]
+    first.values.data[~mask] = 0.0
+    algo = ImportancePruning(model, percentile=percentile, every=1)
+    imp = algo.importance(algo.chain[0])
+    assert int((imp == 0).sum()) >= 20
+    out_w = second.to_dense().abs().sum(0)
+    keep = algo.neurons_to_keep(algo.chain[0], algo.chain[1])
+    share = int(percentile * 39 // 100) + 1
+    assert int((~keep).sum()) == share
+    removed = torch.nonzero(~keep).reshape(-1)
+    assert bool((imp[removed] == 0).all())  # only neurons without incoming weight go
+    zero = torch.nonzero(imp == 0).reshape(-1)
+    lightest = zero[torch.argsort(out_w[zero], stable=True)][:share]
+    assert sorted(removed.tolist()) == sorted(lightest.tolist())
+    algo.update()
+    assert first.out_features == 40 - share

@@ -90,6 +90,44 @@ def test_importance_pruning_run_shrinks_layers_and_resumes_exactly(tmp_path):
     assert load_checkpoint(tmp_path / "b")["algo"]["chain"]
 
 
+def test_lr_fan_in_gives_wide_fan_in_layers_a_smaller_learning_rate():
+    """One group per layer; a layer whose mean fan-in F exceeds lr_fan_in learns at lr · lr_fan_in / F, and a step of
+    plain SGD moves its weights by exactly that much less than a one-group optimizer would."""
+    from sparta.train.models import mlp
+
+    model = mlp([50, 400, 300, 3], epsilon=2.0, dropout=0.0, generator=torch.Generator().manual_seed(0))
+    layers = [m for m in model.modules() if isinstance(m, sparta.SparseLinear)]
+    groups = runs.param_groups(model, 0.1, 20.0)
+    assert [g["params"] for g in groups] == [[m.values, m.bias] for m in layers]
+    fan_in = [m.nnz / m.out_features for m in layers]
+    assert fan_in[0] < 20 < fan_in[2]
+    for g, f in zip(groups, fan_in, strict=True):
+        assert g["lr"] == pytest.approx(0.1 * min(1.0, 20.0 / f))
+    assert runs.param_groups(model, 0.1, None) == [{"params": list(model.parameters())}]
+
+    x, y = torch.randn(16, 50), torch.randint(0, 3, (16,))
+    before = [m.values.detach().clone() for m in layers]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    grads = [m.values.grad.clone() for m in layers]
+    sparta.optim.SGD(groups, lr=0.1).step()
+    for m, b, g, f in zip(layers, before, grads, fan_in, strict=True):
+        torch.testing.assert_close(m.values.detach(), b - 0.1 * min(1.0, 20.0 / f) * g)
+
+
+def test_lr_fan_in_run_resumes_exactly_and_is_checked(tmp_path):
+    config = tiny("set", importance_pruning=True, ip_every=1, lr_fan_in=6.0, optimizer="adam", lr=0.01, epochs=3)
+    train(config, tmp_path / "a")
+    lrs = [g["lr"] for g in load_checkpoint(tmp_path / "a")["optimizer"]["param_groups"]]
+    assert len(lrs) == 3 and lrs[0] == 0.01 and lrs[-1] < 0.01
+    train(config, tmp_path / "b", stop_after=1)
+    train(resume_config(tmp_path / "b"), tmp_path / "b", resume=True)
+    assert_same_state(state(tmp_path / "a"), state(tmp_path / "b"))
+    with pytest.raises(ValueError, match="lr_fan_in must be a number in"):
+        tiny("set", lr_fan_in=0.0)
+    with pytest.raises(ValueError, match="lr_fan_in .* applies to one-process runs"):
+        tiny("set", lr_fan_in=10.0, workers=2)
+
+
 def test_importance_pruning_that_never_runs_is_warned_about():
     assert not any("importance_pruning" in w for w in runs.schedule_warnings(
         tiny("set", importance_pruning=True, ip_every=1, epochs=2), 200))

@@ -46,11 +46,28 @@ class ImportancePruning(TopologyAlgorithm):
         return torch.zeros(m.out_features, dtype=m.values.dtype, device=m.values.device).index_add_(
             0, m.rows(), m.values.detach().abs())
 
-    def neurons_to_keep(self, view: SparseView) -> torch.Tensor:
-        """Bool ``(out,)``: neurons strictly above the P-th percentile of importance (at least ``min_neurons``)."""
+    def neurons_to_keep(self, view: SparseView, next_view: SparseView | None = None) -> torch.Tensor:
+        """Bool ``(out,)``: neurons strictly above the P-th percentile of importance (at least ``min_neurons``).
+
+        Ties at the cut never take more than a percentile's share: at most ``⌊P (out − 1) / 100⌋ + 1``
+        neurons go (the count at or below the percentile when importances are distinct). At ε ≈ 1 a third
+        of a layer's neurons can have no incoming connection (importance 0); of those, the ones whose
+        outgoing connections in ``next_view`` weigh least (Σ|w|, then lowest index) go first.
+        """
         imp = self.importance(view).cpu().to(torch.float64)
+        n = imp.numel()
         cut = torch.quantile(imp, self.percentile / 100.0)
         keep = imp > cut
+        share = int(self.percentile * (n - 1) // 100) + 1
+        if n - int(keep.sum()) > share:
+            out_w = torch.zeros(n, dtype=torch.float64)
+            if next_view is not None:
+                m = next_view.module
+                out_w.index_add_(0, m.indices.cpu().to(torch.int64), m.values.detach().cpu().abs().to(torch.float64))
+            order = torch.argsort(out_w, stable=True)
+            order = order[torch.argsort(imp[order], stable=True)]
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[order[:share]] = False
         if int(keep.sum()) < self.min_neurons:
             keep = torch.zeros_like(keep)
             keep[torch.topk(imp, min(self.min_neurons, imp.numel())).indices] = True
@@ -61,7 +78,7 @@ class ImportancePruning(TopologyAlgorithm):
         t0 = time.perf_counter()
         for a, b in zip(self.chain, self.chain[1:], strict=False):
             la, lb = a.module, b.module
-            keep = self.neurons_to_keep(a).to(la.indices.device)
+            keep = self.neurons_to_keep(a, b).to(la.indices.device)
             removed = int((~keep).sum())
             if removed == 0:
                 continue

@@ -37,7 +37,9 @@ class RunConfig:
     """Every setting of a run. Defaults: the quick-start run (digits, 64-1000-1000-1000-10, SET, All-ReLU).
 
     Model: ``hidden`` sizes between the data's features and its classes (one output unit when
-    ``loss="mse"``). Sparsity: exactly one of ``density`` (fraction of connections per layer) or
+    ``loss="mse"``). ``lr_fan_in``: a layer whose mean fan-in (connections over outputs) exceeds it learns
+    at ``lr · lr_fan_in / fan_in`` (None: every layer at ``lr``; see :func:`sparta.train.runs.param_groups`).
+    Sparsity: exactly one of ``density`` (fraction of connections per layer) or
     ``epsilon`` (Erdős–Rényi, density ``ε (in + out) / (in · out)``); ``zeta`` is the fraction dropped
     and regrown per update (SET's ζ, RigL's α); ``every`` the optimizer steps between topology updates
     (None: once per epoch). ``algo="gmp"`` starts dense and prunes each layer to the density ``density`` or
@@ -72,6 +74,7 @@ class RunConfig:
     loss: str = "ce"
     optimizer: str = "sgd"
     lr: float = 0.01
+    lr_fan_in: float | None = None
     momentum: float = 0.9
     weight_decay: float = 2e-4
     batch_size: int = 128
@@ -155,6 +158,8 @@ class RunConfig:
         self.alpha = _float("alpha", self.alpha, 0.0, 1.0)
         self.dropout = _float("dropout", self.dropout, 0.0, 1.0, high_open=True)
         self.lr = _float("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
+        if self.lr_fan_in is not None:
+            self.lr_fan_in = _float("lr_fan_in", self.lr_fan_in, 0.0, math.inf, low_open=True, high_open=True)
         self.momentum = _float("momentum", self.momentum, 0.0, 1.0, high_open=True)
         self.weight_decay = _float("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
         self.batch_size = _int("batch_size", self.batch_size, 1)
@@ -197,6 +202,9 @@ class RunConfig:
         self.ip_every = _int("ip_every", self.ip_every, 1)
         if self.ip_start is not None:
             self.ip_start = _int("ip_start", self.ip_start, 1)
+        if self.lr_fan_in is not None and self.workers is not None:
+            raise ConfigError("lr_fan_in (per-layer learning rates) applies to one-process runs; WASAP-SGD (workers) "
+                              "trains every layer at lr: drop one of them")
         if self.importance_pruning and self.workers is not None:
             raise ConfigError("importance_pruning runs in one process; WASAP-SGD (workers) does not remove neurons: "
                               "drop one of them")

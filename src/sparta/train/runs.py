@@ -38,6 +38,7 @@ from torch import nn
 
 from sparta import optim as sparta_optim
 from sparta.nn.linear import SparseLinear
+from sparta.nn.masked import MaskedLinear
 from sparta.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -177,6 +178,25 @@ class Session:
     sizes: list[int]
 
 
+def param_groups(model: nn.Module, lr: float, lr_fan_in: float | None) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one per layer (weights and bias), learning rate ``lr``, or
+    ``lr · lr_fan_in / fan_in`` for a layer whose mean fan-in (connections over outputs) exceeds ``lr_fan_in``.
+
+    A unit summing F inputs moves by ~F times the step of each weight (under SGD and Adam alike), so a
+    layer of 3.2 M inputs into 10 outputs at ε = 1 (F = 320 000) needs a learning rate ~F times smaller than
+    its hidden layers (F ≈ 2) to stay stable. ``lr_fan_in`` None: one group at ``lr``.
+    """
+    if lr_fan_in is None:
+        return [{"params": list(model.parameters())}]
+    groups = []
+    for layer in (m for m in model.modules() if isinstance(m, (nn.Linear, SparseLinear, MaskedLinear))):
+        out = layer.out_features
+        nnz = layer.nnz if isinstance(layer, (SparseLinear, MaskedLinear)) else layer.weight.numel()
+        scale = min(1.0, lr_fan_in * out / max(nnz, 1))
+        groups.append({"params": [p for p in layer.parameters(recurse=False)], "lr": lr * scale})
+    return groups
+
+
 def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> Session:
     """A fresh model, optimizer and algorithm for ``config``, seeded from ``config.seed``."""
     sizes = layer_sizes(config, n_features, n_classes)
@@ -194,11 +214,12 @@ def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> S
         raise ConfigError(str(e)) from None
     # the dense baseline is plain PyTorch (nn.Linear, torch.optim); sparse runs use sparta's fused optimizers
     optim = torch.optim if config.algo == "dense" else sparta_optim
+    groups = param_groups(model, config.lr, config.lr_fan_in)
     if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        opt: torch.optim.Optimizer = optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                                weight_decay=config.weight_decay)
     else:
-        opt = optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        opt = optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     spe = math.ceil(n_train / config.batch_size)
     total = spe * config.planned_epochs  # RigL's T_end and GMP's window are fractions of it; SET has no end
     every = config.every or spe
