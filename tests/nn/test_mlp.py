@@ -385,3 +385,31 @@ def test_big_networks_keep_one_set_of_batch_buffers(monkeypatch):
     big(x).sum().backward()  # takes y1's buffers over
     with pytest.raises(RuntimeError, match="reused by a later forward"):
         y1.sum().backward()
+
+
+def test_topology_edits_free_replaced_arrays_and_buffers_at_once(monkeypatch):
+    """Before an edit, SET and Importance Pruning drop the numpy views a SparseMLP and sparta's optimizers cache
+    (else every replaced array would live until the next step); after pruning shrinks a big network, the next
+    forward frees the old set of batch buffers before allocating the new one, and the old graph cannot be
+    run backward again; training goes on."""
+    from sparta.nn import mlp as mlp_module
+
+    monkeypatch.setattr(mlp_module, "BIG_WORKSPACE_BYTES", 0)
+    x, y = torch.randn(70, 12), torch.randint(0, 3, (70,))
+    m = make([12, 40, 30, 3], 0.3, torch.float32, seed=3, dropout=0.2)
+    opt = sparta.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    loss = F.cross_entropy(m(x), y)
+    loss.backward(retain_graph=True)
+    opt.step()
+    assert m._runner.arrays is not None and opt._views._cache
+    sparta.SET(m, opt, zeta=0.3, every=1).update()
+    assert m._runner.arrays is None and not opt._views._cache  # nothing else holds the replaced arrays
+    ws = m._runner.done[-1]()
+    sparta.ImportancePruning(m, opt, percentile=25, every=1).update()
+    out = m(x)  # a new shape: the old buffers go first
+    assert ws.nbytes == 0 and ws.acts[1].size == 0
+    with pytest.raises(RuntimeError, match="reused by a later forward|modified by an inplace operation"):
+        loss.backward()
+    F.cross_entropy(out, y).backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in m.parameters())

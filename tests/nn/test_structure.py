@@ -195,6 +195,48 @@ def test_remap():
     assert torch.equal(structure.remap(old, torch.tensor([2, 0])), torch.tensor([12.0, 10.0]))
 
 
+@given(n_out=st.integers(1, 12), n_in=st.integers(1, 12), density=st.floats(0.0, 1.0), p_keep=st.floats(0.0, 1.0),
+       n_new=st.integers(0, 20), keep_all=st.booleans(), shuffle=st.booleans(), seed=st.integers(0, 10**6))
+@settings(max_examples=150, deadline=None)
+def test_cpu_merge_equals_the_sort(n_out, n_in, density, p_keep, n_new, keep_all, shuffle, seed):
+    """The CPU's linear merge (kernels.edit) gives the sort's indptr, indices and source map, and the same
+    errors, for any keep mask and new connections in any order, repeats and clashes included."""
+    gen = torch.Generator().manual_seed(seed)
+    indptr, indices = csr_of_mask(random_mask(n_out, n_in, density, seed))
+    keep = None if keep_all else torch.rand(indices.numel(), generator=gen) < p_keep
+    rows = torch.randint(0, n_out, (n_new,), generator=gen)
+    cols = torch.randint(0, n_in, (n_new,), generator=gen)
+    if not shuffle:
+        order = torch.argsort(rows * n_in + cols)
+        rows, cols = rows[order], cols[order]
+
+    def run(f):
+        try:
+            return f(indptr, indices, keep, rows, cols, n_in)
+        except ValueError as e:
+            return str(e)
+
+    merged, sorted_ = run(structure._rewire_cpu), run(structure._rewire_sort)
+    if isinstance(sorted_, str):
+        assert merged == sorted_
+        return
+    for a, b in zip(merged, sorted_, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    values = torch.randn(indices.numel(), generator=gen)
+    fresh = torch.randn(n_new, generator=gen, dtype=torch.float64)
+    source = merged[2]
+    kept = (source >= 0)
+    for new in (0.0, 2.5, fresh):  # the numba remap against the torch expression it replaces
+        if not isinstance(new, torch.Tensor):
+            other = torch.tensor(new)
+        elif n_new:
+            other = fresh.float()[(-1 - source).clamp(0, n_new - 1)]
+        else:
+            other = torch.tensor(0.0)
+        gathered = values[source.clamp_min(0)] if values.numel() else torch.zeros(source.numel())
+        assert torch.equal(structure.remap(values, source, new), torch.where(kept, gathered, other))
+
+
 # ----------------------------------------------------------------------------- layer: remove / add connections
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("kind", ["mask", "positions", "positions_with_repeats", "nothing", "everything"])

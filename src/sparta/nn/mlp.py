@@ -223,6 +223,11 @@ class SparseMLP(nn.Module):
                 h = h * keep * (1.0 / (1.0 - self.p))
         return h
 
+    def release_arrays(self) -> None:
+        """Forget the cached numpy views of the layers' arrays, so that arrays a topology edit replaces are
+        freed at once rather than at the next forward (topology algorithms call it before editing)."""
+        self._runner.arrays = None
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):  # type: ignore[override]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -271,6 +276,15 @@ class _Workspace:
     def matches(self, key: tuple, train: bool) -> bool:
         return self.key == key and (self.train or not train)
 
+    def drop_buffers(self) -> None:
+        """Free the buffers of a graph that has run its backward (a second backward of it then raises)."""
+        self.generation += 1
+        self.key = None
+        empty = self.empty
+        self.acts = self.ds = tuple(empty for _ in self.sizes)
+        self.codes = tuple(np.empty(0, np.uint8) for _ in self.sizes)
+        self.dz, self.dxbuf, self.grad_parts, self.nbytes = (empty, empty), empty, [], 0
+
 
 class _FusedRunner:
     """Free workspaces for the next forwards of a module."""
@@ -311,6 +325,9 @@ class _FusedRunner:
             if ws is not None and ws.matches(key, train):
                 del self.done[i]
                 return ws
+        for r in self.done:  # another shape (Importance Pruning shrank the layers): free the old set first
+            if (ws := r()) is not None:
+                ws.drop_buffers()
         del self.free[:-(MAX_FREE_WORKSPACES - 1) or None]  # keep the most recent few shapes
         if fused.leading_dim(batch) * sum(sizes) * dtype.itemsize > BIG_WORKSPACE_BYTES or \
                 any(w.nbytes > BIG_WORKSPACE_BYTES for w in self.free):

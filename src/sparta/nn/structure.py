@@ -9,16 +9,24 @@ per-connection tensor (values, optimizer moments) across with it.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from sparta.kernels.torch_ops import rows_of
 
 INDEX_DTYPE = torch.int32
+_REMAP_DTYPES = (torch.float32, torch.float64)
 MAX_FEATURES = 2**31 - 1
 
 
 def keys(indptr: torch.Tensor, indices: torch.Tensor, n_in: int) -> torch.Tensor:
     """Linear key ``row · n_in + col`` of every connection, int64 ``(nnz,)``, ascending for a valid CSR."""
+    if indices.device.type == "cpu":  # one pass, 8 bytes per connection (the torch expression holds ~40)
+        from sparta.kernels import edit
+
+        out = torch.empty(indices.numel(), dtype=torch.int64)
+        edit.csr_keys(indptr.contiguous().numpy(), indices.contiguous().numpy(), int(n_in), out.numpy())
+        return out
     return rows_of(indptr, indices.numel()) * n_in + indices.long()
 
 
@@ -81,8 +89,8 @@ def rewire(
     indptr: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor,
     n_in: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep the connections where bool ``keep (nnz,)`` is True (all when None) and add ``(rows[i], cols[i])``,
-    in one sort.
+    """Keep the connections where bool ``keep (nnz,)`` is True (all when None) and add ``(rows[i], cols[i])``:
+    on the CPU in one linear merge that allocates only its outputs, elsewhere in one sort.
 
     Returns ``(indptr, indices, source)``: ``source[p]`` is the old position of the connection now at ``p``,
     or ``-1 - i`` for the ``i``-th new one. Raises ``ValueError`` when a new connection is out of range,
@@ -91,16 +99,28 @@ def rewire(
     n_out = indptr.numel() - 1
     nnz = indices.numel()
     dev = indices.device
+    if keep is not None:
+        keep = torch.as_tensor(keep, device=dev)
+        if keep.dtype != torch.bool or keep.shape != indices.shape:
+            raise ValueError(f"keep must be a bool tensor of shape ({nnz},), got {keep.dtype} {tuple(keep.shape)}")
+    rows, cols = _coords(rows, cols, n_out, n_in, dev)
+    if dev.type == "cpu":
+        return _rewire_cpu(indptr, indices, keep, rows, cols, n_in)
+    return _rewire_sort(indptr, indices, keep, rows, cols, n_in)
+
+
+def _rewire_sort(indptr: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None, rows: torch.Tensor,
+                 cols: torch.Tensor, n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`rewire` on any device by one sort of int64 keys (~100 bytes per connection of transients)."""
+    n_out = indptr.numel() - 1
+    nnz = indices.numel()
+    dev = indices.device
     if keep is None:
         kept_pos = torch.arange(nnz, device=dev)
         old_k = keys(indptr, indices, n_in)
     else:
-        keep = torch.as_tensor(keep, device=dev)
-        if keep.dtype != torch.bool or keep.shape != indices.shape:
-            raise ValueError(f"keep must be a bool tensor of shape ({nnz},), got {keep.dtype} {tuple(keep.shape)}")
         kept_pos = torch.nonzero(keep).reshape(-1)
         old_k = keys(indptr, indices, n_in)[kept_pos]
-    rows, cols = _coords(rows, cols, n_out, n_in, dev)
     n_kept = old_k.numel()
     all_k, order = torch.sort(torch.cat([old_k, rows * n_in + cols]), stable=True)
     same = all_k[1:] == all_k[:-1]
@@ -115,6 +135,32 @@ def rewire(
     new_indptr = torch.zeros_like(indptr)
     new_indptr[1:] = torch.cumsum(torch.bincount(all_k // n_in, minlength=n_out), 0)
     return new_indptr, (all_k % n_in).to(INDEX_DTYPE), source
+
+
+def _rewire_cpu(indptr: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None, rows: torch.Tensor,
+                cols: torch.Tensor, n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`rewire` on the CPU by a linear merge (:mod:`sparta.kernels.edit`): only the new connections are
+    sorted, and nothing per connection is allocated beyond the new indices and the source map."""
+    from sparta.kernels import edit
+
+    new_k = rows * n_in + cols
+    if new_k.numel() > 1 and not bool((new_k[1:] >= new_k[:-1]).all()):
+        new_k, order = torch.sort(new_k, stable=True)
+        rows, cols = new_k // n_in, new_k % n_in
+    else:
+        order = torch.arange(new_k.numel())
+    del new_k
+    keep_np = np.ones(indices.numel(), dtype=np.bool_) if keep is None else keep.contiguous().numpy()
+    new_indptr, new_indices, source, status = edit.merge(
+        indptr.contiguous().numpy(), indices.contiguous().numpy(), keep_np, rows.contiguous().numpy(),
+        cols.to(indices.dtype).contiguous().numpy(), order.contiguous().numpy())
+    if status >= 0:
+        j = status // 2
+        r, c = int(rows[j]), int(cols[j])
+        if status % 2 == 0:
+            raise ValueError(f"connection (row={r}, col={c}) already exists")
+        raise ValueError(f"duplicate connection (row={r}, col={c})")
+    return torch.from_numpy(new_indptr), torch.from_numpy(new_indices), torch.from_numpy(source)
 
 
 def remove(
@@ -143,6 +189,14 @@ def remap(old: torch.Tensor, source: torch.Tensor, new: torch.Tensor | float = 0
     new connections, ``-1 - i`` for the ``i``-th added one). New connections take ``new``: a scalar, or a
     tensor indexed by ``i``.
     """
+    if old.dim() == 1 and old.device.type == "cpu" and source.device.type == "cpu" and old.dtype in _REMAP_DTYPES:
+        from sparta.kernels import edit
+
+        out = torch.empty(source.numel(), dtype=old.dtype)
+        fresh = new.to(old).reshape(-1).contiguous() if isinstance(new, torch.Tensor) else old.new_empty(0)
+        fill = 0.0 if isinstance(new, torch.Tensor) else float(new)
+        edit.remap_into(old.detach().contiguous().numpy(), source.contiguous().numpy(), fresh.numpy(), fill, out.numpy())
+        return out
     kept = (source >= 0).reshape(-1, *([1] * (old.dim() - 1)))
     gathered = old[source.clamp_min(0)] if old.shape[0] else old.new_zeros((source.numel(), *old.shape[1:]))
     if isinstance(new, torch.Tensor):

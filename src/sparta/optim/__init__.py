@@ -110,6 +110,11 @@ class SGD(torch.optim.Optimizer):
                                       nesterov=bool(nesterov), maximize=bool(maximize)))
         self._views = _Views()
 
+    def release_views(self) -> None:
+        """Forget the cached numpy views of parameters and state, so that arrays a topology edit replaces
+        are freed at once rather than at the next step (topology algorithms call it before editing)."""
+        self._views = _Views()
+
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         loss = None
@@ -173,6 +178,11 @@ class Adam(torch.optim.Optimizer):
         _check("betas[1]", betas[1], 0.0, 1.0)
         super().__init__(params, dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
                                       weight_decay=weight_decay, maximize=bool(maximize)))
+        self._views = _Views()
+
+    def release_views(self) -> None:
+        """Forget the cached numpy views of parameters and state, so that arrays a topology edit replaces
+        are freed at once rather than at the next step (topology algorithms call it before editing)."""
         self._views = _Views()
 
     @torch.no_grad()

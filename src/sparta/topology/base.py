@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparta.topology.layers import LayerView, find_layers
+from sparta.topology.layers import LayerView, find_layers, release_caches
 
 
 def check_int(name: str, value: Any, minimum: int = 0, allow_none: bool = False) -> int | None:
@@ -147,13 +147,17 @@ class TopologyAlgorithm:
     def update(self) -> None:
         """Apply one topology update to every layer now, whatever the cadence."""
         t0 = time.perf_counter()
+        release_caches(self.model, self.optimizer)
         for view in self.layers:
+            # what an update holds per connection at once bounds its peak memory at scale: the keys (8 bytes per
+            # connection) exist only between choosing the drops and listing the kept positions
+            drop = self.drop_mask(view, min(self.num_drop(view), view.nnz))
             keys = view.keys()
-            n_drop = min(self.num_drop(view), keys.numel())
-            drop = self.drop_mask(view, n_drop)
             keep = ~drop.to(keys.device)
             present = keys[keep].cpu()
+            del keys
             new = self.grow(view, max(0, self.num_grow(view, int(drop.sum()))), present)
+            del present
             view.apply(keep, new, self.grow_values(view, new), self.optimizer)
             w = view.weights()
             self.stats[view.name] = {"nnz": view.nnz, "density": view.density, "pruned": int(drop.sum()),
@@ -182,6 +186,9 @@ def cadence_warnings(total: int, every: int, start: int = 0, end: int | None = N
     return []
 
 
+_BLOCK = 1 << 20  # candidates tested against the present keys at a time
+
+
 def sample_absent(total: int, n: int, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``n`` distinct keys drawn uniformly from ``[0, total)`` minus sorted ``present`` (sorted result)."""
     absent = total - present.numel()
@@ -194,10 +201,23 @@ def sample_absent(total: int, n: int, present: torch.Tensor, generator: torch.Ge
         free[present] = False
         cand = torch.nonzero(free).reshape(-1)
         return torch.sort(cand[torch.randperm(cand.numel(), generator=generator)[:n]]).values
+    from sparta.kernels.edit import unique_sorted
+
     chosen = torch.empty(0, dtype=torch.int64)
     while chosen.numel() < n:  # rejection sampling: at least 3/4 of draws are free
         cand = torch.randint(0, total, (2 * (n - chosen.numel()) + 16,), generator=generator)
-        pos = torch.searchsorted(present, cand).clamp_max(max(present.numel() - 1, 0))
-        ok = present[pos] != cand if present.numel() else torch.ones_like(cand, dtype=torch.bool)
-        chosen = torch.unique(torch.cat([chosen, cand[ok]]))
-    return torch.sort(chosen[torch.randperm(chosen.numel(), generator=generator)[:n]]).values
+        if present.numel():  # taken positions become -1, tested in blocks: no temporaries the size of the draw
+            for a in range(0, cand.numel(), _BLOCK):
+                c = cand[a:a + _BLOCK]
+                c[present[torch.searchsorted(present, c).clamp_max(present.numel() - 1)] == c] = -1
+        pool = torch.cat([chosen, cand]) if chosen.numel() else cand
+        del cand, chosen
+        arr = pool.numpy()
+        arr.sort()  # in place; then the distinct values compacted to the front, as torch.unique would list them
+        k = unique_sorted(arr)
+        start = 1 if k and arr[0] < 0 else 0
+        chosen = pool[start:k].clone()
+        del pool, arr
+    pick = chosen[torch.randperm(chosen.numel(), generator=generator)[:n]]
+    del chosen
+    return torch.sort(pick).values

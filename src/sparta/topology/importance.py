@@ -15,7 +15,7 @@ import time
 import torch
 
 from sparta.topology.base import TopologyAlgorithm
-from sparta.topology.layers import SparseView, carry_state
+from sparta.topology.layers import SparseView, carry_state, release_caches
 
 
 class ImportancePruning(TopologyAlgorithm):
@@ -76,6 +76,7 @@ class ImportancePruning(TopologyAlgorithm):
     @torch.no_grad()
     def update(self) -> None:
         t0 = time.perf_counter()
+        release_caches(self.model, self.optimizer)
         for a, b in zip(self.chain, self.chain[1:], strict=False):
             la, lb = a.module, b.module
             keep = self.neurons_to_keep(a, b).to(la.indices.device)
