@@ -68,6 +68,11 @@ def test_drop_and_grow_updates_are_linear_in_connections(name):
 
 
 def measure_rigl() -> dict:
+    assert return_freed_memory()
+    small = torch.nn.Sequential(SparseLinear(300, 300, density=0.1))  # loads the compiled kernels (a fixed cost)
+    warm = RigL(small, sparta.optim.SGD(small.parameters(), lr=0.01), alpha=0.3, every=1, end=10)
+    small(torch.randn(4, 300)).sum().backward()
+    warm.update()
     torch.manual_seed(0)
     n = 20_000  # a dense float64 gradient would be 3.2 GB
     model = torch.nn.Sequential(SparseLinear(n, n, density=5e-4))
@@ -87,6 +92,12 @@ def test_rigl_growth_scores_in_row_blocks():
 
 
 def measure_pruning() -> dict:
+    assert return_freed_memory()
+    small = SparseMLP([50, 40, 40, 10], epsilon=5)  # loads the compiled kernels (a fixed cost)
+    warm_opt = sparta.optim.SGD(small.parameters(), lr=0.01, momentum=0.9)
+    small(torch.randn(2, 50)).sum().backward()
+    warm_opt.step()
+    ImportancePruning(small, warm_opt, percentile=20, every=1).update()
     torch.manual_seed(0)
     model = SparseMLP([1000, N, N, 10], epsilon=5)
     opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
