@@ -95,7 +95,20 @@ def _grad_array(p: torch.Tensor, g: torch.Tensor):
     return g.detach().numpy().reshape(-1)
 
 
-class SGD(torch.optim.Optimizer):
+class _Fused(torch.optim.Optimizer):
+    """What sparta's optimizers share: numpy views of each parameter and its state, cached across steps."""
+
+    def __init__(self, params: Iterable, defaults: dict) -> None:
+        super().__init__(params, defaults)
+        self._views = _Views()
+
+    def release_views(self) -> None:
+        """Forget the cached numpy views of parameters and state, so that arrays a topology edit replaces
+        are freed at once rather than at the next step (topology algorithms call it before editing)."""
+        self._views = _Views()
+
+
+class SGD(_Fused):
     """``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay, maximize), one pass per parameter."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
@@ -108,12 +121,6 @@ class SGD(torch.optim.Optimizer):
             raise ValueError("nesterov momentum requires a momentum > 0 and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=bool(nesterov), maximize=bool(maximize)))
-        self._views = _Views()
-
-    def release_views(self) -> None:
-        """Forget the cached numpy views of parameters and state, so that arrays a topology edit replaces
-        are freed at once rather than at the next step (topology algorithms call it before editing)."""
-        self._views = _Views()
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -160,7 +167,7 @@ class SGD(torch.optim.Optimizer):
         return loss
 
 
-class Adam(torch.optim.Optimizer):
+class Adam(_Fused):
     """``torch.optim.Adam`` (``amsgrad=False``), one pass per parameter; ``AdamW`` decouples the decay."""
 
     decoupled = False
@@ -178,12 +185,6 @@ class Adam(torch.optim.Optimizer):
         _check("betas[1]", betas[1], 0.0, 1.0)
         super().__init__(params, dict(lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
                                       weight_decay=weight_decay, maximize=bool(maximize)))
-        self._views = _Views()
-
-    def release_views(self) -> None:
-        """Forget the cached numpy views of parameters and state, so that arrays a topology edit replaces
-        are freed at once rather than at the next step (topology algorithms call it before editing)."""
-        self._views = _Views()
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
