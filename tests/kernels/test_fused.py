@@ -78,7 +78,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     y = feature_major(np.full((n_out, batch), np.nan), dtype, ld)
     for c0, c1 in ranges(batch, parts):
         fused.forward(indptr, indices, values, bias.astype(dtype), xf, ld, c0, c1, y, e, ec, fused.MODE_LINEAR,
-                      fused.ACT_LEAKY, one, z, one, z, z, 0, ALL)
+                      fused.ACT_LEAKY, one, z, one, z, z, 0, ALL, 0)
     assert_bounded(cols(y, n_out, ld, batch), z_ref, z_scale, tol, "forward")
 
     # train epilogue, leaky with dropout: a = leaky(z)·mask·scale, code 1/2/0
@@ -89,7 +89,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     for c0, c1 in ranges(batch, parts):
         fused.forward(indptr, indices, values, bias.astype(dtype), xf, ld, c0, c1, a, e, code, fused.MODE_TRAIN,
                       fused.ACT_LEAKY, dtype(slope), np.uint32(hashrng.threshold(p)), dtype(1 / (1 - p)),
-                      np.uint32(k1), np.uint32(k2), 0, ALL)
+                      np.uint32(k1), np.uint32(k2), 0, ALL, 0)
     keep = hashrng.keep_mask(7, 11, 2, p, n_out, batch).numpy().T
     pos = z_ref > 0
     ref = np.where(pos, z_ref, slope * z_ref) * keep / (1 - p)
@@ -104,12 +104,12 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     d = feature_major(np.full((n_out, batch), np.nan), dtype, ld)
     for c0, c1 in ranges(batch, parts):
         fused.forward(indptr, indices, values, bias.astype(dtype), xf, ld, c0, c1, a, d, ec, fused.MODE_TRAIN,
-                      fused.ACT_TANH, one, z, one, z, z, 0, ALL)
+                      fused.ACT_TANH, one, z, one, z, z, 0, ALL, 0)
     assert_bounded(cols(a, n_out, ld, batch), np.tanh(z_ref), z_scale, tol, "forward tanh")
     assert_bounded(cols(d, n_out, ld, batch), 1 - np.tanh(z_ref) ** 2, z_scale * 2, tol, "tanh derivative")
     for c0, c1 in ranges(batch, parts):
         fused.forward(indptr, indices, values, bias.astype(dtype), xf, ld, c0, c1, a, e, ec, fused.MODE_EVAL,
-                      fused.ACT_SIGMOID, one, z, one, z, z, 0, ALL)
+                      fused.ACT_SIGMOID, one, z, one, z, z, 0, ALL, 0)
     assert_bounded(cols(a, n_out, ld, batch), 1 / (1 + np.exp(-z_ref)), z_scale, tol, "forward sigmoid")
 
     # value gradient: one partial sum per column range, added up

@@ -90,7 +90,7 @@ class SparseLinearFunction(torch.autograd.Function):
             parts = fused.groups(batch, get_num_threads())
             threads = threads_for(parts, values.numel())
             POOL.run([lambda c0=c0, c1=c1: fused.forward(ip, ix, v, b, xf, ld, c0, c1, yf, e, ec, fused.MODE_LINEAR,
-                                                          fused.ACT_LEAKY, one, z32, one, z32, z32, 0, ALL)
+                                                          fused.ACT_LEAKY, one, z32, one, z32, z32, 0, ALL, 0)
                       for c0, c1 in parts], threads)
             yt = y  # (out, ld): the caller slices the batch's columns (a view made outside the Function)
             ctx.xf, ctx.ld, ctx.parts, ctx.threads = xf, ld, parts, threads

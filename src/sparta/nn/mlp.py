@@ -247,34 +247,50 @@ def _out_features(m: nn.Module) -> int:
 
 
 class _Workspace:
-    """Buffers of one forward, kept until its backward: activations (feature-major, row stride ``ld``),
-    what backward needs of each hidden activation (a byte code for leaky activations, else a float
-    derivative), output-gradient buffers and per-part gradient scratch."""
+    """Buffers of one forward, kept until its backward: activations, what backward needs of each hidden
+    activation (a byte code for leaky activations, else a float derivative), output-gradient buffers and
+    per-part gradient scratch.
+
+    ``tiled`` (the batch-split passes): activations are tile-major, each tile of :data:`fused.T` samples an
+    ``(n, T)`` block (:func:`fused.forward_pass`), and each part of the batch has its own output-gradient
+    scratch of one tile. Otherwise (layer mode) they are feature-major over the whole batch, row stride ``ld``.
+    """
 
     def __init__(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
-                 train: bool, leaky: bool) -> None:
-        self.key = (tuple(sizes), batch, dtype, tuple(parts), leaky)
+                 train: bool, leaky: bool, tiled: bool) -> None:
+        self.key = (tuple(sizes), batch, dtype, tuple(parts), leaky, tiled)
         self.sizes, self.batch, self.dtype, self.parts, self.train, self.leaky = sizes, batch, dtype, parts, train, leaky
-        self.ld = ld = fused.leading_dim(batch)
+        self.tiled = tiled
+        self.ld = ld = fused.T if tiled else fused.leading_dim(batch)
+        span = -(-batch // fused.T) * fused.T if tiled else ld  # elements per feature
         empty, empty_code = np.empty(0, dtype), np.empty(0, np.uint8)
-        self.acts = tuple(fused.aligned_empty(n * ld, dtype) for n in sizes)  # acts[0]: input, acts[-1]: output
+        self.acts = tuple(fused.aligned_empty(n * span, dtype) for n in sizes)  # acts[0]: input, acts[-1]: output
         hidden = range(1, len(sizes) - 1)
-        self.ds = tuple(fused.aligned_empty(sizes[j] * ld, dtype) if train and not leaky and j in hidden else empty
+        self.ds = tuple(fused.aligned_empty(sizes[j] * span, dtype) if train and not leaky and j in hidden else empty
                         for j in range(len(sizes)))
-        self.codes = tuple(fused.aligned_empty(sizes[j] * ld, np.uint8) if train and leaky and j in hidden
+        self.codes = tuple(fused.aligned_empty(sizes[j] * span, np.uint8) if train and leaky and j in hidden
                            else empty_code for j in range(len(sizes)))
         widest = max(sizes)
-        self.dz = (fused.aligned_empty(widest * ld, dtype), fused.aligned_empty(widest * ld, dtype))
-        self.dxbuf = fused.aligned_empty(sizes[0] * ld, dtype)
+        # output-gradient scratch (two buffers) and the input gradient: one tile per part, or the whole batch
+        self.scratch = [tuple(fused.aligned_empty(n * ld, dtype) for n in (widest, widest, sizes[0]))
+                        for _ in (parts if tiled else [0])]
         self.bias_parts = [tuple(np.empty(n, dtype) for n in sizes[1:]) for _ in parts]
         self.grad_parts: list[tuple[np.ndarray, ...]] = []  # value-gradient scratch of parts 1, 2, …
         self.empty = empty
-        self.nbytes = sum(a.nbytes for a in (*self.acts, *self.ds, *self.codes, *self.dz, self.dxbuf))
+        self.nbytes = sum(a.nbytes for a in (*self.acts, *self.ds, *self.codes, *(b for t in self.scratch for b in t)))
         self.generation = 0  # bumped by each training forward that takes these buffers
         self.backward_done = False  # the latest graph on these buffers has run its backward
 
     def matches(self, key: tuple, train: bool) -> bool:
         return self.key == key and (self.train or not train)
+
+    def inputs(self, j: int) -> np.ndarray:
+        """Layer ``j``'s input activations as ``(n_j, batch)`` (a view, or a copy when tile-major)."""
+        n, batch, ld = self.sizes[j], self.batch, self.ld
+        if not self.tiled:
+            return self.acts[j].reshape(n, ld)[:, :batch]
+        tiles = -(-batch // ld)
+        return self.acts[j].reshape(tiles, n, ld).transpose(1, 0, 2).reshape(n, tiles * ld)[:, :batch]
 
     def drop_buffers(self) -> None:
         """Free the buffers of a graph that has run its backward (a second backward of it then raises)."""
@@ -283,7 +299,7 @@ class _Workspace:
         empty = self.empty
         self.acts = self.ds = tuple(empty for _ in self.sizes)
         self.codes = tuple(np.empty(0, np.uint8) for _ in self.sizes)
-        self.dz, self.dxbuf, self.grad_parts, self.nbytes = (empty, empty), empty, [], 0
+        self.scratch, self.grad_parts, self.nbytes = [], [], 0
 
 
 class _FusedRunner:
@@ -311,8 +327,8 @@ class _FusedRunner:
             self.free.append(ws)
 
     def workspace(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
-                  train: bool, leaky: bool) -> _Workspace:
-        key = (tuple(sizes), batch, dtype, tuple(parts), leaky)
+                  train: bool, leaky: bool, tiled: bool) -> _Workspace:
+        key = (tuple(sizes), batch, dtype, tuple(parts), leaky, tiled)
         for i, ws in enumerate(self.free):
             if ws.matches(key, train):
                 return self.free.pop(i)
@@ -333,7 +349,7 @@ class _FusedRunner:
                 any(w.nbytes > BIG_WORKSPACE_BYTES for w in self.free):
             self.free.clear()  # a big network: never hold a second set of batch buffers
             self.done.clear()
-        return _Workspace(sizes, batch, dtype, parts, train, leaky)
+        return _Workspace(sizes, batch, dtype, parts, train, leaky, tiled)
 
 
 class _FusedMLPFunction(torch.autograd.Function):
@@ -361,7 +377,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         leaky = mlp.activation in ("allrelu", "relu")
         act = fused.ACT_LEAKY if leaky else (fused.ACT_TANH if mlp.activation == "tanh" else fused.ACT_SIGMOID)
         runner: _FusedRunner = mlp._runner
-        ws = runner.workspace(sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, leaky)
+        ws = runner.workspace(sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, leaky, not layer_mode)
         if rng is not None:
             thr, scale = hashrng.threshold(mlp.p), 1.0 / (1.0 - mlp.p)
             keys = [hashrng.layer_keys(rng[0], rng[1], j + 1) for j in range(n_layers - 1)] or [(0, 0)]
@@ -375,7 +391,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         xn, outn = x.detach().contiguous().numpy(), out.numpy()
 
         def run(c0: int, c1: int) -> None:
-            fused.forward_pass(*args, ws.acts, ws.ds, ws.codes, xn, outn, ws.ld, c0, c1, mode, act, slopes,
+            fused.forward_pass(*args, ws.acts, ws.ds, ws.codes, xn, outn, c0, c1, mode, act, slopes,
                                np.uint32(thr), scalar(scale), k1s, k2s)
 
         if layer_mode:
@@ -406,7 +422,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         mlp: SparseMLP = ctx.mlp
         layers: list[SparseLinear] = ctx.layers
         n_layers = len(layers)
-        dtype, batch, parts, ld = ws.dtype, ws.batch, ws.parts, ws.ld
+        dtype, batch, parts = ws.dtype, ws.batch, ws.parts
         empty = ws.empty
         need_x = ctx.needs_input_grad[0]
         need_v = np.array([ctx.needs_input_grad[4 + 2 * j] for j in range(n_layers)], np.bool_)
@@ -433,7 +449,7 @@ class _FusedMLPFunction(torch.autograd.Function):
 
         def run(p: int, c0: int, c1: int) -> None:
             fused.backward_pass(ip, ix, vals, *csc, ws.acts, ws.ds, ws.codes, gyn, gsets[p], ws.bias_parts[p], caps,
-                                ws.dz[0], ws.dz[1], ws.dxbuf, dxn, ld, c0, c1, luts1, luts2, need_v, need_x, use_csc)
+                                *ws.scratch[p], dxn, c0, c1, luts1, luts2, need_v, need_x, use_csc)
 
         if ctx.layer_mode:
             _layer_backward(ip, ix, vals, csc, ws, gyn, gsets[0], ws.bias_parts[0], caps, dxn, luts1, luts2, need_v,
@@ -455,7 +471,7 @@ class _FusedMLPFunction(torch.autograd.Function):
             dbias.append(b)
         for j, m in enumerate(layers):
             if m.capture is not None:
-                m.capture["xt"] = torch.from_numpy(ws.acts[j].reshape(-1, ld)[:, :batch].copy())
+                m.capture["xt"] = torch.from_numpy(np.ascontiguousarray(ws.inputs(j)))
                 m.capture["dyt"] = torch.from_numpy(caps[j]).view(m.out_features, batch)
         if ws.nbytes > BIG_WORKSPACE_BYTES and not ws.backward_done:
             mlp._runner.done.append(weakref.ref(ws))  # the next forward may take these buffers over
@@ -493,7 +509,7 @@ def _layer_forward(args: tuple, ws: _Workspace, xn: np.ndarray, outn: np.ndarray
             spec = (mode, act, slopes[j], thr, scale, k1s[j], k2s[j])
         POOL.run([lambda r0=r0, r1=r1, j=j, spec=spec: fused.forward(
             ips[j], ixs[j], vals[j], biases[j], acts[j], ld, 0, batch, acts[j + 1], ds[j + 1], codes[j + 1], *spec,
-            r0, r1) for r0, r1 in _ranges(ips[j], threads)], threads)
+            r0, r1, 0) for r0, r1 in _ranges(ips[j], threads)], threads)
     fused.from_feature_major(acts[-1], ld, 0, batch, outn)
 
 
@@ -506,7 +522,7 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Worksp
     colptrs, rowidxs, perms = csc
     ld, batch, n_layers = ws.ld, ws.batch, len(vals)
     acts, ds, codes = ws.acts, ws.ds, ws.codes
-    cur, nxt = ws.dz
+    cur, nxt, dxbuf = ws.scratch[0]
     fused.to_feature_major(gyn, 0, batch, cur, ld)
     fused.row_sums(cur, ld, 0, batch, dbs[-1], False)
     for j in range(n_layers - 1, -1, -1):
@@ -526,7 +542,7 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Worksp
                      threads)
         if not hidden and not need_x:
             break
-        target = nxt if hidden else ws.dxbuf
+        target = nxt if hidden else dxbuf
         db = dbs[j - 1] if hidden else dbs[0]
         if use_csc[j]:
             POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target, db=db, hidden=hidden: fused.gather(
@@ -544,7 +560,7 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Worksp
         if hidden:
             cur, nxt = nxt, cur
     if need_x:
-        fused.from_feature_major(ws.dxbuf, ld, 0, batch, dxn)
+        fused.from_feature_major(dxbuf, ld, 0, batch, dxn)
 
 
 def _layer_arrays(layers: list[SparseLinear], dtype: np.dtype, runner: _FusedRunner) -> tuple[tuple, tuple, tuple,
