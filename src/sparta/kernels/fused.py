@@ -35,7 +35,7 @@ from numba.extending import intrinsic
 from sparta.kernels.hashrng import SAMPLE_MUL_32, h32, unit_key
 
 T = 64  # samples per register tile
-AHEAD = 8  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
+AHEAD = 12  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
 FUSE_BACKWARD = 1  # layer mode, hidden layers: value and input gradients in one pass over the CSC copy (gather_sddmm)
 LD_MULTIPLE = 16  # row strides are multiples of this many elements (64 bytes in float32)
 _NJIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy", boundscheck=False)

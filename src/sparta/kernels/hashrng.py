@@ -48,6 +48,17 @@ def layer_keys(seed: int, step: int, layer: int) -> tuple[int, int]:
     return x & MASK32, x >> 32
 
 
+def step_keys(seed: int, step: int, layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`layer_keys` of dropout layers ``1 … layers`` at ``step`` as two uint32 arrays ``(k1s, k2s)``
+    (at least one entry each)."""
+    base = _splitmix64(_splitmix64(int(seed) & MASK64) ^ (int(step) & MASK64))
+    k1s, k2s = np.zeros(max(1, layers), np.uint32), np.zeros(max(1, layers), np.uint32)
+    for j in range(layers):
+        x = _splitmix64(base ^ (j + 1))
+        k1s[j], k2s[j] = x & MASK32, x >> 32
+    return k1s, k2s
+
+
 def threshold(p: float) -> int:
     """The 32-bit threshold below which a hash drops its unit (0 when ``p`` is 0: nothing dropped)."""
     return min(MASK32, round(float(p) * 2.0**32))

@@ -308,7 +308,7 @@ class _FusedRunner:
     def __init__(self) -> None:
         self.free: list[_Workspace] = []
         self.done: list[weakref.ref] = []  # big workspaces whose graph is alive but has run its backward
-        self.arrays: tuple | None = None  # (key, the layers' arrays) — see _layer_arrays
+        self.arrays: tuple | None = None  # (key, _Structure) — see _structure
 
     def clear(self) -> None:
         self.free = []
@@ -362,42 +362,32 @@ class _FusedMLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mlp, rng, grad, *params):  # type: ignore[override]
-        layers: list[SparseLinear] = list(mlp.layers)
-        n_layers = len(layers)
-        sizes = mlp.sizes
-        batch = x.shape[0]
         dtype = np.dtype(np.float32 if x.dtype == torch.float32 else np.float64)
-        scalar = dtype.type
-        total_nnz = sum(m.nnz for m in layers)
-        layer_mode = total_nnz >= LAYER_MODE_CONNECTIONS  # big layers: threads split each layer, not the batch
-        parts = [(0, batch)] if layer_mode else fused.groups(batch, get_num_threads())
-        threads = get_num_threads() if layer_mode else threads_for(parts, total_nnz)
+        st = _structure(mlp, dtype)
+        batch = x.shape[0]
+        parts, threads = st.split(batch)
         grad = bool(grad)
         mode = fused.MODE_TRAIN if (grad or rng is not None) else fused.MODE_EVAL
-        leaky = mlp.activation in ("allrelu", "relu")
-        act = fused.ACT_LEAKY if leaky else (fused.ACT_TANH if mlp.activation == "tanh" else fused.ACT_SIGMOID)
         runner: _FusedRunner = mlp._runner
-        ws = runner.workspace(sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, leaky, not layer_mode)
+        ws = runner.workspace(st.sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, st.leaky, not st.layer_mode)
         if rng is not None:
-            thr, scale = hashrng.threshold(mlp.p), 1.0 / (1.0 - mlp.p)
-            keys = [hashrng.layer_keys(rng[0], rng[1], j + 1) for j in range(n_layers - 1)] or [(0, 0)]
+            k1s, k2s = hashrng.step_keys(rng[0], rng[1], st.n - 1)
+            thr = st.thr
         else:
-            thr, scale, keys = 0, 1.0, [(0, 0)] * max(1, n_layers - 1)
-        slopes = np.array([mlp.slope(j + 1) for j in range(max(1, n_layers - 1))], dtype)
-        k1s = np.array([k[0] for k in keys], np.uint32)
-        k2s = np.array([k[1] for k in keys], np.uint32)
-        out = torch.empty(batch, sizes[-1], dtype=x.dtype)
-        args = _layer_arrays(layers, dtype, runner)
+            k1s = k2s = st.no_keys
+            thr = np.uint32(0)
+        out = torch.empty(batch, st.sizes[-1], dtype=x.dtype)
         xn, outn = x.detach().contiguous().numpy(), out.numpy()
-
-        def run(c0: int, c1: int) -> None:
-            fused.forward_pass(*args, ws.acts, ws.ds, ws.codes, xn, outn, c0, c1, mode, act, slopes,
-                               np.uint32(thr), scalar(scale), k1s, k2s)
-
-        if layer_mode:
-            _layer_forward(args, ws, xn, outn, mode, act, slopes, np.uint32(thr), scalar(scale), k1s, k2s, threads)
+        if st.layer_mode:
+            _layer_forward(st.arrays, ws, xn, outn, mode, st.act, st.slopes, thr, st.scale, k1s, k2s, threads)
+        elif threads <= 1:
+            for c0, c1 in parts:
+                fused.forward_pass(*st.arrays, ws.acts, ws.ds, ws.codes, xn, outn, c0, c1, mode, st.act, st.slopes,
+                                   thr, st.scale, k1s, k2s)
         else:
-            POOL.run([lambda c0=c0, c1=c1: run(c0, c1) for c0, c1 in parts], threads)
+            POOL.run([lambda c0=c0, c1=c1: fused.forward_pass(*st.arrays, ws.acts, ws.ds, ws.codes, xn, outn, c0, c1,
+                                                              mode, st.act, st.slopes, thr, st.scale, k1s, k2s)
+                      for c0, c1 in parts], threads)
         ws.generation += 1
         ws.backward_done = False
         ctx.generation = ws.generation
@@ -405,10 +395,8 @@ class _FusedMLPFunction(torch.autograd.Function):
             weakref.finalize(ctx, runner.release, ws, ws.generation)
         else:
             runner.free.append(ws)
-        ctx.ws, ctx.mlp, ctx.layers, ctx.scale, ctx.threads = ws, mlp, layers, scale, threads
-        ctx.layer_mode = layer_mode
-        ctx.has_bias = [m.bias is not None for m in layers]
-        ctx.save_for_backward(*(m.values for m in layers))
+        ctx.ws, ctx.mlp, ctx.st, ctx.threads = ws, mlp, st, threads
+        ctx.save_for_backward(*st.values)
         return out
 
     @staticmethod
@@ -419,41 +407,41 @@ class _FusedMLPFunction(torch.autograd.Function):
             raise RuntimeError("this SparseMLP graph's activation buffers were reused by a later forward (networks "
                                f"whose batch buffers exceed {BIG_WORKSPACE_BYTES >> 20} MB keep one set): run "
                                "backward before the next forward")
-        mlp: SparseMLP = ctx.mlp
-        layers: list[SparseLinear] = ctx.layers
-        n_layers = len(layers)
+        st: _Structure = ctx.st
+        layers, n_layers = st.layers, st.n
         dtype, batch, parts = ws.dtype, ws.batch, ws.parts
         empty = ws.empty
-        need_x = ctx.needs_input_grad[0]
-        need_v = np.array([ctx.needs_input_grad[4 + 2 * j] for j in range(n_layers)], np.bool_)
-        need_b = [ctx.needs_input_grad[5 + 2 * j] and ctx.has_bias[j] for j in range(n_layers)]
+        needs = ctx.needs_input_grad
+        need_x = needs[0]
+        need_v = st.need_v if all(needs[4::2]) else np.array(needs[4::2], np.bool_)
+        need_b = [needs[5 + 2 * j] and st.has_bias[j] for j in range(n_layers)]
         grads = [torch.empty_like(v) if need_v[j] else None for j, v in enumerate(values)]
-        nnz = [m.nnz for m in layers]
-        if any([g.size for g in gp] != nnz for gp in ws.grad_parts):  # the topology changed since allocated
+        if any([g.size for g in gp] != st.nnz for gp in ws.grad_parts):  # the topology changed since allocated
             ws.grad_parts = []
         while len(ws.grad_parts) < len(parts) - 1:
-            ws.grad_parts.append(tuple(np.empty(n, dtype) for n in nnz))
+            ws.grad_parts.append(tuple(np.empty(n, dtype) for n in st.nnz))
         gsets = [tuple(g.numpy() if g is not None else empty for g in grads)] + ws.grad_parts
-        use_csc = np.array([m.transpose == "csc" for m in layers], np.bool_)
-        u64, u32 = np.empty(0, np.uint64), np.empty(0, np.uint32)
-        trans = [m.transposed() if use_csc[j] else (u64, u32, u32) for j, m in enumerate(layers)]
-        csc = tuple(tuple(t[i] for t in trans) for i in range(3))
-        luts1 = np.array([ctx.scale] * n_layers, dtype)
-        luts2 = np.array([ctx.scale * mlp.slope(j) if j > 0 else 0.0 for j in range(n_layers)], dtype)
+        csc = st.transposed()
         gyn = gy.detach().to(values[0].dtype).contiguous().numpy()
         dx = torch.empty(batch, ws.sizes[0], dtype=values[0].dtype) if need_x else None
         dxn = dx.numpy() if dx is not None else np.empty((0, ws.sizes[0]), dtype)
         # gradient-based growth (RigL) reads each captured layer's input and output gradient, (n, batch)
-        caps = tuple(np.empty(m.out_features * batch, dtype) if m.capture is not None else empty for m in layers)
-        ip, ix, vals, _ = _layer_arrays(layers, dtype, mlp._runner)
+        captured = [m.capture is not None for m in layers]
+        caps = tuple(np.empty(m.out_features * batch, dtype) if c else empty
+                     for m, c in zip(layers, captured, strict=True)) if any(captured) else st.no_caps
+        ip, ix, vals, _ = st.arrays
+        luts1, luts2, use_csc = st.luts1, st.luts2, st.use_csc
 
         def run(p: int, c0: int, c1: int) -> None:
             fused.backward_pass(ip, ix, vals, *csc, ws.acts, ws.ds, ws.codes, gyn, gsets[p], ws.bias_parts[p], caps,
                                 *ws.scratch[p], dxn, c0, c1, luts1, luts2, need_v, need_x, use_csc)
 
-        if ctx.layer_mode:
+        if st.layer_mode:
             _layer_backward(ip, ix, vals, csc, ws, gyn, gsets[0], ws.bias_parts[0], caps, dxn, luts1, luts2, need_v,
                             need_x, use_csc, ctx.threads)
+        elif ctx.threads <= 1:
+            for p, (c0, c1) in enumerate(parts):
+                run(p, c0, c1)
         else:
             POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads)
         for j in range(n_layers):  # the other groups' partial sums into group 0's, in group order (reproducible)
@@ -470,11 +458,11 @@ class _FusedMLPFunction(torch.autograd.Function):
                 b = torch.from_numpy(b)
             dbias.append(b)
         for j, m in enumerate(layers):
-            if m.capture is not None:
+            if m.capture is not None and caps[j].size:
                 m.capture["xt"] = torch.from_numpy(np.ascontiguousarray(ws.inputs(j)))
                 m.capture["dyt"] = torch.from_numpy(caps[j]).view(m.out_features, batch)
         if ws.nbytes > BIG_WORKSPACE_BYTES and not ws.backward_done:
-            mlp._runner.done.append(weakref.ref(ws))  # the next forward may take these buffers over
+            ctx.mlp._runner.done.append(weakref.ref(ws))  # the next forward may take these buffers over
         ws.backward_done = True
         out: list[Any] = [dx, None, None, None]
         for j in range(n_layers):
@@ -563,23 +551,80 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Worksp
         fused.from_feature_major(dxbuf, ld, 0, batch, dxn)
 
 
-def _layer_arrays(layers: list[SparseLinear], dtype: np.dtype, runner: _FusedRunner) -> tuple[tuple, tuple, tuple,
-                                                                                           tuple]:
-    """``(indptrs, indices, values, biases)`` of the layers as tuples of numpy arrays for the kernels (cached
-    while every tensor keeps its storage: a topology change or a load gives new arrays)."""
-    tensors = [(m._buffers["indptr"], m._buffers["indices"], m._parameters["values"], m._parameters["bias"])
-               for m in layers]
-    key = tuple((t.data_ptr(), t.numel()) if t is not None else None for ts in tensors for t in ts)
-    if runner.arrays is not None and runner.arrays[0] == key:
-        return runner.arrays[1]
-    ip = tuple(t[0].numpy().view(np.uint64) for t in tensors)
-    ix = tuple(t[1].numpy().view(np.uint32) for t in tensors)
-    vals = tuple(t[2].detach().numpy() for t in tensors)
-    biases = tuple(t[3].detach().numpy() if t[3] is not None else np.zeros(m.out_features, dtype)
-                   for t, m in zip(tensors, layers, strict=True))
-    out = (ip, ix, vals, biases)
-    runner.arrays = (key, out)
-    return out
+class _Structure:
+    """What the fused passes need of a ``SparseMLP``'s layers that stays the same from step to step: the
+    layers' arrays as numpy views, sizes, per-layer constants and the CSC copies. Rebuilt when any layer
+    tensor is replaced or its structure written in place (a topology change, a load), or when a
+    hyper-parameter it holds changes; so a training step's Python work is a lookup."""
+
+    def __init__(self, mlp: SparseMLP, layers: list[SparseLinear], dtype: np.dtype) -> None:
+        self.layers, self.n = layers, len(layers)
+        self.values = [m.values for m in layers]
+        ip = tuple(m._buffers["indptr"].numpy().view(np.uint64) for m in layers)
+        ix = tuple(m._buffers["indices"].numpy().view(np.uint32) for m in layers)
+        vals = tuple(m._parameters["values"].detach().numpy() for m in layers)
+        biases = tuple(m._parameters["bias"].detach().numpy() if m._parameters["bias"] is not None
+                       else np.zeros(m.out_features, dtype) for m in layers)
+        self.arrays = (ip, ix, vals, biases)
+        self.sizes = mlp.sizes
+        self.nnz = [m.nnz for m in layers]
+        self.total_nnz = sum(self.nnz)
+        self.layer_mode = self.total_nnz >= LAYER_MODE_CONNECTIONS  # big layers: threads split each layer
+        self.has_bias = [m.bias is not None for m in layers]
+        self.leaky = mlp.activation in ("allrelu", "relu")
+        self.act = fused.ACT_LEAKY if self.leaky else (fused.ACT_TANH if mlp.activation == "tanh"
+                                                       else fused.ACT_SIGMOID)
+        scale = 1.0 / (1.0 - mlp.p)
+        self.scale = dtype.type(scale)
+        self.thr = np.uint32(hashrng.threshold(mlp.p))
+        self.slopes = np.array([mlp.slope(j + 1) for j in range(max(1, self.n - 1))], dtype)
+        self.no_keys = np.zeros(max(1, self.n - 1), np.uint32)
+        self.luts1 = np.array([scale] * self.n, dtype)
+        self.luts2 = np.array([scale * mlp.slope(j) if j > 0 else 0.0 for j in range(self.n)], dtype)
+        self.use_csc = np.array([m.transpose == "csc" for m in layers], np.bool_)
+        self.need_v = np.ones(self.n, np.bool_)
+        self.no_caps = tuple(np.empty(0, dtype) for _ in layers)
+        self._csc: tuple | None = None
+        self._splits: dict[tuple[int, int], tuple[list[tuple[int, int]], int]] = {}
+
+    def split(self, batch: int) -> tuple[list[tuple[int, int]], int]:
+        """The batch's parts and the threads for them (see :func:`fused.groups`)."""
+        n = get_num_threads()
+        hit = self._splits.get((batch, n))
+        if hit is None:
+            if self.layer_mode:
+                hit = ([(0, batch)], n)
+            else:
+                parts = fused.groups(batch, n)
+                hit = (parts, threads_for(parts, self.total_nnz))
+            self._splits[(batch, n)] = hit
+        return hit
+
+    def transposed(self) -> tuple[tuple, tuple, tuple]:
+        """``(colptrs, rowidxs, perms)`` of the layers (empty arrays for ``transpose="scatter"`` layers)."""
+        if self._csc is None:
+            u64, u32 = np.empty(0, np.uint64), np.empty(0, np.uint32)
+            trans = [m.transposed() if self.use_csc[j] else (u64, u32, u32) for j, m in enumerate(self.layers)]
+            self._csc = tuple(tuple(t[i] for t in trans) for i in range(3))
+        return self._csc
+
+
+def _structure(mlp: SparseMLP, dtype: np.dtype) -> _Structure:
+    """``mlp``'s :class:`_Structure` for ``dtype``, cached while every layer tensor keeps its storage and
+    structure version and the module's activation, ``alpha``, dropout and transposes stay the same."""
+    layers = list(mlp.layers)
+    key: list[Any] = [dtype, mlp.activation, mlp.alpha, mlp.p]
+    for m in layers:
+        ip, ix = m._buffers["indptr"], m._buffers["indices"]
+        v, b = m._parameters["values"], m._parameters["bias"]
+        key += (ip.data_ptr(), ip._version, ix.data_ptr(), ix._version, ix.numel(), v.data_ptr(),
+                b.data_ptr() if b is not None else None, m.transpose, m.in_features)
+    cached = mlp._runner.arrays
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    st = _Structure(mlp, layers, dtype)
+    mlp._runner.arrays = (key, st)
+    return st
 
 
 __all__ = ["ACTIVATIONS", "TRANSPOSES", "SparseMLP"]
