@@ -139,9 +139,9 @@ def child(kind: str, threads: int, sizes: list[int], workload: str, n_train: int
         cls = sparta.optim.SGD if kind == "fused" else torch.optim.SGD
         return cls(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=wd)
 
-    def step(model, opt, idx) -> float:
-        out = model(x[idx])
-        loss = torch.nn.functional.cross_entropy(out, y[idx])
+    def step(model, opt, idx) -> float:  # the batch gathered as sparta.train's loop does (index_select)
+        out = model(x.index_select(0, idx))
+        loss = torch.nn.functional.cross_entropy(out, y.index_select(0, idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

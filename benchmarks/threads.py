@@ -46,7 +46,7 @@ def child(kind: str, threads: int, steps: int) -> None:
     for i in range(steps + 10):
         idx = torch.randint(0, 2048, (128,), generator=g)
         t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss = torch.nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

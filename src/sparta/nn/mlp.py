@@ -156,15 +156,13 @@ class SparseMLP(nn.Module):
 
     def fused_path(self, x: torch.Tensor) -> bool:
         """Whether a forward on ``x`` runs the fused kernels."""
-        if not (self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
-            return False
-        for m in self.layers:
-            if not isinstance(m, SparseLinear) or m.backend == "torch":
-                return False
-            v = m._parameters["values"]
-            if v.dtype != x.dtype or v.device.type != "cpu":
-                return False
-        return True
+        return self._fused_structure(x) is not None
+
+    def _fused_structure(self, x: torch.Tensor) -> _Structure | None:
+        """The fused path's cached :class:`_Structure` for ``x``'s dtype, or None when the path does not apply."""
+        if not (self.fused and x.is_cpu and x.dtype in (torch.float32, torch.float64)):
+            return None
+        return _structure(self, x.dtype)
 
     def seed_dropout(self, seed: int, step: int = 0) -> None:
         """Draw the following dropout masks from ``(seed, step)``, ``(seed, step + 1)``, … (int64 seed)."""
@@ -189,22 +187,19 @@ class SparseMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        n_in = _in_features(self.layers[0])
+        st = self._fused_structure(x)
+        n_in = st.sizes[0] if st is not None else _in_features(self.layers[0])
         if x.dim() == 0 or x.shape[-1] != n_in:
             raise ValueError(f"x must have shape (..., {n_in}), got {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        x2d = x.reshape(-1, n_in)
+        x2d = x if x.dim() == 2 else x.reshape(-1, n_in)
         rng = self._next_dropout_step()
-        if self.fused_path(x2d) and x2d.shape[0] > 0:
-            params: list[torch.Tensor] = []
-            for m in self.layers:
-                params.append(m.values)
-                params.append(m.bias if m.bias is not None else m.values.new_empty(0))
+        if st is not None and x2d.shape[0] > 0:
+            params = st.params
             grad = torch.is_grad_enabled() and (x2d.requires_grad or any(p.requires_grad for p in params))
-            y = _FusedMLPFunction.apply(x2d, self, rng, grad, *params)
+            y = _FusedMLPFunction.apply(x2d, self, st, rng, grad, *params)
         else:
             y = self._forward_unfused(x2d, rng)
-        return y.reshape(*lead, y.shape[-1])
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
     def _forward_unfused(self, h: torch.Tensor, rng: tuple[int, int] | None) -> torch.Tensor:
         last = len(self.layers) - 1
@@ -355,15 +350,14 @@ class _FusedRunner:
 class _FusedMLPFunction(torch.autograd.Function):
     """Forward and backward of a whole ``SparseMLP`` whose layers are all ``SparseLinear`` on CPU.
 
-    ``forward(x, mlp, rng, grad, *params)``: ``params`` are each layer's values and bias (an empty tensor
-    for a layer without bias), passed so that autograd routes their gradients; ``rng`` is the dropout's
-    ``(seed, step)`` or None; ``grad`` whether the caller had grad mode on.
+    ``forward(x, mlp, st, rng, grad, *params)``: ``st`` is ``mlp``'s :class:`_Structure`; ``params`` are each
+    layer's values and bias (an empty tensor for a layer without bias), passed so that autograd routes their
+    gradients; ``rng`` is the dropout's ``(seed, step)`` or None; ``grad`` whether the caller had grad mode on.
     """
 
     @staticmethod
-    def forward(ctx, x, mlp, rng, grad, *params):  # type: ignore[override]
-        dtype = np.dtype(np.float32 if x.dtype == torch.float32 else np.float64)
-        st = _structure(mlp, dtype)
+    def forward(ctx, x, mlp, st, rng, grad, *params):  # type: ignore[override]
+        dtype = st.dtype
         batch = x.shape[0]
         parts, threads = st.split(batch)
         grad = bool(grad)
@@ -413,8 +407,8 @@ class _FusedMLPFunction(torch.autograd.Function):
         empty = ws.empty
         needs = ctx.needs_input_grad
         need_x = needs[0]
-        need_v = st.need_v if all(needs[4::2]) else np.array(needs[4::2], np.bool_)
-        need_b = [needs[5 + 2 * j] and st.has_bias[j] for j in range(n_layers)]
+        need_v = st.need_v if all(needs[5::2]) else np.array(needs[5::2], np.bool_)
+        need_b = [needs[6 + 2 * j] and st.has_bias[j] for j in range(n_layers)]
         grads = [torch.empty_like(v) if need_v[j] else None for j, v in enumerate(values)]
         if any([g.size for g in gp] != st.nnz for gp in ws.grad_parts):  # the topology changed since allocated
             ws.grad_parts = []
@@ -464,7 +458,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         if ws.nbytes > BIG_WORKSPACE_BYTES and not ws.backward_done:
             ctx.mlp._runner.done.append(weakref.ref(ws))  # the next forward may take these buffers over
         ws.backward_done = True
-        out: list[Any] = [dx, None, None, None]
+        out: list[Any] = [dx, None, None, None, None]
         for j in range(n_layers):
             out += [grads[j], dbias[j]]
         return tuple(out)
@@ -558,8 +552,11 @@ class _Structure:
     hyper-parameter it holds changes; so a training step's Python work is a lookup."""
 
     def __init__(self, mlp: SparseMLP, layers: list[SparseLinear], dtype: np.dtype) -> None:
-        self.layers, self.n = layers, len(layers)
+        self.layers, self.n, self.dtype = layers, len(layers), dtype
         self.values = [m.values for m in layers]
+        self.params: list[torch.Tensor] = []  # the Function's parameter inputs: each layer's values and bias
+        for m in layers:
+            self.params += [m.values, m.bias if m.bias is not None else m.values.new_empty(0)]
         ip = tuple(m._buffers["indptr"].numpy().view(np.uint64) for m in layers)
         ix = tuple(m._buffers["indices"].numpy().view(np.uint32) for m in layers)
         vals = tuple(m._parameters["values"].detach().numpy() for m in layers)
@@ -609,20 +606,25 @@ class _Structure:
         return self._csc
 
 
-def _structure(mlp: SparseMLP, dtype: np.dtype) -> _Structure:
-    """``mlp``'s :class:`_Structure` for ``dtype``, cached while every layer tensor keeps its storage and
-    structure version and the module's activation, ``alpha``, dropout and transposes stay the same."""
+def _structure(mlp: SparseMLP, dtype: torch.dtype) -> _Structure | None:
+    """``mlp``'s :class:`_Structure` for ``dtype`` (None unless every layer is a CPU ``SparseLinear`` of that
+    dtype on the numba backend), cached while every layer tensor keeps its storage and structure version and
+    the module's activation, ``alpha``, dropout and transposes stay the same."""
     layers = list(mlp.layers)
     key: list[Any] = [dtype, mlp.activation, mlp.alpha, mlp.p]
     for m in layers:
+        if not isinstance(m, SparseLinear) or m.backend == "torch":
+            return None
         ip, ix = m._buffers["indptr"], m._buffers["indices"]
         v, b = m._parameters["values"], m._parameters["bias"]
+        if v.dtype != dtype or not v.is_cpu:
+            return None
         key += (ip.data_ptr(), ip._version, ix.data_ptr(), ix._version, ix.numel(), v.data_ptr(),
                 b.data_ptr() if b is not None else None, m.transpose, m.in_features)
     cached = mlp._runner.arrays
     if cached is not None and cached[0] == key:
         return cached[1]
-    st = _Structure(mlp, layers, dtype)
+    st = _Structure(mlp, layers, np.dtype(np.float32 if dtype == torch.float32 else np.float64))
     mlp._runner.arrays = (key, st)
     return st
 

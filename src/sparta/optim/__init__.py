@@ -78,10 +78,12 @@ class _Views:
         self._cache: dict[int, tuple[tuple[int, ...], tuple]] = {}
 
     def get(self, p: torch.Tensor, *state: torch.Tensor) -> tuple | None:
-        """``(p, *state)`` as flat numpy arrays, or None when the numba path does not apply."""
+        """``(p, *state)`` as flat numpy arrays, or None when the numba path does not apply; raises when a
+        state tensor's shape is not ``p``'s (checked whenever the views are built, i.e. after any change)."""
         ptrs = (p.data_ptr(), *(t.data_ptr() for t in state))
         hit = self._cache.get(id(p))
         if hit is None or hit[0] != ptrs:
+            _check_state(p, *state)
             if not _numba_ok(p, *state):
                 return None
             hit = self._cache[id(p)] = (ptrs, tuple(_flat(t) for t in (p, *state)))
@@ -89,10 +91,12 @@ class _Views:
 
 
 def _grad_array(p: torch.Tensor, g: torch.Tensor):
-    """The gradient as a flat numpy array when it can go to the kernels with ``p``, else None."""
-    if g.dtype is not p.dtype or g.device.type != "cpu" or not g.is_contiguous():
+    """The gradient as a flat numpy array when it can go to the kernels with ``p``, else None (the
+    checks are the cheap tensor properties: this runs for every parameter at every step)."""
+    if g.dtype is not p.dtype or not g.is_cpu or not g.is_contiguous():
         return None
-    return g.detach().numpy().reshape(-1)
+    a = (g.detach() if g.requires_grad else g).numpy()
+    return a if a.ndim == 1 else a.reshape(-1)
 
 
 class _Fused(torch.optim.Optimizer):
@@ -140,10 +144,10 @@ class SGD(_Fused):
                     first = buf is None
                     if first:
                         buf = state["momentum_buffer"] = torch.empty_like(p)
-                if buf is not None:
-                    _check_state(p, buf)
                 g = p.grad
                 arrays = self._views.get(p, buf) if buf is not None else self._views.get(p)
+                if arrays is None and buf is not None:
+                    _check_state(p, buf)
                 gn = _grad_array(p, g) if arrays is not None else None
                 if gn is not None:
                     fast.setdefault(p.dtype, []).append((p, gn, buf, first, arrays))
@@ -204,13 +208,14 @@ class Adam(_Fused):
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                _check_state(p, m, v)
                 state["step"] += 1
                 t = float(state["step"])
                 step_size = lr / (1 - b1 ** t)
                 bc2_sqrt = math.sqrt(1 - b2 ** t)
                 g = p.grad
                 arrays = self._views.get(p, m, v)
+                if arrays is None:
+                    _check_state(p, m, v)
                 gn = _grad_array(p, g) if arrays is not None else None
                 if gn is not None:
                     fast.setdefault(p.dtype, []).append((p, gn, m, v, step_size, bc2_sqrt, arrays))

@@ -105,8 +105,9 @@ class Worker:
             self.model.train()
             for idx in self.batches(epoch):
                 self.maybe_crash()
-                out = self.model(self.x[idx])
-                loss = self.loss(out, self.y[idx])
+                out = self.model(self.x.index_select(0, idx))
+                yb = self.y.index_select(0, idx)
+                loss = self.loss(out, yb)
                 if not bool(torch.isfinite(loss)):
                     raise FloatingPointError(f"worker rank {self.rank}: the loss became non-finite in local epoch "
                                              f"{epoch + 1}: training diverged (lower lr)")
@@ -114,7 +115,7 @@ class Worker:
                 loss.backward()
                 opt.step()
                 loss_sum += float(loss.detach()) * len(idx)
-                correct += correct_count(out.detach(), self.y[idx])
+                correct += correct_count(out.detach(), yb)
                 self.steps += 1
             if algo is not None and epoch + 1 < c.epochs:
                 algo.generator.manual_seed(seed_for(c.seed, self.rank, epoch, 2))
@@ -145,15 +146,16 @@ class Worker:
         """Phase 1: send the gradient of the minibatch ``idx``, then take the server's model."""
         self.maybe_crash()
         self.model.train()
-        out = self.model(self.x[idx])
-        loss = self.loss(out, self.y[idx])
+        out = self.model(self.x.index_select(0, idx))
+        yb = self.y.index_select(0, idx)
+        loss = self.loss(out, yb)
         for p in self.model.parameters():
             p.grad = None
         loss.backward()
         grads = [(m.values.grad if m.values.grad is not None else torch.zeros_like(m.values),
                   m.bias.grad if m.bias.grad is not None else torch.zeros_like(m.bias))  # type: ignore[union-attr]
                  for m in self.layers]
-        stats = [float(loss.detach()) * len(idx), correct_count(out.detach(), self.y[idx]), self.take_checks()]
+        stats = [float(loss.detach()) * len(idx), correct_count(out.detach(), yb), self.take_checks()]
         tensors = gradient_tensors(grads, shapes_tensor(export_layers(self.model)), stats)
         self.link.send(Message(Kind.GRAD, [self.version, self.topo_version, len(idx), epoch], tensors), 0)
         self.steps += 1

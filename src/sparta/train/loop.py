@@ -69,9 +69,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce
     model.eval()
     tot_loss = tot_acc = 0.0
     for idx in batches(len(x), batch_size):
-        out = model(x[idx])
-        tot_loss += float(fn(out, y[idx])) * len(idx)
-        tot_acc += correct_count(out, y[idx])
+        out = model(x.index_select(0, idx))
+        yb = y.index_select(0, idx)
+        tot_loss += float(fn(out, yb)) * len(idx)
+        tot_acc += correct_count(out, yb)
     model.train(was)
     return tot_loss / len(x), tot_acc / len(x)
 
@@ -96,15 +97,16 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     for idx in batches(len(x), batch_size, generator):
         if algo is not None:
             algo.run_pending()
-        out = model(x[idx])
-        batch_loss = fn(out, y[idx])
+        out = model(x.index_select(0, idx))  # index_select: 4-5x faster than x[idx] for a batch of rows
+        yb = y.index_select(0, idx)
+        batch_loss = fn(out, yb)
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         optimizer.step()
         if algo is not None:
             algo.step(defer=defer)
         tot_loss += float(batch_loss.detach()) * len(idx)
-        tot_acc += correct_count(out.detach(), y[idx])
+        tot_acc += correct_count(out.detach(), yb)
     topo = (algo.time_in_updates - topo0) if algo is not None else 0.0
     return tot_loss / len(x), tot_acc / len(x), topo
 
