@@ -303,6 +303,33 @@ def test_topology_algorithms_keep_the_fused_path_exact(algo):
         assert_close(a_, b_, 1e-10, "value gradients after topology updates")
 
 
+def test_fused_path_captures_what_the_layerwise_path_captures():
+    """RigL reads each layer's input and output gradient from ``capture``: the fused path (tile-major buffers,
+    a partial last tile) must hand over the same ``(n, batch)`` matrices as the layer-by-layer path."""
+    m = make([20, 40, 30, 5], 0.4, torch.float64, seed=4, empty=False, dropout=0.2)
+    x, g = torch.randn(130, 20, dtype=torch.float64), torch.randn(130, 5, dtype=torch.float64)
+    got = []
+    for fused_ in (True, False):
+        m.fused = fused_
+        for layer in m.layers:
+            layer.capture = {}
+        m.dropout_state[1] = 3
+        (m(x) * g).sum().backward()
+        got.append([(layer.capture["xt"].clone(), layer.capture["dyt"].clone()) for layer in m.layers])
+    for j, ((xa, da), (xb, db)) in enumerate(zip(*got, strict=True)):
+        assert xa.shape == (m.sizes[j], 130) and da.shape == (m.sizes[j + 1], 130)
+        assert_close(xa, xb, 1e-12, f"layer {j} input")
+        assert_close(da, db, 1e-12, f"layer {j} output gradient")
+
+
+def test_step_keys_are_the_layer_keys():
+    for seed, step in ((0, 0), (7, 11), (2**62 + 5, 10**9)):
+        k1s, k2s = hashrng.step_keys(seed, step, 4)
+        assert [(int(a), int(b)) for a, b in zip(k1s, k2s, strict=True)] == \
+            [hashrng.layer_keys(seed, step, j) for j in range(1, 5)]
+    assert [a.size for a in hashrng.step_keys(1, 2, 0)] == [1, 1]
+
+
 def test_transposed_copy_follows_topology_changes():
     layer = SparseLinear(30, 20, 0.3, dtype=torch.float64)
     c1 = layer.transposed()
