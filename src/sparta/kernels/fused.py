@@ -39,6 +39,10 @@ AHEAD = 12  # connections ahead whose activation rows are prefetched (rows are g
 FUSE_BACKWARD = 1  # layer mode, hidden layers: value and input gradients in one pass over the CSC copy (gather_sddmm)
 LD_MULTIPLE = 16  # row strides are multiples of this many elements (64 bytes in float32)
 _NJIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy", boundscheck=False)
+# reductions whose order must not depend on how LLVM vectorises them: fast-math without reassociation
+_NJIT_ORDERED = dict(_NJIT, fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "afn"})
+_W = 16  # lanes of an ordered reduction (two AVX2 registers of float32)
+_W4 = 4 * _W  # (a constant: a stack array's size must be one)
 
 # epilogue modes of forward()
 MODE_LINEAR = 0  # write z = W x + b
@@ -199,18 +203,67 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
             _epilogue(ntail, dst, a, d, code, mode, act, slope, thr, scale, ku, ctail + cg)
 
 
-@numba.njit(**_NJIT)
+@intrinsic
+def _lane_sum(typingctx, ptr, base):  # pragma: no cover - runs at compile time
+    """The sum of the ``_W`` lanes ``ptr[base:base + _W]`` by halving — lanes ``l`` and ``l + h`` added for
+    ``h = _W/2, …, 1`` — as vector adds without fast-math flags: one fixed order, however the caller is
+    compiled."""
+    def codegen(context, builder, sig, args):
+        elt = context.get_value_type(sig.args[0].dtype)
+        i32 = ir.IntType(32)
+        half = ir.VectorType(elt, _W // 2).as_pointer()  # two registers' worth, so LLVM keeps them as such
+
+        def load(offset):
+            return builder.load(builder.bitcast(builder.gep(args[0], [builder.add(args[1], args[1].type(offset))]),
+                                                half), align=4)
+        v = builder.fadd(load(0), load(_W // 2))
+        n = _W // 2
+        while n > 1:
+            h = n // 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h, n))))
+            v = builder.fadd(lo, hi)
+            n = h
+        return builder.extract_element(v, i32(0))
+    return ptr.dtype(ptr, base), codegen
+
+
+@numba.njit(inline="always", **_NJIT_ORDERED)
+def _ordered_sum(a, start, n):  # pragma: no cover - compiled by numba
+    """``Σ a[start:start + n]`` in the fixed order of :func:`sddmm`'s sums (``_W`` lanes, then the rest)."""
+    buf = _stack_empty(_W, a.dtype)
+    lanes = numba.carray(buf, _W)
+    for lane in range(_W):
+        lanes[lane] = 0
+    nb = n // _W
+    for blk in range(nb):
+        b = start + np.uint64(blk * _W)
+        for lane in range(_W):
+            lanes[lane] += a[b + np.uint64(lane)]
+    s = _lane_sum(buf, 0)
+    for t in range(nb * _W, n):
+        s += a[start + np.uint64(t)]
+    return s
+
+
+@numba.njit(**_NJIT_ORDERED)
 def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragma: no cover - compiled by numba
     """``out[k] (+)= Σ_{c ∈ [c0, c1)} dz[row k, c] · x[col k, c]`` for the connections of rows ``[r0, r1)``
-    (added to ``out`` when ``accumulate``); ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``."""
+    (added to ``out`` when ``accumulate``); ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``.
+
+    Each sum runs in ``_W`` explicit lanes (sample ``c`` adds to lane ``c mod _W``), folded in a fixed order,
+    and the kernel is compiled without reassociation: the result is the same bit for bit however LLVM
+    vectorises it (a reassociated reduction differed between a fresh compile and numba's cached one)."""
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
-    nfull = (c1 - c0) // T
-    ctail = c0 + nfull * T
+    nfull = (c1 - c0) // _W
+    ctail = c0 + nfull * _W
     ntail = c1 - ctail
     zero = out.dtype.type(0)
     nnz = np.uint64(indices.shape[0])
     cb0 = np.uint64(c0)
+    buf = _stack_empty(_W4, out.dtype)
+    acc = numba.carray(buf, _W4)
     for i in range(r0, min(r1, n_out)):
         row = np.uint64(i) * ldu
         k = indptr[i]
@@ -219,23 +272,25 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragm
             if k + _AHEAD + np.uint64(3) < nnz:
                 for q in range(4):
                     _prefetch_tile(x, np.uint64(indices[k + _AHEAD + np.uint64(q)]) * ldu + cb0)
-            s0 = zero
-            s1 = zero
-            s2 = zero
-            s3 = zero
+            for lane in range(4 * _W):
+                acc[lane] = zero
             x0 = np.uint64(indices[k]) * ldu
             x1 = np.uint64(indices[k + _U1]) * ldu
             x2 = np.uint64(indices[k + _U2]) * ldu
             x3 = np.uint64(indices[k + np.uint64(3)]) * ldu
-            for tile in range(nfull):
-                cb = np.uint64(c0 + tile * T)
-                for t in range(T):
-                    c = cb + np.uint64(t)
+            for blk in range(nfull):
+                cb = np.uint64(c0 + blk * _W)
+                for lane in range(_W):
+                    c = cb + np.uint64(lane)
                     g = dz[row + c]
-                    s0 += g * x[x0 + c]
-                    s1 += g * x[x1 + c]
-                    s2 += g * x[x2 + c]
-                    s3 += g * x[x3 + c]
+                    acc[lane] += g * x[x0 + c]
+                    acc[_W + lane] += g * x[x1 + c]
+                    acc[2 * _W + lane] += g * x[x2 + c]
+                    acc[3 * _W + lane] += g * x[x3 + c]
+            s0 = _lane_sum(buf, 0)
+            s1 = _lane_sum(buf, _W)
+            s2 = _lane_sum(buf, 2 * _W)
+            s3 = _lane_sum(buf, 3 * _W)
             for t in range(ntail):
                 c = np.uint64(ctail + t)
                 g = dz[row + c]
@@ -254,13 +309,15 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragm
             out[k + np.uint64(3)] = s3
             k += np.uint64(4)
         while k < end:
-            s0 = zero
+            for lane in range(_W):
+                acc[lane] = zero
             x0 = np.uint64(indices[k]) * ldu
-            for tile in range(nfull):
-                cb = np.uint64(c0 + tile * T)
-                for t in range(T):
-                    c = cb + np.uint64(t)
-                    s0 += dz[row + c] * x[x0 + c]
+            for blk in range(nfull):
+                cb = np.uint64(c0 + blk * _W)
+                for lane in range(_W):
+                    c = cb + np.uint64(lane)
+                    acc[lane] += dz[row + c] * x[x0 + c]
+            s0 = _lane_sum(buf, 0)
             for t in range(ntail):
                 c = np.uint64(ctail + t)
                 s0 += dz[row + c] * x[x0 + c]
@@ -268,30 +325,26 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragm
             k += _U1
 
 
-@numba.njit(inline="always", **_NJIT)
+@numba.njit(inline="always", **_NJIT_ORDERED)
 def _grad_epilogue(n, dst, dx, d, code, lut1, lut2, db, j, with_d, first):  # pragma: no cover
     """``dx[dst:dst+n] ⊙=`` the forward's derivative (``d``, or ``lut1``/``lut2``/0 for ``code`` 1/2/0 when
     ``code`` is not empty) and their sum into ``db[j]`` (added unless ``first``)."""
     if not with_d:
         return
-    s = dx[0] * 0
     if code.shape[0] > 0:
         zero = lut1 * 0
         for t in range(n):
             c = code[dst + np.uint64(t)]
             f = lut1 if c == 1 else (lut2 if c == 2 else zero)
-            v = dx[dst + np.uint64(t)] * f
-            dx[dst + np.uint64(t)] = v
-            s += v
+            dx[dst + np.uint64(t)] *= f
     else:
         for t in range(n):
-            v = dx[dst + np.uint64(t)] * d[dst + np.uint64(t)]
-            dx[dst + np.uint64(t)] = v
-            s += v
+            dx[dst + np.uint64(t)] *= d[dst + np.uint64(t)]
+    s = _ordered_sum(dx, dst, n)  # a second pass over the row while it is in L1; one fixed order
     db[j] = s if first else db[j] + s
 
 
-@numba.njit(**_NJIT)
+@numba.njit(**_NJIT_ORDERED)
 def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2, db, with_d, accumulate, j0,
            j1):  # pragma: no cover - compiled by numba
     """``dx[j, c] = Σ_p values[perm[p]] · dz[rowidx[p], c]`` over the connections ``p`` of input ``j``
@@ -345,7 +398,7 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
             _grad_epilogue(ntail, dst, dx, d, code, lut1, lut2, db, j, with_d, nfull == 0 and not accumulate)
 
 
-@numba.njit(**_NJIT)
+@numba.njit(**_NJIT_ORDERED)
 def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, lut1, lut2, db, g, accumulate, j0,
                  j1):  # pragma: no cover - compiled by numba
     """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
@@ -356,6 +409,8 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
     ldu = np.uint64(ld)
     acc = numba.carray(_stack_empty(T, values.dtype), T)
     xr = numba.carray(_stack_empty(T, values.dtype), T)
+    sbuf = _stack_empty(_W, values.dtype)
+    sl = numba.carray(sbuf, _W)
     zero = values.dtype.type(0)
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
@@ -376,11 +431,15 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                 k = perm[p]
                 v0 = values[k]
                 b0 = np.uint64(rowidx[p]) * ldu + cb
-                s = zero
-                for t in range(T):
-                    gz = dz[b0 + np.uint64(t)]
-                    acc[t] += v0 * gz
-                    s += gz * xr[t]
+                for lane in range(_W):
+                    sl[lane] = zero
+                for blk in range(T // _W):
+                    for lane in range(_W):
+                        t = blk * _W + lane
+                        gz = dz[b0 + np.uint64(t)]
+                        acc[t] += v0 * gz
+                        sl[lane] += gz * xr[t]
+                s = _lane_sum(sbuf, 0)
                 g[k] = g[k] + s if more else s
             dst = row + cb
             for t in range(T):
@@ -446,7 +505,7 @@ def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no 
                 dx[b0 + np.uint64(c)] += v0 * dz[row + np.uint64(c)]
 
 
-@numba.njit(**_NJIT)
+@numba.njit(**_NJIT_ORDERED)
 def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate, j0, j1):  # pragma: no cover
     """The scatter path's epilogue: :func:`_grad_epilogue` on columns ``[c0, c1)`` of rows ``[j0, j1)`` of ``dx``."""
     ldu = np.uint64(ld)
@@ -455,15 +514,12 @@ def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate, j0, j1
                        not accumulate)
 
 
-@numba.njit(**_NJIT)
+@numba.njit(**_NJIT_ORDERED)
 def row_sums(dz, ld, c0, c1, out, accumulate):  # pragma: no cover - compiled by numba
     """``out[j] (+)= Σ_{c ∈ [c0, c1)} dz[j, c]`` (added to ``out`` when ``accumulate``)."""
     ldu = np.uint64(ld)
     for j in range(out.shape[0]):
-        base = np.uint64(j) * ldu
-        s = out.dtype.type(0)
-        for c in range(c0, c1):
-            s += dz[base + np.uint64(c)]
+        s = _ordered_sum(dz, np.uint64(j) * ldu + np.uint64(c0), c1 - c0)
         out[j] = s + out[j] if accumulate else s
 
 
