@@ -10,6 +10,7 @@ short still compares every method on the same seeds. ``--report`` only aggregate
     python benchmarks/grid.py --out runs/bench-grid --report  # the table of what has finished
     python benchmarks/grid.py --speed                         # env steps/s: shared vs independent networks, 17 buildings
     python benchmarks/grid.py --episode-days 365 --episodes 20 --out runs/grid-year   # the year, a longer budget
+    python benchmarks/grid.py --agent td3 --methods dense gmp:0.95                # TD3 instead of SAC (runs td3-<method>)
 
 Methods are ``none`` (no control), ``rbc`` (CityLearn's BasicBatteryRBC), ``optimized-rbc``, ``dense``,
 ``set:0.95``, ``gmp:0.99``, ``set:0.95x4.5`` (method:sparsity, ×width; the wide agent's width ×4.5 gives a 95 %-sparse
@@ -70,12 +71,18 @@ def make_config(method: str, seed: int, args: argparse.Namespace, mode: str = "s
     sc = SparsityConfig(method=name, sparsity=sparsity if name != "dense" else 0.95, width=width,
                         every=100 if args.quick else 250)
     return sac.GridSACConfig(start_day=args.start_day, episode_days=args.episode_days, episodes=args.episodes,
-                             mode=mode, seed=seed, threads=1, sparsity=sc)
+                             mode=mode, seed=seed, threads=1, sparsity=sc, agent=args.agent)
+
+
+def run_name(method: str, args: argparse.Namespace) -> str:
+    """The folder of ``method``'s runs under ``--out``: ``set-0.95``, or ``td3-set-0.95`` for a TD3 learner."""
+    name = method.replace(":", "-")
+    return name if args.agent == "sac" or method in CONTROLLERS else f"{args.agent}-{name}"
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> Path:
     """Train (or, for a controller, evaluate) one agent into ``out/<method>/seed_<seed>``; returns that path."""
-    run_dir = Path(args.out) / method.replace(":", "-") / f"seed_{seed}"
+    run_dir = Path(args.out) / run_name(method, args) / f"seed_{seed}"
     if (run_dir / SUMMARY).is_file():
         return run_dir
     t0 = time.perf_counter()
@@ -121,7 +128,7 @@ def report(args: argparse.Namespace, methods: list[str]) -> str:
     """The markdown table of the finished runs under ``args.out``."""
     rows = []
     for method in methods:
-        summaries = [json.loads(p.read_text()) for p in sorted((Path(args.out) / method.replace(":", "-"))
+        summaries = [json.loads(p.read_text()) for p in sorted((Path(args.out) / run_name(method, args))
                                                                 .glob(f"seed_*/{SUMMARY}"))]
         if not summaries:
             continue
@@ -130,7 +137,8 @@ def report(args: argparse.Namespace, methods: list[str]) -> str:
         size = summaries[0].get("size")
         secs = [s.get("train_cpu_seconds", s.get("train_seconds", 0.0)) for s in summaries]
         lat = latency(method, args) if method not in CONTROLLERS else None
-        rows.append([method, len(summaries), fmt_ci(score), *(fmt_ci([k[c] for k in d]) for c in KPIS),
+        rows.append([method if args.agent == "sac" or method in CONTROLLERS else f"{args.agent} {method}",
+                     len(summaries), fmt_ci(score), *(fmt_ci([k[c] for k in d]) for c in KPIS),
                      "–" if size is None else f"{size['actor_params']:,}",
                      "–" if size is None else f"{size['flops_per_action']:,}",
                      "–" if size is None else f"{size['train_bytes'] / 2**20:.2f}",
@@ -168,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episode-days", dest="episode_days", type=int, help="days per episode (default 30; --quick 7)")
     p.add_argument("--episodes", type=int, help="training episodes (default 6; --quick 3)")
     p.add_argument("--start-day", dest="start_day", type=int, default=0, help="first day (default 0, 1 August)")
+    p.add_argument("--agent", choices=sac.AGENTS, default="sac", help="learner of the dense and sparse methods "
+                   "(default sac; td3 runs go to td3-<method>)")
     p.add_argument("--quick", action="store_true", help="7-day episodes, 3 episodes, seed 0, six methods")
     p.add_argument("--report", action="store_true", help="only print the table of finished runs")
     p.add_argument("--speed", action="store_true", help="env steps/s of shared vs independent networks")

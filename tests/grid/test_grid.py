@@ -1,5 +1,6 @@
 """The smart-grid case study on CityLearn's 2022 data (17 buildings): env conformance, KPIs, training, resume."""
 
+import functools
 import json
 import warnings
 
@@ -18,11 +19,14 @@ from sparta.grid.env import DISTRICT_KPIS, GridEnv  # noqa: E402
 N_BUILDINGS = 17
 
 
-def small(**kw) -> sac.GridSACConfig:
+def small_config(**kw) -> sac.GridSACConfig:
     """A two-day episode, tiny networks, learning after one day: a few seconds per episode."""
     base = {"episode_days": 2, "episodes": 2, "learning_starts": 24, "batch_size": 32, "hidden": (32, 32),
             "buffer_size": 2000, "seed": 3, "sparsity": {"method": "set", "sparsity": 0.9, "every": 10}}
     return sac.GridSACConfig(**{**base, **kw})
+
+
+small = small_config
 
 
 def same(a: dict, b: dict) -> bool:
@@ -133,8 +137,11 @@ def test_shared_and_independent_learners(env):
         assert sac.density(learners) == pytest.approx(0.1, abs=0.03)
 
 
-def test_training_end_to_end_and_exact_resume(tmp_path):
+@pytest.mark.parametrize("agent", ["sac", "td3"])
+def test_training_end_to_end_and_exact_resume(tmp_path, agent):
+    small = functools.partial(small_config, agent=agent)
     full = sac.train(small(), tmp_path / "full")
+    assert full["agent"] == agent
     assert full["episodes"] == 2 and full["env_steps"] == 2 * 47
     assert set(full["district"]) >= set(DISTRICT_KPIS) and np.isfinite(full["district"]["cost_total"])
     rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
@@ -202,7 +209,7 @@ def test_resume_and_eval_errors(tmp_path, capsys):
     assert main(["grid", "train", "--agent", "none", "--episode-days", "1", "--out", str(tmp_path / "none"), "-q"]) == 0
     capsys.readouterr()
     assert main(["grid", "train", "--resume", str(tmp_path / "none")]) == 2
-    assert "not a `sparta grid train --agent sac` run" in capsys.readouterr().err
+    assert "not a `sparta grid train --agent sac|td3` run" in capsys.readouterr().err
     assert main(["grid", "eval", str(tmp_path / "empty")]) == 2
     assert "empty does not exist" in capsys.readouterr().err
     assert main(["grid", "eval", str(tmp_path / "none"), "--days", "0"]) == 2

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-AGENTS = ("sac", "rbc", "optimized-rbc", "basic-rbc", "none")
+AGENTS = ("sac", "td3", "rbc", "optimized-rbc", "basic-rbc", "none")
+LEARNERS = ("sac", "td3")
 SPARSITY_FLAGS = ("method", "sparsity", "distribution", "width", "every", "zeta")
 SAC_FLAGS = {"mode": "mode", "episodes": "episodes", "episode_days": "episode_days", "start_day": "start_day",
              "reward": "reward", "seed": "seed", "threads": "threads", "hidden": "hidden",
@@ -42,12 +43,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                           "3.0.2 and PettingZoo: pip install pettingzoo pandas simplejson pyyaml "
                                           "platformdirs requests && pip install --no-deps citylearn==3.0.2")
     sub = g.add_subparsers(dest="grid_command", metavar="GRID_COMMAND")
-    t = sub.add_parser("train", argument_default=S, help="train SAC agents (or run a baseline) into a run directory",
-                       description="Train sparse SAC battery controllers, one per building (independent) or one "
+    t = sub.add_parser("train", argument_default=S, help="train SAC or TD3 agents (or run a baseline) into a run directory",
+                       description="Train sparse SAC (or TD3) battery controllers, one per building (independent) or one "
                                    "network shared by all buildings; or evaluate a baseline controller (--agent rbc, "
                                    "optimized-rbc, basic-rbc, none). Writes config.json, metrics.jsonl, "
                                    "checkpoint.pt (every episode), summary.json and eval/ to --out.")
-    t.add_argument("--agent", choices=AGENTS, help="sac (default), or CityLearn's controllers: rbc "
+    t.add_argument("--agent", choices=AGENTS, help="sac (default), td3, or CityLearn's controllers: rbc "
                    "(BasicBatteryRBC), optimized-rbc, basic-rbc, none (no control)")
     t.add_argument("--mode", choices=("shared", "independent"), help="one network for all buildings with the "
                    "building's identity in its input (default), or one per building")
@@ -63,11 +64,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--start-day", dest="start_day", type=int, help="first day of the episode in the data (default 0, "
                                                                    "1 August)")
     t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac"),
-                   help="CityLearn reward function for --agent sac (default solar_penalty, the reward of "
+                   help="CityLearn reward function for --agent sac/td3 (default solar_penalty, the reward of "
                         "CityLearn's SAC examples; 'default' is −max(net consumption, 0))")
     t.add_argument("--learning-starts", dest="learning_starts", type=int, help="random-action steps first (default 72)")
-    t.add_argument("--updates-per-step", dest="updates_per_step", type=int, help="SAC updates per learner per step (default 1)")
-    t.add_argument("--batch-size", dest="batch_size", type=int, help="SAC minibatch (default 256)")
+    t.add_argument("--updates-per-step", dest="updates_per_step", type=int,
+                   help="SAC/TD3 updates per learner per step (default 1)")
+    t.add_argument("--batch-size", dest="batch_size", type=int, help="SAC/TD3 minibatch (default 256)")
     t.add_argument("--seed", type=int, help="seed (default 1)")
     t.add_argument("--threads", type=int, help="torch and numba threads (default 1)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/grid/<agent>-<method>-<time>)")
@@ -128,24 +130,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "resume" in a:
         return _resume(a, quiet, stop_after)
     agent = a.get("agent", "sac")
-    if agent != "sac":
+    if agent not in LEARNERS:
         extra = [f"--{k.replace('_', '-')}" for k in (*SPARSITY_FLAGS, *SAC_FLAGS) if k in a
                  and k not in ("episode_days", "start_day", "reward", "seed", "episodes")]
         if extra:
-            raise ValueError(f"--agent {agent} is a fixed controller; {', '.join(extra)} apply to --agent sac only")
+            raise ValueError(f"--agent {agent} is a fixed controller; {', '.join(extra)} apply to --agent sac or td3 "
+                             "only")
         return _train_controller(agent, a, quiet)
     from sparta.grid import sac
     from sparta.rl.sparsity import SparsityConfig
 
     sparsity = SparsityConfig(**{k: a[k] for k in SPARSITY_FLAGS if k in a})
     settings = {f: a[k] for k, f in SAC_FLAGS.items() if k in a}
-    cfg = sac.GridSACConfig(**settings, sparsity=sparsity)
-    out = Path(a.get("out") or f"runs/grid/sac-{cfg.mode}-{sparsity.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = sac.GridSACConfig(**settings, agent=agent, sparsity=sparsity)
+    out = Path(a.get("out") or f"runs/grid/{agent}-{cfg.mode}-{sparsity.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not quiet:
         what = "dense" if sparsity.method == "dense" else f"{sparsity.method} {sparsity.sparsity:.0%}"
         days = "the whole year" if cfg.episode_days is None else f"{cfg.episode_days} days"
-        print(f"SAC ({cfg.mode}, {what}, width ×{sparsity.width:g}) on 17 buildings, {cfg.episodes} episodes of {days} "
-              f"from day {cfg.start_day}, seed {cfg.seed} → {out}", flush=True)
+        print(f"{agent.upper()} ({cfg.mode}, {what}, width ×{sparsity.width:g}) on 17 buildings, {cfg.episodes} "
+              f"episodes of {days} from day {cfg.start_day}, seed {cfg.seed} → {out}", flush=True)
     summary = sac.train(cfg, out, overwrite=a.get("overwrite", False), stop_after=stop_after, quiet=quiet)
     return _finish(out, summary)
 
@@ -157,8 +160,8 @@ def _resume(a: dict[str, Any], quiet: bool, stop_after: int | None) -> int:
     out = Path(a["resume"])
     saved = read_config(out)
     if saved.get("algo") != sac.ALGO:
-        raise ValueError(f"{out} is not a `sparta grid train --agent sac` run (a {saved.get('algo')} run); nothing to "
-                         "resume")
+        raise ValueError(f"{out} is not a `sparta grid train --agent sac|td3` run (a {saved.get('algo')} run); "
+                         "nothing to resume")
     extra = [f"--{k.replace('_', '-')}" for k in a if k not in ("resume", "episodes", "stop_after", "quiet", "func",
                                                                 "command", "grid_command", "threads")]
     if extra:
@@ -270,7 +273,7 @@ def evaluate_run(run: str | Path, start_day: int | None = None, days: int | None
         cfg, learners, _ = load(run)
         env = GridEnv(cfg.schema, window[0], window[1], reward=cfg.reward, kpis_at_end=False)
         pol = policy(learners, cfg.mode, env.possible_agents)
-        agent, method = "sac", cfg.sparsity.method
+        agent, method = cfg.agent, cfg.sparsity.method
     elif saved["algo"] == RBC_ALGO:
         env = GridEnv(c.get("schema"), window[0], window[1], reward=c.get("reward", "default"), kpis_at_end=False)
         pol, agent, method = Controller(c["controller"]), c["controller"], c["controller"]

@@ -20,13 +20,13 @@ SEASONS = {"winter": (12, 1, 2), "summer": (6, 7, 8)}
 
 
 def label_of(summary: dict[str, Any]) -> str:
-    """``"SAC set 95% ×2 (independent)"``, ``"SAC dense"``, ``"rbc"``: the group a run belongs to."""
-    if summary.get("agent") != "sac":
+    """``"SAC set 95% ×2 (independent)"``, ``"TD3 dense"``, ``"rbc"``: the group a run belongs to."""
+    if summary.get("agent") not in ("sac", "td3"):
         return str(summary.get("agent"))
     what = "dense" if summary["method"] == "dense" else f"{summary['method']} {summary['sparsity']:.0%}"
     width = "" if summary.get("width", 1) == 1 else f" ×{summary['width']:g}"
     mode = "" if summary.get("mode") == "shared" else f" ({summary.get('mode')})"
-    return f"SAC {what}{width}{mode}"
+    return f"{summary['agent'].upper()} {what}{width}{mode}"
 
 
 def groups(path: str | Path) -> dict[str, list[Path]]:

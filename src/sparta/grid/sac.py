@@ -1,4 +1,4 @@
-"""Sparse SAC for many buildings at once: one battery controller per building in CityLearn.
+"""Sparse SAC (or TD3) for many buildings at once: one battery controller per building in CityLearn.
 
 Read top to bottom: hyper-parameters, the learners (SAC networks from :mod:`sparta.rl.sac`, sparse per
 ``sparsity``), acting, then one training loop over episodes (act → step the district → store one transition per
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sparta.grid.env import DISTRICT_KPIS, GridEnv
-from sparta.rl import sac
+from sparta.rl import sac, td3
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
@@ -35,7 +35,8 @@ from sparta.rl.runs import Run
 from sparta.rundir.runtime import set_threads
 
 MODES = ("shared", "independent")
-ALGO = "grid-sac"
+AGENTS = ("sac", "td3")
+ALGO = "grid-sac"  # the run directories' algorithm name (SAC or TD3: the config's `agent`)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class GridSACConfig:
     reward: str = "solar_penalty"
     schema: str | None = None          # a CityLearn 3.0.2 schema.json (default: the shipped 2022 set)
     # the agents
+    agent: str = "sac"                 # sac, or td3 (deterministic actor + Gaussian acting noise; one learning rate,
+    #                                    policy_lr, for actor and critics as in sparta.rl.td3)
     mode: str = "shared"               # shared: one network for all buildings; independent: one per building
     seed: int = 1
     buffer_size: int = 100_000         # transitions per learner
@@ -64,6 +67,9 @@ class GridSACConfig:
     target_network_frequency: int = 1
     alpha: float = 0.2
     autotune: bool = True
+    exploration_noise: float = 0.1     # TD3: std of the acting noise, in units of the action scale
+    policy_noise: float = 0.2          # TD3: target-policy smoothing noise
+    noise_clip: float = 0.5
     hidden: tuple[int, ...] = (256, 256)
     threads: int | None = 1
     sparsity: sp.SparsityConfig = field(default_factory=sp.SparsityConfig)
@@ -74,10 +80,12 @@ class GridSACConfig:
         self.hidden = tuple(self.hidden)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.agent not in AGENTS:
+            raise ValueError(f"agent must be one of {AGENTS}, got {self.agent!r}")
         check_positive(self, ("episodes", "buffer_size", "batch_size", "updates_per_step"))
         if isinstance(self.learning_starts, bool) or not isinstance(self.learning_starts, int) or self.learning_starts < 0:
             raise ValueError(f"learning_starts must be an int ≥ 0, got {self.learning_starts!r}")
-        self.sac_config(1)  # the SAC settings are checked by SACConfig
+        self.learner_config(1)  # the SAC / TD3 settings are checked by SACConfig / TD3Config
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +100,19 @@ class GridSACConfig:
                              target_network_frequency=self.target_network_frequency, alpha=self.alpha,
                              autotune=self.autotune, hidden=self.hidden, threads=self.threads,
                              sparsity=sp.SparsityConfig(**self.sparsity.to_dict()))
+
+    def td3_config(self, gradient_steps: int) -> td3.TD3Config:
+        """The settings of one TD3 learner (as :meth:`sac_config`)."""
+        return td3.TD3Config(env_id="citylearn", total_steps=max(1, gradient_steps), seed=self.seed,
+                             learning_rate=self.policy_lr, buffer_size=self.buffer_size, gamma=self.gamma,
+                             tau=self.tau, batch_size=self.batch_size, learning_starts=0,
+                             exploration_noise=self.exploration_noise, policy_noise=self.policy_noise,
+                             noise_clip=self.noise_clip, policy_frequency=self.policy_frequency, hidden=self.hidden,
+                             threads=self.threads, sparsity=sp.SparsityConfig(**self.sparsity.to_dict()))
+
+    def learner_config(self, gradient_steps: int) -> sac.SACConfig | td3.TD3Config:
+        """:meth:`sac_config` or :meth:`td3_config`, by ``agent``."""
+        return (self.td3_config if self.agent == "td3" else self.sac_config)(gradient_steps)
 
 
 def make_env(cfg: GridSACConfig, **kwargs: Any) -> GridEnv:
@@ -132,19 +153,22 @@ def gradient_steps(cfg: GridSACConfig, episode_steps: int) -> int:
 
 def build_learners(cfg: GridSACConfig, env: GridEnv) -> list[dict[str, Any]]:
     """One dict per learner: the networks of :func:`sparta.rl.sac.build` (actor, twin critics and their targets,
-    optimizers, topology algorithms, α) plus ``buildings`` (indices it controls), ``rb`` (its replay buffer),
-    ``updates`` (gradient steps so far) and ``alpha``."""
-    scfg = cfg.sac_config(gradient_steps(cfg, env.episode_steps))
+    optimizers, topology algorithms, α) or of :func:`sparta.rl.td3.build` (with a target actor, no α), plus
+    ``agent``, ``buildings`` (indices it controls), ``rb`` (its replay buffer), ``updates`` (gradient steps so
+    far) and ``alpha`` (SAC's entropy coefficient; 0 for TD3)."""
+    lcfg = cfg.learner_config(gradient_steps(cfg, env.episode_steps))
     learners = []
     for k, (buildings, spaces) in enumerate(learner_spaces(env, cfg.mode)):
         torch.manual_seed(cfg.seed + 1000 * k)
-        n = sac.build(sac.SACConfig(**{**scfg.to_dict(), "seed": cfg.seed + 1000 * k}), spaces)
+        n = (td3 if cfg.agent == "td3" else sac).build(type(lcfg)(**{**lcfg.to_dict(), "seed": cfg.seed + 1000 * k}),
+                                                        spaces)
+        n["agent"] = cfg.agent
         obs_dim = spaces.observation_space.shape[0]
         n["buildings"] = buildings
         n["rb"] = ReplayBuffer(cfg.buffer_size, (obs_dim,), spaces.action_space.shape, np.float32, gamma=cfg.gamma,
                                seed=cfg.seed + 1000 * k)
         n["updates"] = 0
-        n["alpha"] = float(n["log_alpha"].detach().exp()) if cfg.autotune else cfg.alpha
+        n["alpha"] = 0.0 if cfg.agent == "td3" else float(n["log_alpha"].detach().exp()) if cfg.autotune else cfg.alpha
         learners.append(n)
     return learners
 
@@ -159,14 +183,24 @@ def learner_inputs(obs: np.ndarray, buildings: list[int], mode: str, n_buildings
 
 
 @torch.no_grad()
-def act(learners: list[dict[str, Any]], obs: np.ndarray, mode: str, deterministic: bool = False) -> np.ndarray:
+def act(learners: list[dict[str, Any]], obs: np.ndarray, mode: str, deterministic: bool = False,
+        rng: np.random.Generator | None = None, noise: float = 0.0) -> np.ndarray:
     """Actions ``(n_buildings, act_dim)`` for observations ``(n_buildings, obs_dim)``: one batched forward pass
-    per learner (a sample of the policy, or its mean action when ``deterministic``)."""
+    per learner — its deterministic action when ``deterministic``, else a sample of SAC's policy, or TD3's action
+    plus Gaussian noise of std ``noise`` × the action scale drawn from ``rng``, clipped to the action bounds."""
     out = np.zeros((obs.shape[0], 1), dtype=np.float32)
     for n in learners:
+        actor = n["actor"]
         x = torch.from_numpy(learner_inputs(obs, n["buildings"], mode, obs.shape[0]))
-        a = n["actor"].act(x) if deterministic else n["actor"].sample(x)[0]
-        out[n["buildings"]] = a.numpy()
+        if deterministic:
+            a = actor.act(x).numpy()
+        elif n["agent"] == "td3":
+            scale, bias = actor.scale.numpy(), actor.bias.numpy()
+            a = actor(x).numpy() + rng.normal(0.0, 1.0, size=(x.shape[0], scale.shape[0])) * scale * noise
+            a = np.clip(a, bias - scale, bias + scale)
+        else:
+            a = actor.sample(x)[0].numpy()
+        out[n["buildings"]] = a
     return out
 
 
@@ -174,11 +208,13 @@ def stack(d: dict[str, np.ndarray], agents: list[str]) -> np.ndarray:
     return np.stack([np.asarray(d[a], dtype=np.float32) for a in agents])
 
 
-_NETS = ("actor", "qf", "qf_target", "actor_opt", "q_opt", "a_opt", "rb")
+_NETS = {"sac": ("actor", "qf", "qf_target", "actor_opt", "q_opt", "a_opt", "rb"),
+         "td3": ("actor", "qf", "actor_target", "qf_target", "actor_opt", "q_opt", "rb")}
 
 
 def learner_state(n: dict[str, Any]) -> dict[str, Any]:
-    return {**{k: n[k].state_dict() for k in _NETS}, "log_alpha": n["log_alpha"].detach().clone(),
+    sac_only = {"log_alpha": n["log_alpha"].detach().clone()} if n["agent"] == "sac" else {}
+    return {**{k: n[k].state_dict() for k in _NETS[n["agent"]]}, **sac_only,
             "actor_algo": None if n["actor_algo"] is None else n["actor_algo"].state_dict(),
             "q_algo": None if n["q_algo"] is None else n["q_algo"].state_dict(), "updates": n["updates"],
             "alpha": n["alpha"]}
@@ -190,11 +226,14 @@ def load_learner(n: dict[str, Any], state: dict[str, Any], nets_only: bool = Fal
         if n[key] is not None:
             n[key].load_state_dict(state[key])
     sp.sync_target(n["qf"], n["qf_target"])
-    for k in (("actor",) if nets_only else _NETS):
+    if "actor_target" in n:
+        sp.sync_target(n["actor"], n["actor_target"])
+    for k in (("actor",) if nets_only else _NETS[n["agent"]]):
         n[k].load_state_dict(state[k])
-    if not nets_only:
+    if not nets_only and n["agent"] == "sac":
         with torch.no_grad():
             n["log_alpha"].copy_(state["log_alpha"])
+    if not nets_only:
         n["updates"], n["alpha"] = state["updates"], state["alpha"]
 
 
@@ -218,9 +257,9 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
     run = Run(run_dir, ALGO, cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
               total_steps=cfg.episodes * T)
     learners = build_learners(cfg, env)
-    scfg = cfg.sac_config(gradient_steps(cfg, T))
+    lcfg = cfg.learner_config(gradient_steps(cfg, T))
     target_entropy = -float(np.prod(env.action_space(agents[0]).shape))
-    rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # warm-up actions
+    rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # warm-up actions (and TD3's acting noise)
     step = episode = 0
     train_seconds = train_cpu_seconds = 0.0  # wall-clock and this process's CPU time (robust to a busy machine)
 
@@ -247,7 +286,7 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
             if step < cfg.learning_starts:
                 actions = rng.uniform(-1.0, 1.0, size=(len(agents), 1)).astype(np.float32)
             else:
-                actions = act(learners, obs, cfg.mode)
+                actions = act(learners, obs, cfg.mode, rng=rng, noise=cfg.exploration_noise)
             next_obs, rewards, terms, truncs, _ = env.step(dict(zip(agents, actions, strict=True)))
             next_obs, r = stack(next_obs, agents), np.array([rewards[a] for a in agents], dtype=np.float32)
             term, trunc = terms[agents[0]], truncs[agents[0]]
@@ -257,20 +296,24 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
                 for j, i in enumerate(n["buildings"]):
                     n["rb"].add(x[j], actions[i], r[i], x2[j], term, trunc)
             obs, ep_return, step = next_obs, ep_return + r, step + 1
-            # learn: updates_per_step SAC updates per learner (sparta.rl.sac.update)
+            # learn: updates_per_step SAC (sparta.rl.sac.update) or TD3 (sparta.rl.td3.update) updates per learner
             if step > cfg.learning_starts:
                 for n in learners:
                     for _ in range(cfg.updates_per_step):
                         n["updates"] += 1
-                        n["alpha"] = sac.update(n, n["rb"].sample(cfg.batch_size), scfg, n["updates"], n["alpha"],
-                                                target_entropy)
+                        b = n["rb"].sample(cfg.batch_size)
+                        if cfg.agent == "td3":
+                            td3.update(n, b, lcfg, n["updates"])
+                        else:
+                            n["alpha"] = sac.update(n, b, lcfg, n["updates"], n["alpha"], target_entropy)
             run.progress(step)
         train_seconds += time.perf_counter() - t0
         train_cpu_seconds += time.process_time() - c0
         k = env.kpis()["district"]
         run.log({"kind": "episode", "step": step, "episode": episode, "return": float(ep_return.mean()),
                  "returns": ep_return.tolist(), "length": T, "fps": run.fps(step), "density": density(learners),
-                 "alpha": float(np.mean([n["alpha"] for n in learners])), "seconds": train_seconds,
+                 **({} if cfg.agent == "td3" else {"alpha": float(np.mean([n["alpha"] for n in learners]))}),
+                 "seconds": train_seconds,
                  "cpu_seconds": train_cpu_seconds,
                  **{key: k.get(key) for key in DISTRICT_KPIS}})
         episode += 1
@@ -280,7 +323,7 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
             return {"stopped_at": step, "episode": episode}
 
     result = evaluate(env, policy(learners, cfg.mode, agents))
-    summary = {"agent": "sac", "mode": cfg.mode, "method": cfg.sparsity.method,
+    summary = {"agent": cfg.agent, "mode": cfg.mode, "method": cfg.sparsity.method,
                "sparsity": cfg.sparsity.sparsity if cfg.sparsity.method != "dense" else 0.0,
                "width": cfg.sparsity.width, "seed": cfg.seed, "episodes": episode, "env_steps": step,
                "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
@@ -330,12 +373,13 @@ def weights_and_biases(net: torch.nn.Module) -> tuple[int, int]:
 
 def agent_size(n: dict[str, Any]) -> dict[str, int]:
     """Sizes of one learner: ``actor_params`` (weights kept + biases of the actor), ``flops_per_action``
-    (multiply-adds × 2 plus bias adds on the path to the mean action: the torso and the mean head),
-    ``train_params`` (actor + twin critics) and ``train_bytes`` (every tensor a training step keeps: values,
-    indices, biases, target critics and Adam state; the replay buffer is not counted)."""
+    (multiply-adds × 2 plus bias adds on the path to the mean action: SAC's torso and mean head, TD3's
+    whole actor), ``train_params`` (actor + twin critics) and ``train_bytes`` (every tensor a training step
+    keeps: values, indices, biases, target networks and Adam state; the replay buffer is not counted)."""
     actor, qf = n["actor"], n["qf"]
     aw, ab = weights_and_biases(actor)
-    (tw, tb), (mw, mb) = weights_and_biases(actor.torso), weights_and_biases(actor.mean)
+    path = [actor.net] if n["agent"] == "td3" else [actor.torso, actor.mean]
+    flops = sum(2 * w + b for w, b in map(weights_and_biases, path))
     cw, cb = weights_and_biases(qf)
 
     def nbytes(obj: Any) -> int:
@@ -347,8 +391,8 @@ def agent_size(n: dict[str, Any]) -> dict[str, int]:
             return sum(nbytes(v) for v in obj)
         return 0
 
-    state = [n[k].state_dict() for k in ("actor", "qf", "qf_target", "actor_opt", "q_opt")]
-    return {"actor_params": aw + ab, "flops_per_action": 2 * (tw + mw) + tb + mb, "train_params": aw + ab + cw + cb,
+    state = [n[k].state_dict() for k in _NETS[n["agent"]] if k not in ("a_opt", "rb")]
+    return {"actor_params": aw + ab, "flops_per_action": flops, "train_params": aw + ab + cw + cb,
             "train_bytes": nbytes(state)}
 
 

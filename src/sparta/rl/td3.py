@@ -85,6 +85,10 @@ class Actor(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(obs)) * self.scale + self.bias
 
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action (as :meth:`sparta.rl.sac.Actor.act`)."""
+        return self(obs)
+
 
 def gradient_steps(cfg: TD3Config) -> dict[str, int]:
     """Gradient steps each network takes over the run: the critics one per environment step after
@@ -110,6 +114,29 @@ def build(cfg: TD3Config, env) -> dict[str, Any]:
     q_algo = sp.make_algorithm(qf, q_opt, cfg.sparsity, steps, cfg.seed + 1)
     return {"actor": actor, "qf": qf, "actor_target": copy.deepcopy(actor), "qf_target": copy.deepcopy(qf),
             "actor_opt": actor_opt, "q_opt": q_opt, "actor_algo": actor_algo, "q_algo": q_algo}
+
+
+def update(n: dict[str, Any], b, cfg: TD3Config, step: int) -> None:
+    """One TD3 update of the networks ``n`` (from :func:`build`) on the batch ``b`` at critic step ``step``: the
+    clipped double-Q target with target-policy smoothing → both critics; every ``policy_frequency`` steps the
+    actor (and its topology algorithm), then Polyak averaging of both target networks."""
+    actor, qf, actor_target, qf_target = n["actor"], n["qf"], n["actor_target"], n["qf_target"]
+    scale = actor.scale
+    with torch.no_grad():
+        noise = (torch.randn_like(b.actions) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip) * scale
+        next_a = torch.max(torch.min(actor_target(b.next_obs) + noise, actor.bias + scale), actor.bias - scale)
+        q1_t, q2_t = qf_target(b.next_obs, next_a)
+        td_target = b.rewards + b.discounts * (1 - b.dones) * torch.min(q1_t, q2_t)
+    critic_step(qf, qf_target, n["q_opt"], n["q_algo"], b, td_target, cfg.sparsity.new_values)
+    if step % cfg.policy_frequency == 0:
+        actor_loss = -qf(b.obs, actor(b.obs))[0].mean()
+        n["actor_opt"].zero_grad()
+        actor_loss.backward()
+        n["actor_opt"].step()
+        if n["actor_algo"] is not None and n["actor_algo"].step():
+            sp.sync_target(actor, actor_target, cfg.sparsity.new_values)
+        sp.polyak(actor, actor_target, cfg.tau)
+        sp.polyak(qf, qf_target, cfg.tau)
 
 
 def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool = False,
@@ -185,25 +212,7 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
         step += 1
 
         if step > cfg.learning_starts:
-            b = rb.sample(cfg.batch_size)
-            # clipped double-Q target with target-policy smoothing
-            with torch.no_grad():
-                noise = (torch.randn_like(b.actions) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip) * scale
-                next_a = torch.max(torch.min(actor_target(b.next_obs) + noise, actor.bias + scale), actor.bias - scale)
-                q1_t, q2_t = qf_target(b.next_obs, next_a)
-                td_target = b.rewards + b.discounts * (1 - b.dones) * torch.min(q1_t, q2_t)
-            critic_step(qf, qf_target, q_opt, q_algo, b, td_target, cfg.sparsity.new_values)
-
-            # delayed actor update, then both target networks
-            if step % cfg.policy_frequency == 0:
-                actor_loss = -qf(b.obs, actor(b.obs))[0].mean()
-                actor_opt.zero_grad()
-                actor_loss.backward()
-                actor_opt.step()
-                if actor_algo is not None and actor_algo.step():
-                    sp.sync_target(actor, actor_target, cfg.sparsity.new_values)
-                sp.polyak(actor, actor_target, cfg.tau)
-                sp.polyak(qf, qf_target, cfg.tau)
+            update(n, rb.sample(cfg.batch_size), cfg, step)
 
         if step % cfg.eval_every == 0:
             run.log(eval_row(step, evaluate(test_envs, deterministic, cfg.eval_episodes, cfg.seed + 10**6), density()))
