@@ -27,23 +27,28 @@ SYNC = WasapConfig(dataset="teacher_student", hidden=[24, 16], epsilon=4.0, sync
                    checkpoint_every=1, seed=3)
 
 
-@pytest.fixture(scope="module")
-def reference():
+def single_process(c: WasapConfig) -> torch.nn.Module:
     """Single-process training with the N-times larger batch, the same learning-rate schedule (N-scaling with
-    warm-up) and the server's SET (same seed) after every epoch but the last."""
+    warm-up, per-layer factors with ``lr_fan_in``) and the server's SET (same seed) after every epoch but the last."""
+    from sparta.optim.groups import param_groups
     from sparta.parallel.config import seed_for
 
-    c = SYNC
     model = build_model(c, DATA.n_features, DATA.n_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    opt = torch.optim.SGD(param_groups(model, c.lr, c.lr_fan_in), lr=c.lr, momentum=c.momentum,
+                          weight_decay=c.weight_decay)
     algo = SET(model, opt, zeta=c.zeta, seed=seed_for(c.seed, 0, 1))
     for epoch in range(c.epochs):
         for g in opt.param_groups:
-            g["lr"] = c.lr_at(epoch, WORKERS)
+            g["lr"] = c.lr_at(epoch, WORKERS) * g.get("lr_scale", 1.0)
         train_epoch(model, opt, DATA.x_train, DATA.y_train, batch_size=WORKERS * c.batch_size, generator=None)
         if epoch + 1 < c.epochs:
             algo.update()
     return model
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return single_process(SYNC)
 
 
 def assert_same_model(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -70,6 +75,21 @@ def test_sync_equals_single_process_with_n_times_the_batch(tmp_path, reference):
     steps = math.ceil(len(DATA.x_train) // WORKERS / SYNC.batch_size)
     assert all(r["updates"] == steps and r["exchanges"] == WORKERS * steps for r in rows)
     assert result.test_acc == pytest.approx(evaluate(reference, DATA.x_test, DATA.y_test)[1])
+
+
+def test_per_layer_rates_sync_equals_single_process_with_the_same_rates(tmp_path):
+    """lr_fan_in (per-layer learning rates, for layers whose fan-in is large) on the server: the synchronous run
+    equals one process with the same parameter groups, and the N-scaling schedule keeps each layer's factor."""
+    c = SYNC.replace(lr_fan_in=8.0, epochs=2)
+    from sparta.optim.groups import param_groups
+
+    scales = [g["lr_scale"] for g in param_groups(build_model(c, DATA.n_features, DATA.n_classes), c.lr, c.lr_fan_in)]
+    assert min(scales) < 1 and max(scales) == 1  # some layers learn slower, some at lr
+    train_wasap(c, WORKERS, tmp_path / "run", data=DATA)
+    _, model, ck = load_model(tmp_path / "run")
+    assert_same_model(model, single_process(c))
+    lrs = [g["lr"] for g in ck["optimizer"]["param_groups"]]
+    assert lrs == pytest.approx([c.lr_at(1, WORKERS) * s for s in scales])
 
 
 def test_async_run_converges_keeps_exact_sparsity_on_every_rank_and_logs_metrics(tmp_path):

@@ -124,8 +124,9 @@ def test_lr_fan_in_run_resumes_exactly_and_is_checked(tmp_path):
     assert_same_state(state(tmp_path / "a"), state(tmp_path / "b"))
     with pytest.raises(ValueError, match="lr_fan_in must be a number in"):
         tiny("set", lr_fan_in=0.0)
-    with pytest.raises(ValueError, match="lr_fan_in .* applies to one-process runs"):
-        tiny("set", lr_fan_in=10.0, workers=2)
+    from sparta.parallel.config import from_run_config
+
+    assert from_run_config(tiny("set", lr_fan_in=10.0, workers=2)).lr_fan_in == 10.0  # WASAP-SGD takes it too
 
 
 def test_importance_pruning_that_never_runs_is_warned_about():

@@ -57,7 +57,9 @@ class WasapConfig:
 
     Model: ``[features, *hidden, classes]`` ``SparseLinear`` layers at Erdős–Rényi ``epsilon`` (or ``density``),
     All-ReLU (``alpha``) by default; ``loss`` ``ce`` (softmax cross-entropy) or ``mse`` (one sigmoid output unit
-    for two classes, the Madelon SET-MLP setting). Optimizer: SGD with ``momentum`` and ``weight_decay``.
+    for two classes, the Madelon SET-MLP setting). Optimizer: SGD with ``momentum`` and ``weight_decay``, every layer
+    at ``lr``, or, with ``lr_fan_in``, a layer whose mean fan-in exceeds it at ``lr · lr_fan_in / fan_in`` (on the
+    server and in the workers' local training alike; :func:`sparta.optim.groups.param_groups`).
 
     Topology: after every phase-1 epoch the server runs SET (drop and regrow the fraction ``zeta``; 0: static
     topology) and, when ``importance_pruning``, Importance Pruning of the hidden neurons at or below the
@@ -93,6 +95,7 @@ class WasapConfig:
     init: str = "uniform"
     loss: str = "ce"
     lr: float = 0.01
+    lr_fan_in: float | None = None
     momentum: float = 0.9
     weight_decay: float = 2e-4
     batch_size: int = 128
@@ -149,6 +152,8 @@ class WasapConfig:
         if self.loss not in LOSSES:
             raise WasapConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         _number("lr", self.lr, 0.0, low_open=True)
+        if self.lr_fan_in is not None:
+            _number("lr_fan_in", self.lr_fan_in, 0.0, low_open=True)
         _number("momentum", self.momentum, 0.0, 1.0, high_open=True)
         _number("weight_decay", self.weight_decay, 0.0)
         _int("batch_size", self.batch_size, 1)
@@ -236,7 +241,7 @@ class WasapConfig:
 
 
 SHARED_FIELDS = ("dataset", "data", "data_options", "data_seed", "hidden", "epsilon", "density", "activation", "alpha",
-                 "dropout", "init", "loss", "lr", "momentum", "weight_decay", "batch_size", "epochs", "seed", "zeta",
+                 "dropout", "init", "loss", "lr", "lr_fan_in", "momentum", "weight_decay", "batch_size", "epochs", "seed", "zeta",
                  "checkpoint_every", "schedule_epochs")
 # WASAP-SGD's own settings: kept in RunConfig.parallel
 PARALLEL_FIELDS = tuple(f.name for f in dataclasses.fields(WasapConfig) if f.name not in (*SHARED_FIELDS, "threads"))

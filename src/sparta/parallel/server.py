@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from sparta.optim.groups import param_groups
 from sparta.parallel.comm import Kind, Link, Message, json_tensor, model_tensors, read_layers, read_shapes, split_values
 from sparta.parallel.config import WasapConfig, build_model, layer_sizes, seed_for
 from sparta.parallel.merge import merge_models
@@ -66,8 +67,8 @@ class Server:
         self.sizes = layer_sizes(config, data.n_features, data.n_classes)
         self.model = build_model(config, data.n_features, data.n_classes).to(self.device)
         self.layers = sparse_layers(self.model)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                   weight_decay=config.weight_decay)
+        self.opt = torch.optim.SGD(param_groups(self.model, config.lr, config.lr_fan_in), lr=config.lr,
+                                   momentum=config.momentum, weight_decay=config.weight_decay)
         self.set_algo = SET(self.model, self.opt, zeta=config.zeta, seed=seed_for(config.seed, 0, 1)) \
             if config.zeta > 0 else None
         self.ip = ImportancePruning(self.model, self.opt, percentile=config.ip_percentile, seed=config.seed) \
@@ -257,7 +258,7 @@ class Server:
     def begin_epoch(self, phase: int) -> None:
         lr = self.config.lr_at(self.epoch, self.n) if phase == 1 else self.config.lr
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # per-layer rates (lr_fan_in) keep their factor
         self.ep: dict[str, Any] = {"phase": phase, "lr": lr, "t0": time.perf_counter(), "samples": 0, "loss": 0.0,
                                    "correct": 0.0, "updates": 0, "exchanges": 0, "staleness": [], "topology_seconds": 0.0,
                                    "checks": {}, "sent": self.link.bytes_sent, "received": self.link.bytes_received}

@@ -12,6 +12,7 @@ import os
 import torch
 
 from sparta.nn.mlp import SparseMLP
+from sparta.optim.groups import param_groups
 from sparta.parallel.comm import (
     Kind,
     Link,
@@ -177,7 +178,8 @@ class Worker:
         """Fresh momentum SGD (and SET) for local training from the model just received, as the reference code
         restarts the momentum after every merge."""
         c = self.config
-        opt = torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        opt = torch.optim.SGD(param_groups(self.model, c.lr, c.lr_fan_in), lr=c.lr, momentum=c.momentum,
+                              weight_decay=c.weight_decay)
         algo = SET(self.model, opt, zeta=c.zeta, seed=seed_for(c.seed, self.rank, 2)) if c.zeta > 0 else None
         return opt, algo
 

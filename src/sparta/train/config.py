@@ -38,7 +38,7 @@ class RunConfig:
 
     Model: ``hidden`` sizes between the data's features and its classes (one output unit when
     ``loss="mse"``). ``lr_fan_in``: a layer whose mean fan-in (connections over outputs) exceeds it learns
-    at ``lr · lr_fan_in / fan_in`` (None: every layer at ``lr``; see :func:`sparta.train.runs.param_groups`).
+    at ``lr · lr_fan_in / fan_in`` (None: every layer at ``lr``; see :func:`sparta.optim.groups.param_groups`; WASAP-SGD too).
     Sparsity: exactly one of ``density`` (fraction of connections per layer) or
     ``epsilon`` (Erdős–Rényi, density ``ε (in + out) / (in · out)``); ``zeta`` is the fraction dropped
     and regrown per update (SET's ζ, RigL's α); ``every`` the optimizer steps between topology updates
@@ -202,9 +202,6 @@ class RunConfig:
         self.ip_every = _int("ip_every", self.ip_every, 1)
         if self.ip_start is not None:
             self.ip_start = _int("ip_start", self.ip_start, 1)
-        if self.lr_fan_in is not None and self.workers is not None:
-            raise ConfigError("lr_fan_in (per-layer learning rates) applies to one-process runs; WASAP-SGD (workers) "
-                              "trains every layer at lr: drop one of them")
         if self.importance_pruning and self.workers is not None:
             raise ConfigError("importance_pruning runs in one process; WASAP-SGD (workers) does not remove neurons: "
                               "drop one of them")
