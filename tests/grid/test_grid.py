@@ -198,6 +198,7 @@ def test_cli_train_eval_report(tmp_path, capsys):
     (["--agent", "rbc", "--method", "set"], "--agent rbc is a fixed controller; --method"),
     (["--mode", "both"], "invalid choice: 'both'"),
     (["--stop-after", "0"], "stop-after must be a positive int, got 0"),
+    (["--agent", "td3", "--episode-days", "2", "--episodes", "1"], "1 episode(s) of 47 steps leave TD3 no gradient step"),
 ])
 def test_cli_bad_input(argv, msg, tmp_path, capsys):
     assert main(["grid", "train", "--out", str(tmp_path / "r"), "-q", *argv]) == 2

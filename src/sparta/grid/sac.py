@@ -254,6 +254,10 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
     set_threads(cfg.threads, sparse=cfg.sparsity.method != "dense")
     env = make_env(cfg, kpis_at_end=False)
     agents, T = env.possible_agents, env.episode_steps
+    if gradient_steps(cfg, T) < 1:  # refused before anything is written: it would report an untrained policy
+        raise ValueError(f"{cfg.episodes} episode(s) of {T} steps leave {cfg.agent.upper()} no gradient step: it learns "
+                         f"after learning_starts = {cfg.learning_starts} steps; give more --episodes or --episode-days, "
+                         "or lower --learning-starts")
     run = Run(run_dir, ALGO, cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
               total_steps=cfg.episodes * T)
     learners = build_learners(cfg, env)
