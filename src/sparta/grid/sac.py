@@ -195,9 +195,7 @@ def act(learners: list[dict[str, Any]], obs: np.ndarray, mode: str, deterministi
         if deterministic:
             a = actor.act(x).numpy()
         elif n["agent"] == "td3":
-            scale, bias = actor.scale.numpy(), actor.bias.numpy()
-            a = actor(x).numpy() + rng.normal(0.0, 1.0, size=(x.shape[0], scale.shape[0])) * scale * noise
-            a = np.clip(a, bias - scale, bias + scale)
+            a = actor.explore(x, rng, noise)
         else:
             a = actor.sample(x)[0].numpy()
         out[n["buildings"]] = a

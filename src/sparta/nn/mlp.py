@@ -374,11 +374,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         xn, outn = x.detach().contiguous().numpy(), out.numpy()
         if st.layer_mode:
             _layer_forward(st.arrays, ws, xn, outn, mode, st.act, st.slopes, thr, st.scale, k1s, k2s, threads)
-        elif threads <= 1:
-            for c0, c1 in parts:
-                fused.forward_pass(*st.arrays, ws.acts, ws.ds, ws.codes, xn, outn, c0, c1, mode, st.act, st.slopes,
-                                   thr, st.scale, k1s, k2s)
-        else:
+        else:  # one thread: POOL.run runs the parts in order on the caller
             POOL.run([lambda c0=c0, c1=c1: fused.forward_pass(*st.arrays, ws.acts, ws.ds, ws.codes, xn, outn, c0, c1,
                                                               mode, st.act, st.slopes, thr, st.scale, k1s, k2s)
                       for c0, c1 in parts], threads)
@@ -433,9 +429,6 @@ class _FusedMLPFunction(torch.autograd.Function):
         if st.layer_mode:
             _layer_backward(ip, ix, vals, csc, ws, gyn, gsets[0], ws.bias_parts[0], caps, dxn, luts1, luts2, need_v,
                             need_x, use_csc, ctx.threads)
-        elif ctx.threads <= 1:
-            for p, (c0, c1) in enumerate(parts):
-                run(p, c0, c1)
         else:
             POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads)
         for j in range(n_layers):  # the other groups' partial sums into group 0's, in group order (reproducible)

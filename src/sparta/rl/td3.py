@@ -89,6 +89,15 @@ class Actor(nn.Module):
         """The deterministic action (as :meth:`sparta.rl.sac.Actor.act`)."""
         return self(obs)
 
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor, rng: np.random.Generator, noise: float) -> np.ndarray:
+        """Acting actions ``(batch, act_dim)`` for ``obs`` ``(batch, obs_dim)``: μ(s) plus Gaussian noise of std
+        ``noise`` × the action scale drawn from ``rng``, clipped to the action bounds."""
+        mu = self(obs).numpy()
+        scale, bias = self.scale.numpy(), self.bias.numpy()
+        a = mu + rng.normal(0.0, 1.0, size=mu.shape) * scale * noise
+        return np.clip(a, bias - scale, bias + scale).astype(np.float32)
+
 
 def gradient_steps(cfg: TD3Config) -> dict[str, int]:
     """Gradient steps each network takes over the run: the critics one per environment step after
@@ -160,7 +169,6 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
     rb = ReplayBuffer(cfg.buffer_size, (obs_dim,), env.action_space.shape, np.float32, gamma=cfg.gamma, seed=cfg.seed)
     rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # warm-up actions and acting noise
     low, high = env.action_space.low, env.action_space.high
-    scale = actor.scale
     step = episode = 0
     next_checkpoint = cfg.checkpoint_every
 
@@ -202,8 +210,8 @@ def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool
         if step < cfg.learning_starts:
             action = rng.uniform(low, high).astype(np.float32)
         else:
-            noise = rng.normal(0.0, 1.0, size=low.shape) * scale.numpy() * cfg.exploration_noise
-            action = np.clip(deterministic(obs[None])[0] + noise, low, high).astype(np.float32)
+            x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1))
+            action = actor.explore(x, rng, cfg.exploration_noise)[0]
         next_obs, reward, terminated, truncated, _ = env.step(action)
         rb.add(np.asarray(obs).reshape(-1), action, reward, np.asarray(next_obs).reshape(-1), terminated, truncated)
         obs = next_obs

@@ -68,7 +68,11 @@ def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, tr
     else:
         structure = total * (value_bytes + 4) + rows * 8 + (total * 8 + cols * 8 if transpose == "csc" else 0)
     training = total * value_bytes * (1 + optimizer_state) + rows * value_bytes * (1 + optimizer_state)
-    ld = -(-max(batch, eval_batch or 0) // 16) * 16
+    # samples per stored feature: the batch rounded up to whole tiles of fused.T (the batch-split layout; the
+    # layer-by-layer one rounds to LD_MULTIPLE, never more), so the estimate bounds both
+    from sparta.kernels.fused import T
+
+    ld = -(-max(batch, eval_batch or 0) // T) * T
     hidden = sum(sizes[1:-1])
     per_sample = (sum(sizes) * value_bytes + hidden * (1 if leaky else value_bytes)
                   + 2 * max(sizes) * value_bytes + sizes[0] * value_bytes)
