@@ -21,7 +21,7 @@ there is none). Per agent (one network, shared by the 17 buildings in the defaul
 kept, FLOPs per action (2 × multiply-adds + bias adds of the actor's path to its mean action), memory of a
 training step (values, indices, biases, target critics and Adam state; not the replay buffer), training time
 (CPU seconds of the one-threaded run, which a busy machine does not inflate as it does wall-clock), and the
-latency of one action (one building's observation, one core, median of 300 calls).
+latency of one action of the trained agent (seed 0; one building's observation, one core, median of 1000 calls).
 """
 
 from __future__ import annotations
@@ -99,11 +99,17 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> Path:
 
 
 @torch.no_grad()
-def latency(method: str, args: argparse.Namespace, repeats: int = 300) -> float:
-    """Median seconds of one action (one building's observation) of a freshly built agent of ``method``, one core."""
+def latency(method: str, args: argparse.Namespace, repeats: int = 1000) -> float:
+    """Median seconds of one action (one building's observation, deterministic) on one core, of the trained agent
+    of ``method`` (seed 0's run; the deployed network, which for GMP is sparse only once its pruning has ended),
+    or of a freshly built one when that run has no checkpoint."""
     torch.set_num_threads(1)
+    run_dir = Path(args.out) / run_name(method, args) / "seed_0"
     env = GridEnv(None, args.start_day, args.episode_days, kpis_at_end=False)
-    n = sac.build_learners(make_config(method, 0, args), env)[0]
+    if (run_dir / SUMMARY).exists():  # a finished run
+        n = sac.load(run_dir)[1][0]
+    else:
+        n = sac.build_learners(make_config(method, 0, args), env)[0]
     obs = sac.stack(env.reset(seed=0)[0], env.possible_agents)
     x = torch.from_numpy(sac.learner_inputs(obs, [0], "shared", len(env.possible_agents)))
     for _ in range(20):

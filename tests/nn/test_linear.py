@@ -654,3 +654,30 @@ def test_cuda_matches_dense_reference(dtype, backend):
     with pytest.raises(NotImplementedError, match="numba"):
         layer.backend = "numba"
         layer(torch.randn(2, 64, dtype=dtype, device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_batch_inference_path_matches_tiled_and_dense(dtype, bias, monkeypatch):
+    """Without a gradient to record, batches of up to INFER_BATCH samples go one sample at a time through
+    :func:`fused.infer_layer`, bit for bit what the tiled path gives; the functional form does the same."""
+    from sparta.nn import functional as fn
+
+    torch.manual_seed(0)
+    layer = SparseLinear(70, 33, density=0.2, bias=bias, dtype=dtype)
+    for batch in range(1, fn.INFER_BATCH + 1):
+        x = torch.randn(batch, 70, dtype=dtype)
+        with torch.no_grad():
+            fast = layer(x)
+            func = fn.sparse_linear(x, layer.indptr, layer.indices, layer.values, layer.bias, 70)
+            monkeypatch.setattr(fn, "INFER_BATCH", 0)
+            tiled = fn.sparse_linear(x, layer.indptr, layer.indices, layer.values, layer.bias, 70)
+            monkeypatch.undo()
+        assert fast.shape == (batch, 33) and torch.equal(fast, tiled) and torch.equal(func, tiled)
+        ref = x.double() @ layer.to_dense().double().T + (layer.bias.double() if bias else 0)
+        torch.testing.assert_close(fast.double(), ref, rtol=1e-4, atol=1e-5)
+    xt = torch.randn(70, 3, dtype=dtype).t()  # a non-contiguous input
+    with torch.no_grad():
+        assert torch.equal(layer(xt), layer(xt.contiguous()))
+    y = layer(torch.randn(2, 70, dtype=dtype))  # grad mode: autograd records it
+    assert y.requires_grad

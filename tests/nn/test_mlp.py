@@ -31,7 +31,8 @@ def make(sizes, density=0.3, dtype=torch.float64, seed=0, empty=True, **kw):
 def dense_reference(m: SparseMLP, x: torch.Tensor, g: torch.Tensor, rng: tuple[int, int] | None):
     """float64 forward with dense weights, the same activations and masks; gradients of ``(y · g).sum()``."""
     ws = [layer.to_dense().double().requires_grad_() for layer in m.layers]
-    bs = [layer.bias.detach().double().requires_grad_() for layer in m.layers]
+    bs = [(layer.bias.detach() if layer.bias is not None else torch.zeros(layer.out_features)).double().requires_grad_()
+          for layer in m.layers]
     xd = x.detach().double().requires_grad_()
     h = xd
     for j, (w, b) in enumerate(zip(ws, bs, strict=True)):
@@ -440,3 +441,66 @@ def test_topology_edits_free_replaced_arrays_and_buffers_at_once(monkeypatch):
     F.cross_entropy(out, y).backward()
     opt.step()
     assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["allrelu", "relu", "tanh", "sigmoid"])
+def test_small_batches_without_grad_take_the_sample_major_path_bit_for_bit(dtype, activation, monkeypatch):
+    """An acting agent's batch of one: no autograd, one sample-major call, the same bits as the tiled path,
+    for every activation, with and without bias; with a gradient to record the tiled path runs."""
+    from sparta.nn import mlp as mlp_module
+
+    for bias in (True, False):
+        m = make([30, 45, 37, 5], 0.3, dtype, seed=4, activation=activation, bias=bias, dropout=0.3).eval()
+        for batch in range(1, functional.INFER_BATCH + 1):
+            x = torch.randn(batch, 30, dtype=dtype)
+            calls = []
+            monkeypatch.setattr(mlp_module._Structure, "infer",
+                                lambda st, x, f=mlp_module._Structure.infer, calls=calls: calls.append(1) or f(st, x))
+            with torch.no_grad():
+                fast = m(x)
+            assert calls, "the sample-major path ran"
+            monkeypatch.setattr(mlp_module, "INFER_BATCH", 0)
+            with torch.no_grad():
+                tiled = m(x)
+            monkeypatch.undo()
+            assert torch.equal(fast, tiled), (activation, bias, batch)
+            assert_close(fast, dense_reference(m, x, torch.zeros(batch, 5), None)[0], TOL[dtype], "small batch")
+    x = torch.randn(1, 30, dtype=dtype)
+    y = m(x)  # grad mode: the fused autograd path, gradients flow
+    assert y.requires_grad
+    y.sum().backward()
+    assert m.layers[0].values.grad is not None
+    m.train()
+    with torch.no_grad():  # training mode with dropout: masks are drawn, so the tiled path runs and counts a step
+        step = int(m.dropout_state[1])
+        m(x)
+    assert int(m.dropout_state[1]) == step + 1
+
+
+def test_small_batch_path_follows_value_and_topology_changes():
+    """The small-batch paths cache numpy views of the layers' arrays: an optimizer step (in place) and a topology
+    edit (new arrays) must both show in the next call."""
+    torch.manual_seed(0)
+    m = make([12, 40, 30, 3], 0.3, torch.float32, seed=3, empty=False)
+    head = SparseLinear(3, 2, density=1.0)
+    opt = sparta.optim.SGD([*m.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
+    x = torch.randn(1, 12)
+
+    def check():
+        with torch.no_grad():
+            fast = head(m(x))
+            ref = head(m(x.expand(70, 12)))[:1]  # a batch above INFER_BATCH: the tiled paths
+        assert torch.equal(fast, ref)
+
+    check()
+    F.cross_entropy(head(m(torch.randn(70, 12))), torch.randint(0, 2, (70,))).backward()
+    opt.step()
+    check()
+    sparta.SET(m, opt, zeta=0.3, every=1).update()
+    check()
+    sparta.ImportancePruning(m, opt, percentile=25, every=1).update()
+    check()
+    with torch.no_grad():
+        head.values.mul_(2)
+    check()

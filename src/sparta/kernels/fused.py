@@ -655,6 +655,51 @@ def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0
         from_feature_major(_tile(acts[n_layers], tile, n_in), T, 0, n, out[t0:t1])
 
 
+@numba.njit(inline="always", **_NJIT_ORDERED)
+def _rows(ip, ix, v, b, src, dst, act, slope, one):  # pragma: no cover - compiled by numba
+    """``dst = act(W src + b)`` for one sample (``act`` < 0: none); each sum starts at the bias and adds the
+    connections in CSR order, as the tiled forward does for samples outside a full tile (bit for bit)."""
+    for i in range(ip.shape[0] - 1):
+        z = b[i]
+        for k in range(ip[i], ip[i + 1]):
+            z += v[k] * src[ix[k]]
+        if act == ACT_LEAKY:
+            dst[i] = z if z > 0 else z * slope
+        elif act == ACT_TANH:
+            dst[i] = np.tanh(z)
+        elif act == ACT_SIGMOID:
+            dst[i] = one / (one + np.exp(-z))
+        else:
+            dst[i] = z
+
+
+@numba.njit(**_NJIT_ORDERED)
+def infer_layer(indptr, indices, values, bias, x, out):  # pragma: no cover - compiled by numba
+    """``out (B, out) = x (B, in) Wᵀ + b`` one sample at a time: the no-autograd path of a single layer for a
+    few samples, where the tiled kernels' set-up costs more than the arithmetic."""
+    for s in range(x.shape[0]):
+        _rows(indptr, indices, values, bias, x[s], out[s], -1, 0.0, 1.0)
+
+
+@numba.njit(**_NJIT_ORDERED)
+def infer(indptrs, indicess, valuess, biases, x, out, act, slopes, h0, h1):  # pragma: no cover - compiled by numba
+    """A stack's inference forward for a few samples, one sample at a time (sample-major, no tiles, no
+    per-call buffers but ``h0``, ``h1``, scratch of the widest hidden layer): ``x (B, in)`` → hidden layers
+    (activation ``act``, negative slope ``slopes[j]`` for leaky ones, no dropout) → the last layer's
+    ``W a + b`` → ``out (B, out)``. Outputs equal the tiled forward's bit for bit (see :func:`_rows`)."""
+    n_layers = len(valuess)
+    one = slopes[0] * 0 + 1
+    for s in range(x.shape[0]):
+        src = x[s]
+        for j in range(n_layers):
+            if j == n_layers - 1:
+                _rows(indptrs[j], indicess[j], valuess[j], biases[j], src, out[s], -1, one, one)
+            else:
+                dst = h0 if j % 2 == 0 else h1
+                _rows(indptrs[j], indicess[j], valuess[j], biases[j], src, dst, act, slopes[j], one)
+                src = dst
+
+
 @numba.njit(**_NJIT)
 def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds, codes, gy, grads, dbs, caps, dz0,
                   dz1, dxbuf, dx, c0, c1, lut1s, lut2s, need_v, need_x, use_csc):  # pragma: no cover

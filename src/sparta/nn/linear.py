@@ -10,7 +10,7 @@ from torch import nn
 
 from sparta.kernels import fused
 from sparta.nn import structure
-from sparta.nn.functional import BACKENDS, TRANSPOSES, sparse_linear
+from sparta.nn.functional import BACKENDS, INFER_BATCH, TRANSPOSES, sparse_linear
 from sparta.nn.init import (
     INITS,
     bias_bound,
@@ -109,6 +109,7 @@ class SparseLinear(nn.Module):
         self.backend = backend
         self.transpose = transpose
         self._transposed: tuple | None = None
+        self._infer_arrays: tuple | None = None  # (key, numpy views) for the small-batch path, see _infer
         self.init = init
         self.capture: dict | None = None  # set to a dict to keep the last backward's inputs (RigL)
         indptr, indices = random_topology(out_features, in_features, nnz_for(density, in_features, out_features),
@@ -116,7 +117,9 @@ class SparseLinear(nn.Module):
         self.register_buffer("indptr", indptr.to(device))
         self.register_buffer("indices", indices.to(device))
         self.values = nn.Parameter(torch.empty(indices.numel(), dtype=dtype, device=device))
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
+        # registered even when absent (as nn.Linear does), so the fused paths find it in _parameters
+        self.register_parameter("bias", nn.Parameter(torch.empty(out_features, dtype=dtype, device=device))
+                                if bias else None)
         self.reset_parameters(generator)
 
     # ------------------------------------------------------------------ basics
@@ -165,8 +168,37 @@ class SparseLinear(nn.Module):
         return t[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sparse_linear(x, self.indptr, self.indices, self.values, self.bias, self.in_features, self.backend,
+        v, b = self._parameters["values"], self._parameters["bias"]
+        if (isinstance(x, torch.Tensor) and x.dim() == 2 and 0 < x.shape[0] <= INFER_BATCH and x.dtype == v.dtype
+                and x.shape[1] == self.in_features and self.capture is None and self.backend != "torch"
+                and x.is_cpu and v.is_cpu and not (torch.is_grad_enabled() and (
+                    x.requires_grad or v.requires_grad or (b is not None and b.requires_grad)))):
+            return self._infer(x, v, b)
+        return sparse_linear(x, self.indptr, self.indices, v, b, self.in_features, self.backend,
                              self.capture, self.transposed if self.transpose == "csc" else None)
+
+    def release_arrays(self) -> None:
+        """Forget the cached numpy views of the small-batch path, so that arrays a topology edit replaces are
+        freed at once (topology algorithms call it before editing)."""
+        self._infer_arrays = None
+
+    def _infer(self, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """``x (B, in)`` → ``(B, out)`` for a few samples without autograd (an agent acting), one sample at a
+        time (:func:`sparta.kernels.fused.infer_layer`; equal to the tiled path bit for bit). The numpy views
+        of the layer's arrays are cached while the tensors keep their storage: ``.numpy()`` costs microseconds
+        per tensor, a large share of such a call."""
+        ip, ix = self._buffers["indptr"], self._buffers["indices"]
+        key = (ip.data_ptr(), ip._version, ix.data_ptr(), ix._version, ix.numel(), v.data_ptr(), v.numel(),
+               b.data_ptr() if b is not None else 0)
+        c = self.__dict__.get("_infer_arrays")
+        if c is None or c[0] != key:
+            vn = v.detach().numpy()
+            bn = b.detach().numpy() if b is not None else np.zeros(self.out_features, vn.dtype)
+            c = self._infer_arrays = (key, (ip.numpy().view(np.uint64), ix.numpy().view(np.uint32), vn, bn))
+        xn = x.detach().numpy() if x.is_contiguous() else x.detach().contiguous().numpy()
+        out = np.empty((xn.shape[0], self.out_features), xn.dtype)
+        fused.infer_layer(*c[1], xn, out)
+        return torch.from_numpy(out)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
@@ -220,13 +252,13 @@ class SparseLinear(nn.Module):
         nn.Module.__init__(layer)
         layer.in_features, layer.out_features = in_f, out_f
         layer.backend, layer.init, layer.capture = backend, "uniform", None
-        layer.transpose, layer._transposed = "csc", None
+        layer.transpose, layer._transposed, layer._infer_arrays = "csc", None, None
         rows, cols = torch.nonzero(mask, as_tuple=True)
         indptr, indices, _ = structure.from_coo(rows, cols, out_f, in_f)
         layer.register_buffer("indptr", indptr)
         layer.register_buffer("indices", indices)
         layer.values = nn.Parameter(w[mask].clone())  # row-major order == CSR order
-        layer.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        layer.register_parameter("bias", None if linear.bias is None else nn.Parameter(linear.bias.detach().clone()))
         return layer
 
     # ------------------------------------------------------ topology changes

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from sparta.kernels import fused, hashrng
 from sparta.kernels.threads import POOL, get_num_threads
-from sparta.nn.functional import threads_for
+from sparta.nn.functional import INFER_BATCH, threads_for
 from sparta.nn.linear import SparseLinear
 
 ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
@@ -196,7 +196,10 @@ class SparseMLP(nn.Module):
         if st is not None and x2d.shape[0] > 0:
             params = st.params
             grad = torch.is_grad_enabled() and (x2d.requires_grad or any(p.requires_grad for p in params))
-            y = _FusedMLPFunction.apply(x2d, self, st, rng, grad, *params)
+            if not grad and rng is None and x2d.shape[0] <= INFER_BATCH and not st.layer_mode:
+                y = st.infer(x2d)  # an agent acting: one sample-major call, no buffers
+            else:
+                y = _FusedMLPFunction.apply(x2d, self, st, rng, grad, *params)
         else:
             y = self._forward_unfused(x2d, rng)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
@@ -576,6 +579,15 @@ class _Structure:
         self.no_caps = tuple(np.empty(0, dtype) for _ in layers)
         self._csc: tuple | None = None
         self._splits: dict[tuple[int, int], tuple[list[tuple[int, int]], int]] = {}
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, in)`` → ``(B, out)`` without autograd or dropout, one sample at a time (:func:`fused.infer`)."""
+        xn = x.detach().contiguous().numpy()
+        out = np.empty((xn.shape[0], self.sizes[-1]), self.dtype)
+        widest = max(self.sizes[1:])
+        fused.infer(*self.arrays, xn, out, self.act, self.slopes, np.empty(widest, self.dtype),
+                    np.empty(widest, self.dtype))
+        return torch.from_numpy(out)
 
     def split(self, batch: int) -> tuple[list[tuple[int, int]], int]:
         """The batch's parts and the threads for them (see :func:`fused.groups`)."""

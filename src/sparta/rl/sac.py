@@ -119,8 +119,8 @@ class Actor(nn.Module):
         return y * self.scale + self.bias, log_prob.sum(1)
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """The deterministic (mean) action, for evaluation."""
-        return torch.tanh(self(obs)[0]) * self.scale + self.bias
+        """The deterministic (mean) action, for evaluation (the log-std head is not evaluated)."""
+        return torch.tanh(self.mean(F.relu(self.torso(obs)))) * self.scale + self.bias
 
 
 def gradient_steps(cfg: SACConfig) -> dict[str, int]:
