@@ -125,3 +125,51 @@ def test_workers_that_lag_send_the_next_runs_to_the_caller():
         if pool.backoff == Pool.BACKOFF_MIN:
             break
     assert pool.backoff == Pool.BACKOFF_MIN
+
+
+def test_keyed_runs_go_the_faster_way_and_probe_the_other(monkeypatch):
+    """Runs with a key are timed: the pool keeps to whichever mode (serial on the caller, or parallel) has been
+    faster for that key, probes the other after 8 runs and then twice as far apart while it loses, and switches
+    when a probe or the running average says so — e.g. when another process starts to share the cores."""
+    from sparta.kernels import threads as mod
+
+    clock = [0.0]
+    cost = {"parallel": 1.0, "serial": 2.0}  # seconds per run of each mode (a fake clock)
+    modes: list[str] = []
+    monkeypatch.setattr(mod.time, "perf_counter", lambda: clock[0])
+    pool = Pool()
+
+    def fake(mode):
+        def run(*args, **kwargs):
+            modes.append(mode)
+            clock[0] += cost[mode]
+        return run
+
+    monkeypatch.setattr(pool, "_run_parallel", fake("parallel"))
+    monkeypatch.setattr(pool, "_run_serial", fake("serial"))
+    tasks = [lambda: None, lambda: None]
+
+    def runs(k: int, key="fwd") -> list[str]:
+        modes.clear()
+        for _ in range(k):
+            pool.run(tasks, 2, key=key)
+        return list(modes)
+
+    assert runs(2) == ["parallel", "serial"]  # each mode measured once
+    seq = runs(40)  # parallel is faster: serial only as probes, 8 then 16 then 32 runs apart
+    assert [i for i, m in enumerate(seq) if m == "serial"] == [7, 7 + 16]
+    cost["parallel"] = 3.0  # another process now shares the cores: parallel runs got slower
+    seq = runs(200)
+    first_serial = seq.index("serial")
+    assert first_serial <= 8, "the running average of parallel runs rises above serial within a few runs"
+    probes = [i for i, m in enumerate(seq) if m == "parallel" and i > first_serial]
+    assert probes and all(b - a >= 8 for a, b in zip(probes, probes[1:], strict=False))
+    assert seq.count("serial") > 180 and pool.serial_chosen > 180
+    cost["parallel"] = 1.0  # the other process is gone: the next probe wins and parallel is back
+    seq = runs(300)
+    back = seq.index("parallel")
+    probes = [i for i, m in enumerate(seq) if m == "serial" and i > back]
+    gaps = [b - a for a, b in zip([back, *probes], probes, strict=False)]
+    assert back <= 256 and gaps == [8 * 2**i for i in range(len(gaps))] and len(probes) <= 5, (back, probes)
+    assert runs(5, key="bwd") == ["parallel", "serial", "parallel", "parallel", "parallel"]  # keys learn apart
+    assert pool.lagged == 0  # keyed runs do not use the per-run lag check

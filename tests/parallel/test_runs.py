@@ -34,8 +34,9 @@ def single_process(c: WasapConfig) -> torch.nn.Module:
     from sparta.parallel.config import seed_for
 
     model = build_model(c, DATA.n_features, DATA.n_classes)
-    opt = torch.optim.SGD(param_groups(model, c.lr, c.lr_fan_in), lr=c.lr, momentum=c.momentum,
-                          weight_decay=c.weight_decay)
+    groups = param_groups(model, c.lr, c.lr_fan_in)
+    opt = torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay) if c.optimizer == "adam" else \
+        torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
     algo = SET(model, opt, zeta=c.zeta, seed=seed_for(c.seed, 0, 1))
     for epoch in range(c.epochs):
         for g in opt.param_groups:
@@ -75,6 +76,18 @@ def test_sync_equals_single_process_with_n_times_the_batch(tmp_path, reference):
     steps = math.ceil(len(DATA.x_train) // WORKERS / SYNC.batch_size)
     assert all(r["updates"] == steps and r["exchanges"] == WORKERS * steps for r in rows)
     assert result.test_acc == pytest.approx(evaluate(reference, DATA.x_test, DATA.y_test)[1])
+
+
+def test_adam_sync_equals_single_process_with_adam(tmp_path):
+    """optimizer="adam": the server's Adam over the averaged gradients of a synchronous run equals Adam in one
+    process with the N-times larger batch (per-layer rates included), and its state survives a checkpoint."""
+    c = SYNC.replace(optimizer="adam", lr=0.003, lr_fan_in=8.0, epochs=2)
+    result = train_wasap(c, WORKERS, tmp_path / "run", data=DATA)
+    _, model, ck = load_model(tmp_path / "run")
+    assert_same_model(model, single_process(c))
+    state = ck["optimizer"]["state"]
+    assert state and all({"exp_avg", "exp_avg_sq"} <= set(s) for s in state.values())
+    assert result.test_acc > 0
 
 
 def test_per_layer_rates_sync_equals_single_process_with_the_same_rates(tmp_path):

@@ -12,11 +12,16 @@ step — at worst the caller does all the work, as with one thread. Results do n
 thread ran which part (each part writes its own buffers; partial sums are added in part order).
 
 A worker that started a part but runs slowly (another process shares its core) would still hold the
-step up, so each parallel run is timed: when the caller, done with its own parts, waited for the workers
-longer than one of its own parts took (so that running every part itself would have been faster),
-the next runs go serial on the caller (8 runs, doubling up to
-256 while the next probe finds the workers still slow, back to 8 once they keep pace). Two threads
-then cost at most a probe step now and then on a busy machine, instead of every step.
+step up. Runs that repeat — a fused model's forward and backward, step after step — pass a ``key``, and
+for each key the pool times whole runs both ways and goes on with the faster: an average of the recent
+runs of the mode in use against a fresh probe of the other, taken after 8 runs and then twice as far
+apart (up to 256) while it keeps losing. This also catches what a per-run check cannot see: with another
+process on the machine, three threads share two cores and the caller is descheduled as often as the
+worker, so parallel runs are slower throughout without either thread visibly waiting for the other.
+Runs without a key fall back to that per-run check: when the caller, done with its own parts, waited for
+the workers longer than one of its own parts took (so that running every part itself would have been
+faster), the next runs go serial on the caller (8 runs, doubling up to 256 while the next probe finds the
+workers still slow, back to 8 once they keep pace).
 
 The thread count is :func:`get_num_threads`: what :func:`set_num_threads` set, else torch's
 ``torch.get_num_threads()`` (so ``torch.set_num_threads`` and ``sparta train --threads`` apply).
@@ -100,6 +105,19 @@ class _Batch:
         return ran
 
 
+class _Choice:
+    """Serial or parallel for one key of :meth:`Pool.run`: recent seconds per run of each mode and the probe
+    schedule (see the module docstring)."""
+
+    __slots__ = ("parallel", "serial", "left", "backoff")
+
+    def __init__(self) -> None:
+        self.parallel: float | None = None
+        self.serial: float | None = None
+        self.left = 0  # runs until the next probe of the mode not in use
+        self.backoff = Pool.BACKOFF_MIN
+
+
 class Pool:
     """Persistent daemon workers; :meth:`run` spreads a list of tasks over them and the calling thread."""
 
@@ -117,6 +135,8 @@ class Pool:
         self.serial_runs = 0  # runs left to do on the caller alone (the workers lagged recently)
         self.backoff = self.BACKOFF_MIN
         self.lagged = 0  # parallel runs whose workers lagged (for tests and benchmarks)
+        self.choices: dict = {}  # key → _Choice
+        self.serial_chosen = 0  # keyed runs that went serial because that was faster (for tests and benchmarks)
 
     def _loop(self) -> None:
         while True:
@@ -125,23 +145,76 @@ class Pool:
             if batch is not None:
                 batch.work()
 
-    def run(self, tasks: Sequence[Callable[[], None]], threads: int | None = None) -> None:
+    EMA = 0.25  # weight of the newest run in a mode's average seconds per run (keyed runs)
+    MAX_KEYS = 256
+
+    def run(self, tasks: Sequence[Callable[[], None]], threads: int | None = None, key: object = None) -> None:
         """Run every task (on at most ``threads`` threads, the caller included; default one per task) and
-        return when all are done; re-raise the first exception (in task order) any of them raised."""
+        return when all are done; re-raise the first exception (in task order) any of them raised.
+
+        ``key``: runs of the same work repeated (a model's forward or backward at one batch size): the pool
+        times them and runs each key serially or in parallel, whichever has been faster."""
         n = len(tasks) if threads is None else max(1, min(threads, len(tasks)))
+        if n > 1 and key is not None:
+            self._run_chosen(tasks, n, key)
+            return
         if n > 1 and self.serial_runs > 0:
             self.serial_runs -= 1
             n = 1
         if n <= 1:
-            first: BaseException | None = None
-            for task in tasks:  # every task runs, as in a parallel run; the first error is raised after
-                try:
-                    task()
-                except BaseException as e:  # noqa: BLE001 - re-raised below
-                    first = first or e
-            if first is not None:
-                raise first
+            self._run_serial(tasks)
             return
+        self._run_parallel(tasks, n, check_lag=True)
+
+    @staticmethod
+    def _run_serial(tasks: Sequence[Callable[[], None]]) -> None:
+        first: BaseException | None = None
+        for task in tasks:  # every task runs, as in a parallel run; the first error is raised after
+            try:
+                task()
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                first = first or e
+        if first is not None:
+            raise first
+
+    def _run_chosen(self, tasks: Sequence[Callable[[], None]], n: int, key: object) -> None:
+        c = self.choices.get(key)
+        if c is None:
+            if len(self.choices) >= self.MAX_KEYS:
+                self.choices.clear()
+            c = self.choices[key] = _Choice()
+        probe = False
+        if c.parallel is None:  # the first runs measure each mode once
+            parallel = True
+        elif c.serial is None:
+            parallel = False
+        else:
+            faster = c.parallel <= c.serial
+            c.left -= 1
+            probe = c.left <= 0
+            parallel = faster != probe
+        t0 = time.perf_counter()
+        try:
+            if parallel:
+                self._run_parallel(tasks, n, check_lag=False)
+            else:
+                self.serial_chosen += 1
+                self._run_serial(tasks)
+        finally:
+            dt = time.perf_counter() - t0
+            old = c.parallel if parallel else c.serial
+            new = dt if old is None or probe else old + self.EMA * (dt - old)  # a probe replaces a stale average
+            if parallel:
+                c.parallel = new
+            else:
+                c.serial = new
+            if probe:  # the probed mode won: probe soon again if it loses later; lost: probe less often
+                won = (c.parallel <= c.serial) == parallel
+                c.backoff = self.BACKOFF_MIN if won else min(2 * c.backoff, self.BACKOFF_MAX)
+            if probe or c.left <= 0:
+                c.left = c.backoff
+
+    def _run_parallel(self, tasks: Sequence[Callable[[], None]], n: int, check_lag: bool) -> None:
         with self._lock:  # one parallel run at a time per process
             while len(self._workers) < n - 1:
                 t = threading.Thread(target=self._loop, name="sparta-worker", daemon=True)
@@ -158,7 +231,7 @@ class Pool:
                 d.acquire()
             waited = time.perf_counter() - t1
             self._batch = None
-            if ran and len(ran) < len(tasks):  # the workers did part of it: did they keep pace?
+            if check_lag and ran and len(ran) < len(tasks):  # the workers did part of it: did they keep pace?
                 if waited > (t1 - t0) / len(ran):  # a serial run would have been faster
                     self.lagged += 1
                     self.serial_runs = self.backoff

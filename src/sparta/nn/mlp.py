@@ -380,7 +380,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         else:  # one thread: POOL.run runs the parts in order on the caller
             POOL.run([lambda c0=c0, c1=c1: fused.forward_pass(*st.arrays, ws.acts, ws.ds, ws.codes, xn, outn, c0, c1,
                                                               mode, st.act, st.slopes, thr, st.scale, k1s, k2s)
-                      for c0, c1 in parts], threads)
+                      for c0, c1 in parts], threads, key=(id(runner), mode, batch))
         ws.generation += 1
         ws.backward_done = False
         ctx.generation = ws.generation
@@ -433,7 +433,8 @@ class _FusedMLPFunction(torch.autograd.Function):
             _layer_backward(ip, ix, vals, csc, ws, gyn, gsets[0], ws.bias_parts[0], caps, dxn, luts1, luts2, need_v,
                             need_x, use_csc, ctx.threads)
         else:
-            POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads)
+            POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads,
+                     key=(id(ctx.mlp._runner), -1, batch))  # timed per key: serial when that is faster
         for j in range(n_layers):  # the other groups' partial sums into group 0's, in group order (reproducible)
             for p in range(1, len(parts)):
                 if grads[j] is not None:

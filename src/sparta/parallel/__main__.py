@@ -26,6 +26,7 @@ from typing import Any  # noqa: E402
 import sparta  # noqa: E402, F401  (before torch: sets the OpenMP wait policy)
 from sparta.parallel.config import WasapConfig, from_run_config, to_run_config  # noqa: E402
 from sparta.parallel.launch import DEFAULT_TIMEOUT_S, WorkerFailure, open_run, run_process, train_wasap  # noqa: E402
+from sparta.train.config import OPTIMIZERS  # noqa: E402
 from sparta.train.runs import resume_config  # noqa: E402
 
 DEFAULTS = WasapConfig()
@@ -68,7 +69,10 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--init", default=d.init)
     opt = p.add_argument_group("training")
     opt.add_argument("--lr", type=float, default=d.lr)
-    opt.add_argument("--momentum", type=float, default=d.momentum)
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help=f"default {d.optimizer}")
+    opt.add_argument("--lr-fan-in", dest="lr_fan_in", type=float, default=d.lr_fan_in,
+                     help="layers whose mean fan-in exceeds this learn at lr · lr_fan_in / fan_in (default: all at lr)")
+    opt.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
     opt.add_argument("--batch-size", type=int, default=d.batch_size)
     opt.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {d.epochs}; with --resume: extend)")
@@ -101,7 +105,8 @@ def config_from(args: argparse.Namespace) -> WasapConfig:
     return WasapConfig(
         dataset=args.dataset, data=args.data, data_options=dict(args.data_option), data_seed=args.data_seed,
         hidden=list(args.hidden), epsilon=epsilon, density=args.density, activation=args.activation, alpha=args.alpha,
-        dropout=args.dropout, init=args.init, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        dropout=args.dropout, init=args.init, lr=args.lr, lr_fan_in=args.lr_fan_in, optimizer=args.optimizer,
+        momentum=args.momentum, weight_decay=args.weight_decay,
         batch_size=args.batch_size, epochs=args.epochs if args.epochs is not None else DEFAULTS.epochs, seed=args.seed,
         zeta=args.zeta, importance_pruning=args.importance_pruning, ip_percentile=args.ip_percentile,
         ip_every=args.ip_every, ip_start=args.ip_start, sync=args.sync, lr_scaling=args.lr_scaling,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparta.train.config import ACTIVATIONS, ConfigError, RunConfig
+from sparta.train.config import ACTIVATIONS, OPTIMIZERS, ConfigError, RunConfig
 from sparta.train.models import mlp
 
 BACKENDS = ("gloo", "nccl")
@@ -57,9 +57,11 @@ class WasapConfig:
 
     Model: ``[features, *hidden, classes]`` ``SparseLinear`` layers at Erdős–Rényi ``epsilon`` (or ``density``),
     All-ReLU (``alpha``) by default; ``loss`` ``ce`` (softmax cross-entropy) or ``mse`` (one sigmoid output unit
-    for two classes, the Madelon SET-MLP setting). Optimizer: SGD with ``momentum`` and ``weight_decay``, every layer
-    at ``lr``, or, with ``lr_fan_in``, a layer whose mean fan-in exceeds it at ``lr · lr_fan_in / fan_in`` (on the
-    server and in the workers' local training alike; :func:`sparta.optim.groups.param_groups`).
+    for two classes, the Madelon SET-MLP setting). Optimizer (:func:`make_optimizer`): ``optimizer`` ``sgd`` (with
+    ``momentum``) or ``adam``, with ``weight_decay``, every layer at ``lr``, or, with ``lr_fan_in``, a layer whose
+    mean fan-in exceeds it at ``lr · lr_fan_in / fan_in`` (on the server and in the workers' local training alike;
+    :func:`sparta.optim.groups.param_groups`). The server's optimizer state restarts after each phase-2 merge and
+    each worker's local optimizer after each merge it receives, as the reference code does for momentum.
 
     Topology: after every phase-1 epoch the server runs SET (drop and regrow the fraction ``zeta``; 0: static
     topology) and, when ``importance_pruning``, Importance Pruning of the hidden neurons at or below the
@@ -96,6 +98,7 @@ class WasapConfig:
     loss: str = "ce"
     lr: float = 0.01
     lr_fan_in: float | None = None
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 2e-4
     batch_size: int = 128
@@ -149,6 +152,8 @@ class WasapConfig:
         _number("dropout", self.dropout, 0.0, 1.0, high_open=True)
         if self.init not in INITS:
             raise WasapConfigError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise WasapConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.loss not in LOSSES:
             raise WasapConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         _number("lr", self.lr, 0.0, low_open=True)
@@ -241,8 +246,8 @@ class WasapConfig:
 
 
 SHARED_FIELDS = ("dataset", "data", "data_options", "data_seed", "hidden", "epsilon", "density", "activation", "alpha",
-                 "dropout", "init", "loss", "lr", "lr_fan_in", "momentum", "weight_decay", "batch_size", "epochs", "seed", "zeta",
-                 "checkpoint_every", "schedule_epochs")
+                 "dropout", "init", "loss", "lr", "lr_fan_in", "optimizer", "momentum", "weight_decay", "batch_size",
+                 "epochs", "seed", "zeta", "checkpoint_every", "schedule_epochs")
 # WASAP-SGD's own settings: kept in RunConfig.parallel
 PARALLEL_FIELDS = tuple(f.name for f in dataclasses.fields(WasapConfig) if f.name not in (*SHARED_FIELDS, "threads"))
 
@@ -254,8 +259,6 @@ def from_run_config(run_config: RunConfig, **overrides: Any) -> WasapConfig:
     if run_config.algo not in ("set", "static"):
         raise WasapConfigError(f"WASAP-SGD evolves the topology with SET (or keeps it static), got algo "
                                f"{run_config.algo!r}")
-    if run_config.optimizer != "sgd":
-        raise WasapConfigError(f"WASAP-SGD supports optimizer='sgd' only, got {run_config.optimizer!r}")
     if run_config.every is not None:
         raise WasapConfigError(f"WASAP-SGD evolves the topology once per epoch; every={run_config.every} cannot be "
                                f"honoured (leave it unset)")
@@ -304,6 +307,17 @@ def build_model(config: WasapConfig, n_features: int, n_classes: int) -> nn.Sequ
                    generator=gen)
     except ValueError as e:
         raise WasapConfigError(str(e)) from None
+
+
+def make_optimizer(config: WasapConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer over ``model`` (the server's, and each worker's for local training): momentum SGD or
+    Adam at ``lr``, per-layer rates with ``lr_fan_in``."""
+    from sparta.optim.groups import param_groups
+
+    groups = param_groups(model, config.lr, config.lr_fan_in)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def load_data(config: WasapConfig):

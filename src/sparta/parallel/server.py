@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from sparta.optim.groups import param_groups
 from sparta.parallel.comm import Kind, Link, Message, json_tensor, model_tensors, read_layers, read_shapes, split_values
-from sparta.parallel.config import WasapConfig, build_model, layer_sizes, seed_for
+from sparta.parallel.config import WasapConfig, build_model, layer_sizes, make_optimizer, seed_for
 from sparta.parallel.merge import merge_models
 from sparta.parallel.state import (
     carry_gradient,
@@ -67,8 +66,7 @@ class Server:
         self.sizes = layer_sizes(config, data.n_features, data.n_classes)
         self.model = build_model(config, data.n_features, data.n_classes).to(self.device)
         self.layers = sparse_layers(self.model)
-        self.opt = torch.optim.SGD(param_groups(self.model, config.lr, config.lr_fan_in), lr=config.lr,
-                                   momentum=config.momentum, weight_decay=config.weight_decay)
+        self.opt = make_optimizer(config, self.model)
         self.set_algo = SET(self.model, self.opt, zeta=config.zeta, seed=seed_for(config.seed, 0, 1)) \
             if config.zeta > 0 else None
         self.ip = ImportancePruning(self.model, self.opt, percentile=config.ip_percentile, seed=config.seed) \
@@ -214,7 +212,7 @@ class Server:
         return grads
 
     def step(self, grads: Grads) -> None:
-        """One momentum-SGD step of the model with ``grads`` (values, bias) per layer."""
+        """One optimizer step of the model with ``grads`` (values, bias) per layer."""
         for i, (m, (gv, gb)) in enumerate(zip(self.layers, grads, strict=True)):
             if gv.shape != m.values.shape or gb.shape != (m.out_features,):
                 raise RuntimeError(f"layer {i}: gradient of {gv.numel()} connections and {gb.numel()} outputs for a layer "

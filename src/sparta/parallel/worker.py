@@ -12,7 +12,6 @@ import os
 import torch
 
 from sparta.nn.mlp import SparseMLP
-from sparta.optim.groups import param_groups
 from sparta.parallel.comm import (
     Kind,
     Link,
@@ -25,7 +24,7 @@ from sparta.parallel.comm import (
     split_values,
     tensor_json,
 )
-from sparta.parallel.config import WasapConfig, build_model, load_data, seed_for
+from sparta.parallel.config import WasapConfig, build_model, load_data, make_optimizer, seed_for
 from sparta.parallel.state import check_layers, export_layers, import_layers, import_values, sparse_layers
 from sparta.rundir.runtime import set_threads
 from sparta.topology import SET
@@ -175,11 +174,10 @@ class Worker:
         self.check(f"after receiving model version {self.version}", full=topology)
 
     def local_optimizer(self) -> tuple[torch.optim.Optimizer, SET | None]:
-        """Fresh momentum SGD (and SET) for local training from the model just received, as the reference code
+        """A fresh optimizer (and SET) for local training from the model just received, as the reference code
         restarts the momentum after every merge."""
         c = self.config
-        opt = torch.optim.SGD(param_groups(self.model, c.lr, c.lr_fan_in), lr=c.lr, momentum=c.momentum,
-                              weight_decay=c.weight_decay)
+        opt = make_optimizer(c, self.model)
         algo = SET(self.model, opt, zeta=c.zeta, seed=seed_for(c.seed, self.rank, 2)) if c.zeta > 0 else None
         return opt, algo
 
