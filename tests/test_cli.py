@@ -97,7 +97,6 @@ def bad_npz(tmp_path):
     (["train", "--data-option", "oops"], "--data-option takes KEY=VALUE"),
     (["train", "--stop-after", "0"], "stop-after must be a positive int"),
     (["train", "--lr-fan-in", "-5"], "lr_fan_in must be a number in (0, inf)"),
-    (["train", "--preset", "scale-10m", "--workers", "2", "--optimizer", "sgd"], "importance_pruning runs in one process"),
     (["eval", "{tmp}/nowhere"], "does not exist"),
     (["report", "{tmp}"], "is not a run directory"),
 ])

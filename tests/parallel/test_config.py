@@ -58,6 +58,10 @@ def test_from_run_config_copies_shared_settings_and_rejects_unsupported_ones():
     with pytest.raises(WasapConfigError, match="algo 'rigl'"):
         from_run_config(RunConfig(algo="rigl"))
     assert from_run_config(RunConfig(optimizer="adam")).optimizer == "adam"
+    # Importance Pruning's settings are the run's (`sparta train --no-importance-pruning --workers 2` was ignored)
+    assert not from_run_config(RunConfig(workers=2, importance_pruning=False)).importance_pruning
+    c = from_run_config(RunConfig(workers=2, importance_pruning=True, ip_percentile=10.0, ip_every=3, ip_start=1))
+    assert (c.importance_pruning, c.ip_percentile, c.ip_every, c.ip_start) == (True, 10.0, 3, 1)
     with pytest.raises(WasapConfigError, match="optimizer must be one of .*got 'rmsprop'"):
         WasapConfig(optimizer="rmsprop")
     with pytest.raises(WasapConfigError, match="unknown setting"):

@@ -247,7 +247,8 @@ class WasapConfig:
 
 SHARED_FIELDS = ("dataset", "data", "data_options", "data_seed", "hidden", "epsilon", "density", "activation", "alpha",
                  "dropout", "init", "loss", "lr", "lr_fan_in", "optimizer", "momentum", "weight_decay", "batch_size",
-                 "epochs", "seed", "zeta", "checkpoint_every", "schedule_epochs")
+                 "epochs", "seed", "zeta", "importance_pruning", "ip_percentile", "ip_every", "ip_start",
+                 "checkpoint_every", "schedule_epochs")
 # WASAP-SGD's own settings: kept in RunConfig.parallel
 PARALLEL_FIELDS = tuple(f.name for f in dataclasses.fields(WasapConfig) if f.name not in (*SHARED_FIELDS, "threads"))
 

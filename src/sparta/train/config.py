@@ -202,9 +202,6 @@ class RunConfig:
         self.ip_every = _int("ip_every", self.ip_every, 1)
         if self.ip_start is not None:
             self.ip_start = _int("ip_start", self.ip_start, 1)
-        if self.importance_pruning and self.workers is not None:
-            raise ConfigError("importance_pruning runs in one process; WASAP-SGD (workers) does not remove neurons: "
-                              "drop one of them")
         return self
 
     @property
