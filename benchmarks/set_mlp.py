@@ -19,7 +19,9 @@ Models:
 * ``dense``  — PyTorch ``nn.Linear`` layers and ``torch.optim.SGD`` (every connection);
 * ``masked`` — ``MaskedLinear`` (dense weight × ε = 20 mask, SET on the mask: how most sparse-training code runs);
 * ``dropin`` — ``nn.Sequential`` of ``SparseLinear``/``AllReLU``/``Dropout`` modules, ``torch.optim.SGD``;
-* ``fused``  — ``sparta.SparseMLP`` with ``sparta.optim.SGD`` (the fused training step);
+* ``fused``  — ``sparta.SparseMLP`` with ``sparta.optim.SGD``, stepped by ``SparseMLP.train_step`` (forward,
+  cross-entropy and backward in one fused pass per part of the batch: what ``sparta train`` runs);
+* ``fused-autograd`` — the same model and optimizer through autograd (``loss.backward()``, any loss);
 * ``sparselab``, ``sparseprop`` — the truly sparse C++ libraries of those names at the same per-layer
   densities (``--workload plain`` only, when importable: ``pip install -e ".[peers]"``).
 
@@ -55,7 +57,7 @@ WIDE = [784, 10000, 10000, 10000, 10]
 EPSILON, ZETA, ALPHA, BATCH, LR, MOMENTUM = 20.0, 0.3, 0.6, 128, 0.01, 0.9
 WORKLOADS = {"set-mlp": {"activation": "allrelu", "dropout": 0.3, "weight_decay": 2e-4},
              "plain": {"activation": "relu", "dropout": 0.0, "weight_decay": 0.0}}
-MODELS = ("dense", "masked", "dropin", "fused")
+MODELS = ("dense", "masked", "dropin", "fused", "fused-autograd")
 PEERS = ("sparselab", "sparseprop")
 MB = 1e6
 
@@ -82,7 +84,7 @@ def build(kind: str, sizes: Sequence[int], workload: str, seed: int) -> torch.nn
     common = dict(activation=w["activation"], alpha=ALPHA, dropout=w["dropout"])
     if kind == "dense":
         return mlp(sizes, sparse=False, fused=False, **common)
-    if kind == "fused":
+    if kind in ("fused", "fused-autograd"):
         return mlp(sizes, epsilon=EPSILON, fused=True, generator=gen, **common)
     if kind in ("dropin", "masked"):
         model = mlp(sizes, epsilon=EPSILON, fused=False, generator=gen, **common)
@@ -115,7 +117,7 @@ def set_threads(kind: str, threads: int) -> None:
     from sparta.kernels.threads import configure
 
     numba.set_num_threads(threads)
-    if kind in ("dropin", "fused"):
+    if kind in ("dropin", "fused", "fused-autograd"):
         configure(threads, sparse=True)  # sparta's workers; torch at one thread
     else:
         configure(threads, sparse=False)
@@ -136,10 +138,12 @@ def child(kind: str, threads: int, sizes: list[int], workload: str, n_train: int
     wd = WORKLOADS[workload]["weight_decay"]
 
     def make_opt(model: torch.nn.Module) -> torch.optim.Optimizer:
-        cls = sparta.optim.SGD if kind == "fused" else torch.optim.SGD
+        cls = sparta.optim.SGD if kind.startswith("fused") else torch.optim.SGD
         return cls(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=wd)
 
     def step(model, opt, idx) -> float:  # the batch gathered as sparta.train's loop does (index_select)
+        if kind == "fused":
+            return model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt)[0]
         out = model(x.index_select(0, idx))
         loss = torch.nn.functional.cross_entropy(out, y.index_select(0, idx))
         opt.zero_grad(set_to_none=True)

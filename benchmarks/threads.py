@@ -3,8 +3,10 @@
 Times the training step (forward, backward, optimizer) of the Fashion-MNIST SET-MLP shape
 (784-1000-1000-1000-10, ε = 20, All-ReLU, dropout 0.3, weight decay 2e-4, batch 128) as
 
-* ``fused``  — ``sparta.SparseMLP`` + ``sparta.optim.SGD``: sparta's own workers, each taking part of the
-  batch through the whole step (two hand-offs per step), torch at one thread;
+* ``fused``  — ``sparta.SparseMLP`` + ``sparta.optim.SGD`` stepped by ``SparseMLP.train_step`` (as ``sparta
+  train`` does): sparta's own workers, each taking part of the batch through forward, loss and backward (one
+  hand-off per step), torch at one thread;
+* ``fused-autograd`` — the same through autograd (``loss.backward()``): two hand-offs per step (forward, backward);
 * ``dropin`` — ``nn.Sequential`` of ``SparseLinear``/``AllReLU``/``Dropout`` + ``torch.optim.SGD``;
 
 at 1 and 2 threads, each in a fresh process, interleaved, ``--repeats`` times (medians). With ``--load``
@@ -24,6 +26,8 @@ import sys
 import _common  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
 from _common import load_average, markdown_table
 
+KINDS = ("fused", "fused-autograd", "dropin")
+
 
 def child(kind: str, threads: int, steps: int) -> None:
     import time
@@ -37,8 +41,9 @@ def child(kind: str, threads: int, steps: int) -> None:
 
     configure(threads, sparse=True)
     torch.manual_seed(0)
-    model = mlp([784, 1000, 1000, 1000, 10], epsilon=20, alpha=0.6, dropout=0.3, fused=kind == "fused")
-    cls = sparta.optim.SGD if kind == "fused" else torch.optim.SGD
+    fused = kind.startswith("fused")
+    model = mlp([784, 1000, 1000, 1000, 10], epsilon=20, alpha=0.6, dropout=0.3, fused=fused)
+    cls = sparta.optim.SGD if fused else torch.optim.SGD
     opt = cls(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     x, y = torch.randn(2048, 784), torch.randint(0, 10, (2048,))
     g = torch.Generator().manual_seed(0)
@@ -46,10 +51,13 @@ def child(kind: str, threads: int, steps: int) -> None:
     for i in range(steps + 10):
         idx = torch.randint(0, 2048, (128,), generator=g)
         t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if kind == "fused":
+            model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt)
+        else:
+            loss = torch.nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         if i >= 10:
             times.append(time.perf_counter() - t0)
     from sparta.kernels.threads import POOL
@@ -68,7 +76,7 @@ def main() -> None:
         child(a.child[0], int(a.child[1]), a.steps)
         return
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.load else None
-    configs = [(k, t) for k in ("fused", "dropin") for t in (1, 2)]
+    configs = [(k, t) for k in KINDS for t in (1, 2)]
     ms: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
     serial: dict[tuple[str, int], list[int]] = {c: [] for c in configs}
     try:
@@ -85,13 +93,15 @@ def main() -> None:
     print(f"SET-MLP training step, ms (median of {a.steps} steps, median of {a.repeats} runs); "
           f"{'another process busy on one core' if a.load else 'quiet machine'}; load average {load_average()}\n")
     rows = []
-    for kind in ("fused", "dropin"):
+    for kind in KINDS:
         one, two = statistics.median(ms[(kind, 1)]), statistics.median(ms[(kind, 2)])
+        runs = {"fused": a.steps + 10, "fused-autograd": 2 * (a.steps + 10)}.get(kind)
         rows.append([kind, f"{one:.2f}", f"{two:.2f}", f"{one / two:.2f}",
-                     f"{statistics.median(serial[(kind, 2)]):.0f} / {2 * (a.steps + 10)}" if kind == "fused" else "–"])
+                     f"{statistics.median(serial[(kind, 2)]):.0f} / {runs}" if runs else "–"])
     print(markdown_table(["model", "1 thread", "2 threads", "2 threads × faster", "serial runs (2 threads)"], rows))
-    print("\nserial runs: the fused step's forward and backward runs (2 per step) that sparta's pool ran on the "
-          "caller alone, because that had been faster for them (sparta.kernels.threads)")
+    print("\nserial runs: the fused step's runs (1 per step with train_step, 2 through autograd: forward and "
+          "backward) that sparta's pool ran on the caller alone, because that had been faster for them "
+          "(sparta.kernels.threads)")
 
 
 if __name__ == "__main__":

@@ -504,3 +504,133 @@ def test_small_batch_path_follows_value_and_topology_changes():
     with torch.no_grad():
         head.values.mul_(2)
     check()
+
+
+# ---------------------------------------------------------------------------- train_step: the fused CE step
+
+
+def _autograd_step(m: SparseMLP, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    out = m(x)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach()), int((out.detach().argmax(-1) == y).sum())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["allrelu", "relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("sizes,batch,bias,dropout", [
+    ([20, 37, 29, 7], 128, True, 0.3),  # two full tiles
+    ([13, 50, 3], 70, False, 0.0),  # a full tile and a 6-sample tail
+    ([9, 17, 17, 17, 5], 5, True, 0.5),  # less than a tile
+])
+def test_train_step_equals_the_autograd_step(dtype, activation, sizes, batch, bias, dropout, monkeypatch):
+    """Loss, correct count, gradients and updated parameters of ``train_step`` match forward + cross-entropy +
+    backward + optimizer step through autograd, step after step (dropout masks, momentum), at 1 and 2 threads,
+    and the gradients match a float64 dense reference of the same step."""
+    monkeypatch.setattr(functional, "MIN_WORK_PER_THREAD", 1)
+    tol = TOL[dtype]
+    for threads in (1, 2):
+        sparta.set_num_threads(threads)
+        try:
+            a = make(sizes, 0.3, dtype, activation=activation, dropout=dropout, bias=bias)
+            b = copy.deepcopy(a)
+            oa = sparta.optim.SGD(a.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
+            ob = sparta.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
+            gen = torch.Generator().manual_seed(threads)
+            for step in range(3):
+                x = torch.randn(batch, sizes[0], generator=gen, dtype=dtype)
+                y = torch.randint(0, sizes[-1], (batch,), generator=gen)
+                rng = (int(a.dropout_state[0]), int(a.dropout_state[1])) if dropout else None
+                # float64 dense reference of this step's gradients: d(mean CE)/d out = (softmax - onehot) / B
+                with torch.no_grad():
+                    out = a.eval()(x) if not dropout else None
+                a.train()
+                if out is not None:
+                    g = (torch.softmax(out.double(), -1) - F.one_hot(y, sizes[-1]).double()) / batch
+                    _, _, dws, dbs = dense_reference(a, x, g, rng)
+                loss_a, correct_a = a.train_step(x, y, oa)
+                loss_b, correct_b = _autograd_step(b, ob, x, y)
+                assert abs(loss_a - loss_b) <= tol * max(1.0, abs(loss_b)), (threads, step)
+                assert correct_a == correct_b
+                for la, lb in zip(a.layers, b.layers, strict=True):
+                    assert_close(la.values.grad, lb.values.grad, tol, "value gradient")
+                    assert_close(la.values.detach(), lb.values.detach(), tol, "values after the step")
+                    if bias:
+                        assert_close(la.bias.grad, lb.bias.grad, tol, "bias gradient")
+                    else:
+                        assert la.bias is None
+                if out is not None:
+                    for j, la in enumerate(a.layers):
+                        rows, cols = la.rows().long(), la.indices.long()
+                        assert_close(la.values.grad, dws[j][rows, cols], tol, "value gradient vs dense float64")
+                        if bias:
+                            assert_close(la.bias.grad, dbs[j], tol, "bias gradient vs dense float64")
+            assert torch.equal(a.dropout_state, b.dropout_state)
+        finally:
+            sparta.set_num_threads(None)
+
+
+def test_train_step_is_bit_identical_across_thread_counts(monkeypatch):
+    monkeypatch.setattr(functional, "MIN_WORK_PER_THREAD", 1)
+    base = make([30, 100, 100, 10], 0.2, torch.float32, dropout=0.3, empty=False)
+    x, y = torch.randn(200, 30), torch.randint(0, 10, (200,))
+    results = []
+    for threads in (1, 2, 2):
+        sparta.set_num_threads(threads)
+        try:
+            m = copy.deepcopy(base)
+            opt = sparta.optim.Adam(m.parameters(), lr=1e-3)
+            losses = [m.train_step(x, y, opt) for _ in range(3)]
+            results.append((losses, [p.detach().clone() for p in m.parameters()]))
+        finally:
+            sparta.set_num_threads(None)
+    for losses, params in results[1:]:
+        assert losses == results[0][0]
+        assert all(torch.equal(p, q) for p, q in zip(params, results[0][1], strict=True))
+
+
+def test_train_step_falls_back_to_autograd_where_the_fused_pass_does_not_apply():
+    """A layer capturing gradients (RigL), a hook, the fused path off, grad mode off: the autograd sequence
+    runs (captures filled, hooks called, the same numbers)."""
+    x, y = torch.randn(40, 12, dtype=torch.float64), torch.randint(0, 4, (40,))
+
+    def pair(**kw):
+        a = make([12, 30, 4], 0.4, torch.float64, dropout=0.2, **kw)
+        b = copy.deepcopy(a)
+        return a, b, torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)
+
+    a, b, oa, ob = pair()
+    a.layers[0].capture = {}
+    assert a.train_step(x, y, oa) == pytest.approx(_autograd_step(b, ob, x, y))
+    assert a.layers[0].capture["dyt"].shape == (30, 40)
+    a, b, oa, ob = pair()
+    seen = []
+    a.layers[1].values.register_hook(lambda g: seen.append(g.shape))
+    a.train_step(x, y, oa)
+    _autograd_step(b, ob, x, y)
+    assert seen == [a.layers[1].values.shape]
+    assert torch.allclose(a.layers[1].values, b.layers[1].values)
+    a, b, oa, ob = pair(fused=False)
+    assert a.train_step(x, y, oa) == pytest.approx(_autograd_step(b, ob, x, y))
+    with torch.no_grad(), pytest.raises(RuntimeError):  # as loss.backward() would
+        a.train_step(x, y, oa)
+
+
+def test_train_step_bad_input():
+    m = make([12, 30, 4], 0.4, torch.float32)
+    opt = sparta.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(8, 12)
+    with pytest.raises(ValueError, match=r"y must hold class indices in \[0, 4\)"):
+        m.train_step(x, torch.tensor([0, 1, 2, 3, 4, 0, 1, 2]), opt)
+    with pytest.raises(ValueError, match="y must be an int64 tensor of shape"):
+        m.train_step(x, torch.zeros(8, dtype=torch.int32), opt)
+    with pytest.raises(ValueError, match="y must be an int64 tensor of shape"):
+        m.train_step(x, torch.zeros(7, dtype=torch.int64), opt)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 12\)"):
+        m.train_step(torch.randn(8, 11), torch.zeros(8, dtype=torch.int64), opt)
+    with pytest.raises(TypeError, match="x and y must be torch.Tensors"):
+        m.train_step(x.numpy(), torch.zeros(8, dtype=torch.int64), opt)
+    before = [p.detach().clone() for p in m.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before, strict=True))  # nothing was stepped

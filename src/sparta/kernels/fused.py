@@ -757,3 +757,48 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
                 nxt = tmp
         if need_x:
             from_feature_major(dxbuf, T, 0, n, dx[t0:t1])
+
+
+@numba.njit(**_NJIT)
+def softmax_xent(out, y, c0, c1, scale, gy, stats):  # pragma: no cover - compiled by numba
+    """Softmax cross-entropy of rows ``[c0, c1)`` of the logits ``out (B, C)`` against labels ``y (B,)`` (int64,
+    in ``[0, C)``): ``gy = (softmax − onehot) · scale`` (``scale = 1/B`` for the batch mean), and into ``stats``
+    ``(2,)`` float64 the sum of the rows' losses and their correct predictions (first maximum, as ``argmax``)."""
+    n_cls = out.shape[1]
+    loss = 0.0
+    correct = 0
+    for c in range(c0, c1):
+        best = 0
+        m = out[c, 0]
+        for j in range(1, n_cls):
+            if out[c, j] > m:
+                m = out[c, j]
+                best = j
+        s = m * 0
+        for j in range(n_cls):
+            e = np.exp(out[c, j] - m)
+            gy[c, j] = e
+            s += e
+        label = y[c]
+        loss += np.log(np.float64(s)) - np.float64(out[c, label] - m)
+        correct += best == label
+        inv = scale / s
+        for j in range(n_cls):
+            gy[c, j] *= inv
+        gy[c, label] -= scale
+    stats[0] += loss
+    stats[1] += correct
+
+
+@numba.njit(**_NJIT)
+def train_pass(indptrs, indicess, valuess, biases, colptrs, rowidxs, perms, acts, ds, codes, x, y, out, gy, grads, dbs,
+               caps, dz0, dz1, dxbuf, dx, c0, c1, mode, act, slopes, thr, scale, k1s, k2s, lut1s, lut2s, need_v,
+               use_csc, inv_batch, stats):  # pragma: no cover - compiled by numba
+    """A whole training pass of samples ``[c0, c1)`` with softmax cross-entropy on top: :func:`forward_pass`,
+    :func:`softmax_xent` (mean over the batch through ``inv_batch``) and :func:`backward_pass` (no input
+    gradient), in one call, so a thread releases the GIL once per step."""
+    forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0, c1, mode, act, slopes, thr, scale,
+                 k1s, k2s)
+    softmax_xent(out, y, c0, c1, inv_batch, gy, stats)
+    backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds, codes, gy, grads, dbs, caps, dz0, dz1,
+                  dxbuf, dx, c0, c1, lut1s, lut2s, need_v, False, use_csc)

@@ -204,6 +204,101 @@ class SparseMLP(nn.Module):
             y = self._forward_unfused(x2d, rng)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor,
+                   optimizer: torch.optim.Optimizer | None = None) -> tuple[float, int]:
+        """One optimizer step on the mean softmax cross-entropy of ``self(x)`` against the labels ``y``.
+
+        The same as ``loss = F.cross_entropy(self(x), y); optimizer.zero_grad(set_to_none=True); loss.backward();
+        optimizer.step()`` (each parameter's ``.grad`` is left as that ``backward`` leaves it, and any optimizer
+        works), but forward, loss and backward run as one fused numba pass per part of the batch, with no
+        autograd graph: one hand-off to the threads per step instead of two, and none of the framework work
+        between them. Where that pass does not apply (the fused path off or not applicable, a network big enough
+        for layer mode, a layer capturing gradients for RigL, hooks on the module or its parameters, grad mode
+        off) it runs exactly that sequence.
+
+        ``x (B, in)`` float, ``y (B,)`` int64 class indices in ``[0, out)``; ``optimizer=None`` leaves the gradients
+        in ``.grad`` (the module's ``zero_grad(set_to_none=True)`` and ``backward`` alone). Returns the batch's mean
+        loss and how many of its samples the network classified correctly (``argmax``).
+        """
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"x and y must be torch.Tensors, got {type(x).__name__} and {type(y).__name__}")
+        n_in, n_out = _in_features(self.layers[0]), _out_features(self.layers[-1])
+        if x.dim() != 2 or x.shape[1] != n_in:
+            raise ValueError(f"x must have shape (batch, {n_in}), got {tuple(x.shape)}")
+        if y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype != torch.int64:
+            raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+        st = self._fused_structure(x)
+        if st is None or not self._plain_step(st, x):
+            out = self(x)
+            loss = F.cross_entropy(out, y)
+            (optimizer or self).zero_grad(set_to_none=True)
+            loss.backward()
+            if optimizer is not None:
+                optimizer.step()
+            return float(loss.detach()), int((out.detach().argmax(-1) == y).sum())
+        yn = y.detach().contiguous().numpy()
+        if yn.size and (int(yn.min()) < 0 or int(yn.max()) >= n_out):
+            raise ValueError(f"y must hold class indices in [0, {n_out}), got values in "
+                             f"[{int(yn.min())}, {int(yn.max())}]")
+        batch = x.shape[0]
+        parts, threads = st.split(batch)
+        runner: _FusedRunner = self._runner
+        ws = runner.workspace(st.sizes, batch, st.dtype, parts, True, st.leaky, True)
+        rng = self._next_dropout_step()
+        if rng is not None:
+            k1s, k2s = hashrng.step_keys(rng[0], rng[1], st.n - 1)
+            thr = st.thr
+        else:
+            k1s = k2s = st.no_keys
+            thr = np.uint32(0)
+        xn = x.detach().contiguous().numpy()
+        out = np.empty((batch, n_out), st.dtype)
+        gy = np.empty_like(out)
+        grads = [torch.empty_like(v) for v in st.values]
+        gsets = _grad_sets(st, ws, parts, grads)
+        stats = np.zeros((len(parts), 2))
+        ip, ix, vals, biases = st.arrays
+        csc = st.transposed()
+        no_dx = np.empty((0, st.sizes[0]), st.dtype)
+        inv = st.dtype.type(1.0 / batch)
+
+        def run(p: int, c0: int, c1: int) -> None:
+            fused.train_pass(ip, ix, vals, biases, *csc, ws.acts, ws.ds, ws.codes, xn, yn, out, gy, gsets[p],
+                             ws.bias_parts[p], st.no_caps, *ws.scratch[p], no_dx, c0, c1, fused.MODE_TRAIN, st.act,
+                             st.slopes, thr, st.scale, k1s, k2s, st.luts1, st.luts2, st.need_v, st.use_csc, inv,
+                             stats[p])
+
+        try:
+            POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], threads,
+                     key=(id(runner), -2, batch))
+        finally:
+            ws.generation += 1
+            runner.free.append(ws)
+        dbias = _reduce_grads(st, ws, parts, grads, gsets, st.has_bias)
+        for j, m in enumerate(st.layers):
+            m.values.grad = grads[j]
+            if m.bias is not None:
+                m.bias.grad = dbias[j]
+        if optimizer is not None:
+            optimizer.step()
+        return float(stats[:, 0].sum()) / batch, int(stats[:, 1].sum())
+
+    def _plain_step(self, st: _Structure, x: torch.Tensor) -> bool:
+        """Whether :meth:`train_step` may run its fused pass: tile mode, grad mode on, every parameter trainable,
+        no gradient capture and no hooks that autograd or the module call would run."""
+        if st.layer_mode or x.shape[0] == 0 or x.requires_grad or not torch.is_grad_enabled():
+            return False
+        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks:
+            return False
+        for m in st.layers:
+            if m.capture is not None or m._forward_hooks or m._forward_pre_hooks:
+                return False
+        for p in st.params:
+            if p.numel() and (not p.requires_grad or p._backward_hooks or
+                              getattr(p, "_post_accumulate_grad_hooks", None)):
+                return False
+        return True
+
     def _forward_unfused(self, h: torch.Tensor, rng: tuple[int, int] | None) -> torch.Tensor:
         last = len(self.layers) - 1
         for j, layer in enumerate(self.layers):
@@ -409,11 +504,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         need_v = st.need_v if all(needs[5::2]) else np.array(needs[5::2], np.bool_)
         need_b = [needs[6 + 2 * j] and st.has_bias[j] for j in range(n_layers)]
         grads = [torch.empty_like(v) if need_v[j] else None for j, v in enumerate(values)]
-        if any([g.size for g in gp] != st.nnz for gp in ws.grad_parts):  # the topology changed since allocated
-            ws.grad_parts = []
-        while len(ws.grad_parts) < len(parts) - 1:
-            ws.grad_parts.append(tuple(np.empty(n, dtype) for n in st.nnz))
-        gsets = [tuple(g.numpy() if g is not None else empty for g in grads)] + ws.grad_parts
+        gsets = _grad_sets(st, ws, parts, grads)
         csc = st.transposed()
         gyn = gy.detach().to(values[0].dtype).contiguous().numpy()
         dx = torch.empty(batch, ws.sizes[0], dtype=values[0].dtype) if need_x else None
@@ -435,19 +526,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         else:
             POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads,
                      key=(id(ctx.mlp._runner), -1, batch))  # timed per key: serial when that is faster
-        for j in range(n_layers):  # the other groups' partial sums into group 0's, in group order (reproducible)
-            for p in range(1, len(parts)):
-                if grads[j] is not None:
-                    np.add(gsets[0][j], gsets[p][j], out=gsets[0][j])
-        dbias: list[torch.Tensor | None] = []
-        for j in range(n_layers):
-            b = None
-            if need_b[j]:
-                b = ws.bias_parts[0][j].copy()
-                for p in range(1, len(parts)):
-                    b += ws.bias_parts[p][j]
-                b = torch.from_numpy(b)
-            dbias.append(b)
+        dbias = _reduce_grads(st, ws, parts, grads, gsets, need_b)
         for j, m in enumerate(layers):
             if m.capture is not None and caps[j].size:
                 m.capture["xt"] = torch.from_numpy(np.ascontiguousarray(ws.inputs(j)))
@@ -459,6 +538,37 @@ class _FusedMLPFunction(torch.autograd.Function):
         for j in range(n_layers):
             out += [grads[j], dbias[j]]
         return tuple(out)
+
+
+def _grad_sets(st: _Structure, ws: _Workspace, parts: list[tuple[int, int]],
+               grads: list[torch.Tensor | None]) -> list[tuple[np.ndarray, ...]]:
+    """Each part's value-gradient arrays: part 0 writes into ``grads`` (None: not needed), the others into
+    per-part scratch kept with the workspace."""
+    if any([g.size for g in gp] != st.nnz for gp in ws.grad_parts):  # the topology changed since allocated
+        ws.grad_parts = []
+    while len(ws.grad_parts) < len(parts) - 1:
+        ws.grad_parts.append(tuple(np.empty(n, ws.dtype) for n in st.nnz))
+    return [tuple(g.numpy() if g is not None else ws.empty for g in grads)] + ws.grad_parts
+
+
+def _reduce_grads(st: _Structure, ws: _Workspace, parts: list[tuple[int, int]], grads: list[torch.Tensor | None],
+                  gsets: list[tuple[np.ndarray, ...]], need_b: Sequence[bool]) -> list[torch.Tensor | None]:
+    """Add the other parts' value gradients into part 0's (in ``grads``), in part order (reproducible); returns
+    the bias gradients summed the same way (None where ``need_b`` is False)."""
+    for j in range(st.n):
+        for p in range(1, len(parts)):
+            if grads[j] is not None:
+                np.add(gsets[0][j], gsets[p][j], out=gsets[0][j])
+    dbias: list[torch.Tensor | None] = []
+    for j in range(st.n):
+        b = None
+        if need_b[j]:
+            b = ws.bias_parts[0][j].copy()
+            for p in range(1, len(parts)):
+                b += ws.bias_parts[p][j]
+            b = torch.from_numpy(b)
+        dbias.append(b)
+    return dbias
 
 
 def _ranges(ptr: np.ndarray, parts: int) -> list[tuple[int, int]]:

@@ -42,9 +42,7 @@ def _numba_ok(*tensors: torch.Tensor) -> bool:
 
 def _written(*tensors: torch.Tensor | None) -> None:
     """Tell autograd these tensors changed in place (numpy writes do not bump their version counters)."""
-    for t in tensors:
-        if t is not None:
-            torch.autograd.graph.increment_version(t)
+    torch.autograd.graph.increment_version([t for t in tensors if t is not None])  # one call for all
 
 
 def _grads(group: dict, name: str) -> list[torch.nn.Parameter]:

@@ -7,6 +7,7 @@ own momentum SGD and SET, send its model when a merge is due and continue from t
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -105,17 +106,23 @@ class Worker:
             self.model.train()
             for idx in self.batches(epoch):
                 self.maybe_crash()
-                out = self.model(self.x.index_select(0, idx))
-                yb = self.y.index_select(0, idx)
-                loss = self.loss(out, yb)
-                if not bool(torch.isfinite(loss)):
+                xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+                if self.fused_ce():  # forward, loss and backward in one fused pass (SparseMLP.train_step)
+                    loss_v, right = self.model.train_step(xb, yb, opt)
+                else:
+                    out = self.model(xb)
+                    loss = self.loss(out, yb)
+                    loss_v, right = float(loss.detach()), None
+                    if math.isfinite(loss_v):
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        right = correct_count(out.detach(), yb)
+                if not math.isfinite(loss_v):
                     raise FloatingPointError(f"worker rank {self.rank}: the loss became non-finite in local epoch "
                                              f"{epoch + 1}: training diverged (lower lr)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += correct_count(out.detach(), yb)
+                loss_sum += loss_v * len(idx)
+                correct += right
                 self.steps += 1
             if algo is not None and epoch + 1 < c.epochs:
                 algo.generator.manual_seed(seed_for(c.seed, self.rank, epoch, 2))
@@ -131,6 +138,10 @@ class Worker:
                 opt, algo = self.local_optimizer()
 
     # ================================================================== pieces
+    def fused_ce(self) -> bool:
+        """Whether a step runs as :meth:`SparseMLP.train_step` (cross-entropy on a ``SparseMLP``, int64 labels)."""
+        return self.config.loss == "ce" and isinstance(self.model, SparseMLP) and self.y.dtype == torch.int64
+
     def batches(self, epoch: int) -> list[torch.Tensor]:
         """This epoch's minibatch indices into the shard (shuffled from ``(seed, rank, epoch)`` unless
         ``shuffle`` is off)."""
@@ -146,16 +157,20 @@ class Worker:
         """Phase 1: send the gradient of the minibatch ``idx``, then take the server's model."""
         self.maybe_crash()
         self.model.train()
-        out = self.model(self.x.index_select(0, idx))
-        yb = self.y.index_select(0, idx)
-        loss = self.loss(out, yb)
-        for p in self.model.parameters():
-            p.grad = None
-        loss.backward()
+        xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+        if self.fused_ce():  # the gradients of one fused pass, no optimizer step
+            loss_v, right = self.model.train_step(xb, yb)
+        else:
+            out = self.model(xb)
+            loss = self.loss(out, yb)
+            for p in self.model.parameters():
+                p.grad = None
+            loss.backward()
+            loss_v, right = float(loss.detach()), correct_count(out.detach(), yb)
         grads = [(m.values.grad if m.values.grad is not None else torch.zeros_like(m.values),
                   m.bias.grad if m.bias.grad is not None else torch.zeros_like(m.bias))  # type: ignore[union-attr]
                  for m in self.layers]
-        stats = [float(loss.detach()) * len(idx), correct_count(out.detach(), yb), self.take_checks()]
+        stats = [loss_v * len(idx), right, self.take_checks()]
         tensors = gradient_tensors(grads, shapes_tensor(export_layers(self.model)), stats)
         self.link.send(Message(Kind.GRAD, [self.version, self.topo_version, len(idx), epoch], tensors), 0)
         self.steps += 1
