@@ -23,7 +23,8 @@ Models:
   cross-entropy and backward in one fused pass per part of the batch: what ``sparta train`` runs);
 * ``fused-autograd`` — the same model and optimizer through autograd (``loss.backward()``, any loss);
 * ``sparselab``, ``sparseprop`` — the truly sparse C++ libraries of those names at the same per-layer
-  densities (``--workload plain`` only, when importable: ``pip install -e ".[peers]"``).
+  densities (``--workload plain`` only, when importable: ``pip install sparselab`` and ``pip install pybind11 &&
+  pip install --no-build-isolation sparseprop``; neither is a dependency of sparta).
 
 Each model runs in its own fresh process (so peak memory is its own): warm-up steps, then one timed epoch,
 every step timed, then one SET update timed on its own (sparse models). ``--repeats R`` runs the whole

@@ -173,3 +173,26 @@ def test_keyed_runs_go_the_faster_way_and_probe_the_other(monkeypatch):
     assert back <= 256 and gaps == [8 * 2**i for i in range(len(gaps))] and len(probes) <= 5, (back, probes)
     assert runs(5, key="bwd") == ["parallel", "serial", "parallel", "parallel", "parallel"]  # keys learn apart
     assert pool.lagged == 0  # keyed runs do not use the per-run lag check
+
+
+def test_a_watching_worker_takes_the_next_run_without_a_wake_up():
+    """After a run, a worker watches the run counter for ``WATCH_SECONDS`` (GIL released) and takes the next run
+    without being woken; every run still completes, and no wake-up token is left behind."""
+    pool = Pool()
+    ran = []
+
+    def task(i):
+        def run():
+            time.sleep(0.0005)
+            ran.append(i)
+        return run
+
+    for r in range(30):
+        pool.run([task(2 * r), task(2 * r + 1)], 2)
+    assert sorted(ran) == list(range(60))
+    if pool._watch_ticks:  # a cycle counter to time the watch by (x86 and most others)
+        assert pool.caught > 0
+    time.sleep(2 * Pool.WATCH_SECONDS + 0.05)  # the worker stopped watching and sleeps on the semaphore
+    assert pool._wake._value == 0
+    pool.run([task(100), task(101)], 2)  # and a later run wakes it as before
+    assert sorted(ran)[-2:] == [100, 101]

@@ -31,11 +31,18 @@ from __future__ import annotations
 
 import _thread
 import os
+import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+import numba
+import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _threads: int | None = None
 DEFAULT_THREADS = max(1, torch.get_num_threads())  # torch's own default (physical cores), read at import
@@ -72,11 +79,80 @@ def configure(threads: int | None, *, sparse: bool) -> int:
     return n
 
 
+# ---------------------------------------------------------------------------- watching for the next run
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+@intrinsic
+def _cycles(typingctx):  # pragma: no cover - runs at compile time
+    """The CPU's cycle counter (``llvm.readcyclecounter``: ``rdtsc`` on x86)."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+    return types.int64(), codegen
+
+
+@intrinsic
+def _load_acquire(typingctx, arr):  # pragma: no cover - runs at compile time
+    """``arr[0]`` of an int64 array, read with an atomic acquire load (never hoisted out of a loop)."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [context.get_constant(types.intp, 0)],
+                                       wraparound=False)
+        return builder.load_atomic(ptr, "acquire", 8)
+    return types.int64(arr), codegen
+
+
+@intrinsic
+def _pause(typingctx):  # pragma: no cover - runs at compile time
+    """The spin-wait hint (``pause`` on x86; nothing elsewhere)."""
+    def codegen(context, builder, sig, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _now():  # pragma: no cover - compiled by numba
+    return _cycles()
+
+
+@numba.njit(nogil=True, cache=True)
+def _watch(flag, seen, ticks):  # pragma: no cover - compiled by numba
+    """Wait, without the GIL, until ``flag[0]`` differs from ``seen`` or ``ticks`` cycles have passed; returns
+    ``flag[0]``."""
+    start = _cycles()
+    while True:
+        v = _load_acquire(flag)
+        if v != seen or _cycles() - start > ticks:
+            return v
+        for _ in range(4):
+            _pause()
+
+
+def _cycles_per_second() -> float:
+    """The cycle counter's rate, measured over ~2 ms (0 where the counter does not count)."""
+    try:
+        _now()  # compile (or load from numba's cache) before timing
+        c0, t0 = _now(), time.perf_counter()
+        while (t := time.perf_counter()) - t0 < 0.002:
+            pass
+        rate = (_now() - c0) / (t - t0)
+    except Exception:  # noqa: BLE001 - no counter or no compiler: workers just sleep
+        return 0.0
+    return rate if rate > 1e6 else 0.0
+
+
 class _Batch:
     """Tasks of one :meth:`Pool.run`, claimed one at a time by whichever thread asks first."""
 
     def __init__(self, tasks: Sequence[Callable[[], None]]) -> None:
         self.tasks = tasks
+        self.gen = 0  # the pool's run counter when this batch was handed out
         self.next = 0
         self.lock = _thread.allocate_lock()
         self.done = [_thread.allocate_lock() for _ in tasks]
@@ -137,12 +213,29 @@ class Pool:
         self.lagged = 0  # parallel runs whose workers lagged (for tests and benchmarks)
         self.choices: dict = {}  # key → _Choice
         self.serial_chosen = 0  # keyed runs that went serial because that was faster (for tests and benchmarks)
+        self._gen = np.zeros(1, np.int64)  # parallel runs handed out so far (watched by idle workers)
+        self._watch_ticks: int | None = None  # cycles a worker watches for the next run (0: it sleeps at once)
+        self.caught = 0  # runs a worker picked up while watching rather than after a wake-up (for tests)
+
+    WATCH_SECONDS = 0.002  # after a run, workers watch for the next one this long (GIL released) before sleeping
 
     def _loop(self) -> None:
+        """A worker: run parts of each batch; between batches watch the run counter for ``WATCH_SECONDS`` (a
+        step's next run usually comes sooner: no wake-up to pay), then sleep on the semaphore."""
+        seen = -1
         while True:
-            self._wake.acquire()
+            caught = False
+            if seen >= 0 and self._watch_ticks:
+                g = int(_watch(self._gen, seen, self._watch_ticks))
+                if g != seen and self._wake.acquire(blocking=False):  # a run came: take its wake-up token
+                    caught = True
+                    seen = g
+                    self.caught += 1
+            if not caught:
+                self._wake.acquire()
             batch = self._batch
             if batch is not None:
+                seen = batch.gen
                 batch.work()
 
     EMA = 0.25  # weight of the newest run in a mode's average seconds per run (keyed runs)
@@ -216,14 +309,18 @@ class Pool:
 
     def _run_parallel(self, tasks: Sequence[Callable[[], None]], n: int, check_lag: bool) -> None:
         with self._lock:  # one parallel run at a time per process
+            if self._watch_ticks is None:
+                self._watch_ticks = int(self.WATCH_SECONDS * _cycles_per_second())
             while len(self._workers) < n - 1:
                 t = threading.Thread(target=self._loop, name="sparta-worker", daemon=True)
                 t.start()
                 self._workers.append(t)
             batch = _Batch(tasks)
+            batch.gen = int(self._gen[0]) + 1
             self._batch = batch
-            for _ in range(n - 1):
+            for _ in range(n - 1):  # a sleeping worker wakes on its token; a watching one takes it
                 self._wake.release()
+            self._gen[0] = batch.gen  # after the tokens: a worker that sees the new count finds its token
             t0 = time.perf_counter()
             ran = batch.work()
             t1 = time.perf_counter()
