@@ -196,3 +196,18 @@ def test_a_watching_worker_takes_the_next_run_without_a_wake_up():
     assert pool._wake._value == 0
     pool.run([task(100), task(101)], 2)  # and a later run wakes it as before
     assert sorted(ran)[-2:] == [100, 101]
+
+
+def test_stop_ends_the_workers_and_a_later_run_starts_new_ones():
+    """``Pool.stop`` (registered for interpreter exit, where a daemon worker coming back from a numba call while
+    the interpreter finalises would abort the process) ends every worker, watching or asleep."""
+    pool = Pool()
+    pool.run([lambda: time.sleep(0.001)] * 2, 2)
+    old = list(pool._workers)
+    assert old and all(t.is_alive() for t in old)
+    pool.stop()
+    assert all(not t.is_alive() for t in old) and pool._workers == []
+    ran = []
+    pool.run([lambda: ran.append(1)] * 2, 2)
+    assert ran == [1, 1] and len(pool._workers) == 1
+    pool.stop()

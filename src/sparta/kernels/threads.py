@@ -30,6 +30,7 @@ The thread count is :func:`get_num_threads`: what :func:`set_num_threads` set, e
 from __future__ import annotations
 
 import _thread
+import atexit
 import os
 import platform
 import threading
@@ -216,10 +217,11 @@ class Pool:
         self._gen = np.zeros(1, np.int64)  # parallel runs handed out so far (watched by idle workers)
         self._watch_ticks: int | None = None  # cycles a worker watches for the next run (0: it sleeps at once)
         self.caught = 0  # runs a worker picked up while watching rather than after a wake-up (for tests)
+        self._epoch = getattr(self, "_epoch", 0) + 1  # workers of an earlier epoch return (see stop)
 
     WATCH_SECONDS = 0.002  # after a run, workers watch for the next one this long (GIL released) before sleeping
 
-    def _loop(self) -> None:
+    def _loop(self, epoch: int) -> None:
         """A worker: run parts of each batch; between batches watch the run counter for ``WATCH_SECONDS`` (a
         step's next run usually comes sooner: no wake-up to pay), then sleep on the semaphore."""
         seen = -1
@@ -233,6 +235,8 @@ class Pool:
                     self.caught += 1
             if not caught:
                 self._wake.acquire()
+            if self._epoch != epoch:
+                return
             batch = self._batch
             if batch is not None:
                 seen = batch.gen
@@ -307,12 +311,27 @@ class Pool:
             if probe or c.left <= 0:
                 c.left = c.backoff
 
+    def stop(self) -> None:
+        """End the workers (at interpreter exit: a daemon thread still inside a numba call when the interpreter
+        finalises would abort the process); a later parallel run starts new ones."""
+        with self._lock:
+            workers = self._workers
+            if not workers:
+                return
+            self._epoch += 1
+            for _ in workers:
+                self._wake.release()
+            self._gen[0] += 1
+            for t in workers:
+                t.join(timeout=1.0)
+            self._workers = []
+
     def _run_parallel(self, tasks: Sequence[Callable[[], None]], n: int, check_lag: bool) -> None:
         with self._lock:  # one parallel run at a time per process
             if self._watch_ticks is None:
                 self._watch_ticks = int(self.WATCH_SECONDS * _cycles_per_second())
             while len(self._workers) < n - 1:
-                t = threading.Thread(target=self._loop, name="sparta-worker", daemon=True)
+                t = threading.Thread(target=self._loop, args=(self._epoch,), name="sparta-worker", daemon=True)
                 t.start()
                 self._workers.append(t)
             batch = _Batch(tasks)
@@ -343,3 +362,4 @@ class Pool:
 POOL = Pool()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=POOL._forget_workers)
+atexit.register(POOL.stop)
