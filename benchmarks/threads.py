@@ -9,8 +9,11 @@ Times the training step (forward, backward, optimizer) of the Fashion-MNIST SET-
 * ``fused-autograd`` — the same through autograd (``loss.backward()``): two hand-offs per step (forward, backward);
 * ``dropin`` — ``nn.Sequential`` of ``SparseLinear``/``AllReLU``/``Dropout`` + ``torch.optim.SGD``;
 
-at 1 and 2 threads, each in a fresh process, interleaved, ``--repeats`` times (medians). With ``--load``
-another process keeps one core busy the whole time (``while True: pass``).
+at 1 and 2 threads. The host's speed drifts by tens of percent within seconds, so 1 and 2 threads are
+timed *in the same process*, alternating blocks of ``--block`` steps (the thread count switched by
+``sparta.set_num_threads`` between blocks), and the ratio is the median over the pairs of neighbouring blocks;
+each kind runs in ``--repeats`` fresh processes, interleaved, and the table shows medians over them. With
+``--load`` another process keeps one core busy the whole time (``while True: pass``).
 
     python benchmarks/threads.py            # quiet machine
     python benchmarks/threads.py --load     # with another process busy on one core
@@ -29,17 +32,20 @@ from _common import load_average, markdown_table
 KINDS = ("fused", "fused-autograd", "dropin")
 
 
-def child(kind: str, threads: int, steps: int) -> None:
+def child(kind: str, steps: int, block: int) -> None:
+    """Alternate blocks of ``block`` steps at 1 and 2 threads until each count has ``steps``; print one JSON line:
+    median ms per step at each count, the median ratio over neighbouring blocks, the serial runs at 2 threads."""
+    import json
     import time
 
     import numpy as np
     import torch
 
     import sparta
-    from sparta.kernels.threads import configure
+    from sparta.kernels.threads import POOL, configure
     from sparta.train import mlp
 
-    configure(threads, sparse=True)
+    configure(2, sparse=True)
     torch.manual_seed(0)
     fused = kind.startswith("fused")
     model = mlp([784, 1000, 1000, 1000, 10], epsilon=20, alpha=0.6, dropout=0.3, fused=fused)
@@ -47,10 +53,9 @@ def child(kind: str, threads: int, steps: int) -> None:
     opt = cls(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     x, y = torch.randn(2048, 784), torch.randint(0, 10, (2048,))
     g = torch.Generator().manual_seed(0)
-    times = []
-    for i in range(steps + 10):
+
+    def step() -> None:
         idx = torch.randint(0, 2048, (128,), generator=g)
-        t0 = time.perf_counter()
         if kind == "fused":
             model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt)
         else:
@@ -58,49 +63,70 @@ def child(kind: str, threads: int, steps: int) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if i >= 10:
-            times.append(time.perf_counter() - t0)
-    from sparta.kernels.threads import POOL
 
-    print(f"{1e3 * float(np.median(times)):.4f} {POOL.serial_chosen}")
+    for threads in (1, 2):  # warm-up at each count (compiles, the pool's first runs)
+        sparta.set_num_threads(threads)
+        for _ in range(10):
+            step()
+    times: dict[int, list[float]] = {1: [], 2: []}
+    blocks: dict[int, list[float]] = {1: [], 2: []}
+    serial0, runs = POOL.serial_chosen, 0
+    for b in range(-(-steps // block)):
+        for threads in ((1, 2) if b % 2 == 0 else (2, 1)):  # ABBA order: drift cancels in the pairs
+            sparta.set_num_threads(threads)
+            ts = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                step()
+                ts.append(time.perf_counter() - t0)
+            times[threads] += ts
+            blocks[threads].append(float(np.median(ts)))
+            runs += block if threads == 2 else 0
+    ratio = float(np.median(np.array(blocks[1]) / np.array(blocks[2])))
+    print(json.dumps({"one": 1e3 * float(np.median(times[1])), "two": 1e3 * float(np.median(times[2])),
+                      "ratio": ratio, "serial": POOL.serial_chosen - serial0, "steps2": runs}))
 
 
 def main() -> None:
+    import json
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--load", action="store_true", help="keep another process busy on one core meanwhile")
-    p.add_argument("--steps", type=int, default=100, help="timed steps per run (default 100)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each configuration, interleaved (default 3)")
-    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=200, help="timed steps per thread count and process (default 200)")
+    p.add_argument("--block", type=int, default=20, help="steps per block at one thread count (default 20)")
+    p.add_argument("--repeats", type=int, default=3, help="processes per kind, interleaved (default 3)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.child[0], int(a.child[1]), a.steps)
+        child(a.child, a.steps, a.block)
         return
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.load else None
-    configs = [(k, t) for k in KINDS for t in (1, 2)]
-    ms: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
-    serial: dict[tuple[str, int], list[int]] = {c: [] for c in configs}
+    res: dict[str, list[dict]] = {k: [] for k in KINDS}
     try:
         for _ in range(a.repeats):
-            for kind, threads in configs:
-                out = subprocess.run([sys.executable, __file__, "--child", kind, str(threads), "--steps", str(a.steps)],
-                                     capture_output=True, text=True, check=True)
-                step_ms, lags = out.stdout.strip().splitlines()[-1].split()
-                ms[(kind, threads)].append(float(step_ms))
-                serial[(kind, threads)].append(int(lags))
+            for kind in KINDS:
+                out = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(a.steps), "--block",
+                                      str(a.block)], capture_output=True, text=True, check=True)
+                res[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
     finally:
         if busy is not None:
             busy.kill()
-    print(f"SET-MLP training step, ms (median of {a.steps} steps, median of {a.repeats} runs); "
+    print(f"SET-MLP training step, ms (1 and 2 threads alternating in blocks of {a.block} steps, {a.steps} steps "
+          f"each per process, medians over {a.repeats} processes); "
           f"{'another process busy on one core' if a.load else 'quiet machine'}; load average {load_average()}\n")
     rows = []
     for kind in KINDS:
-        one, two = statistics.median(ms[(kind, 1)]), statistics.median(ms[(kind, 2)])
-        runs = {"fused": a.steps + 10, "fused-autograd": 2 * (a.steps + 10)}.get(kind)
-        rows.append([kind, f"{one:.2f}", f"{two:.2f}", f"{one / two:.2f}",
-                     f"{statistics.median(serial[(kind, 2)]):.0f} / {runs}" if runs else "–"])
-    print(markdown_table(["model", "1 thread", "2 threads", "2 threads × faster", "serial runs (2 threads)"], rows))
-    print("\nserial runs: the fused step's runs (1 per step with train_step, 2 through autograd: forward and "
-          "backward) that sparta's pool ran on the caller alone, because that had been faster for them "
+        r = res[kind]
+        med = {k: statistics.median(x[k] for x in r) for k in ("one", "two", "ratio", "serial")}
+        per_step = {"fused": 1, "fused-autograd": 2}.get(kind)
+        rows.append([kind, f"{med['one']:.2f}", f"{med['two']:.2f}", f"{med['ratio']:.2f}",
+                     " ".join(f"{x['ratio']:.2f}" for x in r),
+                     f"{med['serial']:.0f} / {per_step * r[0]['steps2']}" if per_step else "–"])
+    print(markdown_table(["model", "1 thread", "2 threads", "2 threads × faster", "per process",
+                          "serial runs (2 threads)"], rows))
+    print("\n× faster: the median over neighbouring blocks of (1-thread block median / 2-thread block median). "
+          "Serial runs: the fused step's runs at 2 threads (1 per step with train_step, 2 through autograd: forward "
+          "and backward) that sparta's pool ran on the caller alone, because that had been faster for them "
           "(sparta.kernels.threads)")
 
 
