@@ -123,9 +123,9 @@ def test_multithreaded_matches_single_thread(backend, dtype, in_f, out_f, densit
     parts = []
     orig = POOL.run
 
-    def spy(tasks, threads=None):
+    def spy(tasks, threads=None, key=None):
         parts.append((len(tasks), threads))
-        return orig(tasks, threads)
+        return orig(tasks, threads, key)
 
     monkeypatch.setattr(POOL, "run", spy)
     g = torch.randn(*lead, out_f, dtype=torch.float64)
