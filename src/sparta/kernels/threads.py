@@ -138,7 +138,8 @@ def _watch(flag, seen, ticks):  # pragma: no cover - compiled by numba
 def _cycles_per_second() -> float:
     """The cycle counter's rate, measured over ~2 ms (0 where the counter does not count)."""
     try:
-        _now()  # compile (or load from numba's cache) before timing
+        _now()  # compile (or load from numba's cache) before timing, and the watch loop too: compiled by a worker
+        _watch(np.zeros(1, np.int64), 0, 0)  # on its first use, it would keep that worker busy for a second
         c0, t0 = _now(), time.perf_counter()
         while (t := time.perf_counter()) - t0 < 0.002:
             pass
