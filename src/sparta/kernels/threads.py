@@ -3,8 +3,9 @@
 Why not numba's or torch's parallel loops: each parallel region wakes sleeping threads (50–130 µs on
 small virtual machines) and a sparse network's training step has dozens of regions, while a spinning
 runtime removes the wake-up but collapses when another process holds a core. Here a training step has
-two hand-offs (forward, backward), the workers sleep in between, and the numba kernels they run
-release the GIL.
+one hand-off (``SparseMLP.train_step``) or two (forward and backward through autograd); between runs a
+worker watches the run counter for :attr:`Pool.WATCH_SECONDS` with the GIL released (so a step's next run
+needs no wake-up) and then sleeps; the numba kernels the workers run release the GIL.
 
 Parts are *claimed*, not assigned: the calling thread runs the first part and then claims any part no
 worker has started yet, so a worker that wakes late (a busy core, a slow wake-up) never delays the

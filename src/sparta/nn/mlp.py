@@ -13,7 +13,9 @@ the layers with fused numba kernels (:mod:`sparta.kernels.fused`):
   connection and its position in the CSR; the values are read through that permutation, so there is
   nothing to keep current when they change), with the derivative and the bias gradient in the same pass;
 * threads: the batch is cut into parts and each part goes through the whole forward (then the whole
-  backward) on its own thread (:mod:`sparta.kernels.threads`), two hand-offs per step.
+  backward) on its own thread (:mod:`sparta.kernels.threads`), two hand-offs per step;
+* :meth:`SparseMLP.train_step`: for softmax cross-entropy, forward, loss and backward of each part in one
+  pass (one hand-off per step, no autograd graph), then the optimizer.
 
 It is autograd-compatible (any loss on top, any ``torch.optim`` optimizer; :mod:`sparta.optim` has
 fused ones). Where the fused path does not apply (a layer that is not ``SparseLinear`` — GMP's dense
