@@ -91,7 +91,7 @@ class SparseLinearFunction(torch.autograd.Function):
             threads = threads_for(parts, values.numel())
             POOL.run([lambda c0=c0, c1=c1: fused.forward(ip, ix, v, b, xf, ld, c0, c1, yf, e, ec, fused.MODE_LINEAR,
                                                           fused.ACT_LEAKY, one, z32, one, z32, z32, 0, ALL, 0)
-                      for c0, c1 in parts], threads, key=(id(values), 0, batch))  # timed: serial when that is faster
+                      for c0, c1 in parts], threads, key=(id(values), "forward", batch))  # timed: serial when faster
             yt = y  # (out, ld): the caller slices the batch's columns (a view made outside the Function)
             ctx.xf, ctx.ld, ctx.parts, ctx.threads = xf, ld, parts, threads
             ctx.save_for_backward(values, indptr, indices, x2d)  # x2d: autograd's in-place check on the input
@@ -145,7 +145,7 @@ class SparseLinearFunction(torch.autograd.Function):
                         fused.scatter(ip, ix, v, dz, ld, c0, c1, dxf, 0, ALL)
 
             tasks = [lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)]
-            POOL.run(tasks, ctx.threads, key=(id(values), 1 + 2 * bool(partials) + (dxf is not None), batch))
+            POOL.run(tasks, ctx.threads, key=(id(values), "backward", bool(partials), dxf is not None, batch))
             for part in partials[1:]:
                 np.add(partials[0], part, out=partials[0])
             if dxf is not None:

@@ -246,13 +246,7 @@ class SparseMLP(nn.Module):
         parts, threads = st.split(batch)
         runner: _FusedRunner = self._runner
         ws = runner.workspace(st.sizes, batch, st.dtype, parts, True, st.leaky, True)
-        rng = self._next_dropout_step()
-        if rng is not None:
-            k1s, k2s = hashrng.step_keys(rng[0], rng[1], st.n - 1)
-            thr = st.thr
-        else:
-            k1s = k2s = st.no_keys
-            thr = np.uint32(0)
+        k1s, k2s, thr = st.dropout_keys(self._next_dropout_step())
         xn = x.detach().contiguous().numpy()
         out = np.empty((batch, n_out), st.dtype)
         gy = np.empty_like(out)
@@ -464,12 +458,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         mode = fused.MODE_TRAIN if (grad or rng is not None) else fused.MODE_EVAL
         runner: _FusedRunner = mlp._runner
         ws = runner.workspace(st.sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, st.leaky, not st.layer_mode)
-        if rng is not None:
-            k1s, k2s = hashrng.step_keys(rng[0], rng[1], st.n - 1)
-            thr = st.thr
-        else:
-            k1s = k2s = st.no_keys
-            thr = np.uint32(0)
+        k1s, k2s, thr = st.dropout_keys(rng)
         out = torch.empty(batch, st.sizes[-1], dtype=x.dtype)
         xn, outn = x.detach().contiguous().numpy(), out.numpy()
         if st.layer_mode:
@@ -701,6 +690,13 @@ class _Structure:
         fused.infer(*self.arrays, xn, out, self.act, self.slopes, np.empty(widest, self.dtype),
                     np.empty(widest, self.dtype))
         return torch.from_numpy(out)
+
+    def dropout_keys(self, rng: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, np.uint32]:
+        """The per-layer hash keys and keep threshold of the dropout step ``rng = (seed, step)`` (None: no dropout)."""
+        if rng is None:
+            return self.no_keys, self.no_keys, np.uint32(0)
+        k1s, k2s = hashrng.step_keys(rng[0], rng[1], self.n - 1)
+        return k1s, k2s, self.thr
 
     def split(self, batch: int) -> tuple[list[tuple[int, int]], int]:
         """The batch's parts and the threads for them (see :func:`fused.groups`)."""

@@ -30,7 +30,7 @@ from sparta.parallel.state import check_layers, export_layers, import_layers, im
 from sparta.rundir.runtime import set_threads
 from sparta.topology import SET
 from sparta.train.data import Dataset
-from sparta.train.loop import correct_count, loss_function
+from sparta.train.loop import batch_step
 
 CRASH_ENV = "SPARTA_WASAP_CRASH"  # testing hook: "RANK:STEP" makes worker RANK exit abruptly before its STEP-th step
 
@@ -64,7 +64,6 @@ class Worker:
         """Receive the settings and the model, train phase 1 then phase 2, stop when the server says so."""
         init = tensor_json(self.link.expect(0, Kind.INIT).tensors[0])
         self.config = c = WasapConfig.from_dict(init["config"])
-        self.loss = loss_function(c.loss)
         self.n, start = int(init["workers"]), int(init["start_epoch"])
         set_threads(c.threads)
         data = self.data if self.data is not None else load_data(c)
@@ -106,18 +105,8 @@ class Worker:
             self.model.train()
             for idx in self.batches(epoch):
                 self.maybe_crash()
-                xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
-                if self.fused_ce():  # forward, loss and backward in one fused pass (SparseMLP.train_step)
-                    loss_v, right = self.model.train_step(xb, yb, opt)
-                else:
-                    out = self.model(xb)
-                    loss = self.loss(out, yb)
-                    loss_v, right = float(loss.detach()), None
-                    if math.isfinite(loss_v):
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        right = correct_count(out.detach(), yb)
+                loss_v, right = batch_step(self.model, opt, self.x.index_select(0, idx), self.y.index_select(0, idx),
+                                           self.config.loss)
                 if not math.isfinite(loss_v):
                     raise FloatingPointError(f"worker rank {self.rank}: the loss became non-finite in local epoch "
                                              f"{epoch + 1}: training diverged (lower lr)")
@@ -138,10 +127,6 @@ class Worker:
                 opt, algo = self.local_optimizer()
 
     # ================================================================== pieces
-    def fused_ce(self) -> bool:
-        """Whether a step runs as :meth:`SparseMLP.train_step` (cross-entropy on a ``SparseMLP``, int64 labels)."""
-        return self.config.loss == "ce" and isinstance(self.model, SparseMLP) and self.y.dtype == torch.int64
-
     def batches(self, epoch: int) -> list[torch.Tensor]:
         """This epoch's minibatch indices into the shard (shuffled from ``(seed, rank, epoch)`` unless
         ``shuffle`` is off)."""
@@ -157,16 +142,8 @@ class Worker:
         """Phase 1: send the gradient of the minibatch ``idx``, then take the server's model."""
         self.maybe_crash()
         self.model.train()
-        xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
-        if self.fused_ce():  # the gradients of one fused pass, no optimizer step
-            loss_v, right = self.model.train_step(xb, yb)
-        else:
-            out = self.model(xb)
-            loss = self.loss(out, yb)
-            for p in self.model.parameters():
-                p.grad = None
-            loss.backward()
-            loss_v, right = float(loss.detach()), correct_count(out.detach(), yb)
+        loss_v, right = batch_step(self.model, None, self.x.index_select(0, idx), self.y.index_select(0, idx),
+                                   self.config.loss)  # the gradients only: the server steps
         grads = [(m.values.grad if m.values.grad is not None else torch.zeros_like(m.values),
                   m.bias.grad if m.bias.grad is not None else torch.zeros_like(m.bias))  # type: ignore[union-attr]
                  for m in self.layers]

@@ -61,6 +61,24 @@ def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     raise ValueError(f"loss must be 'ce' or 'mse', got {name!r}")
 
 
+def batch_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, xb: torch.Tensor, yb: torch.Tensor,
+               loss: str = "ce") -> tuple[float, float]:
+    """One training step on the batch ``xb (B, features)``, ``yb (B,)``: gradients set as after
+    ``zero_grad(set_to_none=True)`` and ``backward``, then ``optimizer.step()`` (``optimizer=None``: the
+    gradients only). Cross-entropy on a :class:`~sparta.nn.SparseMLP` with int64 labels runs
+    :meth:`~sparta.nn.SparseMLP.train_step` (forward, loss and backward in one fused pass). Returns the batch's
+    mean loss and its correct predictions."""
+    if loss == "ce" and isinstance(model, SparseMLP) and yb.dtype == torch.int64:
+        return model.train_step(xb, yb, optimizer)
+    out = model(xb)
+    loss_t = loss_function(loss)(out, yb)
+    (optimizer or model).zero_grad(set_to_none=True)
+    loss_t.backward()
+    if optimizer is not None:
+        optimizer.step()
+    return float(loss_t.detach()), correct_count(out.detach(), yb)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
              batch_size: int = 1024) -> tuple[float, float]:
@@ -90,26 +108,16 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
 
     Returns ``(mean loss, accuracy, seconds spent in topology updates)``.
     """
-    fn = loss_function(loss)
+    loss_function(loss)  # a bad loss name fails before the first step
     model.train()
     tot_loss = tot_acc = 0.0
     topo0 = algo.time_in_updates if algo is not None else 0.0
     defer = algo is not None and not algo.needs_dense_grad
-    fused_ce = loss == "ce" and isinstance(model, SparseMLP) and y.dtype == torch.int64
     for idx in batches(len(x), batch_size, generator):
         if algo is not None:
             algo.run_pending()
-        xb = x.index_select(0, idx)  # index_select: 4-5x faster than x[idx] for a batch of rows
-        yb = y.index_select(0, idx)
-        if fused_ce:  # forward, loss and backward in one fused pass (the same step, see SparseMLP.train_step)
-            batch_loss, correct = model.train_step(xb, yb, optimizer)
-        else:
-            out = model(xb)
-            loss_t = fn(out, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss_t.backward()
-            optimizer.step()
-            batch_loss, correct = float(loss_t.detach()), correct_count(out.detach(), yb)
+        # index_select: 4-5x faster than x[idx] for a batch of rows
+        batch_loss, correct = batch_step(model, optimizer, x.index_select(0, idx), y.index_select(0, idx), loss)
         if algo is not None:
             algo.step(defer=defer)
         tot_loss += batch_loss * len(idx)
