@@ -17,6 +17,7 @@ each kind runs in ``--repeats`` fresh processes, interleaved, and the table show
 
     python benchmarks/threads.py            # quiet machine
     python benchmarks/threads.py --load     # with another process busy on one core
+    python benchmarks/threads.py --breakdown   # where a train_step goes: the pool's run, the optimizer, the rest
 """
 
 from __future__ import annotations
@@ -87,6 +88,65 @@ def child(kind: str, steps: int, block: int) -> None:
                       "ratio": ratio, "serial": POOL.serial_chosen - serial0, "steps2": runs}))
 
 
+def breakdown(steps: int) -> None:
+    """Median ms per ``train_step`` at 1 and 2 threads (each in a fresh process), split into the pool's run (the
+    fused pass), the optimizer step and the rest (batch gather, gradient bookkeeping, Python)."""
+    import json
+
+    rows = []
+    for threads in (1, 2):
+        out = subprocess.run([sys.executable, __file__, "--child-breakdown", str(threads), "--steps", str(steps)],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append([str(threads), f"{r['step']:.3f}", f"{r['run']:.3f}", f"{r['opt']:.3f}",
+                     f"{r['step'] - r['run'] - r['opt']:.3f}"])
+    print(f"SET-MLP train_step, ms, medians of {steps} steps after 100 warm-up steps; load average {load_average()}\n")
+    print(markdown_table(["threads", "step", "pool run (fused pass)", "optimizer", "rest"], rows))
+
+
+def child_breakdown(threads: int, steps: int) -> None:
+    import json
+    import time
+
+    import numpy as np
+    import torch
+
+    import sparta
+    from sparta.kernels.threads import POOL, configure
+    from sparta.train import mlp
+
+    configure(threads, sparse=True)
+    torch.manual_seed(0)
+    model = mlp([784, 1000, 1000, 1000, 10], epsilon=20, alpha=0.6, dropout=0.3, fused=True)
+    opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    x, y = torch.randn(2048, 784), torch.randint(0, 10, (2048,))
+    g = torch.Generator().manual_seed(0)
+    spent = {"run": 0.0, "opt": 0.0}
+
+    def timed(name, f):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - t0
+        return wrapper
+
+    POOL.run = timed("run", POOL.run)  # the instance attribute shadows the method for this process
+    opt.step = timed("opt", opt.step)
+    rec: dict[str, list[float]] = {"step": [], "run": [], "opt": []}
+    for i in range(100 + steps):
+        idx = torch.randint(0, 2048, (128,), generator=g)
+        spent["run"] = spent["opt"] = 0.0
+        t0 = time.perf_counter()
+        model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt)
+        if i >= 100:
+            rec["step"].append(time.perf_counter() - t0)
+            rec["run"].append(spent["run"])
+            rec["opt"].append(spent["opt"])
+    print(json.dumps({k: 1e3 * float(np.median(v)) for k, v in rec.items()}))
+
+
 def main() -> None:
     import json
 
@@ -95,10 +155,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="timed steps per thread count and process (default 200)")
     p.add_argument("--block", type=int, default=20, help="steps per block at one thread count (default 20)")
     p.add_argument("--repeats", type=int, default=3, help="processes per kind, interleaved (default 3)")
+    p.add_argument("--breakdown", action="store_true", help="split a train_step into pool run, optimizer and rest")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-breakdown", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         child(a.child, a.steps, a.block)
+        return
+    if a.child_breakdown:
+        child_breakdown(a.child_breakdown, a.steps)
+        return
+    if a.breakdown:
+        breakdown(max(a.steps, 400))
         return
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.load else None
     res: dict[str, list[dict]] = {k: [] for k in KINDS}
