@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
-from _common import PeakRSS, fmt, machine_info, markdown_table, proc_status_kib
+from _common import PeakRSS, fmt, machine_info, markdown_table, proc_status_kib, reset_peak_rss
 
 FEATURES, CLASSES, HIDDEN_LAYERS = 1000, 10, 4
 GB = 1e9
@@ -54,24 +54,43 @@ def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> 
     import sparta
     from sparta import SET, ImportancePruning, SparseMLP
     from sparta.kernels.threads import configure
+    from sparta.nn import mlp as mlp_module
     from sparta.train import teacher_student
     from sparta.train.memory import estimate, return_freed_memory
 
     configure(threads, sparse=True)
+    layer_threshold = mlp_module.LAYER_MODE_CONNECTIONS
     return_freed_memory()  # as `sparta train` does for big networks: build transients leave the heap
     sizes = sizes_for(neurons)
     batch = batch_for(neurons)
     n_train = max(batch * 8, min(batch * steps, 20_000))
     data = teacher_student(n_train=n_train, n_test=256, n_features=FEATURES, n_classes=CLASSES, seed=seed)
-    warm = SparseMLP([FEATURES, 32, 32, CLASSES], epsilon=2, dropout=0.3, transpose="scatter")  # numba loads
-    opt = sparta.optim.SGD(warm.parameters(), lr=0.01, momentum=0.9)
-    torch.nn.functional.cross_entropy(warm(data.x_train[:batch]), data.y_train[:batch]).backward()
-    opt.step()
-    del warm, opt
+    # load every kernel the run uses before the baseline (numba's code is not per-connection memory): a small
+    # network through the batch-split step and through the layer-by-layer one big networks take
+    for layer_mode in (False, True):
+        mlp_module.LAYER_MODE_CONNECTIONS = 0 if layer_mode else layer_threshold
+        warm = SparseMLP([FEATURES, 2000, 2000, CLASSES], epsilon=2, dropout=0.3, transpose="scatter")
+        opt = sparta.optim.SGD(warm.parameters(), lr=0.01, momentum=0.9)
+        for _ in range(2):
+            warm.train_step(data.x_train[:batch], data.y_train[:batch], opt, keep_grad=False)
+        SET(warm, opt, zeta=0.3, every=10**9, seed=seed).update()
+        ImportancePruning(warm, opt, percentile=20, every=10**9).update()
+        warm.train_step(data.x_train[:batch], data.y_train[:batch], opt, keep_grad=False)
+        del warm, opt
+    mlp_module.LAYER_MODE_CONNECTIONS = layer_threshold
     gc.collect()
     densities = [min(1.0, epsilon * (a + b) / (a * b)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
     est = estimate(sizes, densities, batch, transpose="scatter")
     base_rss = proc_status_kib("VmRSS") * 1024
+    peaks: dict[str, float] = {}
+
+    after: dict[str, float] = {}
+
+    def phase(name: str) -> None:  # the peak RSS above the baseline since the previous phase, then a fresh count
+        peaks[name] = proc_status_kib("VmHWM") * 1024 - base_rss
+        after[name] = proc_status_kib("VmRSS") * 1024 - base_rss
+        reset_peak_rss()
+
     with PeakRSS() as peak:
         t0 = time.perf_counter()
         torch.manual_seed(seed)
@@ -79,34 +98,39 @@ def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> 
         opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         build_s = time.perf_counter() - t0
         nnz = sum(m.nnz for m in model.layers)
+        phase("build")
         g = torch.Generator().manual_seed(seed)
         times = []
         for _ in range(steps + 1):
             idx = torch.randint(0, n_train, (batch,), generator=g)
             ts = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, _ = model.train_step(data.x_train[idx], data.y_train[idx], opt, keep_grad=False)
             times.append(time.perf_counter() - ts)
         times = times[1:]  # the first step allocates the buffers
+        phase("steps")
         t0 = time.perf_counter()
         SET(model, opt, zeta=0.3, every=10**9, seed=seed).update()
         set_s = time.perf_counter() - t0
         assert sum(m.nnz for m in model.layers) == nnz, "SET keeps the connection count"
+        phase("SET")
         t0 = time.perf_counter()
         ImportancePruning(model, opt, percentile=20, every=10**9).update()
         ip_s = time.perf_counter() - t0
-        loss_value = float(loss.detach())
+        phase("pruning")
+        model.train_step(data.x_train[:batch], data.y_train[:batch], opt, keep_grad=False)  # new buffers' sizes
+        phase("step after pruning")
+        loss_value = float(loss)
     ms_per_sample = 1e3 * statistics.median(times) / batch
     activations = est.activations
-    extra = peak.extra_bytes
+    extra = max(peaks.values())
     dense_params = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     return {"neurons": neurons, "sizes": sizes, "epsilon": epsilon, "batch": batch, "threads": threads,
             "connections": nnz, "steps": steps, "build_s": build_s, "ms_per_sample": ms_per_sample,
             "ms_per_sample_per_mconn": ms_per_sample / (nnz / 1e6), "set_s": set_s, "ip_s": ip_s,
-            "base_rss_gb": base_rss / GB, "peak_rss_gb": proc_status_kib("VmHWM") * 1024 / GB,
+            "base_rss_gb": base_rss / GB, "peak_rss_gb": (base_rss + extra) / GB,
             "extra_peak_gb": extra / GB, "activations_gb": activations / GB,
+            "phase_bytes_per_connection": {k: max(0, v - activations) / nnz for k, v in peaks.items()},
+            "phase_rss_after_per_connection": {k: (v - activations) / nnz for k, v in after.items()},
             "bytes_per_connection": max(0, extra - activations) / nnz, "estimate_gb": est.total / GB,
             "dense_train_gb": dense_params * 12 / GB, "dense_params": dense_params, "loss": loss_value,
             "finite": bool(np.isfinite(loss_value)), "peak_method": peak.method}
@@ -182,6 +206,10 @@ def main() -> None:
     print(markdown_table(["hidden neurons", "connections", "batch", "ms/sample", "ms/sample per M conn.",
                           f"s/epoch ({a.epoch_samples:,})", "SET update s", "pruning update s", "peak RSS GB",
                           "activations GB", "bytes/connection", "dense would need GB"], rows))
+    names = list(results[0]["phase_bytes_per_connection"])
+    print("\nBytes per connection at the peak of each phase (RSS above the baseline, minus the activations' budget):\n")
+    print(markdown_table(["hidden neurons", *names], [[f"{r['neurons']:.0e}", *(fmt(r["phase_bytes_per_connection"][k])
+                                                                               for k in names)] for r in results]))
     if a.plot:
         plot(results, Path(a.plot))
         print(f"\nplot: {a.plot}")

@@ -117,7 +117,7 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
     total = np.zeros(values.size)
     for c0, c1 in ranges(batch, parts):
         out = np.full(values.shape, np.nan, dtype=dtype)
-        fused.sddmm(indptr, indices, dyf, xf, ld, c0, c1, out, False, 0, ALL)
+        fused.sddmm(indptr, indices, dyf, xf, ld, c0, c1, out, np.uint64(0), False, 0, ALL)
         total += out
     cols_ = indices.astype(np.int64)
     if batch:
@@ -262,7 +262,7 @@ def test_accumulate_adds_a_second_range_to_the_first(dtype):
         g, db, rs = np.empty(values.size, dtype), np.empty(30, dtype), np.empty(40, dtype)
         dx = fused.aligned_empty(30 * ld, dtype)
         for i, (c0, c1) in enumerate(ranges_):
-            fused.sddmm(indptr, indices, dz, x, ld, c0, c1, g, i > 0, 0, ALL)
+            fused.sddmm(indptr, indices, dz, x, ld, c0, c1, g, np.uint64(0), i > 0, 0, ALL)
             fused.gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, e, code, dtype(2), dtype(-0.5), db, True,
                          i > 0, 0, ALL)
             fused.row_sums(dz, ld, c0, c1, rs, i > 0)

@@ -215,3 +215,22 @@ def test_stop_ends_the_workers_and_a_later_run_starts_new_ones():
     pool.run([lambda: ran.append(1)] * 2, 2)
     assert ran == [1, 1] and len(pool._workers) == 1
     pool.stop()
+
+
+def test_workers_hold_nothing_of_a_finished_run():
+    """A run's tasks usually reference big arrays of the caller (a layer's CSR); once the run is over no worker
+    may keep them alive, or a topology edit that replaces those arrays would not free the old ones."""
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    for _ in range(20):  # whichever thread takes which task
+        big = Big()
+        ref = weakref.ref(big)
+        POOL.run([lambda b=big: time.sleep(0.001) or b for _ in range(4)], 2)
+        del big
+        gc.collect()
+        time.sleep(0.01)
+        assert ref() is None, "a worker still references the last run's tasks"

@@ -634,3 +634,115 @@ def test_train_step_bad_input():
         m.train_step(x.numpy(), torch.zeros(8, dtype=torch.int64), opt)
     before = [p.detach().clone() for p in m.parameters()]
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before, strict=True))  # nothing was stepped
+
+
+def _optimizer(kind: str, params):
+    if kind == "sgd":
+        return sparta.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    if kind == "sgd-plain":
+        return sparta.optim.SGD(params, lr=0.05)
+    if kind == "adam":
+        return sparta.optim.Adam(params, lr=1e-2, weight_decay=1e-3)
+    return sparta.optim.AdamW(params, lr=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "sgd-plain", "adam", "adamw"])
+@pytest.mark.parametrize("transpose", ["scatter", "csc"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("big", [True, False])  # past LAYER_MODE_CONNECTIONS, or only FUSED_UPDATE_CONNECTIONS
+def test_train_step_layer_mode_applies_the_update_in_the_backward(kind, transpose, dtype, big, monkeypatch):
+    """``keep_grad=False``, a sparta optimizer, a network big enough (layer mode, or past FUSED_UPDATE_CONNECTIONS
+    only, where the step switches to layer mode): no value gradient is stored (each block of rows goes through
+    the optimizer as it is computed), every ``.grad`` is None after the step, and the parameters are those of
+    the step that stores its gradients (bit for bit in layer mode over the CSR; to rounding where that path
+    takes its hidden layers' value gradients from the transposed copy or splits the batch), and those of
+    autograd + ``step()``.
+    Blocks of 5 connections make rows span several blocks and blocks span several rows; a row longer than a
+    block (the output layer's) gets a scratch of its length; 1 and 2 threads are bit-identical."""
+    from sparta.nn import mlp as mlp_module
+
+    monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 0 if big else 1 << 40)
+    monkeypatch.setattr(mlp_module, "FUSED_UPDATE_CONNECTIONS", 0)
+    monkeypatch.setattr(mlp_module, "UPDATE_BLOCK", 5)
+    exact = transpose == "scatter" and big  # the same kernels in the same order as the step that keeps gradients
+    tol = TOL[dtype]
+    runs = []
+    for threads in (1, 2):
+        sparta.set_num_threads(threads)
+        try:
+            a = make([21, 90, 70, 60, 5], 0.15, dtype, dropout=0.3, transpose=transpose, seed=3)
+            b, c = copy.deepcopy(a), copy.deepcopy(a)
+            oa, ob, oc = (_optimizer(kind, m.parameters()) for m in (a, b, c))
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(3):
+                x = torch.randn(70, 21, generator=gen, dtype=dtype)  # a full tile and a tail
+                y = torch.randint(0, 5, (70,), generator=gen)
+                calls = []
+                real = sparta.kernels.fused.sddmm_update
+                monkeypatch.setattr(sparta.kernels.fused, "sddmm_update",
+                                    lambda *args, calls=calls, real=real: calls.append(1) or real(*args))
+                loss_a, right_a = a.train_step(x, y, oa, keep_grad=False)
+                monkeypatch.setattr(sparta.kernels.fused, "sddmm_update", real)
+                assert calls, "the update ran inside the backward"
+                assert all(p.grad is None for p in a.parameters())
+                loss_b, right_b = b.train_step(x, y, ob)
+                assert all(p.grad is not None for p in b.parameters())
+                loss_c, right_c = _autograd_step(c, oc, x, y)
+                if exact:
+                    assert (loss_a, right_a) == (loss_b, right_b)
+                assert abs(loss_a - loss_b) <= tol * max(1.0, abs(loss_b))
+                assert abs(loss_a - loss_c) <= tol * max(1.0, abs(loss_c)) and right_a == right_c
+                for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=True):
+                    if exact:
+                        assert torch.equal(pa, pb)
+                    assert_close(pa.detach(), pb.detach(), tol, "parameters: update in the backward vs stored grads")
+                    assert_close(pa.detach(), pc.detach(), tol, "parameters: update in the backward vs autograd")
+                for pa, pb in zip(a.parameters(), b.parameters(), strict=True):  # momentum / moments / step
+                    sa, sb = oa.state.get(pa, {}), ob.state.get(pb, {})
+                    assert sa.keys() == sb.keys()
+                    for k in sb:
+                        assert_close(torch.as_tensor(sa[k]).double(), torch.as_tensor(sb[k]).double(), tol, k)
+            runs.append([p.detach().clone() for p in a.parameters()])
+        finally:
+            sparta.set_num_threads(None)
+    assert all(torch.equal(p, q) for p, q in zip(*runs, strict=True)), "1 and 2 threads differ"
+
+
+def test_train_step_keep_grad_false_elsewhere_frees_the_gradients(monkeypatch):
+    """Where the update cannot go into the backward (tile mode, a torch optimizer, a step pre-hook that could
+    change the step) ``keep_grad=False`` runs the usual step and then frees every ``.grad``; the numbers are
+    those of ``keep_grad=True``, and the pre-hook runs before any value changes."""
+    from sparta.nn import mlp as mlp_module
+
+    x, y = torch.randn(40, 12, dtype=torch.float64), torch.randint(0, 4, (40,))
+    for layer_mode, opt_cls in ((False, sparta.optim.SGD), (True, torch.optim.SGD), (True, sparta.optim.SGD)):
+        monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 0 if layer_mode else 1 << 22)
+        a = make([12, 30, 4], 0.4, torch.float64, dropout=0.2)
+        b = copy.deepcopy(a)
+        oa, ob = opt_cls(a.parameters(), lr=0.1, momentum=0.9), opt_cls(b.parameters(), lr=0.1, momentum=0.9)
+        seen = []
+        if opt_cls is sparta.optim.SGD and layer_mode:  # a pre-hook: fused_plan declines
+            oa.register_step_pre_hook(lambda *_, seen=seen, a=a: seen.append(a.layers[0].values.detach().clone()))
+            assert oa.fused_plan([p for p in a.parameters()]) is None
+        before = a.layers[0].values.detach().clone()
+        assert a.train_step(x, y, oa, keep_grad=False) == b.train_step(x, y, ob)
+        assert all(p.grad is None for p in a.parameters())
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+        if seen:
+            assert torch.equal(seen[0], before)
+
+
+def test_fused_plan_declines_without_changing_anything():
+    """A parameter outside the optimizer, one that already has a gradient, or float16: None, and no state was
+    created or stepped."""
+    m = make([12, 30, 4], 0.4, torch.float32)
+    opt = sparta.optim.Adam(m.layers[0].parameters(), lr=0.1)
+    assert opt.fused_plan([m.layers[1].values]) is None
+    m.layers[0].values.grad = torch.zeros_like(m.layers[0].values)
+    assert opt.fused_plan([m.layers[0].values]) is None
+    assert not opt.state
+    m.layers[0].values.grad = None
+    plan = opt.fused_plan([m.layers[0].values])
+    assert plan is not None and float(opt.state[m.layers[0].values]["step"]) == 1.0
+    half = torch.nn.Parameter(torch.zeros(5, dtype=torch.float16))
+    assert sparta.optim.SGD([half], lr=0.1).fused_plan([half]) is None

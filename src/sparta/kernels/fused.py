@@ -33,6 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from sparta.kernels.hashrng import SAMPLE_MUL_32, h32, unit_key
+from sparta.kernels.optim import apply_span
 
 T = 64  # samples per register tile
 AHEAD = 12  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
@@ -53,6 +54,7 @@ ACT_LEAKY = 0  # z if z > 0 else slope · z (slope 0: ReLU; ±α: All-ReLU; 1: i
 ACT_TANH = 1
 ACT_SIGMOID = 2
 
+_U0 = np.uint64(0)
 _U1 = np.uint64(1)
 _U2 = np.uint64(2)
 _AHEAD = np.uint64(AHEAD)
@@ -247,9 +249,10 @@ def _ordered_sum(a, start, n):  # pragma: no cover - compiled by numba
 
 
 @numba.njit(**_NJIT_ORDERED)
-def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragma: no cover - compiled by numba
-    """``out[k] (+)= Σ_{c ∈ [c0, c1)} dz[row k, c] · x[col k, c]`` for the connections of rows ``[r0, r1)``
-    (added to ``out`` when ``accumulate``); ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``.
+def sddmm(indptr, indices, dz, x, ld, c0, c1, out, off, accumulate, r0, r1):  # pragma: no cover - compiled by numba
+    """``out[k - off] (+)= Σ_{c ∈ [c0, c1)} dz[row k, c] · x[col k, c]`` for the connections ``k`` of rows
+    ``[r0, r1)`` (added to ``out`` when ``accumulate``); ``dz`` flat ``(out · ld)``, ``x`` flat ``(in · ld)``;
+    ``off`` (uint64): where ``out`` starts among the connections (0: ``out`` holds them all).
 
     Each sum runs in ``_W`` explicit lanes (sample ``c`` adds to lane ``c mod _W``), folded in a fixed order,
     and the kernel is compiled without reassociation: the result is the same bit for bit however LLVM
@@ -298,15 +301,16 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragm
                 s1 += g * x[x1 + c]
                 s2 += g * x[x2 + c]
                 s3 += g * x[x3 + c]
+            q = k - off
             if accumulate:
-                s0 += out[k]
-                s1 += out[k + _U1]
-                s2 += out[k + _U2]
-                s3 += out[k + np.uint64(3)]
-            out[k] = s0
-            out[k + _U1] = s1
-            out[k + _U2] = s2
-            out[k + np.uint64(3)] = s3
+                s0 += out[q]
+                s1 += out[q + _U1]
+                s2 += out[q + _U2]
+                s3 += out[q + np.uint64(3)]
+            out[q] = s0
+            out[q + _U1] = s1
+            out[q + _U2] = s2
+            out[q + np.uint64(3)] = s3
             k += np.uint64(4)
         while k < end:
             for lane in range(_W):
@@ -321,8 +325,28 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, accumulate, r0, r1):  # pragm
             for t in range(ntail):
                 c = np.uint64(ctail + t)
                 s0 += dz[row + c] * x[x0 + c]
-            out[k] = s0 + out[k] if accumulate else s0
+            out[k - off] = s0 + out[k - off] if accumulate else s0
             k += _U1
+
+
+@numba.njit(**_NJIT_ORDERED)
+def sddmm_update(indptr, indices, dz, x, ld, c0, c1, r0, r1, g, kind, p, s1, s2, hyper):  # pragma: no cover
+    """The value gradients of rows ``[r0, r1)`` (as :func:`sddmm`) and at once the optimizer's update of those
+    values (:func:`sparta.kernels.optim.apply_span`: ``kind``, ``p`` the values, ``s1``/``s2`` its state,
+    ``hyper``), one block of rows at a time through the scratch ``g``: no gradient array the size of the
+    layer exists. ``g`` must hold at least the longest row of the range. The numbers are those of
+    :func:`sddmm` followed by the optimizer's step."""
+    n = np.uint64(g.shape[0])
+    r = r0
+    while r < r1:
+        k0 = indptr[r]
+        b = r + 1
+        while b < r1 and indptr[b + 1] - k0 <= n:
+            b += 1
+        k1 = indptr[b]
+        sddmm(indptr, indices, dz, x, ld, c0, c1, g, k0, False, r, b)
+        apply_span(kind, p, g, s1, s2, hyper, k0, k1, k0)
+        r = b
 
 
 @numba.njit(inline="always", **_NJIT_ORDERED)
@@ -736,7 +760,7 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
                         cap[r * batch + t0 + c] = cur[r * T + c]
             xin = _tile(acts[j], tile, n_in)
             if need_v[j]:
-                sddmm(indptrs[j], indicess[j], cur, xin, T, 0, n, grads[j], more, 0, _ALL)
+                sddmm(indptrs[j], indicess[j], cur, xin, T, 0, n, grads[j], _U0, more, 0, _ALL)
             if j == 0 and not need_x:
                 break
             target = nxt if j > 0 else dxbuf

@@ -13,14 +13,15 @@ _NJIT = dict(fastmath=False, cache=True, nogil=True, error_model="numpy", bounds
 
 
 @numba.njit(**_NJIT)
-def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maximize):  # pragma: no cover
-    """``torch.optim.SGD``'s update of ``p`` in place; ``buf`` is the momentum buffer (unused when
-    ``momentum == 0``); ``first``: the buffer starts as the gradient (torch's first step)."""
+def sgd_span(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maximize, k0, k1,
+             goff):  # pragma: no cover - compiled by numba
+    """:func:`sgd` on ``p[k0:k1]`` (and ``buf[k0:k1]``) with the gradient of ``p[k]`` in ``g[k - goff]``."""
     one = p.dtype.type(1)
     lr, momentum, weight_decay = p.dtype.type(lr), p.dtype.type(momentum), p.dtype.type(weight_decay)
     damp = one - p.dtype.type(dampening)
-    for i in range(p.shape[0]):
-        d = -g[i] if maximize else g[i]
+    for i in range(k0, k1):
+        gi = g[i - goff]
+        d = -gi if maximize else gi
         if weight_decay != 0:
             d = d + weight_decay * p[i]
         if momentum != 0:
@@ -31,17 +32,23 @@ def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maxim
 
 
 @numba.njit(**_NJIT)
-def adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt,
-         maximize):  # pragma: no cover - compiled by numba
-    """``torch.optim.Adam`` (``decoupled=False``) or ``AdamW`` (``True``) update of ``p`` in place;
-    ``m``, ``v``: first and second moment buffers; ``step_size = lr / (1 − β₁ᵗ)`` and
-    ``bc2_sqrt = √(1 − β₂ᵗ)`` computed by the caller in double precision, as torch does."""
+def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maximize):  # pragma: no cover
+    """``torch.optim.SGD``'s update of ``p`` in place; ``buf`` is the momentum buffer (unused when
+    ``momentum == 0``); ``first``: the buffer starts as the gradient (torch's first step)."""
+    sgd_span(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maximize, 0, p.shape[0], 0)
+
+
+@numba.njit(**_NJIT)
+def adam_span(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt, maximize, k0, k1,
+              goff):  # pragma: no cover - compiled by numba
+    """:func:`adam` on ``p[k0:k1]`` (and the moments there) with the gradient of ``p[k]`` in ``g[k - goff]``."""
     one = p.dtype.type(1)
     lr, beta1, beta2 = p.dtype.type(lr), p.dtype.type(beta1), p.dtype.type(beta2)
     eps, weight_decay = p.dtype.type(eps), p.dtype.type(weight_decay)
     step_size, bc2_sqrt = p.dtype.type(step_size), p.dtype.type(bc2_sqrt)
-    for i in range(p.shape[0]):
-        d = -g[i] if maximize else g[i]
+    for i in range(k0, k1):
+        gi = g[i - goff]
+        d = -gi if maximize else gi
         w = p[i]
         if weight_decay != 0:
             if decoupled:
@@ -53,6 +60,33 @@ def adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, 
         m[i] = mi
         v[i] = vi
         p[i] = w - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
+
+
+@numba.njit(**_NJIT)
+def adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt,
+         maximize):  # pragma: no cover - compiled by numba
+    """``torch.optim.Adam`` (``decoupled=False``) or ``AdamW`` (``True``) update of ``p`` in place;
+    ``m``, ``v``: first and second moment buffers; ``step_size = lr / (1 − β₁ᵗ)`` and
+    ``bc2_sqrt = √(1 − β₂ᵗ)`` computed by the caller in double precision, as torch does."""
+    adam_span(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt, maximize, 0,
+              p.shape[0], 0)
+
+
+KIND_SGD = 0  # hyper = [lr, momentum, dampening, weight_decay, nesterov, first, maximize]
+KIND_ADAM = 1  # hyper = [lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt, maximize]
+
+
+@numba.njit(**_NJIT)
+def apply_span(kind, p, g, s1, s2, hyper, k0, k1, goff):  # pragma: no cover - compiled by numba
+    """One optimizer's update of ``p[k0:k1]`` from the gradients ``g[k0 - goff : k1 - goff]``: ``kind`` and the
+    float64 ``hyper`` as :data:`KIND_SGD`/:data:`KIND_ADAM` list them, ``s1``/``s2`` its state (momentum buffer;
+    Adam's two moments), so a backward pass can update each block of values as soon as its gradient exists."""
+    if kind == KIND_SGD:
+        sgd_span(p, g, s1, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4] != 0, hyper[5] != 0, hyper[6] != 0, k0,
+                 k1, goff)
+    else:
+        adam_span(p, g, s1, s2, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5] != 0, hyper[6], hyper[7],
+                  hyper[8] != 0, k0, k1, goff)
 
 
 @numba.njit(**_NJIT)

@@ -243,6 +243,7 @@ class Pool:
             if batch is not None:
                 seen = batch.gen
                 batch.work()
+            batch = None  # while waiting, hold nothing of the run (its tasks reference the caller's arrays)
 
     EMA = 0.25  # weight of the newest run in a mode's average seconds per run (keyed runs)
     MAX_KEYS = 256

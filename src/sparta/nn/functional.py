@@ -137,7 +137,7 @@ class SparseLinearFunction(torch.autograd.Function):
 
             def run(p: int, c0: int, c1: int) -> None:
                 if partials:
-                    fused.sddmm(ip, ix, dz, xf, ld, c0, c1, partials[p], False, 0, ALL)
+                    fused.sddmm(ip, ix, dz, xf, ld, c0, c1, partials[p], np.uint64(0), False, 0, ALL)
                 if dxf is not None:
                     if csc is not None:
                         fused.gather(*csc, v, dz, ld, c0, c1, dxf, e, ec, one, one, e, False, False, 0, ALL)

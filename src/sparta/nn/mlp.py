@@ -44,6 +44,12 @@ TRANSPOSES = ("csc", "scatter")
 LAYER_MODE_CONNECTIONS = 1 << 22  # from 4M connections, threads split each layer's rows instead of the batch
 MAX_FREE_WORKSPACES = 4  # buffers kept for the next forwards (training batch, last batch, evaluation …)
 BIG_WORKSPACE_BYTES = 1 << 26  # batch buffers above this: one set per module (see _FusedRunner.workspace)
+UPDATE_BLOCK = 1 << 16  # value gradients a thread holds at once when train_step applies the update in the backward
+# from here on, train_step(keep_grad=False) with a sparta optimizer runs layer by layer with the update in the
+# backward: measured faster than the batch split from ~10⁵ connections for wide, thin layers (ε = 2: 1.2-1.8×)
+# and wide ε = 20 ones (10⁴-wide: 1.3×), about even for 10³-wide ε = 20 ones, which stay below it
+FUSED_UPDATE_CONNECTIONS = 1 << 18
+_U0 = np.uint64(0)
 
 
 def _sizes(sizes: Sequence[int]) -> list[int]:
@@ -206,17 +212,25 @@ class SparseMLP(nn.Module):
             y = self._forward_unfused(x2d, rng)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor,
-                   optimizer: torch.optim.Optimizer | None = None) -> tuple[float, int]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer | None = None, *,
+                   keep_grad: bool = True) -> tuple[float, int]:
         """One optimizer step on the mean softmax cross-entropy of ``self(x)`` against the labels ``y``.
 
         The same as ``loss = F.cross_entropy(self(x), y); optimizer.zero_grad(set_to_none=True); loss.backward();
         optimizer.step()`` (each parameter's ``.grad`` is left as that ``backward`` leaves it, and any optimizer
-        works), but forward, loss and backward run as one fused numba pass per part of the batch, with no
-        autograd graph: one hand-off to the threads per step instead of two, and none of the framework work
-        between them. Where that pass does not apply (the fused path off or not applicable, a network big enough
-        for layer mode, a layer capturing gradients for RigL, hooks on the module or its parameters, grad mode
-        off) it runs exactly that sequence.
+        works), but forward, loss and backward run as fused numba passes with no autograd graph: in a network
+        below :data:`LAYER_MODE_CONNECTIONS` one pass per part of the batch (one hand-off to the threads per
+        step), in a bigger one layer by layer with each layer's rows split over the threads. Where that does
+        not apply (the fused path off or not applicable, a layer capturing gradients for RigL, hooks on the
+        module or its parameters, grad mode off) it runs exactly that sequence.
+
+        ``keep_grad=False``: the gradients are not wanted after the step, and every ``.grad`` is None on
+        return. With a :mod:`sparta.optim` optimizer and from :data:`FUSED_UPDATE_CONNECTIONS` connections the
+        step then runs layer by layer and the values' gradients never exist whole: each block of rows'
+        gradients goes through the optimizer's update as soon as it is computed
+        (:meth:`sparta.optim.SGD.fused_plan`). That saves 4 bytes per connection (float32) of peak memory, 8
+        where the batch split would keep a second part's gradients, and the optimizer's pass; the numbers are
+        those of the step that stores its gradients.
 
         ``x (B, in)`` float, ``y (B,)`` int64 class indices in ``[0, out)``; ``optimizer=None`` leaves the gradients
         in ``.grad`` (the module's ``zero_grad(set_to_none=True)`` and ``backward`` alone). Returns the batch's mean
@@ -237,20 +251,29 @@ class SparseMLP(nn.Module):
             loss.backward()
             if optimizer is not None:
                 optimizer.step()
+                if not keep_grad:
+                    self.zero_grad(set_to_none=True)
             return float(loss.detach()), int((out.detach().argmax(-1) == y).sum())
         yn = y.detach().contiguous().numpy()
         if yn.size and (int(yn.min()) < 0 or int(yn.max()) >= n_out):
             raise ValueError(f"y must hold class indices in [0, {n_out}), got values in "
                              f"[{int(yn.min())}, {int(yn.max())}]")
+        (optimizer or self).zero_grad(set_to_none=True)
         batch = x.shape[0]
-        parts, threads = st.split(batch)
+        plan = None
+        if (optimizer is not None and not keep_grad and hasattr(optimizer, "fused_plan")
+                and st.total_nnz >= FUSED_UPDATE_CONNECTIONS):
+            plan = optimizer.fused_plan(st.values)  # type: ignore[operator]
+        layer_mode = st.layer_mode or plan is not None
+        parts, threads = ([(0, batch)], get_num_threads()) if layer_mode else st.split(batch)
         runner: _FusedRunner = self._runner
-        ws = runner.workspace(st.sizes, batch, st.dtype, parts, True, st.leaky, True)
+        ws = runner.workspace(st.sizes, batch, st.dtype, parts, True, st.leaky, not layer_mode)
         k1s, k2s, thr = st.dropout_keys(self._next_dropout_step())
         xn = x.detach().contiguous().numpy()
         out = np.empty((batch, n_out), st.dtype)
         gy = np.empty_like(out)
-        grads = [torch.empty_like(v) for v in st.values]
+        grads: list[torch.Tensor | None] = [None] * st.n if plan is not None else [torch.empty_like(v)
+                                                                                 for v in st.values]
         gsets = _grad_sets(st, ws, parts, grads)
         stats = np.zeros((len(parts), 2))
         ip, ix, vals, biases = st.arrays
@@ -265,24 +288,38 @@ class SparseMLP(nn.Module):
                              stats[p])
 
         try:
-            POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], threads,
-                     key=(id(runner), -2, batch))
+            if layer_mode:
+                _layer_forward(st.arrays, ws, xn, out, fused.MODE_TRAIN, st.act, st.slopes, thr, st.scale, k1s, k2s,
+                               threads)
+                fused.softmax_xent(out, yn, 0, batch, inv, gy, stats[0])
+                _layer_backward(ip, ix, vals, csc, ws, gy, gsets[0], ws.bias_parts[0], st.no_caps, no_dx, st.luts1,
+                                st.luts2, st.need_v, False, st.use_csc, threads, plan, st.longest_row)
+            else:
+                POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], threads,
+                         key=(id(runner), -2, batch))
         finally:
             ws.generation += 1
             runner.free.append(ws)
-        dbias = _reduce_grads(st, ws, parts, grads, gsets, st.has_bias)
+        if plan is not None:
+            torch.autograd.graph.increment_version([t for u in plan for t in u.written])
+        if plan is not None:  # the bias gradients live only until the step below: lend the buffers, no copies
+            dbias = [torch.from_numpy(b) if has else None for b, has in zip(ws.bias_parts[0], st.has_bias, strict=True)]
+        else:
+            dbias = _reduce_grads(st, ws, parts, grads, gsets, st.has_bias)
         for j, m in enumerate(st.layers):
             m.values.grad = grads[j]
             if m.bias is not None:
                 m.bias.grad = dbias[j]
         if optimizer is not None:
-            optimizer.step()
+            optimizer.step()  # with a plan: the biases (the values have no gradient, so it skips them)
+            if not keep_grad:
+                self.zero_grad(set_to_none=True)
         return float(stats[:, 0].sum()) / batch, int(stats[:, 1].sum())
 
     def _plain_step(self, st: _Structure, x: torch.Tensor) -> bool:
-        """Whether :meth:`train_step` may run its fused pass: tile mode, grad mode on, every parameter trainable,
+        """Whether :meth:`train_step` may run its fused passes: grad mode on, every parameter trainable,
         no gradient capture and no hooks that autograd or the module call would run."""
-        if st.layer_mode or x.shape[0] == 0 or x.requires_grad or not torch.is_grad_enabled():
+        if x.shape[0] == 0 or x.requires_grad or not torch.is_grad_enabled():
             return False
         if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks:
             return False
@@ -567,7 +604,7 @@ def _ranges(ptr: np.ndarray, parts: int) -> list[tuple[int, int]]:
     n, total = ptr.shape[0] - 1, int(ptr[-1])
     if parts <= 1 or n <= 1:
         return [(0, n)]
-    cuts = np.searchsorted(ptr.astype(np.int64), [total * k // parts for k in range(1, parts)], side="right") - 1
+    cuts = np.searchsorted(ptr.view(np.int64), [total * k // parts for k in range(1, parts)], side="right") - 1
     bounds = [0, *sorted({int(min(max(c, 0), n)) for c in cuts}), n]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
@@ -595,48 +632,59 @@ def _layer_forward(args: tuple, ws: _Workspace, xn: np.ndarray, outn: np.ndarray
 
 def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Workspace, gyn: np.ndarray, grads: tuple,
                     dbs: tuple, caps: tuple, dxn: np.ndarray, luts1: np.ndarray, luts2: np.ndarray,
-                    need_v: np.ndarray, need_x: bool, use_csc: np.ndarray, threads: int) -> None:
+                    need_v: np.ndarray, need_x: bool, use_csc: np.ndarray, threads: int, plan: list | None = None,
+                    longest_row: int = 0) -> None:
     """The backward for big layers, layer by layer: value gradients split over the threads by rows, input
     gradients by input columns (a gather over the CSC copy, or a scatter in which each thread owns a range
-    of input rows); every number is computed by one thread, so results do not depend on the thread count."""
+    of input rows); every number is computed by one thread, so results do not depend on the thread count.
+
+    ``plan`` (one :class:`sparta.optim.FusedUpdate` per layer): instead of writing value gradients, each
+    layer's input gradient is formed first (from the values before the step), then each thread computes the
+    gradients of a block of its rows into a scratch of ``max(UPDATE_BLOCK, longest_row)`` elements and
+    applies the optimizer's update to those values at once (:func:`fused.sddmm_update`)."""
     colptrs, rowidxs, perms = csc
     ld, batch, n_layers = ws.ld, ws.batch, len(vals)
     acts, ds, codes = ws.acts, ws.ds, ws.codes
     cur, nxt, dxbuf = ws.scratch[0]
     fused.to_feature_major(gyn, 0, batch, cur, ld)
     fused.row_sums(cur, ld, 0, batch, dbs[-1], False)
+    scratch = [np.empty(max(UPDATE_BLOCK, longest_row), ws.dtype) for _ in range(threads)] if plan else []
     for j in range(n_layers - 1, -1, -1):
         n_out = dbs[j].shape[0]
         if caps[j].shape[0]:
             caps[j].reshape(n_out, batch)[:] = cur[:n_out * ld].reshape(n_out, ld)[:, :batch]
         hidden = j > 0
-        if hidden and need_v[j] and use_csc[j] and fused.FUSE_BACKWARD:
+        if plan is None and hidden and need_v[j] and use_csc[j] and fused.FUSE_BACKWARD:
             POOL.run([lambda a=a, b=b, j=j, cur=cur, nxt=nxt: fused.gather_sddmm(
                 colptrs[j], rowidxs[j], perms[j], vals[j], cur, acts[j], ld, 0, batch, nxt, ds[j], codes[j], luts1[j],
                 luts2[j], dbs[j - 1], grads[j], False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
             cur, nxt = nxt, cur
             continue
-        if need_v[j]:
+        if need_v[j] and plan is None:
             POOL.run([lambda a=a, b=b, j=j, cur=cur: fused.sddmm(ips[j], ixs[j], cur, acts[j], ld, 0, batch, grads[j],
-                                                                  False, a, b) for a, b in _ranges(ips[j], threads)],
+                                                                  _U0, False, a, b) for a, b in _ranges(ips[j], threads)],
                      threads)
-        if not hidden and not need_x:
-            break
-        target = nxt if hidden else dxbuf
-        db = dbs[j - 1] if hidden else dbs[0]
-        if use_csc[j]:
-            POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target, db=db, hidden=hidden: fused.gather(
-                colptrs[j], rowidxs[j], perms[j], vals[j], cur, ld, 0, batch, target, ds[j], codes[j], luts1[j],
-                luts2[j], db, hidden, False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
-        else:
-            n_in = ws.sizes[j]
-            cols = [(n_in * k // threads, n_in * (k + 1) // threads) for k in range(threads)]
-            POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target: fused.scatter(
-                ips[j], ixs[j], vals[j], cur, ld, 0, batch, target, a, b) for a, b in cols if b > a], threads)
-            if hidden:
-                POOL.run([lambda a=a, b=b, j=j, target=target, db=db: fused.apply_derivative(
-                    target, ds[j], codes[j], luts1[j], luts2[j], ld, 0, batch, db, False, a, b)
-                    for a, b in cols if b > a], threads)
+        if hidden or need_x:
+            target = nxt if hidden else dxbuf
+            db = dbs[j - 1] if hidden else dbs[0]
+            if use_csc[j]:
+                POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target, db=db, hidden=hidden: fused.gather(
+                    colptrs[j], rowidxs[j], perms[j], vals[j], cur, ld, 0, batch, target, ds[j], codes[j], luts1[j],
+                    luts2[j], db, hidden, False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
+            else:
+                n_in = ws.sizes[j]
+                cols = [(n_in * k // threads, n_in * (k + 1) // threads) for k in range(threads)]
+                POOL.run([lambda a=a, b=b, j=j, cur=cur, target=target: fused.scatter(
+                    ips[j], ixs[j], vals[j], cur, ld, 0, batch, target, a, b) for a, b in cols if b > a], threads)
+                if hidden:
+                    POOL.run([lambda a=a, b=b, j=j, target=target, db=db: fused.apply_derivative(
+                        target, ds[j], codes[j], luts1[j], luts2[j], ld, 0, batch, db, False, a, b)
+                        for a, b in cols if b > a], threads)
+        if plan is not None and need_v[j]:
+            u = plan[j]
+            POOL.run([lambda a=a, b=b, j=j, cur=cur, g=g, u=u: fused.sddmm_update(
+                ips[j], ixs[j], cur, acts[j], ld, 0, batch, a, b, g, u.kind, u.p, u.s1, u.s2, u.hyper)
+                for (a, b), g in zip(_ranges(ips[j], threads), scratch, strict=False)], threads)
         if hidden:
             cur, nxt = nxt, cur
     if need_x:
@@ -680,6 +728,7 @@ class _Structure:
         self.need_v = np.ones(self.n, np.bool_)
         self.no_caps = tuple(np.empty(0, dtype) for _ in layers)
         self._csc: tuple | None = None
+        self._longest: int | None = None
         self._splits: dict[tuple[int, int], tuple[list[tuple[int, int]], int]] = {}
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
@@ -710,6 +759,15 @@ class _Structure:
                 hit = (parts, threads_for(parts, self.total_nnz))
             self._splits[(batch, n)] = hit
         return hit
+
+    @property
+    def longest_row(self) -> int:
+        """The most connections any output row of any layer has."""
+        if self._longest is None:
+            step = 1 << 20  # rows at a time: no temporary the size of the row pointers
+            self._longest = max((int(np.diff(ip.view(np.int64)[a:a + step + 1]).max(initial=0)) for ip in self.arrays[0]
+                                 for a in range(0, max(1, ip.shape[0] - 1), step)), default=0)
+        return self._longest
 
     def transposed(self) -> tuple[tuple, tuple, tuple]:
         """``(colptrs, rowidxs, perms)`` of the layers (empty arrays for ``transpose="scatter"`` layers)."""

@@ -15,15 +15,34 @@ an optimizer step never has to refresh it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from sparta.kernels import optim as kernels
 
-__all__ = ["SGD", "Adam", "AdamW"]
+try:  # step pre-hooks registered for every optimizer (torch.optim.optimizer.register_optimizer_step_pre_hook)
+    from torch.optim.optimizer import _global_optimizer_pre_hooks as _global_pre_hooks
+except ImportError:  # pragma: no cover - older torch
+    _global_pre_hooks: dict = {}
+
+__all__ = ["SGD", "Adam", "AdamW", "FusedUpdate"]
+
+
+class FusedUpdate(NamedTuple):
+    """One parameter's update for a backward pass that applies it as the gradient is computed
+    (:meth:`SGD.fused_plan`): the kernel kind and float64 hyper-parameters of
+    :func:`sparta.kernels.optim.apply_span`, the parameter and its state as flat numpy arrays (``s1``, ``s2``
+    empty where unused), and the tensors it writes (for autograd's version counters)."""
+
+    kind: int
+    p: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+    hyper: np.ndarray
+    written: tuple[torch.Tensor, ...]
 
 
 def _check(name: str, value: Any, low: float = 0.0, high: float | None = None) -> float:
@@ -104,6 +123,28 @@ class _Fused(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self._views = _Views()
 
+    def fused_plan(self, params: Sequence[torch.Tensor]) -> list[FusedUpdate] | None:
+        """This step's update of each of ``params``, for a caller that computes their gradients and applies the
+        update block by block, never storing a whole gradient (``SparseMLP.train_step(..., keep_grad=False)``
+        on big networks): the optimizer's state is created and its step counted exactly as :meth:`step` would
+        for a parameter with a gradient, and the numbers are :meth:`step`'s. Call :meth:`step` afterwards for
+        the other parameters (these have no ``.grad``, so it skips them). None, with nothing changed, when
+        that is not possible: a parameter not in this optimizer, not a contiguous CPU float32/float64 tensor,
+        with state of another shape, or a step pre-hook registered (it could change what the step does)."""
+        if self._optimizer_step_pre_hooks or _global_pre_hooks:
+            return None
+        groups = {id(p): g for g in self.param_groups for p in g["params"]}
+        for p in params:
+            if id(p) not in groups or not _numba_ok(p) or p.grad is not None:
+                return None
+            state = [t for t in self.state.get(p, {}).values() if isinstance(t, torch.Tensor) and t.dim() > 0]
+            if state and (not _numba_ok(p, *state) or any(t.shape != p.shape for t in state)):
+                return None
+        return [self._plan(p, groups[id(p)]) for p in params]
+
+    def _plan(self, p: torch.Tensor, group: dict) -> FusedUpdate:
+        raise NotImplementedError
+
     def release_views(self) -> None:
         """Forget the cached numpy views of parameters and state, so that arrays a topology edit replaces
         are freed at once rather than at the next step (topology algorithms call it before editing)."""
@@ -167,6 +208,23 @@ class SGD(_Fused):
                                  mom, damp, wd, nesterov, maximize)
                 _written(*(i[0] for i in items), *(i[2] for i in items))
         return loss
+
+
+    def _plan(self, p: torch.Tensor, group: dict) -> FusedUpdate:
+        mom = group["momentum"]
+        buf, first = None, False
+        if mom != 0:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            first = buf is None
+            if first:
+                buf = state["momentum_buffer"] = torch.empty_like(p)
+        arrays = self._views.get(p, buf) if buf is not None else self._views.get(p)
+        empty = arrays[0][:0]
+        hyper = np.array([group["lr"], mom, group["dampening"], group["weight_decay"], group["nesterov"], first,
+                          group["maximize"]], np.float64)
+        return FusedUpdate(kernels.KIND_SGD, arrays[0], arrays[1] if buf is not None else empty, empty, hyper,
+                           (p, buf) if buf is not None else (p,))
 
 
 class Adam(_Fused):
@@ -234,6 +292,22 @@ class Adam(_Fused):
                                   maximize)
                 _written(*(t for i in items for t in (i[0], i[2], i[3])))
         return loss
+
+
+    def _plan(self, p: torch.Tensor, group: dict) -> FusedUpdate:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        state["step"] += 1
+        t = float(state["step"])
+        arrays = self._views.get(p, m, v)
+        hyper = np.array([lr, b1, b2, eps, wd, self.decoupled, lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t),
+                          group["maximize"]], np.float64)
+        return FusedUpdate(kernels.KIND_ADAM, arrays[0], arrays[1], arrays[2], hyper, (p, m, v))
 
 
 class AdamW(Adam):

@@ -106,7 +106,7 @@ class Worker:
             for idx in self.batches(epoch):
                 self.maybe_crash()
                 loss_v, right = batch_step(self.model, opt, self.x.index_select(0, idx), self.y.index_select(0, idx),
-                                           self.config.loss)
+                                           self.config.loss, keep_grad=algo is not None and algo.needs_dense_grad)
                 if not math.isfinite(loss_v):
                     raise FloatingPointError(f"worker rank {self.rank}: the loss became non-finite in local epoch "
                                              f"{epoch + 1}: training diverged (lower lr)")

@@ -18,8 +18,10 @@ without one, and a run continued from its checkpoint runs it first, exactly as a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -139,6 +141,11 @@ class TopologyAlgorithm:
         """Keys of ``n`` absent positions to grow (``present``: sorted keys that stay). Default: none."""
         return torch.empty(0, dtype=torch.int64)
 
+    def grow_from_kept(self, view: LayerView, n: int, keep: torch.Tensor) -> torch.Tensor:
+        """:meth:`grow` given the bool mask ``keep (nnz,)`` of the connections that stay: by default it lists
+        their keys (8 bytes per kept connection, only while growing) and calls :meth:`grow`."""
+        return self.grow(view, n, view.kept_keys(keep))
+
     def grow_values(self, view: LayerView, keys: torch.Tensor) -> torch.Tensor:
         """Initial values of grown connections. Default: zero."""
         return torch.zeros(keys.numel(), dtype=view.weights().dtype)
@@ -152,15 +159,13 @@ class TopologyAlgorithm:
             # what an update holds per connection at once bounds its peak memory at scale: the keys (8 bytes per
             # connection) exist only between choosing the drops and listing the kept positions
             drop = self.drop_mask(view, min(self.num_drop(view), view.nnz))
-            keys = view.keys()
-            keep = ~drop.to(keys.device)
-            present = keys[keep].cpu()
-            del keys
-            new = self.grow(view, max(0, self.num_grow(view, int(drop.sum()))), present)
-            del present
+            dropped = int(torch.count_nonzero(drop))  # (a bool .sum() makes an int64 copy first)
+            keep = ~drop.to(view.weights().device)
+            del drop
+            new = self.grow_from_kept(view, max(0, self.num_grow(view, dropped)), keep)
             view.apply(keep, new, self.grow_values(view, new), self.optimizer)
             w = view.weights()
-            self.stats[view.name] = {"nnz": view.nnz, "density": view.density, "pruned": int(drop.sum()),
+            self.stats[view.name] = {"nnz": view.nnz, "density": view.density, "pruned": dropped,
                                      "grown": int(new.numel()), "mean_abs_w": float(w.abs().mean()) if w.numel() else 0.0}
         self.time_in_updates += time.perf_counter() - t0
 
@@ -189,35 +194,59 @@ def cadence_warnings(total: int, every: int, start: int = 0, end: int | None = N
 _BLOCK = 1 << 20  # candidates tested against the present keys at a time
 
 
-def sample_absent(total: int, n: int, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``n`` distinct keys drawn uniformly from ``[0, total)`` minus sorted ``present`` (sorted result)."""
-    absent = total - present.numel()
+def sample_absent(total: int, n: int, present: torch.Tensor | Callable[[], torch.Tensor],
+                  generator: torch.Generator, *, n_present: int | None = None,
+                  append_free: Callable[[np.ndarray, np.ndarray, int], int] | None = None) -> torch.Tensor:
+    """``n`` distinct keys drawn uniformly from ``[0, total)`` minus sorted ``present`` (sorted result).
+
+    Rejection sampling tests candidates against ``present``; a caller that can test them another way (a
+    layer's CSR, without listing the kept keys) passes ``append_free(cand, out, end)`` (append the free
+    candidates to ``out`` from ``end``, return the new end), ``n_present``, and ``present`` as a function that
+    lists the keys, called only when few positions are free and they are enumerated.
+    """
+    from sparta.kernels.edit import append_absent, compact_unmarked, mark_first_distinct, unique_sorted
+
+    if n_present is None:
+        n_present = present.numel()  # type: ignore[union-attr]
+    absent = total - n_present
     if n > absent:
         raise ValueError(f"cannot grow {n} connections: only {absent} positions are free")
     if n <= 0:
         return torch.empty(0, dtype=torch.int64)
     if absent <= 4 * n:  # few free positions: enumerate them (O(total)); otherwise rejection sampling, O(n)
         free = torch.ones(total, dtype=torch.bool)
-        free[present] = False
+        free[present() if callable(present) else present] = False
         cand = torch.nonzero(free).reshape(-1)
         return torch.sort(cand[torch.randperm(cand.numel(), generator=generator)[:n]]).values
-    from sparta.kernels.edit import unique_sorted
+    if append_free is None:
+        present_np = present.contiguous().numpy()  # type: ignore[union-attr]
 
+        def append_free(cand: np.ndarray, out: np.ndarray, end: int) -> int:
+            return append_absent(cand, present_np, out, end)
+
+    rate = absent / total  # ≥ 3/4 here: the share of draws that are free
     chosen = torch.empty(0, dtype=torch.int64)
-    while chosen.numel() < n:  # rejection sampling: at least 3/4 of draws are free
-        cand = torch.randint(0, total, (2 * (n - chosen.numel()) + 16,), generator=generator)
-        if present.numel():  # taken positions become -1, tested in blocks: no temporaries the size of the draw
-            for a in range(0, cand.numel(), _BLOCK):
-                c = cand[a:a + _BLOCK]
-                c[present[torch.searchsorted(present, c).clamp_max(present.numel() - 1)] == c] = -1
-        pool = torch.cat([chosen, cand]) if chosen.numel() else cand
-        del cand, chosen
+    while chosen.numel() < n:  # rejection sampling into one buffer, a block of draws at a time
+        draws = int((n - chosen.numel()) / rate * 1.05) + 16
+        pool = torch.empty(chosen.numel() + draws, dtype=torch.int64)
+        pool[:chosen.numel()] = chosen
+        end = chosen.numel()
+        del chosen
         arr = pool.numpy()
+        for a in range(0, draws, _BLOCK):
+            cand = torch.randint(0, total, (min(_BLOCK, draws - a),), generator=generator)
+            end = append_free(cand.numpy(), arr, end)
+        del cand
+        arr = arr[:end]
         arr.sort()  # in place; then the distinct values compacted to the front, as torch.unique would list them
-        k = unique_sorted(arr)
-        start = 1 if k and arr[0] < 0 else 0
-        chosen = pool[start:k].clone()
-        del pool, arr
-    pick = chosen[torch.randperm(chosen.numel(), generator=generator)[:n]]
-    del chosen
-    return torch.sort(pick).values
+        chosen = pool[:unique_sorted(arr)]  # a view: the pool is at most a few percent longer
+        del arr
+    extra = chosen.numel() - n
+    if extra == 0:
+        return chosen.clone()
+    drop = np.zeros(chosen.numel(), dtype=np.bool_)  # the distinct values are a uniform sample: drop a random few
+    have = 0
+    while have < extra:
+        have = mark_first_distinct(torch.randint(0, chosen.numel(), (2 * (extra - have) + 16,),
+                                                 generator=generator).numpy(), drop, extra, have)
+    return chosen[:compact_unmarked(chosen.numpy(), drop)]  # in place, still ascending

@@ -14,8 +14,9 @@ import time
 
 import torch
 
+from sparta.kernels import edit
 from sparta.topology.base import TopologyAlgorithm
-from sparta.topology.layers import SparseView, carry_state, release_caches
+from sparta.topology.layers import SparseView, release_caches
 
 
 class ImportancePruning(TopologyAlgorithm):
@@ -43,6 +44,10 @@ class ImportancePruning(TopologyAlgorithm):
     def importance(view: SparseView) -> torch.Tensor:
         """``I_j = Σ_i |W_ji|`` over the incoming connections of each output neuron ``j``, ``(out,)``."""
         m = view.module
+        if m.values.device.type == "cpu":  # summed over the CSR: no per-connection temporaries
+            out = torch.zeros(m.out_features, dtype=torch.float64)
+            edit.abs_sums(m.indptr.numpy(), m.indices.numpy(), m.values.detach().numpy(), True, out.numpy())
+            return out.to(m.values.dtype)
         return torch.zeros(m.out_features, dtype=m.values.dtype, device=m.values.device).index_add_(
             0, m.rows(), m.values.detach().abs())
 
@@ -63,7 +68,11 @@ class ImportancePruning(TopologyAlgorithm):
             out_w = torch.zeros(n, dtype=torch.float64)
             if next_view is not None:
                 m = next_view.module
-                out_w.index_add_(0, m.indices.cpu().to(torch.int64), m.values.detach().cpu().abs().to(torch.float64))
+                if m.values.device.type == "cpu":
+                    edit.abs_sums(m.indptr.numpy(), m.indices.numpy(), m.values.detach().numpy(), False, out_w.numpy())
+                else:
+                    out_w.index_add_(0, m.indices.cpu().to(torch.int64),
+                                     m.values.detach().cpu().abs().to(torch.float64))
             order = torch.argsort(out_w, stable=True)
             order = order[torch.argsort(imp[order], stable=True)]
             keep = torch.ones(n, dtype=torch.bool)
@@ -83,11 +92,9 @@ class ImportancePruning(TopologyAlgorithm):
             removed = int((~keep).sum())
             if removed == 0:
                 continue
-            old_a, old_b, old_out = la.nnz, lb.nnz, la.out_features
-            carry_state(self.optimizer, la.values, la.remove_neurons(keep_outputs=keep), old_a)
-            if la.bias is not None:
-                carry_state(self.optimizer, la.bias, torch.nonzero(keep).reshape(-1), old_out)
-            carry_state(self.optimizer, lb.values, lb.remove_neurons(keep_inputs=keep), old_b)
+            old_a, old_b = la.nnz, lb.nnz
+            a.remove_neurons(keep, None, self.optimizer)
+            b.remove_neurons(None, keep, self.optimizer)
             self.stats[a.name] = {"nnz": la.nnz, "density": la.density, "pruned": old_a - la.nnz, "grown": 0,
                                   "mean_abs_w": float(la.values.abs().mean()) if la.nnz else 0.0,
                                   "neurons": la.out_features, "neurons_removed": removed}

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparta.nn.linear import SparseLinear
+from sparta.kernels import edit
+from sparta.nn.linear import SparseLinear, set_param_data
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
 from sparta.nn.structure import keys as csr_keys
 from sparta.nn.structure import remap
@@ -73,6 +74,11 @@ class LayerView:
 
     def weights(self) -> torch.Tensor:  # (nnz,), aligned with keys()
         raise NotImplementedError
+
+    def kept_keys(self, keep: torch.Tensor) -> torch.Tensor:
+        """Sorted int64 keys of the connections where bool ``keep (nnz,)`` is True (on the CPU)."""
+        keys = self.keys()
+        return keys[keep.to(keys.device)].cpu()
 
     def grads(self) -> torch.Tensor | None:  # (nnz,) gradient at existing connections
         raise NotImplementedError
@@ -153,13 +159,112 @@ class SparseView(LayerView):
         g = self.module.values.grad
         return None if g is None else g.detach()
 
+    def kept_keys(self, keep: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if m.indices.device.type != "cpu":
+            return super().kept_keys(keep)
+        out = torch.empty(int(torch.count_nonzero(keep)), dtype=torch.int64)  # all connections' keys never exist
+        edit.kept_keys(m.indptr.numpy(), m.indices.numpy(), keep.contiguous().numpy(), self.n_in, out.numpy())
+        return out
+
     @torch.no_grad()
     def apply(self, keep, new_keys, new_values, optimizer) -> None:
         m = self.module
         old = m.nnz
         m.values.grad = None  # stale after the edit (rewire drops it too): free it before the new arrays exist
+        if self._apply_in_place(keep, new_keys, new_values, optimizer):
+            return
         source = m.rewire(keep, new_keys // self.n_in, new_keys % self.n_in, new_values)
         carry_state(optimizer, m.values, source, old)
+
+    @torch.no_grad()
+    def remove_neurons(self, keep_outputs: torch.Tensor | None, keep_inputs: torch.Tensor | None,
+                       optimizer: torch.optim.Optimizer | None) -> None:
+        """Shrink the layer to the output rows and input columns kept (bool masks; None keeps all), carrying the
+        optimizer's state of the values and the bias. On the CPU in the layer's own arrays (values, column
+        index, row pointers and per-connection state move to the front together, then each is cut to size one
+        at a time); elsewhere through :meth:`SparseLinear.remove_neurons` and a source map."""
+        m = self.module
+        v = m.values
+        old, old_out = m.nnz, m.out_features
+        v.grad = None
+        keep_out = torch.ones(old_out, dtype=torch.bool) if keep_outputs is None else torch.as_tensor(keep_outputs)
+        keep_in = torch.ones(m.in_features, dtype=torch.bool) if keep_inputs is None else torch.as_tensor(keep_inputs)
+        state = optimizer.state.get(v, {}) if optimizer is not None else {}
+        names = [k for k, t in state.items() if isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == old]
+        tensors = [v.data, *(state[k] for k in names)]
+        ok = (v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64) and keep_out.device.type == "cpu"
+              and keep_in.device.type == "cpu" and all(t.dtype == v.dtype and t.device.type == "cpu"
+                                                       and t.is_contiguous() for t in tensors))
+        for k, n in ((keep_out, old_out), (keep_in, m.in_features)):
+            if k.dtype != torch.bool or k.shape != (n,) or not bool(k.any()):
+                ok = False  # the module's method raises the error
+        if not ok:
+            carry_state(optimizer, v, m.remove_neurons(keep_outputs, keep_inputs), old)
+            if m.bias is not None and keep_outputs is not None:
+                carry_state(optimizer, m.bias, torch.nonzero(keep_outputs).reshape(-1), old_out)
+            return
+        new_col = torch.cumsum(keep_in.long(), 0) - 1
+        new_col[~keep_in] = -1
+        rows, total = edit.remove_neurons_in_place(m.indptr.numpy(), m.indices.numpy(), keep_out.numpy(),
+                                                   new_col.numpy(), tuple(t.numpy() for t in tensors))
+        del new_col
+        torch.autograd.graph.increment_version([m.indptr, m.indices, *tensors])
+        del tensors  # each old array must go as soon as its cut copy exists
+        m.out_features, m.in_features = rows, int(keep_in.sum())
+        m.indptr = m.indptr[:rows + 1].clone()  # each array cut to size, one at a time
+        m.indices = m.indices[:total].clone()
+        set_param_data(v, v.data[:total].clone())
+        for k in names:
+            state[k] = state[k][:total].clone()
+        if m.bias is not None and keep_outputs is not None:
+            set_param_data(m.bias, m.bias.data[keep_out])
+            carry_state(optimizer, m.bias, torch.nonzero(keep_out).reshape(-1), old_out)
+
+    def _apply_in_place(self, keep: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor,
+                        optimizer: torch.optim.Optimizer | None) -> bool:
+        """:meth:`apply` inside the layer's own arrays and its optimizer state when the connection count does not
+        grow (SET, pruning): nothing the size of the layer is allocated (a shrinking layer's arrays are then cut
+        to size one at a time). False, with nothing changed, where it does not apply (another device, dtypes
+        that differ, new keys not ascending, repeated, out of range or present: the general path then runs and
+        raises its errors)."""
+        m = self.module
+        old = m.nnz
+        v = m.values
+        keep = torch.as_tensor(keep)
+        new_keys = torch.as_tensor(new_keys).reshape(-1)
+        if (v.device.type != "cpu" or v.dtype not in (torch.float32, torch.float64) or keep.dtype != torch.bool
+                or keep.shape != (old,) or new_keys.dtype != torch.int64):
+            return False
+        n_new = new_keys.numel()
+        if isinstance(new_values, torch.Tensor) and new_values.numel() != n_new:
+            return False
+        kept = int(torch.count_nonzero(keep))
+        if kept + n_new > old:
+            return False
+        state = optimizer.state.get(v, {}) if optimizer is not None else {}
+        names = [k for k, t in state.items() if isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == old]
+        tensors = [v.data, *(state[k] for k in names)]
+        if any(t.dtype != v.dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+            return False
+        ip, ix = m.indptr.numpy(), m.indices.numpy()
+        keep_np, keys_np = keep.contiguous().numpy(), new_keys.contiguous().numpy()
+        if edit.check_new(ip, ix, keep_np, keys_np, self.n_in, self.total) >= 0:
+            return False
+        first = new_values.to(v.dtype).contiguous() if isinstance(new_values, torch.Tensor) else \
+            torch.full((n_new,), float(new_values or 0.0), dtype=v.dtype)
+        zeros = torch.zeros(n_new, dtype=v.dtype)
+        total = edit.rewire_in_place(ip, ix, keep_np, keys_np, self.n_in, tuple(t.numpy() for t in tensors),
+                                     (first.numpy(), *(zeros.numpy() for _ in names)))
+        del first, zeros, ip, ix
+        torch.autograd.graph.increment_version([m.indptr, m.indices, *tensors])
+        del tensors  # each old array must go as soon as its cut copy exists
+        if total < old:  # cut each array to size, one at a time
+            m.indices = m.indices[:total].clone()
+            set_param_data(v, v.data[:total].clone())
+            for k in names:
+                state[k] = state[k][:total].clone()
+        return True
 
     def dense_grad_blocks(self):
         cap = self.module.capture or {}

@@ -8,11 +8,16 @@ Paper defaults: ε = 20 (topology), ζ = 0.3, once per epoch.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from sparta.kernels import edit
 from sparta.nn.init import bias_bound
 from sparta.topology.base import TopologyAlgorithm, check_fraction, sample_absent
-from sparta.topology.layers import LayerView
+from sparta.topology.layers import LayerView, SparseView
+
+_VALUE_BLOCK = 1 << 18  # new connections given values at a time
+
 
 
 class SET(TopologyAlgorithm):
@@ -33,6 +38,12 @@ class SET(TopologyAlgorithm):
     def drop_mask(self, view: LayerView, n: int) -> torch.Tensor:
         w = view.weights().cpu()
         drop = torch.zeros(w.numel(), dtype=torch.bool)
+        if w.dtype in (torch.float32, torch.float64) and w.is_contiguous():  # one float copy of a side at a time
+            wn, dn = w.numpy(), drop.numpy()
+            for positive in (True, False):
+                count = int(np.count_nonzero(wn > 0 if positive else wn < 0))
+                edit.mark_closest_to_zero(wn, positive, int(self.zeta * count), dn)
+            return drop
         for side in (w > 0, w < 0):
             idx = torch.nonzero(side).reshape(-1)
             k = int(self.zeta * idx.numel())
@@ -43,10 +54,25 @@ class SET(TopologyAlgorithm):
     def grow(self, view: LayerView, n: int, present: torch.Tensor) -> torch.Tensor:
         return sample_absent(view.total, n, present, self.generator)
 
+    def grow_from_kept(self, view: LayerView, n: int, keep: torch.Tensor) -> torch.Tensor:
+        if (type(self).grow is not SET.grow or not isinstance(view, SparseView)
+                or view.module.indices.device.type != "cpu"):  # a subclass's own grow() gets the kept keys
+            return super().grow_from_kept(view, n, keep)
+        m = view.module  # candidates are tested against the CSR itself: the kept keys are never listed
+        ip, ix, kp = m.indptr.numpy(), m.indices.numpy(), keep.contiguous().numpy()
+        return sample_absent(view.total, n, lambda: view.kept_keys(keep), self.generator,
+                             n_present=int(np.count_nonzero(kp)),
+                             append_free=lambda cand, out, end: edit.append_absent_csr(cand, ip, ix, kp, view.n_in,
+                                                                                       out, end))
+
     def grow_values(self, view: LayerView, keys: torch.Tensor) -> torch.Tensor:
         dtype = view.weights().dtype
         if self.init == "zero":
             return torch.zeros(keys.numel(), dtype=dtype)
-        bound = bias_bound(view.fan_in().cpu())[keys // view.n_in]
-        u = torch.rand(keys.numel(), generator=self.generator, dtype=torch.float64) * 2 - 1
-        return (u * bound).to(dtype)
+        fan_in = view.fan_in().cpu()
+        out = torch.empty(keys.numel(), dtype=dtype)
+        for a in range(0, keys.numel(), _VALUE_BLOCK):  # a block at a time: no float64 copy of them all
+            k = keys[a:a + _VALUE_BLOCK]
+            u = torch.rand(k.numel(), generator=self.generator, dtype=torch.float64) * 2 - 1
+            out[a:a + k.numel()] = u * bias_bound(fan_in[k // view.n_in])
+        return out

@@ -62,20 +62,24 @@ def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 
 def batch_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, xb: torch.Tensor, yb: torch.Tensor,
-               loss: str = "ce") -> tuple[float, float]:
+               loss: str = "ce", *, keep_grad: bool = True) -> tuple[float, float]:
     """One training step on the batch ``xb (B, features)``, ``yb (B,)``: gradients set as after
     ``zero_grad(set_to_none=True)`` and ``backward``, then ``optimizer.step()`` (``optimizer=None``: the
     gradients only). Cross-entropy on a :class:`~sparta.nn.SparseMLP` with int64 labels runs
-    :meth:`~sparta.nn.SparseMLP.train_step` (forward, loss and backward in one fused pass). Returns the batch's
-    mean loss and its correct predictions."""
+    :meth:`~sparta.nn.SparseMLP.train_step` (forward, loss and backward in one fused pass). ``keep_grad=False``
+    (with an optimizer): the gradients are freed after the step, and a big ``SparseMLP`` with a
+    :mod:`sparta.optim` optimizer never stores its value gradients (the update runs inside the backward).
+    Returns the batch's mean loss and its correct predictions."""
     if loss == "ce" and isinstance(model, SparseMLP) and yb.dtype == torch.int64:
-        return model.train_step(xb, yb, optimizer)
+        return model.train_step(xb, yb, optimizer, keep_grad=keep_grad)
     out = model(xb)
     loss_t = loss_function(loss)(out, yb)
     (optimizer or model).zero_grad(set_to_none=True)
     loss_t.backward()
     if optimizer is not None:
         optimizer.step()
+        if not keep_grad:
+            optimizer.zero_grad(set_to_none=True)
     return float(loss_t.detach()), correct_count(out.detach(), yb)
 
 
@@ -99,7 +103,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
                 batch_size: int, algo: TopologyAlgorithm | None = None, loss: str = "ce",
                 generator: torch.Generator | None = None) -> tuple[float, float, float]:
-    """One pass over ``(x, y)``; counts every optimizer step with ``algo.step()``.
+    """One pass over ``(x, y)``; counts every optimizer step with ``algo.step()``. Gradients are not kept after
+    their step (unless ``algo`` needs them): a big ``SparseMLP`` then never stores its value gradients.
 
     An update of SET, static or GMP that comes due at a step runs before the next optimizer step
     (``step(defer=True)``, :meth:`~sparta.topology.TopologyAlgorithm.run_pending`), so one due at the end of an
@@ -113,11 +118,13 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     tot_loss = tot_acc = 0.0
     topo0 = algo.time_in_updates if algo is not None else 0.0
     defer = algo is not None and not algo.needs_dense_grad
+    keep = algo is not None and algo.needs_dense_grad  # nothing else reads a gradient after its step
     for idx in batches(len(x), batch_size, generator):
         if algo is not None:
             algo.run_pending()
         # index_select: 4-5x faster than x[idx] for a batch of rows
-        batch_loss, correct = batch_step(model, optimizer, x.index_select(0, idx), y.index_select(0, idx), loss)
+        batch_loss, correct = batch_step(model, optimizer, x.index_select(0, idx), y.index_select(0, idx), loss,
+                                         keep_grad=keep)
         if algo is not None:
             algo.step(defer=defer)
         tot_loss += batch_loss * len(idx)
