@@ -19,8 +19,10 @@ Models:
 * ``dense``  — PyTorch ``nn.Linear`` layers and ``torch.optim.SGD`` (every connection);
 * ``masked`` — ``MaskedLinear`` (dense weight × ε = 20 mask, SET on the mask: how most sparse-training code runs);
 * ``dropin`` — ``nn.Sequential`` of ``SparseLinear``/``AllReLU``/``Dropout`` modules, ``torch.optim.SGD``;
-* ``fused``  — ``sparta.SparseMLP`` with ``sparta.optim.SGD``, stepped by ``SparseMLP.train_step`` (forward,
-  cross-entropy and backward in one fused pass per part of the batch: what ``sparta train`` runs);
+* ``fused``  — ``sparta.SparseMLP`` with ``sparta.optim.SGD``, stepped by ``SparseMLP.train_step(...,
+  keep_grad=False)`` (what ``sparta train`` runs: forward, cross-entropy and backward in one fused pass per part
+  of the batch; from ``FUSED_UPDATE_CONNECTIONS`` connections, as in the wide variant, layer by layer with the
+  optimizer's update inside the backward);
 * ``fused-autograd`` — the same model and optimizer through autograd (``loss.backward()``, any loss);
 * ``sparselab``, ``sparseprop`` — the truly sparse C++ libraries of those names at the same per-layer
   densities (``--workload plain`` only, when importable: ``pip install sparselab`` and ``pip install pybind11 &&
@@ -144,7 +146,7 @@ def child(kind: str, threads: int, sizes: list[int], workload: str, n_train: int
 
     def step(model, opt, idx) -> float:  # the batch gathered as sparta.train's loop does (index_select)
         if kind == "fused":
-            return model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt)[0]
+            return model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt, keep_grad=False)[0]
         out = model(x.index_select(0, idx))
         loss = torch.nn.functional.cross_entropy(out, y.index_select(0, idx))
         opt.zero_grad(set_to_none=True)

@@ -233,8 +233,9 @@ def sample_absent(total: int, n: int, present: torch.Tensor | Callable[[], torch
         end = chosen.numel()
         del chosen
         arr = pool.numpy()
-        for a in range(0, draws, _BLOCK):
-            cand = torch.randint(0, total, (min(_BLOCK, draws - a),), generator=generator)
+        block = max(1 << 14, min(_BLOCK, draws // 8))  # small next to the layer's own arrays
+        for a in range(0, draws, block):
+            cand = torch.randint(0, total, (min(block, draws - a),), generator=generator)
             end = append_free(cand.numpy(), arr, end)
         del cand
         arr = arr[:end]

@@ -71,8 +71,9 @@ class SET(TopologyAlgorithm):
             return torch.zeros(keys.numel(), dtype=dtype)
         fan_in = view.fan_in().cpu()
         out = torch.empty(keys.numel(), dtype=dtype)
-        for a in range(0, keys.numel(), _VALUE_BLOCK):  # a block at a time: no float64 copy of them all
-            k = keys[a:a + _VALUE_BLOCK]
+        block = max(1 << 12, min(_VALUE_BLOCK, keys.numel() // 8))  # a block at a time: no float64 copy of all
+        for a in range(0, keys.numel(), block):
+            k = keys[a:a + block]
             u = torch.rand(k.numel(), generator=self.generator, dtype=torch.float64) * 2 - 1
             out[a:a + k.numel()] = u * bias_bound(fan_in[k // view.n_in])
         return out
