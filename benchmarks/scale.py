@@ -8,12 +8,14 @@ Run from the repository root::
 
 Each size is a ``SparseMLP`` with four hidden layers of N/4 neurons (N the total), 1000 input features and 10
 classes, Erdős–Rényi ``--epsilon`` (default 2), All-ReLU, dropout 0.3, ``transpose="scatter"`` (16 bytes
-per connection: the transposed copy would add 8), SGD with momentum, trained on synthetic teacher–student
-data in a fresh process: ``--steps`` timed steps, then one SET update (ζ = 0.3) and one Importance Pruning
-update (P = 20), each timed. Reported per size: connections, ms per sample, ms per sample per million
-connections (flat when the cost is linear), the SET and pruning update times, the process's peak RSS,
-bytes per connection — the peak RSS above the RSS before the model was built, minus the activations'
-budget (batch × stored bytes per sample: activations, derivative codes, output-gradient rows), divided by
+per connection: the transposed copy would add 8), SGD with momentum, stepped as ``sparta train`` steps it
+(``train_step(..., keep_grad=False)``: layer by layer with the update inside the backward, no stored gradient),
+trained on synthetic teacher–student data in a fresh process: ``--steps`` timed steps, then one SET update
+(ζ = 0.3), one Importance Pruning update (P = 20), each timed, and one more step; the peak memory is also
+reported per phase (build, steps, SET, pruning, the step after pruning). Reported per size: connections, ms
+per sample, ms per sample per million connections (flat when the cost is linear), the SET and pruning update
+times, the process's peak RSS, bytes per connection — the peak RSS above the RSS before the model was built,
+minus the activations' budget (batch × stored bytes per sample: activations, derivative codes, output-gradient rows), divided by
 the connections —, the estimated seconds per epoch of ``--epoch-samples`` samples, and the memory a dense
 network of the same widths would need to train (computed, never allocated: weights, gradients and momentum
 in float32). A log-log plot goes to ``docs/scale.png``; the last line reads
@@ -53,6 +55,7 @@ def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> 
 
     import sparta
     from sparta import SET, ImportancePruning, SparseMLP
+    from sparta.kernels import fused
     from sparta.kernels.threads import configure
     from sparta.nn import mlp as mlp_module
     from sparta.train import teacher_student
@@ -121,7 +124,9 @@ def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> 
         phase("step after pruning")
         loss_value = float(loss)
     ms_per_sample = 1e3 * statistics.median(times) / batch
-    activations = est.activations
+    # the step runs layer by layer (train_step with keep_grad=False past FUSED_UPDATE_CONNECTIONS): buffers of
+    # leading_dim(batch) samples per unit, where the estimate bounds both layouts with whole 64-sample tiles
+    activations = est.activations // (-(-batch // fused.T) * fused.T) * fused.leading_dim(batch)
     extra = max(peaks.values())
     dense_params = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     return {"neurons": neurons, "sizes": sizes, "epsilon": epsilon, "batch": batch, "threads": threads,
