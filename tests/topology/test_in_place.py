@@ -142,3 +142,19 @@ def test_mark_closest_to_zero_picks_the_k_nearest_on_each_side():
                 cut = np.abs(w[mark]).max()
                 tied = np.nonzero(((w > 0) if positive else (w < 0)) & (np.abs(w) == cut))[0]
                 assert mark[tied].tolist() == sorted(mark[tied].tolist(), reverse=True)
+
+
+def test_percentile_cut_matches_torch_and_takes_more_than_torch_allows():
+    """Importance Pruning's cut is ``torch.quantile``'s (linear interpolation) and works past the 2²⁴ elements
+    ``torch.quantile`` refuses (a 10⁸-neuron network has layers of 25 M neurons)."""
+    from sparta.topology.importance import percentile_cut
+
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 1000):
+        imp = torch.rand(n, generator=gen, dtype=torch.float64).round(decimals=1)  # ties
+        for p in (0.0, 20.0, 50.0, 99.0):
+            assert percentile_cut(imp, p) == pytest.approx(float(torch.quantile(imp, p / 100)), abs=1e-15)
+    big = torch.arange((1 << 24) + 1, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="too large"):
+        torch.quantile(big, 0.2)
+    assert percentile_cut(big, 20.0) == pytest.approx(0.2 * (1 << 24))

@@ -15,6 +15,18 @@ import numpy as np
 _NJIT = dict(fastmath=False, cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 
+@numba.njit(inline="always", **_NJIT)
+def _lower_bound(a, lo, hi, x):  # pragma: no cover - compiled by numba
+    """The first position in ``[lo, hi)`` of ascending ``a`` whose value is ≥ ``x`` (``hi`` if none)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @numba.njit(**_NJIT)
 def csr_keys(indptr, indices, n_in, out):  # pragma: no cover - compiled by numba
     """``out[p] = row · n_in + col`` of every connection (int64), written once: no temporaries."""
@@ -190,14 +202,7 @@ def check_new(indptr, indices, keep, new_keys, n_in, total):  # pragma: no cover
             return 2 * i + 1
         r = key // n_in
         c = key - r * n_in
-        lo = indptr[r]
-        hi = indptr[r + 1]
-        while lo < hi:  # first position whose column is ≥ c (columns ascend within a row)
-            mid = (lo + hi) // 2
-            if indices[mid] < c:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = _lower_bound(indices, indptr[r], indptr[r + 1], c)  # columns ascend within a row
         if lo < indptr[r + 1] and indices[lo] == c and keep[lo]:
             return 2 * i
     return -1
@@ -308,13 +313,7 @@ def append_absent(cand, present, out, start):  # pragma: no cover - compiled by 
     n = present.shape[0]
     for i in range(cand.shape[0]):
         c = cand[i]
-        lo, hi = 0, n
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if present[mid] < c:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = _lower_bound(present, 0, n, c)
         if lo == n or present[lo] != c:
             out[q] = c
             q += 1
@@ -342,14 +341,7 @@ def append_absent_csr(cand, indptr, indices, keep, n_in, out, start):  # pragma:
         key = cand[i]
         r = key // n_in
         c = key - r * n_in
-        lo = indptr[r]
-        hi = indptr[r + 1]
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if indices[mid] < c:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = _lower_bound(indices, indptr[r], indptr[r + 1], c)
         if not (lo < indptr[r + 1] and indices[lo] == c and keep[lo]):
             out[q] = key
             q += 1

@@ -176,13 +176,7 @@ class SGD(_Fused):
             nesterov, maximize = group["nesterov"], group["maximize"]
             fast: dict[torch.dtype, list] = {}
             for p in _grads(group, "SGD"):
-                buf, first = None, False
-                if mom != 0:  # like torch.optim.SGD, no state without momentum
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    first = buf is None
-                    if first:
-                        buf = state["momentum_buffer"] = torch.empty_like(p)
+                buf, first = self._momentum_buffer(p, mom)
                 g = p.grad
                 arrays = self._views.get(p, buf) if buf is not None else self._views.get(p)
                 if arrays is None and buf is not None:
@@ -210,15 +204,21 @@ class SGD(_Fused):
         return loss
 
 
+    def _momentum_buffer(self, p: torch.Tensor, mom: float) -> tuple[torch.Tensor | None, bool]:
+        """``p``'s momentum buffer (created, uninitialised, on its first step) and whether this is that first step;
+        ``(None, False)`` without momentum (like ``torch.optim.SGD``, no state then)."""
+        if mom == 0:
+            return None, False
+        state = self.state[p]
+        buf = state.get("momentum_buffer")
+        if buf is not None:
+            return buf, False
+        buf = state["momentum_buffer"] = torch.empty_like(p)
+        return buf, True
+
     def _plan(self, p: torch.Tensor, group: dict) -> FusedUpdate:
         mom = group["momentum"]
-        buf, first = None, False
-        if mom != 0:
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            first = buf is None
-            if first:
-                buf = state["momentum_buffer"] = torch.empty_like(p)
+        buf, first = self._momentum_buffer(p, mom)
         arrays = self._views.get(p, buf) if buf is not None else self._views.get(p)
         empty = arrays[0][:0]
         hyper = np.array([group["lr"], mom, group["dampening"], group["weight_decay"], group["nesterov"], first,
@@ -258,16 +258,7 @@ class Adam(_Fused):
                                                group["maximize"])
             fast: dict[torch.dtype, list] = {}
             for p in _grads(group, name):
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                state["step"] += 1
-                t = float(state["step"])
-                step_size = lr / (1 - b1 ** t)
-                bc2_sqrt = math.sqrt(1 - b2 ** t)
+                m, v, step_size, bc2_sqrt = self._count_step(p, group)
                 g = p.grad
                 arrays = self._views.get(p, m, v)
                 if arrays is None:
@@ -294,19 +285,23 @@ class Adam(_Fused):
         return loss
 
 
-    def _plan(self, p: torch.Tensor, group: dict) -> FusedUpdate:
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        state = self.state[p]
+    def _count_step(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """Create ``p``'s state on its first step, count the step; returns the two moments, ``lr / (1 − β₁ᵗ)`` and
+        ``√(1 − β₂ᵗ)`` (in double precision, as torch computes them)."""
+        (b1, b2), state = group["betas"], self.state[p]
         if not state:
             state["step"] = torch.tensor(0.0)
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
         state["step"] += 1
         t = float(state["step"])
+        return state["exp_avg"], state["exp_avg_sq"], group["lr"] / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
+
+    def _plan(self, p: torch.Tensor, group: dict) -> FusedUpdate:
+        m, v, step_size, bc2_sqrt = self._count_step(p, group)
         arrays = self._views.get(p, m, v)
-        hyper = np.array([lr, b1, b2, eps, wd, self.decoupled, lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t),
-                          group["maximize"]], np.float64)
+        hyper = np.array([group["lr"], *group["betas"], group["eps"], group["weight_decay"], self.decoupled, step_size,
+                          bc2_sqrt, group["maximize"]], np.float64)
         return FusedUpdate(kernels.KIND_ADAM, arrays[0], arrays[1], arrays[2], hyper, (p, m, v))
 
 

@@ -177,6 +177,28 @@ class SparseView(LayerView):
         source = m.rewire(keep, new_keys // self.n_in, new_keys % self.n_in, new_values)
         carry_state(optimizer, m.values, source, old)
 
+    def _connection_arrays(self, optimizer: torch.optim.Optimizer | None) -> tuple[list[str], list[torch.Tensor]] | None:
+        """The values and every per-connection state tensor of the optimizer (their names in its state), edited
+        together in place; None when they cannot be (another device or dtype, not contiguous)."""
+        v, old = self.module.values, self.module.nnz
+        state = optimizer.state.get(v, {}) if optimizer is not None else {}
+        names = [k for k, t in state.items() if isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == old]
+        tensors = [v.data, *(state[k] for k in names)]
+        if v.dtype not in (torch.float32, torch.float64) or any(
+                t.dtype != v.dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+            return None
+        return names, tensors
+
+    def _cut(self, total: int, names: list[str], optimizer: torch.optim.Optimizer | None) -> None:
+        """Cut the column index, the values and their state to the first ``total`` connections, one array at a
+        time (each old array goes as soon as its copy exists)."""
+        m = self.module
+        m.indices = m.indices[:total].clone()
+        state = optimizer.state[m.values] if names else {}
+        set_param_data(m.values, m.values.data[:total].clone())
+        for k in names:
+            state[k] = state[k][:total].clone()
+
     @torch.no_grad()
     def remove_neurons(self, keep_outputs: torch.Tensor | None, keep_inputs: torch.Tensor | None,
                        optimizer: torch.optim.Optimizer | None) -> None:
@@ -190,20 +212,18 @@ class SparseView(LayerView):
         v.grad = None
         keep_out = torch.ones(old_out, dtype=torch.bool) if keep_outputs is None else torch.as_tensor(keep_outputs)
         keep_in = torch.ones(m.in_features, dtype=torch.bool) if keep_inputs is None else torch.as_tensor(keep_inputs)
-        state = optimizer.state.get(v, {}) if optimizer is not None else {}
-        names = [k for k, t in state.items() if isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == old]
-        tensors = [v.data, *(state[k] for k in names)]
-        ok = (v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64) and keep_out.device.type == "cpu"
-              and keep_in.device.type == "cpu" and all(t.dtype == v.dtype and t.device.type == "cpu"
-                                                       and t.is_contiguous() for t in tensors))
+        arrays = self._connection_arrays(optimizer)
+        ok = arrays is not None and keep_out.device.type == "cpu" and keep_in.device.type == "cpu"
         for k, n in ((keep_out, old_out), (keep_in, m.in_features)):
             if k.dtype != torch.bool or k.shape != (n,) or not bool(k.any()):
                 ok = False  # the module's method raises the error
-        if not ok:
+        if not ok or arrays is None:
             carry_state(optimizer, v, m.remove_neurons(keep_outputs, keep_inputs), old)
             if m.bias is not None and keep_outputs is not None:
                 carry_state(optimizer, m.bias, torch.nonzero(keep_outputs).reshape(-1), old_out)
             return
+        names, tensors = arrays
+        del arrays
         new_col = torch.cumsum(keep_in.long(), 0) - 1
         new_col[~keep_in] = -1
         rows, total = edit.remove_neurons_in_place(m.indptr.numpy(), m.indices.numpy(), keep_out.numpy(),
@@ -212,11 +232,8 @@ class SparseView(LayerView):
         torch.autograd.graph.increment_version([m.indptr, m.indices, *tensors])
         del tensors  # each old array must go as soon as its cut copy exists
         m.out_features, m.in_features = rows, int(keep_in.sum())
-        m.indptr = m.indptr[:rows + 1].clone()  # each array cut to size, one at a time
-        m.indices = m.indices[:total].clone()
-        set_param_data(v, v.data[:total].clone())
-        for k in names:
-            state[k] = state[k][:total].clone()
+        m.indptr = m.indptr[:rows + 1].clone()
+        self._cut(total, names, optimizer)
         if m.bias is not None and keep_outputs is not None:
             set_param_data(m.bias, m.bias.data[keep_out])
             carry_state(optimizer, m.bias, torch.nonzero(keep_out).reshape(-1), old_out)
@@ -233,8 +250,7 @@ class SparseView(LayerView):
         v = m.values
         keep = torch.as_tensor(keep)
         new_keys = torch.as_tensor(new_keys).reshape(-1)
-        if (v.device.type != "cpu" or v.dtype not in (torch.float32, torch.float64) or keep.dtype != torch.bool
-                or keep.shape != (old,) or new_keys.dtype != torch.int64):
+        if keep.dtype != torch.bool or keep.shape != (old,) or new_keys.dtype != torch.int64:
             return False
         n_new = new_keys.numel()
         if isinstance(new_values, torch.Tensor) and new_values.numel() != n_new:
@@ -242,11 +258,11 @@ class SparseView(LayerView):
         kept = int(torch.count_nonzero(keep))
         if kept + n_new > old:
             return False
-        state = optimizer.state.get(v, {}) if optimizer is not None else {}
-        names = [k for k, t in state.items() if isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == old]
-        tensors = [v.data, *(state[k] for k in names)]
-        if any(t.dtype != v.dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        arrays = self._connection_arrays(optimizer)
+        if arrays is None:
             return False
+        names, tensors = arrays
+        del arrays
         ip, ix = m.indptr.numpy(), m.indices.numpy()
         keep_np, keys_np = keep.contiguous().numpy(), new_keys.contiguous().numpy()
         if edit.check_new(ip, ix, keep_np, keys_np, self.n_in, self.total) >= 0:
@@ -259,11 +275,8 @@ class SparseView(LayerView):
         del first, zeros, ip, ix
         torch.autograd.graph.increment_version([m.indptr, m.indices, *tensors])
         del tensors  # each old array must go as soon as its cut copy exists
-        if total < old:  # cut each array to size, one at a time
-            m.indices = m.indices[:total].clone()
-            set_param_data(v, v.data[:total].clone())
-            for k in names:
-                state[k] = state[k][:total].clone()
+        if total < old:
+            self._cut(total, names, optimizer)
         return True
 
     def dense_grad_blocks(self):
