@@ -3,9 +3,9 @@
 Times the training step (forward, backward, optimizer) of the Fashion-MNIST SET-MLP shape
 (784-1000-1000-1000-10, ε = 20, All-ReLU, dropout 0.3, weight decay 2e-4, batch 128) as
 
-* ``fused``  — ``sparta.SparseMLP`` + ``sparta.optim.SGD`` stepped by ``SparseMLP.train_step`` (as ``sparta
-  train`` does): sparta's own workers, each taking part of the batch through forward, loss and backward (one
-  hand-off per step), torch at one thread;
+* ``fused``  — ``sparta.SparseMLP`` + ``sparta.optim.SGD`` stepped by ``SparseMLP.train_step(...,
+  keep_grad=False)`` (as ``sparta train`` does): sparta's own workers, each taking part of the batch through
+  forward, loss and backward, then sharing the optimizer's update (one hand-off per step), torch at one thread;
 * ``fused-autograd`` — the same through autograd (``loss.backward()``): two hand-offs per step (forward, backward);
 * ``dropin`` — ``nn.Sequential`` of ``SparseLinear``/``AllReLU``/``Dropout`` + ``torch.optim.SGD``;
 
@@ -17,7 +17,7 @@ each kind runs in ``--repeats`` fresh processes, interleaved, and the table show
 
     python benchmarks/threads.py            # quiet machine
     python benchmarks/threads.py --load     # with another process busy on one core
-    python benchmarks/threads.py --breakdown   # where a train_step goes: the pool's run, the optimizer, the rest
+    python benchmarks/threads.py --breakdown   # where a train_step goes: the pool's run, the update, the rest
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def child(kind: str, steps: int, block: int) -> None:
     def step() -> None:
         idx = torch.randint(0, 2048, (128,), generator=g)
         if kind == "fused":
-            model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt)
+            model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt, keep_grad=False)
         else:
             loss = torch.nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
             opt.zero_grad(set_to_none=True)
@@ -89,8 +89,10 @@ def child(kind: str, steps: int, block: int) -> None:
 
 
 def breakdown(steps: int) -> None:
-    """Median ms per ``train_step`` at 1 and 2 threads (each in a fresh process), split into the pool's run (the
-    fused pass), the optimizer step and the rest (batch gather, gradient bookkeeping, Python)."""
+    """Median ms per ``train_step(..., keep_grad=False)`` at 1 and 2 threads (each in a fresh process), split into
+    the pool's run (the fused passes and the optimizer's update inside it), the update's share of that run (summed
+    over the threads, so at 2 threads it includes the wait of the part that finished first), what
+    ``optimizer.step`` is still called for, and the rest (the Python around the run)."""
     import json
 
     rows = []
@@ -98,10 +100,12 @@ def breakdown(steps: int) -> None:
         out = subprocess.run([sys.executable, __file__, "--child-breakdown", str(threads), "--steps", str(steps)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append([str(threads), f"{r['step']:.3f}", f"{r['run']:.3f}", f"{r['opt']:.3f}",
+        rows.append([str(threads), f"{r['step']:.3f}", f"{r['run']:.3f}", f"{r['update']:.3f}", f"{r['opt']:.3f}",
                      f"{r['step'] - r['run'] - r['opt']:.3f}"])
-    print(f"SET-MLP train_step, ms, medians of {steps} steps after 100 warm-up steps; load average {load_average()}\n")
-    print(markdown_table(["threads", "step", "pool run (fused pass)", "optimizer", "rest"], rows))
+    print(f"SET-MLP train_step(..., keep_grad=False), ms, medians of {steps} steps after 100 warm-up steps; load "
+          f"average {load_average()}\n")
+    print(markdown_table(["threads", "step", "pool run", "of which update (all threads)", "optimizer.step",
+                          "rest"], rows))
 
 
 def child_breakdown(threads: int, steps: int) -> None:
@@ -113,6 +117,7 @@ def child_breakdown(threads: int, steps: int) -> None:
 
     import sparta
     from sparta.kernels.threads import POOL, configure
+    from sparta.nn import mlp as mlp_module
     from sparta.train import mlp
 
     configure(threads, sparse=True)
@@ -121,7 +126,7 @@ def child_breakdown(threads: int, steps: int) -> None:
     opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     x, y = torch.randn(2048, 784), torch.randint(0, 10, (2048,))
     g = torch.Generator().manual_seed(0)
-    spent = {"run": 0.0, "opt": 0.0}
+    spent = {"run": 0.0, "opt": 0.0, "update": 0.0}
 
     def timed(name, f):
         def wrapper(*a, **k):
@@ -133,17 +138,20 @@ def child_breakdown(threads: int, steps: int) -> None:
         return wrapper
 
     POOL.run = timed("run", POOL.run)  # the instance attribute shadows the method for this process
-    opt.step = timed("opt", opt.step)
-    rec: dict[str, list[float]] = {"step": [], "run": [], "opt": []}
+    type(opt).step = timed("opt", type(opt).step)  # on the class: an instance wrapper would make train_step call it
+    mlp_module.optim_kernels.apply_parts = timed("update", mlp_module.optim_kernels.apply_parts)
+    rec: dict[str, list[float]] = {"step": [], "run": [], "opt": [], "update": []}
     for i in range(100 + steps):
         idx = torch.randint(0, 2048, (128,), generator=g)
-        spent["run"] = spent["opt"] = 0.0
+        xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+        for k in spent:
+            spent[k] = 0.0
         t0 = time.perf_counter()
-        model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt)
+        model.train_step(xb, yb, opt, keep_grad=False)
         if i >= 100:
             rec["step"].append(time.perf_counter() - t0)
-            rec["run"].append(spent["run"])
-            rec["opt"].append(spent["opt"])
+            for k in spent:
+                rec[k].append(spent[k])
     print(json.dumps({k: 1e3 * float(np.median(v)) for k, v in rec.items()}))
 
 

@@ -99,7 +99,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                        argument_default=S)
     g = p.add_argument_group("run")
     g.add_argument("--preset", help="published settings (see `sparta presets`): set-mlp-fashionmnist, "
-                                    "set-mlp-cifar10, set-mlp-madelon (default: none, the defaults shown here)")
+                                    "set-mlp-cifar10, set-mlp-madelon, scale-10m (default: none, the defaults "
+                                    "shown here)")
     g.add_argument("--config", metavar="FILE", help="TOML (or YAML, with PyYAML) file of settings, e.g. epochs = 50")
     g.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<dataset>-<algo>-<time>)")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out if there is one")

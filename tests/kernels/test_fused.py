@@ -270,3 +270,53 @@ def test_accumulate_adds_a_second_range_to_the_first(dtype):
     tol = TOL[dtype] * 10
     for a, b in zip(one["one"], one["two"], strict=True):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_apply_parts_shares_the_update_and_waits_for_every_part():
+    """``optim.apply_parts``: nothing while a part has not started or after a part failed; with every part
+    started it waits until all are done, then the callers claim disjoint blocks that together cover every
+    connection once, and the result is the parts' gradients summed in part order followed by the SGD update."""
+    import threading
+    import time
+
+    from sparta.kernels import optim as ok
+
+    rng = np.random.default_rng(0)
+    sizes = (1000, 37, 0, 2500)
+    ps = tuple(rng.standard_normal(n).astype(np.float32) for n in sizes)
+    bufs = tuple(rng.standard_normal(n).astype(np.float32) for n in sizes)
+    gparts = tuple(tuple(rng.standard_normal(n).astype(np.float32) for n in sizes) for _ in range(3))
+    hypers = np.zeros((len(sizes), 9))
+    hypers[:, :7] = [0.1, 0.9, 0.0, 1e-3, 0, 0, 0]  # lr, momentum, dampening, weight decay, nesterov, first, maximize
+    want_p, want_b = [p.copy() for p in ps], [b.copy() for b in bufs]
+    for j in range(len(sizes)):
+        g = gparts[0][j] + gparts[1][j]
+        g = g + gparts[2][j]
+        ok.sgd(want_p[j], g, want_b[j], 0.1, 0.9, 0.0, 1e-3, False, False, False)
+
+    def call(sync, n_parts=3):
+        return ok.apply_parts(sync, n_parts, ok.KIND_SGD, ps, bufs, bufs, hypers, gparts, 64)
+
+    sync = np.zeros(ok.SYNC_SIZE, np.int64)
+    sync[ok.SYNC_STARTED], sync[ok.SYNC_DONE] = 2, 2
+    assert call(sync) == 0  # a part not started: its thread will update
+    sync[ok.SYNC_STARTED], sync[ok.SYNC_FAILED] = 3, 1
+    assert call(sync) == 0  # a part failed: no update
+    before = [p.copy() for p in ps]
+    assert all(np.array_equal(p, q) for p, q in zip(ps, before, strict=True))
+
+    sync = np.zeros(ok.SYNC_SIZE, np.int64)
+    sync[ok.SYNC_STARTED], sync[ok.SYNC_DONE] = 3, 2  # the third part still runs
+    did = []
+    threads = [threading.Thread(target=lambda: did.append(call(sync))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    assert not did and all(t.is_alive() for t in threads)  # both wait for the last part
+    sync[ok.SYNC_DONE] = 3
+    for t in threads:
+        t.join(10)
+    assert sum(did) == sum(-(-n // 64) for n in sizes)
+    for j in range(len(sizes)):
+        np.testing.assert_array_equal(ps[j], want_p[j])
+        np.testing.assert_array_equal(bufs[j], want_b[j])

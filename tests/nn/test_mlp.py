@@ -708,20 +708,66 @@ def test_train_step_layer_mode_applies_the_update_in_the_backward(kind, transpos
     assert all(torch.equal(p, q) for p, q in zip(*runs, strict=True)), "1 and 2 threads differ"
 
 
+@pytest.mark.parametrize("kind", ["sgd", "sgd-plain", "adam", "adamw"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_train_step_batch_split_applies_the_update_inside_the_run(kind, dtype, monkeypatch):
+    """``keep_grad=False`` with a sparta optimizer on a network that splits the batch: the parts' value gradients
+    and biases go into the optimizer inside the pool's run (each part counts itself done; the threads that ran
+    parts share blocks of the update, here blocks of 7 elements), no ``.grad`` remains, and the parameters and optimizer
+    state are those of the step that stores its gradients and then calls ``step()``, bit for bit, at 1 and 2
+    threads (both threads really ran parts and shared the blocks)."""
+    from sparta.kernels import optim as optim_kernels
+    from sparta.nn import mlp as mlp_module
+
+    monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 1 << 40)
+    monkeypatch.setattr(mlp_module, "FUSED_UPDATE_CONNECTIONS", 1 << 40)
+    monkeypatch.setattr(mlp_module, "threads_for", lambda parts, nnz: min(len(parts), sparta.get_num_threads()))
+    monkeypatch.setattr(optim_kernels, "PART_BLOCK", 7)
+    real = optim_kernels.apply_parts
+    for threads in (1, 2):
+        sparta.set_num_threads(threads)
+        try:
+            a = make([21, 90, 70, 60, 5], 0.15, dtype, dropout=0.3, seed=3)
+            b = copy.deepcopy(a)
+            oa, ob = _optimizer(kind, a.parameters()), _optimizer(kind, b.parameters())
+            gen = torch.Generator().manual_seed(0)
+            blocks: list[int] = []
+            monkeypatch.setattr(optim_kernels, "apply_parts",
+                                lambda *args, blocks=blocks: blocks.append(real(*args)) or blocks[-1])
+            for _ in range(4):
+                x = torch.randn(150, 21, generator=gen, dtype=dtype)  # two parts: tiles and a tail
+                y = torch.randint(0, 5, (150,), generator=gen)
+                assert a.train_step(x, y, oa, keep_grad=False) == b.train_step(x, y, ob)
+                assert all(p.grad is None for p in a.parameters())
+                for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+                    assert torch.equal(pa, pb)
+                    sa, sb = oa.state.get(pa, {}), ob.state.get(pb, {})
+                    assert sa.keys() == sb.keys()
+                    for k in sb:
+                        assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
+            total = sum(-(-p.numel() // 7) for p in a.parameters())  # values and biases
+            assert sum(blocks) == 4 * total  # every block once per step
+            assert len(blocks) == 8  # both parts of each step reached the update
+        finally:
+            sparta.set_num_threads(None)
+            monkeypatch.setattr(optim_kernels, "apply_parts", real)
+
+
 def test_train_step_keep_grad_false_elsewhere_frees_the_gradients(monkeypatch):
-    """Where the update cannot go into the backward (tile mode, a torch optimizer, a step pre-hook that could
-    change the step) ``keep_grad=False`` runs the usual step and then frees every ``.grad``; the numbers are
-    those of ``keep_grad=True``, and the pre-hook runs before any value changes."""
+    """Where the update cannot go into the step (a torch optimizer, a step pre-hook that could change the step)
+    ``keep_grad=False`` runs the usual step and then frees every ``.grad``; the numbers are those of
+    ``keep_grad=True``, and the pre-hook runs before any value changes."""
     from sparta.nn import mlp as mlp_module
 
     x, y = torch.randn(40, 12, dtype=torch.float64), torch.randint(0, 4, (40,))
-    for layer_mode, opt_cls in ((False, sparta.optim.SGD), (True, torch.optim.SGD), (True, sparta.optim.SGD)):
+    for layer_mode, opt_cls in ((False, torch.optim.SGD), (False, sparta.optim.SGD), (True, torch.optim.SGD),
+                                (True, sparta.optim.SGD)):
         monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 0 if layer_mode else 1 << 22)
         a = make([12, 30, 4], 0.4, torch.float64, dropout=0.2)
         b = copy.deepcopy(a)
         oa, ob = opt_cls(a.parameters(), lr=0.1, momentum=0.9), opt_cls(b.parameters(), lr=0.1, momentum=0.9)
         seen = []
-        if opt_cls is sparta.optim.SGD and layer_mode:  # a pre-hook: fused_plan declines
+        if opt_cls is sparta.optim.SGD:  # a pre-hook: fused_plan declines
             oa.register_step_pre_hook(lambda *_, seen=seen, a=a: seen.append(a.layers[0].values.detach().clone()))
             assert oa.fused_plan([p for p in a.parameters()]) is None
         before = a.layers[0].values.detach().clone()

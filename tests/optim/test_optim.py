@@ -113,3 +113,52 @@ def test_closure_is_called():
         return torch.tensor(1.5)
 
     assert optim.AdamW([w], lr=0.1).step(closure).item() == 1.5
+
+
+def test_fused_step_runs_what_step_would_still_do():
+    """After a ``fused_plan`` update covering every parameter, ``finish_fused_step`` calls nothing on a bare
+    optimizer, and ``step()`` when an LR scheduler wraps it (so the scheduler sees the step: no warning) or a
+    post-hook is registered (it runs once per step)."""
+    import warnings
+
+    from sparta import SparseMLP
+
+    torch.manual_seed(0)
+    m = SparseMLP([6, 20, 3], epsilon=4, dropout=0.0)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    opt = sparta.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    calls = []
+    real = opt.step
+    opt.step = lambda *a, **k: calls.append(1) or real(*a, **k)  # an instance wrapper, as a scheduler's
+    m.train_step(x, y, opt, keep_grad=False)
+    assert calls == [1]
+    del opt.step
+    m.train_step(x, y, opt, keep_grad=False)
+    assert calls == [1]  # nothing left for step() to do
+    seen = []
+    handle = opt.register_step_post_hook(lambda *_: seen.append(1))
+    m.train_step(x, y, opt, keep_grad=False)
+    assert seen == [1]
+    handle.remove()
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    before = m.layers[0].values.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would raise
+        m.train_step(x, y, opt, keep_grad=False)
+        sched.step()
+    assert not torch.equal(before, m.layers[0].values) and opt.param_groups[0]["lr"] == 0.05
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_fused_plan_checks_state_it_has_not_seen():
+    """``fused_plan`` trusts only views it built; a momentum buffer replaced by one of another dtype or shape
+    afterwards is refused again (None, nothing stepped)."""
+    p = torch.nn.Parameter(torch.randn(10))
+    opt = sparta.optim.SGD([p], lr=0.1, momentum=0.9)
+    assert opt.fused_plan([p]) is not None
+    opt.state[p]["momentum_buffer"] = torch.zeros(10, dtype=torch.float16)
+    assert opt.fused_plan([p]) is None
+    opt.state[p]["momentum_buffer"] = torch.zeros(11)
+    assert opt.fused_plan([p]) is None
+    opt.state[p]["momentum_buffer"] = torch.zeros(10)
+    assert opt.fused_plan([p]) is not None

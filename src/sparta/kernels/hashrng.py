@@ -48,14 +48,29 @@ def layer_keys(seed: int, step: int, layer: int) -> tuple[int, int]:
     return x & MASK32, x >> 32
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def _splitmix64_u64(x):  # pragma: no cover - compiled by numba
+    """:func:`_splitmix64` in uint64 arithmetic (wraps modulo 2⁶⁴ as the masks do)."""
+    x = np.uint64(x + np.uint64(0x9E3779B97F4A7C15))
+    x = np.uint64((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9))
+    x = np.uint64((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB))
+    return x ^ (x >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _step_keys_into(seed, step, k1s, k2s, layers):  # pragma: no cover - compiled by numba
+    base = _splitmix64_u64(_splitmix64_u64(seed) ^ step)
+    for j in range(layers):
+        x = _splitmix64_u64(base ^ np.uint64(j + 1))
+        k1s[j] = np.uint32(x & np.uint64(MASK32))
+        k2s[j] = np.uint32(x >> np.uint64(32))
+
+
 def step_keys(seed: int, step: int, layers: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`layer_keys` of dropout layers ``1 … layers`` at ``step`` as two uint32 arrays ``(k1s, k2s)``
-    (at least one entry each)."""
-    base = _splitmix64(_splitmix64(int(seed) & MASK64) ^ (int(step) & MASK64))
+    (at least one entry each; one numba call, as a training step needs them)."""
     k1s, k2s = np.zeros(max(1, layers), np.uint32), np.zeros(max(1, layers), np.uint32)
-    for j in range(layers):
-        x = _splitmix64(base ^ (j + 1))
-        k1s[j], k2s[j] = x & MASK32, x >> 32
+    _step_keys_into(np.uint64(int(seed) & MASK64), np.uint64(int(step) & MASK64), k1s, k2s, layers)
     return k1s, k2s
 
 

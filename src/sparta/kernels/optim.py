@@ -9,6 +9,8 @@ from __future__ import annotations
 import numba
 import numpy as np  # noqa: F401 - np.sqrt in the kernels
 
+from sparta.kernels.atomics import fetch_add, load_acquire, pause
+
 _NJIT = dict(fastmath=False, cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 
@@ -19,16 +21,17 @@ def sgd_span(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, 
     one = p.dtype.type(1)
     lr, momentum, weight_decay = p.dtype.type(lr), p.dtype.type(momentum), p.dtype.type(weight_decay)
     damp = one - p.dtype.type(dampening)
-    for i in range(k0, k1):
-        gi = g[i - goff]
+    pv, gv, bv = p[k0:k1], g[k0 - goff:k1 - goff], buf[k0:k1]  # views: loops from 0 vectorise (no index wrap)
+    for i in range(pv.shape[0]):
+        gi = gv[i]
         d = -gi if maximize else gi
         if weight_decay != 0:
-            d = d + weight_decay * p[i]
+            d = d + weight_decay * pv[i]
         if momentum != 0:
-            b = d if first else momentum * buf[i] + damp * d
-            buf[i] = b
+            b = d if first else momentum * bv[i] + damp * d
+            bv[i] = b
             d = d + momentum * b if nesterov else b
-        p[i] = p[i] - lr * d
+        pv[i] = pv[i] - lr * d
 
 
 @numba.njit(**_NJIT)
@@ -46,20 +49,21 @@ def adam_span(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_s
     lr, beta1, beta2 = p.dtype.type(lr), p.dtype.type(beta1), p.dtype.type(beta2)
     eps, weight_decay = p.dtype.type(eps), p.dtype.type(weight_decay)
     step_size, bc2_sqrt = p.dtype.type(step_size), p.dtype.type(bc2_sqrt)
-    for i in range(k0, k1):
-        gi = g[i - goff]
+    pv, gv, mv, vv = p[k0:k1], g[k0 - goff:k1 - goff], m[k0:k1], v[k0:k1]
+    for i in range(pv.shape[0]):
+        gi = gv[i]
         d = -gi if maximize else gi
-        w = p[i]
+        w = pv[i]
         if weight_decay != 0:
             if decoupled:
                 w = w * (one - lr * weight_decay)
             else:
                 d = d + weight_decay * w
-        mi = m[i] + (d - m[i]) * (one - beta1)
-        vi = v[i] * beta2 + (one - beta2) * d * d
-        m[i] = mi
-        v[i] = vi
-        p[i] = w - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
+        mi = mv[i] + (d - mv[i]) * (one - beta1)
+        vi = vv[i] * beta2 + (one - beta2) * d * d
+        mv[i] = mi
+        vv[i] = vi
+        pv[i] = w - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
 
 
 @numba.njit(**_NJIT)
@@ -87,6 +91,59 @@ def apply_span(kind, p, g, s1, s2, hyper, k0, k1, goff):  # pragma: no cover - c
     else:
         adam_span(p, g, s1, s2, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5] != 0, hyper[6], hyper[7],
                   hyper[8] != 0, k0, k1, goff)
+
+
+# the counters of apply_parts' ``sync`` array
+SYNC_STARTED, SYNC_DONE, SYNC_FAILED, SYNC_NEXT = 0, 1, 2, 3
+SYNC_SIZE = 4
+PART_BLOCK = 8192  # connections per block of apply_parts' update
+
+
+@numba.njit(**_NJIT)
+def apply_parts(sync, n_parts, kind, ps, s1s, s2s, hypers, gparts, block):  # pragma: no cover - compiled by numba
+    """The optimizer's update of every layer's values from the sum of ``n_parts`` parts' gradients, called by
+    each part of a training pass once it has counted itself done, by whichever thread ran it.
+
+    ``sync`` (int64, :data:`SYNC_SIZE`) counts the parts started, done and failed, and hands out blocks of
+    ``block`` connections. A caller returns at once while some part has not started (the thread that runs it
+    will come here after it) or any part failed; else it waits until every started part is done and then
+    claims blocks until none is left, so threads that ran parts share the update, and a thread that ran all of
+    them does it alone. Per block: ``gparts[0][j] += gparts[q][j]`` for ``q = 1, 2, …`` in that order (as the
+    step that stores its gradient sums them), then :func:`apply_span` with ``ps[j]``, ``s1s[j]``, ``s2s[j]``,
+    ``hypers[j]`` (layer ``j``'s row of a float64 ``(layers, 9)`` array). Returns the blocks this call did."""
+    if load_acquire(sync, SYNC_STARTED) < n_parts:
+        return 0
+    while load_acquire(sync, SYNC_DONE) + load_acquire(sync, SYNC_FAILED) < n_parts:
+        pause()
+    if load_acquire(sync, SYNC_FAILED) > 0:
+        return 0
+    n_layers = len(ps)
+    total = 0
+    for j in range(n_layers):
+        total += (ps[j].shape[0] + block - 1) // block
+    did = 0
+    while True:
+        b = fetch_add(sync, SYNC_NEXT, 1)
+        if b >= total:
+            return did
+        j = 0
+        first = 0
+        while True:  # the layer of block b
+            nb = (ps[j].shape[0] + block - 1) // block
+            if b < first + nb:
+                break
+            first += nb
+            j += 1
+        k0 = (b - first) * block
+        k1 = min(k0 + block, ps[j].shape[0])
+        g = gparts[0][j]
+        gv = g[k0:k1]
+        for q in range(1, n_parts):
+            qv = gparts[q][j][k0:k1]
+            for i in range(gv.shape[0]):
+                gv[i] += qv[i]
+        apply_span(kind, ps[j], g, s1s[j], s2s[j], hypers[j], k0, k1, 0)
+        did += 1
 
 
 @numba.njit(**_NJIT)

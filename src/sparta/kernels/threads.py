@@ -33,7 +33,6 @@ from __future__ import annotations
 import _thread
 import atexit
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,10 +40,8 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
+
+from sparta.kernels.atomics import cycles, load_acquire, pause
 
 _threads: int | None = None
 DEFAULT_THREADS = max(1, torch.get_num_threads())  # torch's own default (physical cores), read at import
@@ -82,58 +79,22 @@ def configure(threads: int | None, *, sparse: bool) -> int:
 
 
 # ---------------------------------------------------------------------------- watching for the next run
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-
-
-@intrinsic
-def _cycles(typingctx):  # pragma: no cover - runs at compile time
-    """The CPU's cycle counter (``llvm.readcyclecounter``: ``rdtsc`` on x86)."""
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
-                                            "llvm.readcyclecounter")
-        return builder.call(fn, [])
-    return types.int64(), codegen
-
-
-@intrinsic
-def _load_acquire(typingctx, arr):  # pragma: no cover - runs at compile time
-    """``arr[0]`` of an int64 array, read with an atomic acquire load (never hoisted out of a loop)."""
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [context.get_constant(types.intp, 0)],
-                                       wraparound=False)
-        return builder.load_atomic(ptr, "acquire", 8)
-    return types.int64(arr), codegen
-
-
-@intrinsic
-def _pause(typingctx):  # pragma: no cover - runs at compile time
-    """The spin-wait hint (``pause`` on x86; nothing elsewhere)."""
-    def codegen(context, builder, sig, args):
-        if _X86:
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                "llvm.x86.sse2.pause")
-            builder.call(fn, [])
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
 @numba.njit(nogil=True, cache=True)
 def _now():  # pragma: no cover - compiled by numba
-    return _cycles()
+    return cycles()
 
 
 @numba.njit(nogil=True, cache=True)
 def _watch(flag, seen, ticks):  # pragma: no cover - compiled by numba
     """Wait, without the GIL, until ``flag[0]`` differs from ``seen`` or ``ticks`` cycles have passed; returns
     ``flag[0]``."""
-    start = _cycles()
+    start = cycles()
     while True:
-        v = _load_acquire(flag)
-        if v != seen or _cycles() - start > ticks:
+        v = load_acquire(flag, 0)
+        if v != seen or cycles() - start > ticks:
             return v
         for _ in range(4):
-            _pause()
+            pause()
 
 
 def _cycles_per_second() -> float:

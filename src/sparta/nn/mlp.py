@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparta.kernels import fused, hashrng
+from sparta.kernels import atomics, fused, hashrng
+from sparta.kernels import optim as optim_kernels
 from sparta.kernels.threads import POOL, get_num_threads
 from sparta.nn.functional import INFER_BATCH, threads_for
 from sparta.nn.linear import SparseLinear
@@ -225,12 +226,14 @@ class SparseMLP(nn.Module):
         module or its parameters, grad mode off) it runs exactly that sequence.
 
         ``keep_grad=False``: the gradients are not wanted after the step, and every ``.grad`` is None on
-        return. With a :mod:`sparta.optim` optimizer and from :data:`FUSED_UPDATE_CONNECTIONS` connections the
-        step then runs layer by layer and the values' gradients never exist whole: each block of rows'
-        gradients goes through the optimizer's update as soon as it is computed
-        (:meth:`sparta.optim.SGD.fused_plan`). That saves 4 bytes per connection (float32) of peak memory, 8
-        where the batch split would keep a second part's gradients, and the optimizer's pass; the numbers are
-        those of the step that stores its gradients.
+        return. With a :mod:`sparta.optim` optimizer (:meth:`sparta.optim.SGD.fused_plan`) the update then
+        happens inside the fused passes and no gradient is handed to the optimizer: from
+        :data:`FUSED_UPDATE_CONNECTIONS` connections the step runs layer by layer and the values' gradients
+        never exist whole (each block of rows' gradients goes through the update as soon as it is computed:
+        4 bytes per connection of peak memory saved in float32, 8 where the batch split would keep a second
+        part's gradients); below that, the threads that ran the batch's parts share the update of values and
+        biases at the end of the same run (no second hand-off, no Python pass over the parameters). The numbers
+        are those of the step that stores its gradients and then calls ``optimizer.step()``.
 
         ``x (B, in)`` float, ``y (B,)`` int64 class indices in ``[0, out)``; ``optimizer=None`` leaves the gradients
         in ``.grad`` (the module's ``zero_grad(set_to_none=True)`` and ``backward`` alone). Returns the batch's mean
@@ -238,12 +241,13 @@ class SparseMLP(nn.Module):
         """
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise TypeError(f"x and y must be torch.Tensors, got {type(x).__name__} and {type(y).__name__}")
-        n_in, n_out = _in_features(self.layers[0]), _out_features(self.layers[-1])
+        st = self._fused_structure(x)
+        n_in, n_out = ((st.sizes[0], st.sizes[-1]) if st is not None
+                       else (_in_features(self.layers[0]), _out_features(self.layers[-1])))
         if x.dim() != 2 or x.shape[1] != n_in:
             raise ValueError(f"x must have shape (batch, {n_in}), got {tuple(x.shape)}")
         if y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype != torch.int64:
             raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-        st = self._fused_structure(x)
         if st is None or not self._plain_step(st, x):
             out = self(x)
             loss = F.cross_entropy(out, y)
@@ -261,10 +265,13 @@ class SparseMLP(nn.Module):
         (optimizer or self).zero_grad(set_to_none=True)
         batch = x.shape[0]
         plan = None
-        if (optimizer is not None and not keep_grad and hasattr(optimizer, "fused_plan")
-                and st.total_nnz >= FUSED_UPDATE_CONNECTIONS):
-            plan = optimizer.fused_plan(st.values)  # type: ignore[operator]
-        layer_mode = st.layer_mode or plan is not None
+        layer_mode = st.layer_mode
+        if optimizer is not None and not keep_grad and hasattr(optimizer, "fused_plan"):
+            # big networks: layer by layer, the values' update inside the backward; else the batch split with
+            # the update of values and biases inside the run (_PartsUpdate)
+            big = st.layer_mode or st.total_nnz >= FUSED_UPDATE_CONNECTIONS
+            plan = optimizer.fused_plan(st.values if big else st.values + st.biases)  # type: ignore[operator]
+            layer_mode = layer_mode or (plan is not None and big)
         parts, threads = ([(0, batch)], get_num_threads()) if layer_mode else st.split(batch)
         runner: _FusedRunner = self._runner
         ws = runner.workspace(st.sizes, batch, st.dtype, parts, True, st.leaky, not layer_mode)
@@ -274,7 +281,12 @@ class SparseMLP(nn.Module):
         gy = np.empty_like(out)
         grads: list[torch.Tensor | None] = [None] * st.n if plan is not None else [torch.empty_like(v)
                                                                                  for v in st.values]
-        gsets = _grad_sets(st, ws, parts, grads)
+        in_run = plan is not None and not layer_mode
+        gsets = _grad_sets(st, ws, parts, grads, in_run)
+        update = None
+        if in_run:  # each part's gradients: its values' and its biases' (the layers that have one)
+            update = _PartsUpdate(plan, [g + tuple(b for b, has in zip(ws.bias_parts[p], st.has_bias, strict=True)
+                                                   if has) for p, g in enumerate(gsets)], len(parts))
         stats = np.zeros((len(parts), 2))
         ip, ix, vals, biases = st.arrays
         csc = st.transposed()
@@ -282,10 +294,18 @@ class SparseMLP(nn.Module):
         inv = st.dtype.type(1.0 / batch)
 
         def run(p: int, c0: int, c1: int) -> None:
-            fused.train_pass(ip, ix, vals, biases, *csc, ws.acts, ws.ds, ws.codes, xn, yn, out, gy, gsets[p],
-                             ws.bias_parts[p], st.no_caps, *ws.scratch[p], no_dx, c0, c1, fused.MODE_TRAIN, st.act,
-                             st.slopes, thr, st.scale, k1s, k2s, st.luts1, st.luts2, st.need_v, st.use_csc, inv,
-                             stats[p])
+            if update is not None:
+                update.start()
+            ok = False
+            try:
+                fused.train_pass(ip, ix, vals, biases, *csc, ws.acts, ws.ds, ws.codes, xn, yn, out, gy, gsets[p],
+                                 ws.bias_parts[p], st.no_caps, *ws.scratch[p], no_dx, c0, c1, fused.MODE_TRAIN,
+                                 st.act, st.slopes, thr, st.scale, k1s, k2s, st.luts1, st.luts2, st.need_v,
+                                 st.use_csc, inv, stats[p])
+                ok = True
+            finally:
+                if update is not None:
+                    update.finish(ok)
 
         try:
             if layer_mode:
@@ -302,6 +322,10 @@ class SparseMLP(nn.Module):
             runner.free.append(ws)
         if plan is not None:
             torch.autograd.graph.increment_version([t for u in plan for t in u.written])
+        if in_run:  # every parameter is updated and no gradient was handed over
+            getattr(optimizer, "finish_fused_step", optimizer.step)()  # type: ignore[union-attr]
+            loss_sum, right = stats.sum(axis=0).tolist()
+            return loss_sum / batch, int(right)
         if plan is not None:  # the bias gradients live only until the step below: lend the buffers, no copies
             dbias = [torch.from_numpy(b) if has else None for b, has in zip(ws.bias_parts[0], st.has_bias, strict=True)]
         else:
@@ -311,7 +335,7 @@ class SparseMLP(nn.Module):
             if m.bias is not None:
                 m.bias.grad = dbias[j]
         if optimizer is not None:
-            optimizer.step()  # with a plan: the biases (the values have no gradient, so it skips them)
+            optimizer.step()  # with a plan: what it did not cover (parameters without a gradient are skipped)
             if not keep_grad:
                 self.zero_grad(set_to_none=True)
         return float(stats[:, 0].sum()) / batch, int(stats[:, 1].sum())
@@ -568,15 +592,48 @@ class _FusedMLPFunction(torch.autograd.Function):
         return tuple(out)
 
 
-def _grad_sets(st: _Structure, ws: _Workspace, parts: list[tuple[int, int]],
-               grads: list[torch.Tensor | None]) -> list[tuple[np.ndarray, ...]]:
+def _grad_sets(st: _Structure, ws: _Workspace, parts: list[tuple[int, int]], grads: list[torch.Tensor | None],
+               scratch_only: bool = False) -> list[tuple[np.ndarray, ...]]:
     """Each part's value-gradient arrays: part 0 writes into ``grads`` (None: not needed), the others into
-    per-part scratch kept with the workspace."""
+    per-part scratch kept with the workspace; with ``scratch_only`` every part writes into scratch (the
+    gradients go into the optimizer's update inside the run, :class:`_PartsUpdate`)."""
     if any([g.size for g in gp] != st.nnz for gp in ws.grad_parts):  # the topology changed since allocated
         ws.grad_parts = []
-    while len(ws.grad_parts) < len(parts) - 1:
+    need = len(parts) if scratch_only else len(parts) - 1
+    while len(ws.grad_parts) < need:
         ws.grad_parts.append(tuple(np.empty(n, ws.dtype) for n in st.nnz))
+    if scratch_only:
+        return ws.grad_parts[:need]
     return [tuple(g.numpy() if g is not None else ws.empty for g in grads)] + ws.grad_parts
+
+
+class _PartsUpdate:
+    """The optimizer's update of the values inside a batch-split training run: each part counts itself in and
+    out, and the threads that ran parts then share the update, each block summing the parts' gradients in
+    part order and applying the plan's kernel (:func:`sparta.kernels.optim.apply_parts`), so the run needs
+    no second hand-off, no stored gradient leaves it, and the numbers are those of ``optimizer.step()`` after
+    the gradients are summed."""
+
+    def __init__(self, plan: list, gsets: list[tuple[np.ndarray, ...]], n_parts: int) -> None:
+        self.sync = np.zeros(optim_kernels.SYNC_SIZE, np.int64)
+        self.n_parts = n_parts
+        self.kind = plan[0].kind
+        self.ps = tuple(u.p for u in plan)
+        self.s1s = tuple(u.s1 for u in plan)
+        self.s2s = tuple(u.s2 for u in plan)
+        self.hypers = np.zeros((len(plan), 9), np.float64)
+        for j, u in enumerate(plan):
+            self.hypers[j, :u.hyper.shape[0]] = u.hyper
+        self.gparts = tuple(gsets)
+
+    def start(self) -> None:
+        atomics.add(self.sync, optim_kernels.SYNC_STARTED, 1)
+
+    def finish(self, ok: bool) -> None:
+        atomics.add(self.sync, optim_kernels.SYNC_DONE if ok else optim_kernels.SYNC_FAILED, 1)
+        if ok:
+            optim_kernels.apply_parts(self.sync, self.n_parts, self.kind, self.ps, self.s1s, self.s2s, self.hypers,
+                                      self.gparts, optim_kernels.PART_BLOCK)
 
 
 def _reduce_grads(st: _Structure, ws: _Workspace, parts: list[tuple[int, int]], grads: list[torch.Tensor | None],
@@ -700,6 +757,7 @@ class _Structure:
     def __init__(self, mlp: SparseMLP, layers: list[SparseLinear], dtype: np.dtype) -> None:
         self.layers, self.n, self.dtype = layers, len(layers), dtype
         self.values = [m.values for m in layers]
+        self.biases = [m.bias for m in layers if m.bias is not None]
         self.params: list[torch.Tensor] = []  # the Function's parameter inputs: each layer's values and bias
         for m in layers:
             self.params += [m.values, m.bias if m.bias is not None else m.values.new_empty(0)]

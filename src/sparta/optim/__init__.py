@@ -23,10 +23,12 @@ import torch
 
 from sparta.kernels import optim as kernels
 
-try:  # step pre-hooks registered for every optimizer (torch.optim.optimizer.register_optimizer_step_pre_hook)
+try:  # step hooks registered for every optimizer (torch.optim.optimizer.register_optimizer_step_pre_hook, …)
+    from torch.optim.optimizer import _global_optimizer_post_hooks as _global_post_hooks
     from torch.optim.optimizer import _global_optimizer_pre_hooks as _global_pre_hooks
 except ImportError:  # pragma: no cover - older torch
     _global_pre_hooks: dict = {}
+    _global_post_hooks: dict = {}
 
 __all__ = ["SGD", "Adam", "AdamW", "FusedUpdate"]
 
@@ -94,10 +96,19 @@ class _Views:
     def __init__(self) -> None:
         self._cache: dict[int, tuple[tuple[int, ...], tuple]] = {}
 
+    @staticmethod
+    def _key(p: torch.Tensor, state: Sequence[torch.Tensor]) -> tuple[int, ...]:
+        return (p.data_ptr(), p.numel(), *(t.data_ptr() for t in state))
+
+    def valid(self, p: torch.Tensor, state: Sequence[torch.Tensor]) -> bool:
+        """Whether views of exactly these tensors were built (so they passed the checks of :meth:`get`)."""
+        hit = self._cache.get(id(p))
+        return hit is not None and len(hit[1]) == 1 + len(state) and hit[0] == self._key(p, state)
+
     def get(self, p: torch.Tensor, *state: torch.Tensor) -> tuple | None:
         """``(p, *state)`` as flat numpy arrays, or None when the numba path does not apply; raises when a
         state tensor's shape is not ``p``'s (checked whenever the views are built, i.e. after any change)."""
-        ptrs = (p.data_ptr(), *(t.data_ptr() for t in state))
+        ptrs = self._key(p, state)
         hit = self._cache.get(id(p))
         if hit is None or hit[0] != ptrs:
             _check_state(p, *state)
@@ -123,6 +134,17 @@ class _Fused(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self._views = _Views()
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``torch.optim.Optimizer.zero_grad``; with ``set_to_none`` (the default) a plain loop that drops each
+        gradient, without torch's profiler and compiler wrappers (a sparse step is short: they cost ~60 µs)."""
+        if not set_to_none:
+            super().zero_grad(set_to_none=False)
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad = None
+
     def fused_plan(self, params: Sequence[torch.Tensor]) -> list[FusedUpdate] | None:
         """This step's update of each of ``params``, for a caller that computes their gradients and applies the
         update block by block, never storing a whole gradient (``SparseMLP.train_step(..., keep_grad=False)``
@@ -135,12 +157,21 @@ class _Fused(torch.optim.Optimizer):
             return None
         groups = {id(p): g for g in self.param_groups for p in g["params"]}
         for p in params:
-            if id(p) not in groups or not _numba_ok(p) or p.grad is not None:
+            if id(p) not in groups or p.grad is not None:
                 return None
             state = [t for t in self.state.get(p, {}).values() if isinstance(t, torch.Tensor) and t.dim() > 0]
-            if state and (not _numba_ok(p, *state) or any(t.shape != p.shape for t in state)):
+            if self._views.valid(p, state):  # checked when these views were built
+                continue
+            if not _numba_ok(p, *state) or any(t.shape != p.shape for t in state):
                 return None
         return [self._plan(p, groups[id(p)]) for p in params]
+
+    def finish_fused_step(self) -> None:
+        """After an update from :meth:`fused_plan` that covered every parameter with a gradient: what
+        :meth:`step` would still do. Nothing, unless the step is wrapped (an LR scheduler tracks that it ran)
+        or step post-hooks are registered; then :meth:`step` runs (it skips the parameters without gradient)."""
+        if "step" in vars(self) or self._optimizer_step_post_hooks or _global_post_hooks:
+            self.step()
 
     def _plan(self, p: torch.Tensor, group: dict) -> FusedUpdate:
         raise NotImplementedError
