@@ -4,7 +4,8 @@ Run from the repository root::
 
     python benchmarks/scale.py --quick                 # 10⁵ and 10⁶ neurons, a few hundred steps (< 10 min)
     python benchmarks/scale.py                         # 10⁵, 10⁶, 10⁷
-    python benchmarks/scale.py --sizes 1e8 --steps 3   # the moonshot
+    python benchmarks/scale.py --sizes 1e8 --steps 3   # the moonshot (batch 16: 64 samples' activations do not fit)
+    python benchmarks/scale.py --sizes 1e7 --batch 16  # 10⁷ at the moonshot's batch, to compare per connection
 
 Each size is a ``SparseMLP`` with four hidden layers of N/4 neurons (N the total), 1000 input features and 10
 classes, Erdős–Rényi ``--epsilon`` (default 2), All-ReLU, dropout 0.3, ``transpose="scatter"`` (16 bytes
@@ -49,13 +50,12 @@ def batch_for(neurons: int) -> int:
     return 64 if neurons <= 10**7 else 16
 
 
-def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> dict[str, Any]:
+def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int, batch: int | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
 
     import sparta
     from sparta import SET, ImportancePruning, SparseMLP
-    from sparta.kernels import fused
     from sparta.kernels.threads import configure
     from sparta.nn import mlp as mlp_module
     from sparta.train import teacher_student
@@ -65,7 +65,7 @@ def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> 
     layer_threshold = mlp_module.LAYER_MODE_CONNECTIONS
     return_freed_memory()  # as `sparta train` does for big networks: build transients leave the heap
     sizes = sizes_for(neurons)
-    batch = batch_for(neurons)
+    batch = batch or batch_for(neurons)
     n_train = max(batch * 8, min(batch * steps, 20_000))
     data = teacher_student(n_train=n_train, n_test=256, n_features=FEATURES, n_classes=CLASSES, seed=seed)
     # load every kernel the run uses before the baseline (numba's code is not per-connection memory): a small
@@ -83,7 +83,7 @@ def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> 
     mlp_module.LAYER_MODE_CONNECTIONS = layer_threshold
     gc.collect()
     densities = [min(1.0, epsilon * (a + b) / (a * b)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-    est = estimate(sizes, densities, batch, transpose="scatter")
+    est = estimate(sizes, densities, batch, transpose="scatter", fused_update=True)  # train_step(keep_grad=False)
     base_rss = proc_status_kib("VmRSS") * 1024
     peaks: dict[str, float] = {}
 
@@ -125,8 +125,9 @@ def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> 
         loss_value = float(loss)
     ms_per_sample = 1e3 * statistics.median(times) / batch
     # the step runs layer by layer (train_step with keep_grad=False past FUSED_UPDATE_CONNECTIONS): buffers of
-    # leading_dim(batch) samples per unit, where the estimate bounds both layouts with whole 64-sample tiles
-    activations = est.activations // (-(-batch // fused.T) * fused.T) * fused.leading_dim(batch)
+    # leading_dim(batch) samples per unit, as the estimate counts them with fused_update=True
+    assert nnz >= mlp_module.FUSED_UPDATE_CONNECTIONS, "this benchmark's sizes all run layer by layer"
+    activations = est.activations
     extra = max(peaks.values())
     dense_params = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     return {"neurons": neurons, "sizes": sizes, "epsilon": epsilon, "batch": batch, "threads": threads,
@@ -144,6 +145,8 @@ def child(neurons: int, epsilon: float, steps: int, threads: int, seed: int) -> 
 def run_child(neurons: int, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", str(neurons), "--epsilon", str(args.epsilon), "--steps",
            str(args.steps_for(neurons)), "--threads", str(args.threads), "--seed", str(args.seed)]
+    if args.batch:
+        cmd += ["--batch", str(args.batch)]
     print(f"  {neurons:.0e} neurons …", file=sys.stderr, flush=True)
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -183,6 +186,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="default 2")
     p.add_argument("--epoch-samples", type=int, default=60_000, help="samples per epoch for s/epoch (default 60000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, help="batch size (default: 64 up to 1e7 neurons, 16 above, where the "
+                                             "activations of 64 samples would not fit)")
     p.add_argument("--quick", action="store_true", help="1e5 and 1e6 only")
     p.add_argument("--plot", default="docs/scale.png", help="where the plot goes (default docs/scale.png)")
     p.add_argument("--json", metavar="PATH", help="write the raw results to PATH")
@@ -191,8 +196,10 @@ def main() -> None:
     defaults = {10**5: 300, 10**6: 200, 10**7: 30, 10**8: 3}
     a.steps_for = lambda n: a.steps or defaults.get(n, 10)
     if a.child:
-        print(json.dumps(child(int(a.child), a.epsilon, a.steps_for(int(a.child)), a.threads, a.seed)))
+        print(json.dumps(child(int(a.child), a.epsilon, a.steps_for(int(a.child)), a.threads, a.seed, a.batch)))
         return
+    if a.batch is not None and a.batch < 1:
+        p.error(f"--batch must be a positive number of samples, got {a.batch}")
     try:
         sizes = [int(float(s)) for s in ("1e5,1e6" if a.quick else a.sizes).split(",")]
     except ValueError:

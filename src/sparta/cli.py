@@ -49,6 +49,13 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------- parsing helpers
 
 
+
+def _percent(fraction: float) -> str:
+    """A density as a percentage: two decimals, or two significant digits below 0.01 % (a 10⁸-neuron
+    network's 1.1e-05 % would print as 0.00 %)."""
+    p = 100 * fraction
+    return f"{p:.2f}%" if p >= 0.01 or p == 0 else f"{p:.2g}%"
+
 def _hidden(values: list[str]) -> list[int]:
     sizes: list[int] = []
     for v in values:
@@ -269,7 +276,7 @@ class _Progress:
             return "–" if row.get(key) is None else f"{row[key]:.4f}"
 
         return {"loss": num("train_loss"), "acc": num("train_acc"), "test": num("test_acc"),
-                "dens": f"{100 * row['density']:.2f}%", "conn": _human(row["connections"]),
+                "dens": _percent(row['density']), "conn": _human(row["connections"]),
                 "s/ep": f"{row['seconds']:.3g}"}
 
     def epoch(self, label, row) -> None:
@@ -322,7 +329,7 @@ def _summary_table(summaries: list[dict[str, Any]]) -> str:
             speed = f"{dense['median_seconds_per_epoch'] / s['median_seconds_per_epoch']:.2f}×"
             fewer = f"{dense['connections'] / max(1, s['connections']):.1f}×"
         rows.append([name, s["epochs"], f"{s['test_acc']:.4f}", f"{s['best_test_acc']:.4f}", f"{s['connections']:,}",
-                     f"{100 * s['density']:.2f}%", f"{s['median_seconds_per_epoch']:.3f}", speed, fewer])
+                     _percent(s['density']), f"{s['median_seconds_per_epoch']:.3f}", speed, fewer])
     headers = ["model", "epochs", "test acc", "best test acc", "connections", "density", "s/epoch (median)",
                "speed vs dense", "fewer connections"]
     return _table(headers, rows)
@@ -461,7 +468,7 @@ def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> No
             sparsity += f", pruned {gmp_distribution(config)}"
         elif config.algo in ("set", "rigl"):
             sparsity += f", zeta {config.zeta:g}"
-        what = f"{config.algo.upper()} ({sparsity}; {100 * target_density(config, sizes):.2f}% of the connections)"
+        what = f"{config.algo.upper()} ({sparsity}; {_percent(target_density(config, sizes))} of the connections)"
     print(f"{'resuming' if resume else 'run'}: {out}")
     print(f"data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test samples, {data.n_features} "
           f"features, {data.n_classes} classes")
@@ -504,7 +511,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     rows = [[_model_name(r), f"{r['epoch']}/{r['epochs']}",
              f"{r['test_acc']:.4f}", f"{r['test_loss']:.4f}", f"{r['train_acc']:.4f}", f"{r['train_loss']:.4f}",
-             f"{r['connections']:,}", f"{100 * r['density']:.2f}%", f"{r['active_neurons']}/{r['neurons']}"]
+             f"{r['connections']:,}", _percent(r['density']), f"{r['active_neurons']}/{r['neurons']}"]
             for r in results]
     print(_table(["model", "epoch", "test acc", "test loss", "train acc", "train loss", "connections", "density",
                   "active neurons"], rows))

@@ -155,3 +155,28 @@ def test_classification_data_set():
     assert torch.equal(d.x_train, again.x_train) and torch.equal(d.y_test, again.y_test)
     with pytest.raises(ValueError, match="n_informative must be in"):
         load_dataset("classification", n_features=10, n_informative=2, n_classes=10)
+
+
+def test_estimate_follows_the_layout_of_the_fused_update():
+    """``fused_update=True`` (``sparta train``'s ``train_step(..., keep_grad=False)``): from
+    FUSED_UPDATE_CONNECTIONS no value gradient is counted and the batch is rounded to LD_MULTIPLE samples (the
+    layer-by-layer layout), not to 64-sample tiles; below it, and for RigL-like runs (False), the estimate is
+    the batch split's. ``sparta train`` passes it except for RigL and WASAP-SGD."""
+    from sparta.kernels.fused import LD_MULTIPLE, T
+    from sparta.nn.mlp import FUSED_UPDATE_CONNECTIONS
+
+    big, small = [1000, 400_000, 400_000, 10], [20, 30, 10]
+    dens = [2.0 * (a + b) / (a * b) for a, b in zip(big[:-1], big[1:], strict=True)]
+    plain = estimate(big, dens, 16, transpose="scatter")
+    fused = estimate(big, dens, 16, transpose="scatter", fused_update=True)
+    assert fused.connections == plain.connections >= FUSED_UPDATE_CONNECTIONS
+    assert plain.activations * LD_MULTIPLE == fused.activations * T  # 16 samples per unit, not 64
+    assert plain.training - fused.training == fused.connections * 4  # no value gradient
+    sdens = [0.5, 0.5]
+    assert estimate(small, sdens, 16, fused_update=True) == estimate(small, sdens, 16)
+    config = RunConfig.from_dict({"hidden": [400_000] * 2, "epsilon": 2.0, "batch_size": 16})
+    sizes = [64, 400_000, 400_000, 10]
+    est = runs.memory_estimate(config, sizes)
+    assert est.training < estimate(sizes, runs.densities(config, sizes), 16, transpose="csc").training
+    rigl = RunConfig.from_dict({"hidden": [400_000] * 2, "epsilon": 2.0, "batch_size": 16, "algo": "rigl"})
+    assert runs.memory_estimate(rigl, sizes).training > est.training

@@ -50,15 +50,21 @@ def connections(sizes: Sequence[int], densities: Sequence[float]) -> list[int]:
 
 def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, transpose: str | None = "csc",
              optimizer_state: int = 1, leaky: bool = True, eval_batch: int | None = None,
-             data_elements: int = 0, value_bytes: int = 4) -> Estimate:
+             data_elements: int = 0, value_bytes: int = 4, fused_update: bool = False) -> Estimate:
     """Bytes to train an MLP ``sizes`` at per-layer ``densities`` with minibatches of ``batch``.
 
     ``transpose``: ``"csc"`` (a transposed copy of each layer's structure), ``"scatter"`` (none) or None
     (dense weight matrices: no indices); ``optimizer_state``: tensors per connection (SGD with momentum 1,
     Adam 2, plain SGD 0); ``leaky``: ReLU/All-ReLU (a one-byte code per stored activation) or tanh/sigmoid
     (a float); ``eval_batch``: the evaluation batch, if larger than ``batch``; ``data_elements``: floats in
-    the data set.
+    the data set; ``fused_update``: the network is stepped by ``SparseMLP.train_step(..., keep_grad=False)``
+    with a :mod:`sparta.optim` optimizer (as ``sparta train`` steps it), so from
+    :data:`~sparta.nn.mlp.FUSED_UPDATE_CONNECTIONS` connections no value gradient is stored and the batch is
+    laid out layer by layer (rounded up to :data:`~sparta.kernels.fused.LD_MULTIPLE` samples, not to tiles).
     """
+    from sparta.kernels.fused import T, leading_dim
+    from sparta.nn.mlp import FUSED_UPDATE_CONNECTIONS, LAYER_MODE_CONNECTIONS
+
     nnz = connections(sizes, densities)
     total = sum(nnz)
     rows = sum(sizes[1:]) + len(nnz)
@@ -67,12 +73,15 @@ def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, tr
         structure = total * value_bytes
     else:
         structure = total * (value_bytes + 4) + rows * 8 + (total * 8 + cols * 8 if transpose == "csc" else 0)
-    training = total * value_bytes * (1 + optimizer_state) + rows * value_bytes * (1 + optimizer_state)
-    # samples per stored feature: the batch rounded up to whole tiles of fused.T (the batch-split layout; the
-    # layer-by-layer one rounds to LD_MULTIPLE, never more), so the estimate bounds both
-    from sparta.kernels.fused import T
-
-    ld = -(-max(batch, eval_batch or 0) // T) * T
+    layered = fused_update and transpose is not None and total >= FUSED_UPDATE_CONNECTIONS
+    grad = 0 if layered else 1  # the update inside the backward: no value gradient (the biases' stays)
+    training = total * value_bytes * (grad + optimizer_state) + rows * value_bytes * (1 + optimizer_state)
+    # samples per stored feature: the batch rounded up to whole tiles of fused.T where the batch-split layout
+    # may hold it, else (layer by layer: training with the fused update, evaluation of networks in layer mode)
+    # to LD_MULTIPLE
+    eval_layered = transpose is not None and total >= LAYER_MODE_CONNECTIONS
+    ld = max(leading_dim(batch) if layered else -(-batch // T) * T,
+             0 if eval_batch is None else leading_dim(eval_batch) if eval_layered else -(-eval_batch // T) * T)
     hidden = sum(sizes[1:-1])
     per_sample = (sum(sizes) * value_bytes + hidden * (1 if leaky else value_bytes)
                   + 2 * max(sizes) * value_bytes + sizes[0] * value_bytes)

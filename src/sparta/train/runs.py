@@ -273,7 +273,11 @@ def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
     transpose = config.transpose if config.sparse else None
     return estimate(sizes, densities(config, sizes), config.batch_size, transpose=transpose,
                     optimizer_state=state, leaky=config.activation in ("allrelu", "relu"),
-                    eval_batch=eval_batch_size(config, sizes))
+                    eval_batch=eval_batch_size(config, sizes),
+                    # train_step(..., keep_grad=False) with a sparta optimizer, unless RigL reads the gradients
+                    # or WASAP-SGD's workers send them
+                    fused_update=(config.sparse and config.loss == "ce" and config.algo != "rigl"
+                                  and config.workers is None))
 
 
 def check_memory(config: RunConfig, sizes: list[int]) -> None:
