@@ -5,13 +5,14 @@ Run from the repository root::
     python benchmarks/step_modes.py --hidden 250000 250000 250000 250000 --epsilon 2
     python benchmarks/step_modes.py --inputs 784 --hidden 10000 10000 10000 --epsilon 20 --batch 128 --transpose csc
 
-One ``SparseMLP`` (All-ReLU, dropout 0.3, ``sparta.optim.SGD`` momentum 0.9, weight decay 2e-4) stepped by
-``train_step(..., keep_grad=False)`` in both ways, alternating in blocks of ``--steps`` steps inside one process
-(so the host's drift hits both alike): *layer* forces the layer-by-layer step with the optimizer inside the
-backward (``FUSED_UPDATE_CONNECTIONS = 0``), *split* the batch split with stored gradients and ``step()``
-(``FUSED_UPDATE_CONNECTIONS`` and ``LAYER_MODE_CONNECTIONS`` out of reach). Prints the median ms per sample of
-each and their ratio; ``sparta train`` takes the layer-by-layer step from ``FUSED_UPDATE_CONNECTIONS``
-connections.
+One ``SparseMLP`` (All-ReLU, dropout 0.3, ``sparta.optim.SGD`` momentum 0.9, weight decay 2e-4) stepped three
+ways, alternating in blocks of ``--steps`` steps inside one process (so the host's drift hits all alike): *layer*
+forces the layer-by-layer step with the optimizer inside the backward (``train_step(..., keep_grad=False)``,
+``FUSED_UPDATE_CONNECTIONS = 0``); *split* the batch split with the update inside the same run
+(``keep_grad=False``, ``FUSED_UPDATE_CONNECTIONS`` and ``LAYER_MODE_CONNECTIONS`` out of reach); *split, stored*
+the batch split that hands its gradients to ``optimizer.step()`` (``keep_grad=True``). Prints the median ms per
+sample of each and its ratio to the last; ``sparta train`` takes the layer-by-layer step from
+``FUSED_UPDATE_CONNECTIONS`` connections and the split with the update in the run below.
 """
 
 from __future__ import annotations
@@ -51,25 +52,29 @@ def main() -> None:
     opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     x, y = torch.randn(a.batch, a.inputs), torch.randint(0, 10, (a.batch,))
     never = 1 << 62
-    ways = {"layer": (0, never), "split": (never, never)}
+    ways = {  # (FUSED_UPDATE_CONNECTIONS, LAYER_MODE_CONNECTIONS, keep_grad)
+        "layer by layer, update in the backward": (0, never, False),
+        "batch split, update in the run": (never, never, False),
+        "batch split, stored gradients + step()": (never, never, True),
+    }
     times: dict[str, list[float]] = {w: [] for w in ways}
     for _ in range(a.repeats):
-        for way, (fused_from, layer_from) in ways.items():
+        for way, (fused_from, layer_from, keep) in ways.items():
             mlp.FUSED_UPDATE_CONNECTIONS, mlp.LAYER_MODE_CONNECTIONS = fused_from, layer_from
             model.release_arrays()
-            model.train_step(x, y, opt, keep_grad=False)  # buffers of this way
+            model.train_step(x, y, opt, keep_grad=keep)  # buffers of this way
             t0 = time.perf_counter()
             for _ in range(a.steps):
-                model.train_step(x, y, opt, keep_grad=False)
+                model.train_step(x, y, opt, keep_grad=keep)
             times[way].append((time.perf_counter() - t0) / a.steps / a.batch * 1e3)
-    layer, split = (statistics.median(times[w]) for w in ways)
+    med = {w: statistics.median(t) for w, t in times.items()}
+    stored = med["batch split, stored gradients + step()"]
     nnz = sum(m.nnz for m in model.layers)
     print(f"SparseMLP {'-'.join(map(str, sizes))}, ε = {a.epsilon:g}, {nnz:,} connections, transpose={a.transpose!r}, "
           f"batch {a.batch}, {a.threads} threads; medians of {a.repeats} alternating blocks of {a.steps} steps; "
           f"load average {load_average()}\n")
-    print(markdown_table(["way", "ms/sample", "× split"], [["layer by layer, update in the backward", f"{layer:.3f}",
-                                                          f"{split / layer:.2f}"],
-                                                         ["batch split, stored gradients", f"{split:.3f}", "1.00"]]))
+    print(markdown_table(["way", "ms/sample", "× split, stored"],
+                         [[w, f"{m:.3f}", f"{stored / m:.2f}"] for w, m in med.items()]))
 
 
 if __name__ == "__main__":

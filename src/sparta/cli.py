@@ -49,12 +49,12 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------- parsing helpers
 
 
-
 def _percent(fraction: float) -> str:
     """A density as a percentage: two decimals, or two significant digits below 0.01 % (a 10⁸-neuron
     network's 1.1e-05 % would print as 0.00 %)."""
     p = 100 * fraction
     return f"{p:.2f}%" if p >= 0.01 or p == 0 else f"{p:.2g}%"
+
 
 def _hidden(values: list[str]) -> list[int]:
     sizes: list[int] = []

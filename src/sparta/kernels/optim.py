@@ -78,6 +78,7 @@ def adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, 
 
 KIND_SGD = 0  # hyper = [lr, momentum, dampening, weight_decay, nesterov, first, maximize]
 KIND_ADAM = 1  # hyper = [lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt, maximize]
+HYPER_SIZE = 9  # entries of the longest hyper array (Adam's): a row of apply_parts' ``hypers``
 
 
 @numba.njit(**_NJIT)
@@ -96,21 +97,23 @@ def apply_span(kind, p, g, s1, s2, hyper, k0, k1, goff):  # pragma: no cover - c
 # the counters of apply_parts' ``sync`` array
 SYNC_STARTED, SYNC_DONE, SYNC_FAILED, SYNC_NEXT = 0, 1, 2, 3
 SYNC_SIZE = 4
-PART_BLOCK = 8192  # connections per block of apply_parts' update
+PART_BLOCK = 8192  # elements per block of apply_parts' update
 
 
 @numba.njit(**_NJIT)
 def apply_parts(sync, n_parts, kind, ps, s1s, s2s, hypers, gparts, block):  # pragma: no cover - compiled by numba
-    """The optimizer's update of every layer's values from the sum of ``n_parts`` parts' gradients, called by
-    each part of a training pass once it has counted itself done, by whichever thread ran it.
+    """The optimizer's update of every parameter ``ps[j]`` (a network's values and biases) from the sum of
+    ``n_parts`` parts' gradients, called by each part of a training pass once it has counted itself done, by
+    whichever thread ran it.
 
     ``sync`` (int64, :data:`SYNC_SIZE`) counts the parts started, done and failed, and hands out blocks of
-    ``block`` connections. A caller returns at once while some part has not started (the thread that runs it
+    ``block`` elements. A caller returns at once while some part has not started (the thread that runs it
     will come here after it) or any part failed; else it waits until every started part is done and then
     claims blocks until none is left, so threads that ran parts share the update, and a thread that ran all of
     them does it alone. Per block: ``gparts[0][j] += gparts[q][j]`` for ``q = 1, 2, …`` in that order (as the
     step that stores its gradient sums them), then :func:`apply_span` with ``ps[j]``, ``s1s[j]``, ``s2s[j]``,
-    ``hypers[j]`` (layer ``j``'s row of a float64 ``(layers, 9)`` array). Returns the blocks this call did."""
+    ``hypers[j]`` (parameter ``j``'s row of a float64 ``(len(ps), HYPER_SIZE)`` array). Returns the blocks this call
+    did."""
     if load_acquire(sync, SYNC_STARTED) < n_parts:
         return 0
     while load_acquire(sync, SYNC_DONE) + load_acquire(sync, SYNC_FAILED) < n_parts:

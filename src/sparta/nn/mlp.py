@@ -324,8 +324,7 @@ class SparseMLP(nn.Module):
             torch.autograd.graph.increment_version([t for u in plan for t in u.written])
         if in_run:  # every parameter is updated and no gradient was handed over
             getattr(optimizer, "finish_fused_step", optimizer.step)()  # type: ignore[union-attr]
-            loss_sum, right = stats.sum(axis=0).tolist()
-            return loss_sum / batch, int(right)
+            return _loss_and_right(stats, batch)
         if plan is not None:  # the bias gradients live only until the step below: lend the buffers, no copies
             dbias = [torch.from_numpy(b) if has else None for b, has in zip(ws.bias_parts[0], st.has_bias, strict=True)]
         else:
@@ -338,7 +337,7 @@ class SparseMLP(nn.Module):
             optimizer.step()  # with a plan: what it did not cover (parameters without a gradient are skipped)
             if not keep_grad:
                 self.zero_grad(set_to_none=True)
-        return float(stats[:, 0].sum()) / batch, int(stats[:, 1].sum())
+        return _loss_and_right(stats, batch)
 
     def _plain_step(self, st: _Structure, x: torch.Tensor) -> bool:
         """Whether :meth:`train_step` may run its fused passes: grad mode on, every parameter trainable,
@@ -592,6 +591,12 @@ class _FusedMLPFunction(torch.autograd.Function):
         return tuple(out)
 
 
+def _loss_and_right(stats: np.ndarray, batch: int) -> tuple[float, int]:
+    """The batch's mean loss and correct count from the parts' ``stats (parts, 2)`` (loss sum, correct)."""
+    loss_sum, right = stats.sum(axis=0).tolist()
+    return loss_sum / batch, int(right)
+
+
 def _grad_sets(st: _Structure, ws: _Workspace, parts: list[tuple[int, int]], grads: list[torch.Tensor | None],
                scratch_only: bool = False) -> list[tuple[np.ndarray, ...]]:
     """Each part's value-gradient arrays: part 0 writes into ``grads`` (None: not needed), the others into
@@ -608,8 +613,8 @@ def _grad_sets(st: _Structure, ws: _Workspace, parts: list[tuple[int, int]], gra
 
 
 class _PartsUpdate:
-    """The optimizer's update of the values inside a batch-split training run: each part counts itself in and
-    out, and the threads that ran parts then share the update, each block summing the parts' gradients in
+    """The optimizer's update of the values and biases inside a batch-split training run: each part counts itself
+    in and out, and the threads that ran parts then share the update, each block summing the parts' gradients in
     part order and applying the plan's kernel (:func:`sparta.kernels.optim.apply_parts`), so the run needs
     no second hand-off, no stored gradient leaves it, and the numbers are those of ``optimizer.step()`` after
     the gradients are summed."""
@@ -621,7 +626,7 @@ class _PartsUpdate:
         self.ps = tuple(u.p for u in plan)
         self.s1s = tuple(u.s1 for u in plan)
         self.s2s = tuple(u.s2 for u in plan)
-        self.hypers = np.zeros((len(plan), 9), np.float64)
+        self.hypers = np.zeros((len(plan), optim_kernels.HYPER_SIZE), np.float64)
         for j, u in enumerate(plan):
             self.hypers[j, :u.hyper.shape[0]] = u.hyper
         self.gparts = tuple(gsets)
