@@ -200,6 +200,8 @@ def main() -> None:
         return
     if a.batch is not None and a.batch < 1:
         p.error(f"--batch must be a positive number of samples, got {a.batch}")
+    if a.threads < 1 or (a.steps is not None and a.steps < 1):
+        p.error("--threads and --steps must be ≥ 1")
     try:
         sizes = [int(float(s)) for s in ("1e5,1e6" if a.quick else a.sizes).split(",")]
     except ValueError:

@@ -36,8 +36,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="steps per block (default 5)")
     p.add_argument("--repeats", type=int, default=6, help="blocks per way (default 6)")
     a = p.parse_args()
-    if a.inputs < 1 or any(h < 1 for h in a.hidden) or a.epsilon <= 0 or a.batch < 1 or a.steps < 1 or a.repeats < 1:
-        p.error("--inputs, --hidden, --batch, --steps and --repeats must be ≥ 1 and --epsilon > 0")
+    if (a.inputs < 1 or any(h < 1 for h in a.hidden) or a.epsilon <= 0 or a.batch < 1 or a.steps < 1
+            or a.repeats < 1 or a.threads < 1):
+        p.error("--inputs, --hidden, --batch, --threads, --steps and --repeats must be ≥ 1 and --epsilon > 0")
 
     import torch
 

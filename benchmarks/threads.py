@@ -167,6 +167,8 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-breakdown", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.steps < 1 or a.block < 1 or a.repeats < 1:
+        p.error("--steps, --block and --repeats must be ≥ 1")
     if a.child:
         child(a.child, a.steps, a.block)
         return
