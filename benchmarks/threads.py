@@ -17,7 +17,7 @@ each kind runs in ``--repeats`` fresh processes, interleaved, and the table show
 
     python benchmarks/threads.py            # quiet machine
     python benchmarks/threads.py --load     # with another process busy on one core
-    python benchmarks/threads.py --breakdown   # where a train_step goes: the pool's run, the update, the rest
+    python benchmarks/threads.py --breakdown   # where a train_step goes: each half's pass, the update, the rest
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def breakdown(steps: int) -> None:
     """Median ms per ``train_step(..., keep_grad=False)`` at 1 and 2 threads (each in a fresh process), split into
     the pool's run (the fused passes and the optimizer's update inside it), the update's share of that run (summed
     over the threads, so at 2 threads it includes the wait of the part that finished first), what
-    ``optimizer.step`` is still called for, and the rest (the Python around the run)."""
+    ``optimizer.step`` is still called for, and the rest (the Python around the run); and the median pass of one
+    half of the batch on the calling thread and on the worker (at 1 thread the caller runs both halves)."""
     import json
 
     rows = []
@@ -100,16 +101,21 @@ def breakdown(steps: int) -> None:
         out = subprocess.run([sys.executable, __file__, "--child-breakdown", str(threads), "--steps", str(steps)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append([str(threads), f"{r['step']:.3f}", f"{r['run']:.3f}", f"{r['update']:.3f}", f"{r['opt']:.3f}",
+        rows.append([str(threads), f"{r['step']:.3f}", f"{r['run']:.3f}", f"{r['part_caller']:.3f}",
+                     f"{r['part_worker']:.3f}" if r["part_worker"] else "–", f"{r['update']:.3f}", f"{r['opt']:.3f}",
                      f"{r['step'] - r['run'] - r['opt']:.3f}"])
     print(f"SET-MLP train_step(..., keep_grad=False), ms, medians of {steps} steps after 100 warm-up steps; load "
           f"average {load_average()}\n")
-    print(markdown_table(["threads", "step", "pool run", "of which update (all threads)", "optimizer.step",
-                          "rest"], rows))
+    print(markdown_table(["threads", "step", "pool run", "a part's pass (caller)", "a part's pass (worker)",
+                          "update (all threads)", "optimizer.step", "rest"], rows))
+    print("\nA part's pass: one half of the batch through forward, loss and backward (one numba call), timed on the "
+          "thread that ran it; at 1 thread the caller runs both halves, one after the other. At 2 threads the two "
+          "halves run at once, so a pass slower than at 1 thread is what running beside the other core costs.")
 
 
 def child_breakdown(threads: int, steps: int) -> None:
     import json
+    import threading
     import time
 
     import numpy as np
@@ -137,6 +143,18 @@ def child_breakdown(threads: int, steps: int) -> None:
                 spent[name] += time.perf_counter() - t0
         return wrapper
 
+    parts: dict[str, list[float]] = {"caller": [], "worker": []}
+    train_pass = mlp_module.fused.train_pass
+
+    def timed_pass(*a):
+        t0 = time.perf_counter()
+        try:
+            return train_pass(*a)
+        finally:
+            who = "caller" if threading.current_thread() is threading.main_thread() else "worker"
+            parts[who].append(time.perf_counter() - t0)
+
+    mlp_module.fused.train_pass = timed_pass  # looked up through the module at each call
     POOL.run = timed("run", POOL.run)  # the instance attribute shadows the method for this process
     type(opt).step = timed("opt", type(opt).step)  # on the class: an instance wrapper would make train_step call it
     mlp_module.optim_kernels.apply_parts = timed("update", mlp_module.optim_kernels.apply_parts)
@@ -146,13 +164,18 @@ def child_breakdown(threads: int, steps: int) -> None:
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)
         for k in spent:
             spent[k] = 0.0
+        if i == 100:
+            parts["caller"].clear()
+            parts["worker"].clear()
         t0 = time.perf_counter()
         model.train_step(xb, yb, opt, keep_grad=False)
         if i >= 100:
             rec["step"].append(time.perf_counter() - t0)
             for k in spent:
                 rec[k].append(spent[k])
-    print(json.dumps({k: 1e3 * float(np.median(v)) for k, v in rec.items()}))
+    out = {k: 1e3 * float(np.median(v)) for k, v in rec.items()}
+    out.update({f"part_{k}": 1e3 * float(np.median(v)) if v else 0.0 for k, v in parts.items()})
+    print(json.dumps(out))
 
 
 def main() -> None:
