@@ -267,6 +267,9 @@ def densities(config: RunConfig, sizes: list[int]) -> list[float]:
     return [min(1.0, config.epsilon * (a + b) / (a * b)) for a, b in pairs]
 
 
+_ALGORITHMS: dict[str, type[TopologyAlgorithm]] = {"static": Static, "set": SET, "rigl": RigL, "gmp": GMP}
+
+
 def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
     """What training ``config`` holds (:func:`sparta.train.memory.estimate`), before anything is allocated."""
     state = {"sgd": 1 if config.momentum else 0, "adam": 2}[config.optimizer]
@@ -274,10 +277,10 @@ def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
     return estimate(sizes, densities(config, sizes), config.batch_size, transpose=transpose,
                     optimizer_state=state, leaky=config.activation in ("allrelu", "relu"),
                     eval_batch=eval_batch_size(config, sizes),
-                    # train_step(..., keep_grad=False) with a sparta optimizer, unless RigL reads the gradients
-                    # or WASAP-SGD's workers send them
-                    fused_update=(config.sparse and config.loss == "ce" and config.algo != "rigl"
-                                  and config.workers is None))
+                    # train_step(..., keep_grad=False) with a sparta optimizer, unless the algorithm captures the
+                    # gradients (RigL: the fused step does not apply then) or WASAP-SGD's workers send them
+                    fused_update=(config.sparse and config.loss == "ce" and config.workers is None
+                                  and not _ALGORITHMS.get(config.algo, TopologyAlgorithm).needs_dense_grad))
 
 
 def check_memory(config: RunConfig, sizes: list[int]) -> None:
