@@ -191,3 +191,24 @@ def test_load_dataset_dispatch_and_errors(tmp_path):
         load_dataset("digits", bogus=1)
     with pytest.raises(DataError, match="unknown data set"):
         load_dataset("imagenet", tmp_path)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"n_train": "abc"}, "'n_train' of data set 'teacher_student' must be an int"),
+    ({"n_train": True}, "must be an int"),
+    ({"n_test": 2.5}, "'n_test' .* must be an int"),
+    ({"n_train": 0}, "must be a positive int"),
+    ({"n_features": -3}, "'n_features' .* must be a positive int"),
+])
+def test_load_dataset_checks_the_type_and_sign_of_generator_options(options, message):
+    """``--data-option n_train=abc`` once reached the generator and failed there with a TypeError traceback."""
+    with pytest.raises(DataError, match=message):
+        load_dataset("teacher_student", **options)
+
+
+def test_load_dataset_refuses_an_empty_side_of_the_split():
+    with pytest.raises(DataError, match="0 training and 1797 test samples"):
+        load_dataset("digits", test_fraction=1.0)
+    with pytest.raises(DataError, match="1797 training and 0 test samples"):
+        load_dataset("digits", test_fraction=0)
+    assert len(load_dataset("digits", test_fraction=0.5).x_test) > 0

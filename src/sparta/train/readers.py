@@ -374,10 +374,32 @@ _EXPECTED = {
 
 
 def _options_for(fn: Callable[..., Any], options: dict[str, Any], name: str, skip: tuple[str, ...]) -> dict[str, Any]:
-    params = [p for p in inspect.signature(fn).parameters if p not in skip]
+    """``options`` checked against ``fn``'s keyword parameters: each name must be one of them, and a value must
+    have the type of the parameter's default where that is a bool, int, float or str (an int passes for a float),
+    and an int whose default is positive must be positive."""
+    sig = inspect.signature(fn).parameters
+    params = [p for p in sig if p not in skip]
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise DataError(f"unknown data option(s) {unknown} for data set {name!r}; it accepts {params or 'none'}")
+    for key, value in options.items():
+        default = sig[key].default
+        want: tuple[type, ...] | None = None
+        if isinstance(default, bool):
+            want = (bool,)
+        elif isinstance(default, int):
+            want = (int,)
+        elif isinstance(default, float):
+            want = (int, float)
+        elif isinstance(default, str):
+            want = (str,)
+        kind = {bool: "a bool", int: "an int", float: "a number", str: "a string"}[want[-1]] if want else ""
+        if want is not None and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
+            raise DataError(f"data option {key!r} of data set {name!r} must be {kind} (default {default!r}), "
+                            f"got {value!r}")
+        if want == (int,) and default >= 1 and value < 1:  # sample, feature and class counts
+            raise DataError(f"data option {key!r} of data set {name!r} must be a positive int (default {default!r}), "
+                            f"got {value!r}")
     return options
 
 
@@ -390,7 +412,11 @@ def load_dataset(name: str, path: str | Path | None = None, seed: int = 0, **opt
     if name in EMBEDDED:
         fn = EMBEDDED[name]
         opts = _options_for(fn, options, name, ("seed",))
-        return fn(seed=seed, **opts)
+        d = fn(seed=seed, **opts)
+        if len(d.x_train) == 0 or len(d.x_test) == 0:
+            raise DataError(f"data set {name!r} with options {opts} has {len(d.x_train)} training and "
+                            f"{len(d.x_test)} test samples; both must be at least 1")
+        return d
     readers = _readers()
     if name not in readers:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join([*EMBEDDED, *readers])}")
