@@ -34,9 +34,11 @@ from numba.extending import intrinsic
 
 from sparta.kernels.hashrng import SAMPLE_MUL_32, h32, unit_key
 from sparta.kernels.optim import apply_span
+from sparta.kernels.vectors import prefer_wide
 
 T = 64  # samples per register tile
 AHEAD = 12  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
+PREFETCH_MIN = 1 << 18  # elements of the gathered buffer from which the kernels prefetch (1 MB of float32)
 FUSE_BACKWARD = 1  # layer mode, hidden layers: value and input gradients in one pass over the CSC copy (gather_sddmm)
 LD_MULTIPLE = 16  # row strides are multiples of this many elements (64 bytes in float32)
 _NJIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy", boundscheck=False)
@@ -81,8 +83,20 @@ def _prefetch(typingctx, arr, idx):  # pragma: no cover - runs at compile time
 def _prefetch_tile(arr, start):  # pragma: no cover - compiled by numba
     """Prefetch a tile's row segment ``arr[start:start + T]`` (its first line and its middle one: the hardware
     prefetcher brings the neighbours)."""
+    prefer_wide()
     _prefetch(arr, start)
     _prefetch(arr, start + np.uint64(T // 2))
+
+
+@intrinsic
+def _ptr(typingctx, arr):  # pragma: no cover - runs at compile time
+    """The data pointer of ``arr``. The per-row helpers below take pointers, not arrays: numba reference-counts
+    every array passed to an inlined function (an atomic increment and decrement of its meminfo each time), and
+    in a loop over rows with branches its pruning pass cannot remove them: they cost the forward kernel a third
+    of its time. The caller's arrays stay alive for the whole call, so the pointers stay valid."""
+    def codegen(context, builder, sig, args):
+        return context.make_array(sig.args[0])(context, builder, args[0]).data
+    return types.CPointer(arr.dtype)(arr), codegen
 
 
 @intrinsic
@@ -99,6 +113,7 @@ def _epilogue(n, dst, a, d, code, mode, act, slope, thr, scale, ku, col0):  # pr
     ``col0 ..``: activation, dropout (when ``thr`` > 0) and what backward needs — for leaky activations a
     one-byte ``code`` per value (0: zero gradient, 1: positive side, 2: negative side), else ``d`` = the
     derivative × dropout scale. One loop per case, each vectorisable."""
+    prefer_wide()
     if mode == MODE_LINEAR:
         return
     if act == ACT_LEAKY:
@@ -154,11 +169,14 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
     ``x`` flat ``(in · ld)``; ``a``, ``d`` (float) and ``code`` (uint8) flat ``(out · ld)`` (``d``/``code``
     may be empty when the mode and activation do not write them).
     """
+    prefer_wide()
     n_out = indptr.shape[0] - 1
     nnz = np.uint64(indices.shape[0])
     ldu = np.uint64(ld)
+    pf = x.shape[0] >= PREFETCH_MIN
     acc = numba.carray(_stack_empty(T, values.dtype), T)
     out = a
+    ap, dp, cp = _ptr(a), _ptr(d), _ptr(code)
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
     ntail = c1 - ctail
@@ -174,7 +192,7 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
                 acc[t] = bi
             k = start
             while k + _U1 < end:
-                if k + _AHEAD2 < nnz:
+                if pf and k + _AHEAD2 < nnz:
                     _prefetch_tile(x, np.uint64(indices[k + _AHEAD]) * ldu + cb)
                     _prefetch_tile(x, np.uint64(indices[k + _AHEAD + _U1]) * ldu + cb)
                 v0 = values[k]
@@ -192,7 +210,7 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
             dst = row + cb
             for t in range(T):
                 out[dst + np.uint64(t)] = acc[t]
-            _epilogue(T, dst, a, d, code, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
+            _epilogue(T, dst, ap, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
         if ntail > 0:
             dst = row + np.uint64(ctail)
             for t in range(ntail):
@@ -202,7 +220,7 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
                 b0 = np.uint64(indices[k]) * ldu + np.uint64(ctail)
                 for t in range(ntail):
                     out[dst + np.uint64(t)] += v0 * x[b0 + np.uint64(t)]
-            _epilogue(ntail, dst, a, d, code, mode, act, slope, thr, scale, ku, ctail + cg)
+            _epilogue(ntail, dst, ap, dp, cp, mode, act, slope, thr, scale, ku, ctail + cg)
 
 
 @intrinsic
@@ -233,7 +251,8 @@ def _lane_sum(typingctx, ptr, base):  # pragma: no cover - runs at compile time
 @numba.njit(inline="always", **_NJIT_ORDERED)
 def _ordered_sum(a, start, n):  # pragma: no cover - compiled by numba
     """``Σ a[start:start + n]`` in the fixed order of :func:`sddmm`'s sums (``_W`` lanes, then the rest)."""
-    buf = _stack_empty(_W, a.dtype)
+    prefer_wide()
+    buf = _stack_empty(_W, a)
     lanes = numba.carray(buf, _W)
     for lane in range(_W):
         lanes[lane] = 0
@@ -257,8 +276,10 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, off, accumulate, r0, r1):  # 
     Each sum runs in ``_W`` explicit lanes (sample ``c`` adds to lane ``c mod _W``), folded in a fixed order,
     and the kernel is compiled without reassociation: the result is the same bit for bit however LLVM
     vectorises it (a reassociated reduction differed between a fresh compile and numba's cached one)."""
+    prefer_wide()
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
+    pf = x.shape[0] >= PREFETCH_MIN
     nfull = (c1 - c0) // _W
     ctail = c0 + nfull * _W
     ntail = c1 - ctail
@@ -272,7 +293,7 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, off, accumulate, r0, r1):  # 
         k = indptr[i]
         end = indptr[i + 1]
         while k + np.uint64(3) < end:
-            if k + _AHEAD + np.uint64(3) < nnz:
+            if pf and k + _AHEAD + np.uint64(3) < nnz:
                 for q in range(4):
                     _prefetch_tile(x, np.uint64(indices[k + _AHEAD + np.uint64(q)]) * ldu + cb0)
             for lane in range(4 * _W):
@@ -336,6 +357,7 @@ def sddmm_update(indptr, indices, dz, x, ld, c0, c1, r0, r1, g, kind, p, s1, s2,
     ``hyper``), one block of rows at a time through the scratch ``g``: no gradient array the size of the
     layer exists. ``g`` must hold at least the longest row of the range. The numbers are those of
     :func:`sddmm` followed by the optimizer's step."""
+    prefer_wide()
     n = np.uint64(g.shape[0])
     r = r0
     while r < r1:
@@ -350,12 +372,13 @@ def sddmm_update(indptr, indices, dz, x, ld, c0, c1, r0, r1, g, kind, p, s1, s2,
 
 
 @numba.njit(inline="always", **_NJIT_ORDERED)
-def _grad_epilogue(n, dst, dx, d, code, lut1, lut2, db, j, with_d, first):  # pragma: no cover
+def _grad_epilogue(n, dst, dx, d, code, has_code, lut1, lut2, db, j, with_d, first):  # pragma: no cover
     """``dx[dst:dst+n] ⊙=`` the forward's derivative (``d``, or ``lut1``/``lut2``/0 for ``code`` 1/2/0 when
     ``code`` is not empty) and their sum into ``db[j]`` (added unless ``first``)."""
+    prefer_wide()
     if not with_d:
         return
-    if code.shape[0] > 0:
+    if has_code:
         zero = lut1 * 0
         for t in range(n):
             c = code[dst + np.uint64(t)]
@@ -374,10 +397,14 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
     """``dx[j, c] = Σ_p values[perm[p]] · dz[rowidx[p], c]`` over the connections ``p`` of input ``j``
     (CSC order), for inputs ``j ∈ [j0, j1)`` and ``c ∈ [c0, c1)``; with ``with_d``: times the forward's derivative
     (see :func:`_grad_epilogue`) and ``db[j] (+)= Σ_c dx[j, c]`` (added to ``db`` when ``accumulate``)."""
+    prefer_wide()
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
+    pf = dz.shape[0] >= PREFETCH_MIN
     acc = numba.carray(_stack_empty(T, values.dtype), T)
+    dxp, dp, cp, dbp = _ptr(dx), _ptr(d), _ptr(code), _ptr(db)
+    has_code = code.shape[0] > 0
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
     ntail = c1 - ctail
@@ -391,7 +418,7 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
                 acc[t] = 0
             p = start
             while p + _U1 < end:
-                if p + _AHEAD2 < nnz:
+                if pf and p + _AHEAD2 < nnz:
                     _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD]) * ldu + cb)
                     _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD + _U1]) * ldu + cb)
                 v0 = values[perm[p]]
@@ -409,7 +436,7 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
             dst = row + cb
             for t in range(T):
                 dx[dst + np.uint64(t)] = acc[t]
-            _grad_epilogue(T, dst, dx, d, code, lut1, lut2, db, j, with_d, tile == 0 and not accumulate)
+            _grad_epilogue(T, dst, dxp, dp, cp, has_code, lut1, lut2, dbp, j, with_d, tile == 0 and not accumulate)
         if ntail > 0:
             dst = row + np.uint64(ctail)
             for t in range(ntail):
@@ -419,7 +446,7 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
                 b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
                 for t in range(ntail):
                     dx[dst + np.uint64(t)] += v0 * dz[b0 + np.uint64(t)]
-            _grad_epilogue(ntail, dst, dx, d, code, lut1, lut2, db, j, with_d, nfull == 0 and not accumulate)
+            _grad_epilogue(ntail, dst, dxp, dp, cp, has_code, lut1, lut2, dbp, j, with_d, nfull == 0 and not accumulate)
 
 
 @numba.njit(**_NJIT_ORDERED)
@@ -428,10 +455,14 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
     """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
     is read once for both the input gradient ``dx[j]`` and the value gradient ``g[perm[p]] (+)= dz[rowidx[p]] ·
     x[j]`` (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``."""
+    prefer_wide()
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
+    pf = dz.shape[0] >= PREFETCH_MIN
     acc = numba.carray(_stack_empty(T, values.dtype), T)
+    dxp, dp, cp, dbp = _ptr(dx), _ptr(d), _ptr(code), _ptr(db)
+    has_code = code.shape[0] > 0
     xr = numba.carray(_stack_empty(T, values.dtype), T)
     sbuf = _stack_empty(_W, values.dtype)
     sl = numba.carray(sbuf, _W)
@@ -450,7 +481,7 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                 acc[t] = 0
                 xr[t] = x[row + cb + np.uint64(t)]
             for p in range(start, end):
-                if p + _AHEAD < nnz:
+                if pf and p + _AHEAD < nnz:
                     _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD]) * ldu + cb)
                 k = perm[p]
                 v0 = values[k]
@@ -468,7 +499,7 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
             dst = row + cb
             for t in range(T):
                 dx[dst + np.uint64(t)] = acc[t]
-            _grad_epilogue(T, dst, dx, d, code, lut1, lut2, db, j, True, tile == 0 and not accumulate)
+            _grad_epilogue(T, dst, dxp, dp, cp, has_code, lut1, lut2, dbp, j, True, tile == 0 and not accumulate)
         if ntail > 0:
             more = accumulate or nfull > 0
             dst = row + np.uint64(ctail)
@@ -484,13 +515,14 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                     dx[dst + np.uint64(t)] += v0 * gz
                     s += gz * x[dst + np.uint64(t)]
                 g[k] = g[k] + s if more else s
-            _grad_epilogue(ntail, dst, dx, d, code, lut1, lut2, db, j, True, nfull == 0 and not accumulate)
+            _grad_epilogue(ntail, dst, dxp, dp, cp, has_code, lut1, lut2, dbp, j, True, nfull == 0 and not accumulate)
 
 
 @numba.njit(**_NJIT)
 def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no cover - compiled by numba
     """``dx = Wᵀ dz`` for columns ``[c0, c1)`` and inputs ``[j0, j1)`` by scattering each CSR row into the rows of
     ``dx`` (a binary search per row finds its connections into ``[j0, j1)``, so ranges never write the same row)."""
+    prefer_wide()
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
     n_in = dx.shape[0] // ld
@@ -532,24 +564,30 @@ def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no 
 @numba.njit(**_NJIT_ORDERED)
 def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate, j0, j1):  # pragma: no cover
     """The scatter path's epilogue: :func:`_grad_epilogue` on columns ``[c0, c1)`` of rows ``[j0, j1)`` of ``dx``."""
+    prefer_wide()
     ldu = np.uint64(ld)
+    dxp, dp, cp, dbp = _ptr(dx), _ptr(d), _ptr(code), _ptr(db)
+    has_code = code.shape[0] > 0
     for j in range(j0, min(j1, db.shape[0])):
-        _grad_epilogue(c1 - c0, np.uint64(j) * ldu + np.uint64(c0), dx, d, code, lut1, lut2, db, j, True,
+        _grad_epilogue(c1 - c0, np.uint64(j) * ldu + np.uint64(c0), dxp, dp, cp, has_code, lut1, lut2, dbp, j, True,
                        not accumulate)
 
 
 @numba.njit(**_NJIT_ORDERED)
 def row_sums(dz, ld, c0, c1, out, accumulate):  # pragma: no cover - compiled by numba
     """``out[j] (+)= Σ_{c ∈ [c0, c1)} dz[j, c]`` (added to ``out`` when ``accumulate``)."""
+    prefer_wide()
     ldu = np.uint64(ld)
+    dzp = _ptr(dz)
     for j in range(out.shape[0]):
-        s = _ordered_sum(dz, np.uint64(j) * ldu + np.uint64(c0), c1 - c0)
+        s = _ordered_sum(dzp, np.uint64(j) * ldu + np.uint64(c0), c1 - c0)
         out[j] = s + out[j] if accumulate else s
 
 
 @numba.njit(**_NJIT)
 def to_feature_major(x, c0, c1, out, ld):  # pragma: no cover - compiled by numba
     """``out[j · ld + c] = x[c, j]`` for samples ``c ∈ [c0, c1)``; ``x (B, n)`` any strides."""
+    prefer_wide()
     n = x.shape[1]
     ldu = np.uint64(ld)
     for cb in range(c0, c1, 16):
@@ -563,6 +601,7 @@ def to_feature_major(x, c0, c1, out, ld):  # pragma: no cover - compiled by numb
 @numba.njit(**_NJIT)
 def from_feature_major(y, ld, c0, c1, out):  # pragma: no cover - compiled by numba
     """``out[c, j] = y[j · ld + c]`` for ``c ∈ [c0, c1)``; ``out (B, n)``."""
+    prefer_wide()
     n = out.shape[1]
     ldu = np.uint64(ld)
     for c in range(c0, c1):
@@ -574,6 +613,7 @@ def from_feature_major(y, ld, c0, c1, out):  # pragma: no cover - compiled by nu
 def csc(indptr, indices, n_in):  # pragma: no cover - compiled by numba
     """The transposed structure of a CSR: ``colptr`` uint64 ``(in+1,)``, ``rowidx`` and ``perm`` uint32 ``(nnz,)``
     (CSR position of each connection), rows ascending within each column."""
+    prefer_wide()
     n_out = indptr.shape[0] - 1
     nnz = indices.shape[0]
     colptr = np.zeros(n_in + 1, np.uint64)
@@ -639,6 +679,7 @@ def threads_for(n_groups: int, work: int, threads: int, min_work: int) -> int:
 @numba.njit(inline="always", **_NJIT)
 def _tile(buf, tile, n):  # pragma: no cover - compiled by numba
     """Tile ``tile``'s block of a tile-major buffer of ``n`` features: ``(n, T)`` feature-major, flat."""
+    prefer_wide()
     off = np.uint64(tile) * np.uint64(n) * np.uint64(T)
     return buf[off:off + np.uint64(n) * np.uint64(T)]
 
@@ -654,6 +695,7 @@ def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0
     tile of the batch in turn, its ``(n_j, T)`` block (feature-major, row stride ``T``), so a tile's
     activations are contiguous: they stay in L2 while the tile passes through the layers, and no cache
     line holds another tile's samples."""
+    prefer_wide()
     n_layers = len(valuess)
     one = slopes[0] * 0 + 1
     zero32 = np.uint32(0)
@@ -683,6 +725,7 @@ def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0
 def _rows(ip, ix, v, b, src, dst, act, slope, one):  # pragma: no cover - compiled by numba
     """``dst = act(W src + b)`` for one sample (``act`` < 0: none); each sum starts at the bias and adds the
     connections in CSR order, as the tiled forward does for samples outside a full tile (bit for bit)."""
+    prefer_wide()
     for i in range(ip.shape[0] - 1):
         z = b[i]
         for k in range(ip[i], ip[i + 1]):
@@ -701,6 +744,7 @@ def _rows(ip, ix, v, b, src, dst, act, slope, one):  # pragma: no cover - compil
 def infer_layer(indptr, indices, values, bias, x, out):  # pragma: no cover - compiled by numba
     """``out (B, out) = x (B, in) Wᵀ + b`` one sample at a time: the no-autograd path of a single layer for a
     few samples, where the tiled kernels' set-up costs more than the arithmetic."""
+    prefer_wide()
     for s in range(x.shape[0]):
         _rows(indptr, indices, values, bias, x[s], out[s], -1, 0.0, 1.0)
 
@@ -711,6 +755,7 @@ def infer(indptrs, indicess, valuess, biases, x, out, act, slopes, h0, h1):  # p
     per-call buffers but ``h0``, ``h1``, scratch of the widest hidden layer): ``x (B, in)`` → hidden layers
     (activation ``act``, negative slope ``slopes[j]`` for leaky ones, no dropout) → the last layer's
     ``W a + b`` → ``out (B, out)``. Outputs equal the tiled forward's bit for bit (see :func:`_rows`)."""
+    prefer_wide()
     n_layers = len(valuess)
     one = slopes[0] * 0 + 1
     for s in range(x.shape[0]):
@@ -739,6 +784,7 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
     :func:`gather_sddmm`: with a tile's buffers contiguous, the second read of the output gradient hits
     L2, and the one-pass kernel's per-connection reductions and scattered value-gradient writes cost more
     (measured 0.85× on the SET-MLP step)."""
+    prefer_wide()
     n_layers = len(valuess)
     batch = gy.shape[0]
     for t0 in range(c0, c1, T):
@@ -788,6 +834,7 @@ def softmax_xent(out, y, c0, c1, scale, gy, stats):  # pragma: no cover - compil
     """Softmax cross-entropy of rows ``[c0, c1)`` of the logits ``out (B, C)`` against labels ``y (B,)`` (int64,
     in ``[0, C)``): ``gy = (softmax − onehot) · scale`` (``scale = 1/B`` for the batch mean), and into ``stats``
     ``(2,)`` float64 the sum of the rows' losses and their correct predictions (first maximum, as ``argmax``)."""
+    prefer_wide()
     n_cls = out.shape[1]
     loss = 0.0
     correct = 0
@@ -821,6 +868,7 @@ def train_pass(indptrs, indicess, valuess, biases, colptrs, rowidxs, perms, acts
     """A whole training pass of samples ``[c0, c1)`` with softmax cross-entropy on top: :func:`forward_pass`,
     :func:`softmax_xent` (mean over the batch through ``inv_batch``) and :func:`backward_pass` (no input
     gradient), in one call, so a thread releases the GIL once per step."""
+    prefer_wide()
     forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0, c1, mode, act, slopes, thr, scale,
                  k1s, k2s)
     softmax_xent(out, y, c0, c1, inv_batch, gy, stats)
