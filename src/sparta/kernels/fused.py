@@ -129,7 +129,7 @@ def _epilogue(n, dst, a, d, code, mode, act, slope, thr, scale, ku, col0):  # pr
                 code[dst + np.uint64(t)] = 1 if pos else 2
         else:
             c = np.uint32(col0)
-            zero = scale * 0
+            zero = scale - scale  # not scale * 0: float32 times an int is float64 in numba
             for t in range(n):
                 v = a[dst + np.uint64(t)]
                 pos = v > 0
@@ -248,20 +248,83 @@ def _lane_sum(typingctx, ptr, base):  # pragma: no cover - runs at compile time
     return ptr.dtype(ptr, base), codegen
 
 
+@intrinsic
+def _lane_sum4(typingctx, ptr, base):  # pragma: no cover - runs at compile time
+    """The four sums of :func:`_lane_sum` over ``ptr[base + q·_W : base + (q+1)·_W]``, ``q = 0 … 3``, added in the
+    same tree (lanes ``l`` and ``l + h`` for ``h = _W/2, …, 1``, so each result is bit for bit
+    :func:`_lane_sum`'s), but with the four reductions sharing their shuffles: two sums per vector after the
+    first halving, four after the second (15 vector operations instead of 40)."""
+    def codegen(context, builder, sig, args):
+        elt = context.get_value_type(sig.args[0].dtype)
+        i32 = ir.IntType(32)
+        vty = ir.VectorType(elt, _W)
+
+        def load(q):
+            at = builder.gep(args[0], [builder.add(args[1], args[1].type(q * _W))])
+            return builder.load(builder.bitcast(at, vty.as_pointer()), align=4)
+
+        def mask(idx):
+            return ir.Constant(ir.VectorType(i32, len(idx)), idx)
+
+        vecs, m = [load(q) for q in range(4)], _W  # groups of m lanes, one group per sum, in order
+        while m > 1:
+            h = m // 2
+            if len(vecs) > 1:  # two vectors into one of the same length, each group's halves added
+                out = []
+                for p, q in zip(vecs[::2], vecs[1::2], strict=True):
+                    n = p.type.count
+                    lo = [k + i for k in range(0, n, m) for i in range(h)]
+                    lo = lo + [n + j for j in lo]
+                    out.append(builder.fadd(builder.shuffle_vector(p, q, mask(lo)),
+                                            builder.shuffle_vector(p, q, mask([j + h for j in lo]))))
+                vecs = out
+            else:  # one vector into one of half the length
+                v = vecs[0]
+                lo = [k + i for k in range(0, v.type.count, m) for i in range(h)]
+                vecs = [builder.fadd(builder.shuffle_vector(v, v, mask(lo)),
+                                     builder.shuffle_vector(v, v, mask([j + h for j in lo])))]
+            m = h
+        v = vecs[0]
+        return context.make_tuple(builder, sig.return_type, [builder.extract_element(v, i32(q)) for q in range(4)])
+    return types.UniTuple(ptr.dtype, 4)(ptr, base), codegen
+
+
+@intrinsic
+def _block_sum(typingctx, ptr, start, nb):  # pragma: no cover - runs at compile time
+    """``Σ ptr[start:start + nb·_W]`` as :func:`_lane_sum` orders it: ``_W`` lanes, lane ``l`` summing the blocks'
+    element ``l`` in block order from 0, then folded by halving. Written as vector adds (no fast-math flags),
+    because numba's loop over a stack array of lanes stayed scalar under the ordered flags (16 scalar adds per
+    block)."""
+    def codegen(context, builder, sig, args):
+        p, first, count = args
+        elt = context.get_value_type(sig.args[0].dtype)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vty = ir.VectorType(elt, _W)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vty, None))
+        first = builder.zext(first, i64) if first.type.width < 64 else first
+        with cgutils.for_range(builder, count) as loop:
+            off = builder.add(first, builder.mul(loop.index, i64(_W)))
+            v = builder.load(builder.bitcast(builder.gep(p, [off]), vty.as_pointer()), align=4)
+            builder.store(builder.fadd(builder.load(acc), v), acc)
+        v = builder.load(acc)
+        n = _W
+        while n > 1:
+            h = n // 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h, n))))
+            v = builder.fadd(lo, hi)
+            n = h
+        return builder.extract_element(v, i32(0))
+    return ptr.dtype(ptr, types.uint64, types.int64), codegen
+
+
 @numba.njit(inline="always", **_NJIT_ORDERED)
 def _ordered_sum(a, start, n):  # pragma: no cover - compiled by numba
-    """``Σ a[start:start + n]`` in the fixed order of :func:`sddmm`'s sums (``_W`` lanes, then the rest)."""
+    """``Σ a[start:start + n]`` (``a`` a data pointer, :func:`_ptr`) in the fixed order of :func:`sddmm`'s sums
+    (``_W`` lanes, then the rest)."""
     prefer_wide()
-    buf = _stack_empty(_W, a)
-    lanes = numba.carray(buf, _W)
-    for lane in range(_W):
-        lanes[lane] = 0
     nb = n // _W
-    for blk in range(nb):
-        b = start + np.uint64(blk * _W)
-        for lane in range(_W):
-            lanes[lane] += a[b + np.uint64(lane)]
-    s = _lane_sum(buf, 0)
+    s = _block_sum(a, np.uint64(start), np.int64(nb))
     for t in range(nb * _W, n):
         s += a[start + np.uint64(t)]
     return s
@@ -311,10 +374,7 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, off, accumulate, r0, r1):  # 
                     acc[_W + lane] += g * x[x1 + c]
                     acc[2 * _W + lane] += g * x[x2 + c]
                     acc[3 * _W + lane] += g * x[x3 + c]
-            s0 = _lane_sum(buf, 0)
-            s1 = _lane_sum(buf, _W)
-            s2 = _lane_sum(buf, 2 * _W)
-            s3 = _lane_sum(buf, 3 * _W)
+            s0, s1, s2, s3 = _lane_sum4(buf, 0)
             for t in range(ntail):
                 c = np.uint64(ctail + t)
                 g = dz[row + c]
@@ -379,7 +439,7 @@ def _grad_epilogue(n, dst, dx, d, code, has_code, lut1, lut2, db, j, with_d, fir
     if not with_d:
         return
     if has_code:
-        zero = lut1 * 0
+        zero = lut1 - lut1  # float32 like dx (lut1 * 0 would be float64 and the loop run in double)
         for t in range(n):
             c = code[dst + np.uint64(t)]
             f = lut1 if c == 1 else (lut2 if c == 2 else zero)
