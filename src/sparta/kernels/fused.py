@@ -34,6 +34,7 @@ from numba.extending import intrinsic
 
 from sparta.kernels.hashrng import SAMPLE_MUL_32, h32, unit_key
 from sparta.kernels.optim import apply_span
+from sparta.kernels.vectors import prefer_wide
 
 T = 64  # samples per register tile
 AHEAD = 12  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
@@ -82,6 +83,7 @@ def _prefetch(typingctx, arr, idx):  # pragma: no cover - runs at compile time
 def _prefetch_tile(arr, start):  # pragma: no cover - compiled by numba
     """Prefetch a tile's row segment ``arr[start:start + T]`` (its first line and its middle one: the hardware
     prefetcher brings the neighbours)."""
+    prefer_wide()
     _prefetch(arr, start)
     _prefetch(arr, start + np.uint64(T // 2))
 
@@ -111,6 +113,7 @@ def _epilogue(n, dst, a, d, code, mode, act, slope, thr, scale, ku, col0):  # pr
     ``col0 ..``: activation, dropout (when ``thr`` > 0) and what backward needs — for leaky activations a
     one-byte ``code`` per value (0: zero gradient, 1: positive side, 2: negative side), else ``d`` = the
     derivative × dropout scale. One loop per case, each vectorisable."""
+    prefer_wide()
     if mode == MODE_LINEAR:
         return
     if act == ACT_LEAKY:
@@ -166,6 +169,7 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
     ``x`` flat ``(in · ld)``; ``a``, ``d`` (float) and ``code`` (uint8) flat ``(out · ld)`` (``d``/``code``
     may be empty when the mode and activation do not write them).
     """
+    prefer_wide()
     n_out = indptr.shape[0] - 1
     nnz = np.uint64(indices.shape[0])
     ldu = np.uint64(ld)
@@ -318,6 +322,7 @@ def _block_sum(typingctx, ptr, start, nb):  # pragma: no cover - runs at compile
 def _ordered_sum(a, start, n):  # pragma: no cover - compiled by numba
     """``Σ a[start:start + n]`` (``a`` a data pointer, :func:`_ptr`) in the fixed order of :func:`sddmm`'s sums
     (``_W`` lanes, then the rest)."""
+    prefer_wide()
     nb = n // _W
     s = _block_sum(a, np.uint64(start), np.int64(nb))
     for t in range(nb * _W, n):
@@ -334,6 +339,7 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, off, accumulate, r0, r1):  # 
     Each sum runs in ``_W`` explicit lanes (sample ``c`` adds to lane ``c mod _W``), folded in a fixed order,
     and the kernel is compiled without reassociation: the result is the same bit for bit however LLVM
     vectorises it (a reassociated reduction differed between a fresh compile and numba's cached one)."""
+    prefer_wide()
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
     pf = x.shape[0] >= PREFETCH_MIN
@@ -411,6 +417,7 @@ def sddmm_update(indptr, indices, dz, x, ld, c0, c1, r0, r1, g, kind, p, s1, s2,
     ``hyper``), one block of rows at a time through the scratch ``g``: no gradient array the size of the
     layer exists. ``g`` must hold at least the longest row of the range. The numbers are those of
     :func:`sddmm` followed by the optimizer's step."""
+    prefer_wide()
     n = np.uint64(g.shape[0])
     r = r0
     while r < r1:
@@ -428,6 +435,7 @@ def sddmm_update(indptr, indices, dz, x, ld, c0, c1, r0, r1, g, kind, p, s1, s2,
 def _grad_epilogue(n, dst, dx, d, code, has_code, lut1, lut2, db, j, with_d, first):  # pragma: no cover
     """``dx[dst:dst+n] ⊙=`` the forward's derivative (``d``, or ``lut1``/``lut2``/0 for ``code`` 1/2/0 when
     ``code`` is not empty) and their sum into ``db[j]`` (added unless ``first``)."""
+    prefer_wide()
     if not with_d:
         return
     if has_code:
@@ -449,6 +457,7 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
     """``dx[j, c] = Σ_p values[perm[p]] · dz[rowidx[p], c]`` over the connections ``p`` of input ``j``
     (CSC order), for inputs ``j ∈ [j0, j1)`` and ``c ∈ [c0, c1)``; with ``with_d``: times the forward's derivative
     (see :func:`_grad_epilogue`) and ``db[j] (+)= Σ_c dx[j, c]`` (added to ``db`` when ``accumulate``)."""
+    prefer_wide()
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
@@ -506,6 +515,7 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
     """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
     is read once for both the input gradient ``dx[j]`` and the value gradient ``g[perm[p]] (+)= dz[rowidx[p]] ·
     x[j]`` (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``."""
+    prefer_wide()
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
@@ -572,6 +582,7 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
 def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no cover - compiled by numba
     """``dx = Wᵀ dz`` for columns ``[c0, c1)`` and inputs ``[j0, j1)`` by scattering each CSR row into the rows of
     ``dx`` (a binary search per row finds its connections into ``[j0, j1)``, so ranges never write the same row)."""
+    prefer_wide()
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
     n_in = dx.shape[0] // ld
@@ -613,6 +624,7 @@ def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no 
 @numba.njit(**_NJIT_ORDERED)
 def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate, j0, j1):  # pragma: no cover
     """The scatter path's epilogue: :func:`_grad_epilogue` on columns ``[c0, c1)`` of rows ``[j0, j1)`` of ``dx``."""
+    prefer_wide()
     ldu = np.uint64(ld)
     dxp, dp, cp, dbp = _ptr(dx), _ptr(d), _ptr(code), _ptr(db)
     has_code = code.shape[0] > 0
@@ -624,6 +636,7 @@ def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate, j0, j1
 @numba.njit(**_NJIT_ORDERED)
 def row_sums(dz, ld, c0, c1, out, accumulate):  # pragma: no cover - compiled by numba
     """``out[j] (+)= Σ_{c ∈ [c0, c1)} dz[j, c]`` (added to ``out`` when ``accumulate``)."""
+    prefer_wide()
     ldu = np.uint64(ld)
     dzp = _ptr(dz)
     for j in range(out.shape[0]):
@@ -634,6 +647,7 @@ def row_sums(dz, ld, c0, c1, out, accumulate):  # pragma: no cover - compiled by
 @numba.njit(**_NJIT)
 def to_feature_major(x, c0, c1, out, ld):  # pragma: no cover - compiled by numba
     """``out[j · ld + c] = x[c, j]`` for samples ``c ∈ [c0, c1)``; ``x (B, n)`` any strides."""
+    prefer_wide()
     n = x.shape[1]
     ldu = np.uint64(ld)
     for cb in range(c0, c1, 16):
@@ -647,6 +661,7 @@ def to_feature_major(x, c0, c1, out, ld):  # pragma: no cover - compiled by numb
 @numba.njit(**_NJIT)
 def from_feature_major(y, ld, c0, c1, out):  # pragma: no cover - compiled by numba
     """``out[c, j] = y[j · ld + c]`` for ``c ∈ [c0, c1)``; ``out (B, n)``."""
+    prefer_wide()
     n = out.shape[1]
     ldu = np.uint64(ld)
     for c in range(c0, c1):
@@ -658,6 +673,7 @@ def from_feature_major(y, ld, c0, c1, out):  # pragma: no cover - compiled by nu
 def csc(indptr, indices, n_in):  # pragma: no cover - compiled by numba
     """The transposed structure of a CSR: ``colptr`` uint64 ``(in+1,)``, ``rowidx`` and ``perm`` uint32 ``(nnz,)``
     (CSR position of each connection), rows ascending within each column."""
+    prefer_wide()
     n_out = indptr.shape[0] - 1
     nnz = indices.shape[0]
     colptr = np.zeros(n_in + 1, np.uint64)
@@ -723,6 +739,7 @@ def threads_for(n_groups: int, work: int, threads: int, min_work: int) -> int:
 @numba.njit(inline="always", **_NJIT)
 def _tile(buf, tile, n):  # pragma: no cover - compiled by numba
     """Tile ``tile``'s block of a tile-major buffer of ``n`` features: ``(n, T)`` feature-major, flat."""
+    prefer_wide()
     off = np.uint64(tile) * np.uint64(n) * np.uint64(T)
     return buf[off:off + np.uint64(n) * np.uint64(T)]
 
@@ -738,6 +755,7 @@ def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0
     tile of the batch in turn, its ``(n_j, T)`` block (feature-major, row stride ``T``), so a tile's
     activations are contiguous: they stay in L2 while the tile passes through the layers, and no cache
     line holds another tile's samples."""
+    prefer_wide()
     n_layers = len(valuess)
     one = slopes[0] * 0 + 1
     zero32 = np.uint32(0)
@@ -767,6 +785,7 @@ def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0
 def _rows(ip, ix, v, b, src, dst, act, slope, one):  # pragma: no cover - compiled by numba
     """``dst = act(W src + b)`` for one sample (``act`` < 0: none); each sum starts at the bias and adds the
     connections in CSR order, as the tiled forward does for samples outside a full tile (bit for bit)."""
+    prefer_wide()
     for i in range(ip.shape[0] - 1):
         z = b[i]
         for k in range(ip[i], ip[i + 1]):
@@ -785,6 +804,7 @@ def _rows(ip, ix, v, b, src, dst, act, slope, one):  # pragma: no cover - compil
 def infer_layer(indptr, indices, values, bias, x, out):  # pragma: no cover - compiled by numba
     """``out (B, out) = x (B, in) Wᵀ + b`` one sample at a time: the no-autograd path of a single layer for a
     few samples, where the tiled kernels' set-up costs more than the arithmetic."""
+    prefer_wide()
     for s in range(x.shape[0]):
         _rows(indptr, indices, values, bias, x[s], out[s], -1, 0.0, 1.0)
 
@@ -795,6 +815,7 @@ def infer(indptrs, indicess, valuess, biases, x, out, act, slopes, h0, h1):  # p
     per-call buffers but ``h0``, ``h1``, scratch of the widest hidden layer): ``x (B, in)`` → hidden layers
     (activation ``act``, negative slope ``slopes[j]`` for leaky ones, no dropout) → the last layer's
     ``W a + b`` → ``out (B, out)``. Outputs equal the tiled forward's bit for bit (see :func:`_rows`)."""
+    prefer_wide()
     n_layers = len(valuess)
     one = slopes[0] * 0 + 1
     for s in range(x.shape[0]):
@@ -823,6 +844,7 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
     :func:`gather_sddmm`: with a tile's buffers contiguous, the second read of the output gradient hits
     L2, and the one-pass kernel's per-connection reductions and scattered value-gradient writes cost more
     (measured 0.85× on the SET-MLP step)."""
+    prefer_wide()
     n_layers = len(valuess)
     batch = gy.shape[0]
     for t0 in range(c0, c1, T):
@@ -872,6 +894,7 @@ def softmax_xent(out, y, c0, c1, scale, gy, stats):  # pragma: no cover - compil
     """Softmax cross-entropy of rows ``[c0, c1)`` of the logits ``out (B, C)`` against labels ``y (B,)`` (int64,
     in ``[0, C)``): ``gy = (softmax − onehot) · scale`` (``scale = 1/B`` for the batch mean), and into ``stats``
     ``(2,)`` float64 the sum of the rows' losses and their correct predictions (first maximum, as ``argmax``)."""
+    prefer_wide()
     n_cls = out.shape[1]
     loss = 0.0
     correct = 0
@@ -905,6 +928,7 @@ def train_pass(indptrs, indicess, valuess, biases, colptrs, rowidxs, perms, acts
     """A whole training pass of samples ``[c0, c1)`` with softmax cross-entropy on top: :func:`forward_pass`,
     :func:`softmax_xent` (mean over the batch through ``inv_batch``) and :func:`backward_pass` (no input
     gradient), in one call, so a thread releases the GIL once per step."""
+    prefer_wide()
     forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0, c1, mode, act, slopes, thr, scale,
                  k1s, k2s)
     softmax_xent(out, y, c0, c1, inv_batch, gy, stats)

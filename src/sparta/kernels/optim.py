@@ -10,6 +10,7 @@ import numba
 import numpy as np  # noqa: F401 - np.sqrt in the kernels
 
 from sparta.kernels.atomics import fetch_add, load_acquire, pause
+from sparta.kernels.vectors import prefer_wide
 
 _NJIT = dict(fastmath=False, cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -18,6 +19,7 @@ _NJIT = dict(fastmath=False, cache=True, nogil=True, error_model="numpy", bounds
 def sgd_span(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maximize, k0, k1,
              goff):  # pragma: no cover - compiled by numba
     """:func:`sgd` on ``p[k0:k1]`` (and ``buf[k0:k1]``) with the gradient of ``p[k]`` in ``g[k - goff]``."""
+    prefer_wide()
     one = p.dtype.type(1)
     lr, momentum, weight_decay = p.dtype.type(lr), p.dtype.type(momentum), p.dtype.type(weight_decay)
     damp = one - p.dtype.type(dampening)
@@ -38,6 +40,7 @@ def sgd_span(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, 
 def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maximize):  # pragma: no cover
     """``torch.optim.SGD``'s update of ``p`` in place; ``buf`` is the momentum buffer (unused when
     ``momentum == 0``); ``first``: the buffer starts as the gradient (torch's first step)."""
+    prefer_wide()
     sgd_span(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maximize, 0, p.shape[0], 0)
 
 
@@ -45,6 +48,7 @@ def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, maxim
 def adam_span(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt, maximize, k0, k1,
               goff):  # pragma: no cover - compiled by numba
     """:func:`adam` on ``p[k0:k1]`` (and the moments there) with the gradient of ``p[k]`` in ``g[k - goff]``."""
+    prefer_wide()
     one = p.dtype.type(1)
     lr, beta1, beta2 = p.dtype.type(lr), p.dtype.type(beta1), p.dtype.type(beta2)
     eps, weight_decay = p.dtype.type(eps), p.dtype.type(weight_decay)
@@ -72,6 +76,7 @@ def adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, 
     """``torch.optim.Adam`` (``decoupled=False``) or ``AdamW`` (``True``) update of ``p`` in place;
     ``m``, ``v``: first and second moment buffers; ``step_size = lr / (1 − β₁ᵗ)`` and
     ``bc2_sqrt = √(1 − β₂ᵗ)`` computed by the caller in double precision, as torch does."""
+    prefer_wide()
     adam_span(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt, maximize, 0,
               p.shape[0], 0)
 
@@ -86,6 +91,7 @@ def apply_span(kind, p, g, s1, s2, hyper, k0, k1, goff):  # pragma: no cover - c
     """One optimizer's update of ``p[k0:k1]`` from the gradients ``g[k0 - goff : k1 - goff]``: ``kind`` and the
     float64 ``hyper`` as :data:`KIND_SGD`/:data:`KIND_ADAM` list them, ``s1``/``s2`` its state (momentum buffer;
     Adam's two moments), so a backward pass can update each block of values as soon as its gradient exists."""
+    prefer_wide()
     if kind == KIND_SGD:
         sgd_span(p, g, s1, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4] != 0, hyper[5] != 0, hyper[6] != 0, k0,
                  k1, goff)
@@ -114,6 +120,7 @@ def apply_parts(sync, n_parts, kind, ps, s1s, s2s, hypers, gparts, block):  # pr
     step that stores its gradient sums them), then :func:`apply_span` with ``ps[j]``, ``s1s[j]``, ``s2s[j]``,
     ``hypers[j]`` (parameter ``j``'s row of a float64 ``(len(ps), HYPER_SIZE)`` array). Returns the blocks this call
     did."""
+    prefer_wide()
     if load_acquire(sync, SYNC_STARTED) < n_parts:
         return 0
     while load_acquire(sync, SYNC_DONE) + load_acquire(sync, SYNC_FAILED) < n_parts:
@@ -152,6 +159,7 @@ def apply_parts(sync, n_parts, kind, ps, s1s, s2s, hypers, gparts, block):  # pr
 @numba.njit(**_NJIT)
 def sgd_many(ps, gs, bufs, firsts, lr, momentum, dampening, weight_decay, nesterov, maximize):  # pragma: no cover
     """:func:`sgd` over tuples of parameters, gradients and momentum buffers (one call per step)."""
+    prefer_wide()
     for i in range(len(ps)):
         sgd(ps[i], gs[i], bufs[i], lr, momentum, dampening, weight_decay, nesterov, firsts[i], maximize)
 
@@ -160,6 +168,7 @@ def sgd_many(ps, gs, bufs, firsts, lr, momentum, dampening, weight_decay, nester
 def adam_many(ps, gs, ms, vs, lr, beta1, beta2, eps, weight_decay, decoupled, step_sizes, bc2_sqrts,
               maximize):  # pragma: no cover - compiled by numba
     """:func:`adam` over tuples of parameters, gradients and moments (one call per step)."""
+    prefer_wide()
     for i in range(len(ps)):
         adam(ps[i], gs[i], ms[i], vs[i], lr, beta1, beta2, eps, weight_decay, decoupled, step_sizes[i], bc2_sqrts[i],
              maximize)
