@@ -3,7 +3,9 @@
 This host's speed drifts by tens of percent within seconds, so two versions timed one after the other
 compare the minutes they ran in, not the code. Here both run at once in two warm processes (the other
 revision from a temporary ``git worktree``, imported through ``PYTHONPATH``), taking turns: blocks of
-``--block`` steps, ABBA order, and the ratio is the median over the pairs of neighbouring blocks. The step
+``--block`` steps, ABBA order, and the ratio is the median over the pairs of neighbouring blocks. Each version
+first compiles into its own empty numba cache and the timed processes load from it, so both run cached code
+(a step compiled in the process that runs it and the same step loaded from the cache differed by ~10 %). The step
 is the one ``threads.py`` times (784-1000-1000-1000-10, ε = 20, All-ReLU α = 0.6, dropout 0.3, SGD momentum
 0.9, weight decay 2e-4, batch 128; ``fused``: ``SparseMLP.train_step(..., keep_grad=False)``), or any layer
 sizes with ``--sizes``. Both processes use ``--threads`` threads; run nothing else meanwhile.
@@ -122,11 +124,18 @@ def main() -> None:
             versions = {"this": ROOT / "src", sha[:7]: tree / "src"}
             args = [sys.executable, __file__, "--child", "--kind", a.kind, "--threads", str(a.threads),
                     "--sizes", ",".join(map(str, a.sizes)), "--block", str(a.block)]
-            procs = {}
-            for name, src in versions.items():
-                env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
-                procs[name] = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                               text=True)
+            envs = {name: dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+                               NUMBA_CACHE_DIR=str(Path(tmp) / f"cache-{i}"))
+                    for i, (name, src) in enumerate(versions.items())}
+            # compile each version once into its own empty cache, then time processes that load from it: a
+            # freshly compiled step and one loaded from numba's cache can differ by ~10 % (the same code, placed
+            # differently), so both sides must be in the same state
+            warm = [subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                    for env in envs.values()]
+            if any(w.wait() != 0 for w in warm):
+                sys.exit("a version failed to build and run the step (see its error above)")
+            procs = {name: subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                     for name, env in envs.items()}
             for name, proc in procs.items():
                 line = proc.stdout.readline()
                 if not line:
