@@ -30,6 +30,8 @@ class Dataset:
 
 
 def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(x_train) == 0:  # nothing to standardise by: the caller refuses an empty side of the split
+        return x_train, x_test
     mu = x_train.mean(0)
     sd = x_train.std(0)
     sd[sd == 0] = 1.0
