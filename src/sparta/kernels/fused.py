@@ -92,8 +92,8 @@ def _prefetch_tile(arr, start):  # pragma: no cover - compiled by numba
 def _ptr(typingctx, arr):  # pragma: no cover - runs at compile time
     """The data pointer of ``arr``. The per-row helpers below take pointers, not arrays: numba reference-counts
     every array passed to an inlined function (an atomic increment and decrement of its meminfo each time), and
-    in a loop over rows with branches its pruning pass cannot remove them: they cost the forward kernel a third
-    of its time. The caller's arrays stay alive for the whole call, so the pointers stay valid."""
+    in a loop over rows with branches its pruning pass cannot remove them (a large share of the forward kernel's
+    time). The caller's arrays stay alive for the whole call, so the pointers stay valid."""
     def codegen(context, builder, sig, args):
         return context.make_array(sig.args[0])(context, builder, args[0]).data
     return types.CPointer(arr.dtype)(arr), codegen
@@ -301,7 +301,6 @@ def _block_sum(typingctx, ptr, start, nb):  # pragma: no cover - runs at compile
         i32, i64 = ir.IntType(32), ir.IntType(64)
         vty = ir.VectorType(elt, _W)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vty, None))
-        first = builder.zext(first, i64) if first.type.width < 64 else first
         with cgutils.for_range(builder, count) as loop:
             off = builder.add(first, builder.mul(loop.index, i64(_W)))
             v = builder.load(builder.bitcast(builder.gep(p, [off]), vty.as_pointer()), align=4)
