@@ -14,7 +14,7 @@ import platform  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 # ---------------------------------------------------------------- formatting
@@ -59,6 +59,43 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
 # ------------------------------------------------------------------- memory
 
 from sparta.train.memory import PeakRSS, proc_status_kib, reset_peak_rss  # noqa: E402,F401  (re-exported)
+
+# ------------------------------------------------------------ SET-MLP step
+
+SET_MLP = (784, 1000, 1000, 1000, 10)
+
+
+def set_mlp_step(kind: str, sizes: Sequence[int] = SET_MLP) -> Callable[[], None]:
+    """One training step of the SET-MLP shape that ``threads.py`` and ``ab.py`` time, as a function of no
+    arguments: ε = 20, All-ReLU α = 0.6, dropout 0.3, SGD lr 0.01 momentum 0.9 weight decay 2e-4, a random batch
+    of 128 from 2048 fixed samples. ``kind``: ``fused`` (``SparseMLP.train_step(..., keep_grad=False)`` +
+    ``sparta.optim.SGD``), ``fused-autograd`` (the same model through ``loss.backward()``) or ``dropin``
+    (``nn.Sequential`` of ``SparseLinear`` + ``torch.optim.SGD``)."""
+    import torch
+
+    import sparta
+    from sparta.train import mlp
+
+    torch.manual_seed(0)
+    fused = kind.startswith("fused")
+    model = mlp(list(sizes), epsilon=20, alpha=0.6, dropout=0.3, fused=fused)
+    cls = sparta.optim.SGD if fused else torch.optim.SGD
+    opt = cls(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    x, y = torch.randn(2048, sizes[0]), torch.randint(0, sizes[-1], (2048,))
+    g = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        idx = torch.randint(0, 2048, (128,), generator=g)
+        if kind == "fused":
+            model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt, keep_grad=False)
+        else:
+            loss = torch.nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return step
+
 
 # -------------------------------------------------------------- environment
 

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import _common  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
-from _common import load_average, markdown_table
+from _common import load_average, markdown_table, set_mlp_step
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("fused", "fused-autograd", "dropin")
@@ -38,31 +38,12 @@ def child(kind: str, sizes: list[int], threads: int, block: int) -> None:
     ``block`` steps and print their mean ms per step ("q" ends)."""
     import time
 
-    import torch
-
     import sparta
     from sparta.kernels.threads import configure
-    from sparta.train import mlp
 
     configure(threads, sparse=True)
     sparta.set_num_threads(threads)
-    torch.manual_seed(0)
-    fused = kind.startswith("fused")
-    model = mlp(sizes, epsilon=20, alpha=0.6, dropout=0.3, fused=fused)
-    cls = sparta.optim.SGD if fused else torch.optim.SGD
-    opt = cls(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    x, y = torch.randn(2048, sizes[0]), torch.randint(0, sizes[-1], (2048,))
-    g = torch.Generator().manual_seed(0)
-
-    def step() -> None:
-        idx = torch.randint(0, 2048, (128,), generator=g)
-        if kind == "fused":
-            model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt, keep_grad=False)
-        else:
-            loss = torch.nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    step = set_mlp_step(kind, sizes)
 
     for _ in range(max(10, 3 * block)):
         step()
@@ -100,12 +81,14 @@ def main() -> None:
     p.add_argument("--threads", type=positive, default=1)
     p.add_argument("--sizes", type=sizes_arg, default=[784, 1000, 1000, 1000, 10])
     p.add_argument("--block", type=positive, default=20, help="steps per timed block")
-    p.add_argument("--blocks", type=positive, default=40, help="blocks per version")
+    p.add_argument("--blocks", type=positive, default=40, help="blocks per version (at least 2)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         child(a.kind, a.sizes, a.threads, a.block)
         return
+    if a.blocks < 2:
+        p.error(f"--blocks: expected at least 2 (the ratio needs neighbouring blocks), got {a.blocks}")
     if not a.against:
         p.error("--against is required: the git revision to compare this checkout with")
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", a.against + "^{commit}"],

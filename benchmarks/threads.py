@@ -28,7 +28,7 @@ import subprocess
 import sys
 
 import _common  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
-from _common import load_average, markdown_table
+from _common import load_average, markdown_table, set_mlp_step
 
 KINDS = ("fused", "fused-autograd", "dropin")
 
@@ -40,30 +40,12 @@ def child(kind: str, steps: int, block: int) -> None:
     import time
 
     import numpy as np
-    import torch
 
     import sparta
     from sparta.kernels.threads import POOL, configure
-    from sparta.train import mlp
 
     configure(2, sparse=True)
-    torch.manual_seed(0)
-    fused = kind.startswith("fused")
-    model = mlp([784, 1000, 1000, 1000, 10], epsilon=20, alpha=0.6, dropout=0.3, fused=fused)
-    cls = sparta.optim.SGD if fused else torch.optim.SGD
-    opt = cls(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    x, y = torch.randn(2048, 784), torch.randint(0, 10, (2048,))
-    g = torch.Generator().manual_seed(0)
-
-    def step() -> None:
-        idx = torch.randint(0, 2048, (128,), generator=g)
-        if kind == "fused":
-            model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt, keep_grad=False)
-        else:
-            loss = torch.nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    step = set_mlp_step(kind)
 
     for threads in (1, 2):  # warm-up at each count (compiles, the pool's first runs)
         sparta.set_num_threads(threads)

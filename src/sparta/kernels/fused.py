@@ -223,6 +223,21 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
             _epilogue(ntail, dst, ap, dp, cp, mode, act, slope, thr, scale, ku, ctail + cg)
 
 
+
+def _fold(builder, v):  # pragma: no cover - runs at compile time
+    """LLVM IR: lane 0 of vector ``v`` after adding lanes ``l`` and ``l + h`` for ``h = n/2, …, 1`` (``n`` its
+    length), without fast-math flags — the fixed order of every lane sum here."""
+    i32 = ir.IntType(32)
+    n = v.type.count
+    while n > 1:
+        h = n // 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h, n))))
+        v = builder.fadd(lo, hi)
+        n = h
+    return builder.extract_element(v, i32(0))
+
+
 @intrinsic
 def _lane_sum(typingctx, ptr, base):  # pragma: no cover - runs at compile time
     """The sum of the ``_W`` lanes ``ptr[base:base + _W]`` by halving — lanes ``l`` and ``l + h`` added for
@@ -230,21 +245,12 @@ def _lane_sum(typingctx, ptr, base):  # pragma: no cover - runs at compile time
     compiled."""
     def codegen(context, builder, sig, args):
         elt = context.get_value_type(sig.args[0].dtype)
-        i32 = ir.IntType(32)
         half = ir.VectorType(elt, _W // 2).as_pointer()  # two registers' worth, so LLVM keeps them as such
 
         def load(offset):
             return builder.load(builder.bitcast(builder.gep(args[0], [builder.add(args[1], args[1].type(offset))]),
                                                 half), align=4)
-        v = builder.fadd(load(0), load(_W // 2))
-        n = _W // 2
-        while n > 1:
-            h = n // 2
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h, n))))
-            v = builder.fadd(lo, hi)
-            n = h
-        return builder.extract_element(v, i32(0))
+        return _fold(builder, builder.fadd(load(0), load(_W // 2)))
     return ptr.dtype(ptr, base), codegen
 
 
@@ -298,22 +304,14 @@ def _block_sum(typingctx, ptr, start, nb):  # pragma: no cover - runs at compile
     def codegen(context, builder, sig, args):
         p, first, count = args
         elt = context.get_value_type(sig.args[0].dtype)
-        i32, i64 = ir.IntType(32), ir.IntType(64)
+        i64 = ir.IntType(64)
         vty = ir.VectorType(elt, _W)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vty, None))
         with cgutils.for_range(builder, count) as loop:
             off = builder.add(first, builder.mul(loop.index, i64(_W)))
             v = builder.load(builder.bitcast(builder.gep(p, [off]), vty.as_pointer()), align=4)
             builder.store(builder.fadd(builder.load(acc), v), acc)
-        v = builder.load(acc)
-        n = _W
-        while n > 1:
-            h = n // 2
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h, n))))
-            v = builder.fadd(lo, hi)
-            n = h
-        return builder.extract_element(v, i32(0))
+        return _fold(builder, builder.load(acc))
     return ptr.dtype(ptr, types.uint64, types.int64), codegen
 
 
