@@ -8,6 +8,9 @@ Times the training step (forward, backward, optimizer) of the Fashion-MNIST SET-
   forward, loss and backward, then sharing the optimizer's update (one hand-off per step), torch at one thread;
 * ``fused-autograd`` — the same through autograd (``loss.backward()``): two hand-offs per step (forward, backward);
 * ``dropin`` — ``nn.Sequential`` of ``SparseLinear``/``AllReLU``/``Dropout`` + ``torch.optim.SGD``;
+* ``control`` — not a network: two halves of a numba loop (multiply-adds over a 16 KB buffer of each thread's
+  own, ~1.5 ms each at the same clock), run through the same pool. Nothing is shared, so its 2-thread ratio is
+  what this host gives two threads at that moment: the ceiling for the other rows;
 
 at 1 and 2 threads. The host's speed drifts by tens of percent within seconds, so 1 and 2 threads are
 timed *in the same process*, alternating blocks of ``--block`` steps (the thread count switched by
@@ -26,18 +29,18 @@ import argparse
 import statistics
 import subprocess
 import sys
+import time
 
 import _common  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
 from _common import load_average, markdown_table, set_mlp_step
 
-KINDS = ("fused", "fused-autograd", "dropin")
+KINDS = ("fused", "fused-autograd", "dropin", "control")
 
 
 def child(kind: str, steps: int, block: int) -> None:
     """Alternate blocks of ``block`` steps at 1 and 2 threads until each count has ``steps``; print one JSON line:
     median ms per step at each count, the median ratio over neighbouring blocks, the serial runs at 2 threads."""
     import json
-    import time
 
     import numpy as np
 
@@ -45,7 +48,7 @@ def child(kind: str, steps: int, block: int) -> None:
     from sparta.kernels.threads import POOL, configure
 
     configure(2, sparse=True)
-    step = set_mlp_step(kind)
+    step = control_step() if kind == "control" else set_mlp_step(kind)
 
     for threads in (1, 2):  # warm-up at each count (compiles, the pool's first runs)
         sparta.set_num_threads(threads)
@@ -68,6 +71,36 @@ def child(kind: str, steps: int, block: int) -> None:
     ratio = float(np.median(np.array(blocks[1]) / np.array(blocks[2])))
     print(json.dumps({"one": 1e3 * float(np.median(times[1])), "two": 1e3 * float(np.median(times[2])),
                       "ratio": ratio, "serial": POOL.serial_chosen - serial0, "steps2": runs}))
+
+
+def _timed(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def control_step():
+    """A step of the ``control`` kind: two independent halves through sparta's pool (keyed, like a fused step)."""
+    import numba
+    import numpy as np
+
+    from sparta.kernels.threads import POOL, get_num_threads
+
+    @numba.njit(nogil=True, fastmath=True, cache=False)
+    def work(buf, rounds):
+        acc = np.zeros(16, np.float32)
+        for _ in range(rounds):
+            for i in range(0, buf.shape[0], 16):
+                for lane in range(16):
+                    acc[lane] = acc[lane] * np.float32(0.999) + buf[i + lane]
+        return acc.sum()
+
+    bufs = [np.ones(4096, np.float32) for _ in range(2)]  # 16 KB each: in the L1 cache of whichever core runs it
+    work(bufs[0], 1)  # compile
+    per_round = min(_timed(lambda: work(bufs[0], 100)) for _ in range(5)) / 100
+    rounds = max(1, round(0.0015 / per_round))  # one half ≈ 1.5 ms
+    tasks = [lambda b=b: work(b, rounds) for b in bufs]
+    return lambda: POOL.run(tasks, get_num_threads(), key="control")
 
 
 def breakdown(steps: int) -> None:

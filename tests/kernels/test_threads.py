@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -137,6 +138,7 @@ def test_keyed_runs_go_the_faster_way_and_probe_the_other(monkeypatch):
     cost = {"parallel": 1.0, "serial": 2.0}  # seconds per run of each mode (a fake clock)
     modes: list[str] = []
     monkeypatch.setattr(mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(mod, "runnable", lambda: 1)  # a quiet machine: only the caller runs
     pool = Pool()
 
     def fake(mode):
@@ -173,6 +175,67 @@ def test_keyed_runs_go_the_faster_way_and_probe_the_other(monkeypatch):
     assert back <= 256 and gaps == [8 * 2**i for i in range(len(gaps))] and len(probes) <= 5, (back, probes)
     assert runs(5, key="bwd") == ["parallel", "serial", "parallel", "parallel", "parallel"]  # keys learn apart
     assert pool.lagged == 0  # keyed runs do not use the per-run lag check
+
+
+def test_no_parallel_probe_while_another_thread_holds_the_other_core(monkeypatch):
+    """With the machine's runnable threads showing no idle core for a worker, a key in serial mode skips its
+    parallel probes (a busy machine pays no slow parallel runs), a key in parallel mode tries serial at once, and
+    once a core is idle again the next probe runs parallel. Where the count is unknown, the pool probes as before."""
+    from sparta.kernels import threads as mod
+
+    clock = [0.0]
+    cost = {"parallel": 1.0, "serial": 2.0}
+    modes: list[str] = []
+    running = [1]  # runnable threads on the machine, the caller included
+    monkeypatch.setattr(mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(mod, "runnable", lambda: running[0])
+    monkeypatch.setattr(mod.os, "cpu_count", lambda: 2)
+    pool = Pool()
+
+    def fake(mode):
+        def run(*args, **kwargs):
+            modes.append(mode)
+            clock[0] += cost[mode]
+        return run
+
+    monkeypatch.setattr(pool, "_run_parallel", fake("parallel"))
+    monkeypatch.setattr(pool, "_run_serial", fake("serial"))
+    tasks = [lambda: None, lambda: None]
+
+    def runs(k: int) -> list[str]:
+        modes.clear()
+        for _ in range(k):
+            pool.run(tasks, 2, key="fwd")
+        return list(modes)
+
+    assert runs(20).count("parallel") >= 18  # quiet: parallel, with a serial probe now and then
+    running[0] = 2  # another process's thread is now runnable: serial at once, and no parallel probe after
+    assert runs(300) == ["serial"] * 300
+    pool.watching = 1  # ... unless that thread is one of the pool's own workers, watching for the next run
+    seq = runs(20)
+    assert "parallel" in seq
+    pool.watching = 0
+    runs(30)
+    assert modes[-1] == "serial"
+    running[0] = 1  # the other process is gone: the next probe (within the backoff) runs parallel and wins
+    seq = runs(300)
+    assert seq.index("parallel") <= Pool.BACKOFF_MAX and seq[-20:].count("parallel") >= 19
+
+    monkeypatch.setattr(mod, "runnable", lambda: None)  # unknown (not Linux): probes as before
+    cost["parallel"] = 3.0
+    seq = runs(100)
+    assert seq.count("serial") > 80 and 0 < seq.count("parallel") < 20
+
+
+def test_runnable_reads_the_machine_or_says_unknown():
+    """``runnable()`` is the machine's count of runnable threads (≥ 1: the caller runs) on Linux, else None."""
+    from sparta.kernels.threads import runnable
+
+    n = runnable()
+    if os.path.exists("/proc/loadavg"):
+        assert isinstance(n, int) and n >= 1
+    else:
+        assert n is None
 
 
 def test_a_watching_worker_takes_the_next_run_without_a_wake_up():

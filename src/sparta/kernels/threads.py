@@ -19,6 +19,11 @@ runs of the mode in use against a fresh probe of the other, taken after 8 runs a
 apart (up to 256) while it keeps losing. This also catches what a per-run check cannot see: with another
 process on the machine, three threads share two cores and the caller is descheduled as often as the
 worker, so parallel runs are slower throughout without either thread visibly waiting for the other.
+A probe of the parallel mode is skipped (left for the next one) while the machine has no idle core for the
+workers: on Linux the pool reads the number of runnable threads (``/proc/loadavg``, ~2 µs) before such a probe,
+so that a busy machine does not pay a slow parallel run every few hundred steps. For the same reason, a key
+that runs in parallel is probed serially at once when that count shows another busy thread, rather than after
+up to 256 slow runs.
 Runs without a key fall back to that per-run check: when the caller, done with its own parts, waited for
 the workers longer than one of its own parts took (so that running every part itself would have been
 faster), the next runs go serial on the caller (8 runs, doubling up to 256 while the next probe finds the
@@ -111,6 +116,29 @@ def _cycles_per_second() -> float:
     return rate if rate > 1e6 else 0.0
 
 
+class _Runnable:
+    """Runnable threads on the whole machine, from ``/proc/loadavg``'s fourth field (``running/total``), or
+    ``None`` where that is not available (not Linux): the pool then just probes."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._failed = False
+
+    def __call__(self) -> int | None:
+        if self._failed:
+            return None
+        try:
+            if self._fd is None:
+                self._fd = os.open("/proc/loadavg", os.O_RDONLY)
+            return int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
+        except (OSError, ValueError, IndexError):
+            self._failed = True
+            return None
+
+
+runnable = _Runnable()
+
+
 class _Batch:
     """Tasks of one :meth:`Pool.run`, claimed one at a time by whichever thread asks first."""
 
@@ -180,6 +208,7 @@ class Pool:
         self._gen = np.zeros(1, np.int64)  # parallel runs handed out so far (watched by idle workers)
         self._watch_ticks: int | None = None  # cycles a worker watches for the next run (0: it sleeps at once)
         self.caught = 0  # runs a worker picked up while watching rather than after a wake-up (for tests)
+        self.watching = 0  # workers watching for the next run now (runnable: not another process's threads)
         self._epoch = getattr(self, "_epoch", 0) + 1  # workers of an earlier epoch return (see stop)
 
     WATCH_SECONDS = 0.002  # after a run, workers watch for the next one this long (GIL released) before sleeping
@@ -191,7 +220,11 @@ class Pool:
         while True:
             caught = False
             if seen >= 0 and self._watch_ticks:
-                g = int(_watch(self._gen, seen, self._watch_ticks))
+                self.watching += 1
+                try:
+                    g = int(_watch(self._gen, seen, self._watch_ticks))
+                finally:
+                    self.watching -= 1
                 if g != seen and self._wake.acquire(blocking=False):  # a run came: take its wake-up token
                     caught = True
                     seen = g
@@ -245,15 +278,20 @@ class Pool:
                 self.choices.clear()
             c = self.choices[key] = _Choice()
         probe = False
-        if c.parallel is None:  # the first runs measure each mode once
-            parallel = True
+        if c.parallel is None:  # the first runs measure each mode once (serial first on a busy machine)
+            parallel = c.serial is not None or self._cores_free(n)
         elif c.serial is None:
             parallel = False
         else:
             faster = c.parallel <= c.serial
             c.left -= 1
+            if faster and c.left > 0 and not self._cores_free(n):  # parallel in use, another thread now busy
+                c.left = 0
             probe = c.left <= 0
             parallel = faster != probe
+            if probe and parallel and not self._cores_free(n):  # no idle core: try again at the next probe
+                probe, parallel = False, False
+                c.left = c.backoff
         t0 = time.perf_counter()
         try:
             if parallel:
@@ -274,6 +312,15 @@ class Pool:
                 c.backoff = self.BACKOFF_MIN if won else min(2 * c.backoff, self.BACKOFF_MAX)
             if probe or c.left <= 0:
                 c.left = c.backoff
+
+    def _cores_free(self, n: int) -> bool:
+        """Whether the machine has an idle core for each of ``n - 1`` workers beside the caller (``True`` when
+        unknown): runnable threads, less the caller and the workers watching for a run, against the cores."""
+        count = runnable()
+        if count is None:
+            return True
+        others = count - 1 - self.watching
+        return (os.cpu_count() or 1) - 1 - max(others, 0) >= n - 1
 
     def stop(self) -> None:
         """End the workers (at interpreter exit: a daemon thread still inside a numba call when the interpreter
