@@ -179,8 +179,10 @@ def test_keyed_runs_go_the_faster_way_and_probe_the_other(monkeypatch):
 
 def test_no_parallel_probe_while_another_thread_holds_the_other_core(monkeypatch):
     """With the machine's runnable threads showing no idle core for a worker, a key in serial mode skips its
-    parallel probes (a busy machine pays no slow parallel runs), a key in parallel mode tries serial at once, and
-    once a core is idle again the next probe runs parallel. Where the count is unknown, the pool probes as before."""
+    parallel probes, each counted as lost (8, 16 … 128 runs apart), so a busy machine pays no slow parallel runs;
+    from 256 runs apart the probes run whatever the count says (a misleading count costs at most the old
+    schedule). The pool's own watching workers are not another process's threads. Where the count is unknown,
+    the pool probes as before."""
     from sparta.kernels import threads as mod
 
     clock = [0.0]
@@ -202,29 +204,34 @@ def test_no_parallel_probe_while_another_thread_holds_the_other_core(monkeypatch
     monkeypatch.setattr(pool, "_run_serial", fake("serial"))
     tasks = [lambda: None, lambda: None]
 
-    def runs(k: int) -> list[str]:
+    def runs(k: int, key: str = "fwd") -> list[str]:
         modes.clear()
         for _ in range(k):
-            pool.run(tasks, 2, key="fwd")
+            pool.run(tasks, 2, key=key)
         return list(modes)
 
-    assert runs(20).count("parallel") >= 18  # quiet: parallel, with a serial probe now and then
-    running[0] = 2  # another process's thread is now runnable: serial at once, and no parallel probe after
-    assert runs(300) == ["serial"] * 300
-    pool.watching = 1  # ... unless that thread is one of the pool's own workers, watching for the next run
-    seq = runs(20)
-    assert "parallel" in seq
-    pool.watching = 0
-    runs(30)
-    assert modes[-1] == "serial"
-    running[0] = 1  # the other process is gone: the next probe (within the backoff) runs parallel and wins
-    seq = runs(300)
-    assert seq.index("parallel") <= Pool.BACKOFF_MAX and seq[-20:].count("parallel") >= 19
+    running[0] = 2  # another process's thread is runnable before the first run
+    cost["parallel"] = 3.0  # and a parallel run is slow beside it
+    seq = runs(520)
+    assert seq[:3] == ["serial", "parallel", "serial"]  # each mode measured once, serial first
+    probes = [i for i, m in enumerate(seq) if m == "parallel"][1:]
+    assert probes == [1 + 8 + 16 + 32 + 64 + 128 + 256], probes  # skipped at 8 … 128 runs apart, then run
+    assert pool.choices["fwd"].backoff == Pool.BACKOFF_MAX
 
-    monkeypatch.setattr(mod, "runnable", lambda: None)  # unknown (not Linux): probes as before
+    pool._watching = [True]  # the one runnable thread besides the caller is the pool's own worker
+    assert pool._cores_free(2)
+    pool._watching = [False]
+
+    running[0], cost["parallel"] = 1, 1.0  # the other process is gone: the next probe runs parallel and wins
+    seq = runs(300)
+    back = seq.index("parallel")
+    assert back <= Pool.BACKOFF_MAX and seq[back:].count("serial") <= 3, (back, seq[back:].count("serial"))
+
+    monkeypatch.setattr(mod, "runnable", lambda: None)  # unknown (not Linux): probes as before, none skipped
     cost["parallel"] = 3.0
-    seq = runs(100)
-    assert seq.count("serial") > 80 and 0 < seq.count("parallel") < 20
+    seq = runs(100, key="other")
+    assert seq[:2] == ["parallel", "serial"]
+    assert [i for i, m in enumerate(seq) if m == "parallel"][1:] == [1 + 8, 1 + 8 + 16, 1 + 8 + 16 + 32]
 
 
 def test_runnable_reads_the_machine_or_says_unknown():

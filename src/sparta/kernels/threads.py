@@ -19,11 +19,11 @@ runs of the mode in use against a fresh probe of the other, taken after 8 runs a
 apart (up to 256) while it keeps losing. This also catches what a per-run check cannot see: with another
 process on the machine, three threads share two cores and the caller is descheduled as often as the
 worker, so parallel runs are slower throughout without either thread visibly waiting for the other.
-A probe of the parallel mode is skipped (left for the next one) while the machine has no idle core for the
-workers: on Linux the pool reads the number of runnable threads (``/proc/loadavg``, ~2 µs) before such a probe,
-so that a busy machine does not pay a slow parallel run every few hundred steps. For the same reason, a key
-that runs in parallel is probed serially at once when that count shows another busy thread, rather than after
-up to 256 slow runs.
+Before a probe of the parallel mode, the pool reads how many threads the machine has runnable (Linux:
+``/proc/loadavg``, ~2 µs; its own watching workers not counted): with no idle core for a worker, the probe is
+skipped and counted as lost (the next one twice as far away), so a machine kept busy by another process pays
+no slow parallel runs until the probes are 256 runs apart; from then on they run whatever the count says, so
+a count that misleads (a container shown its host's threads) costs at most the old schedule's probes.
 Runs without a key fall back to that per-run check: when the caller, done with its own parts, waited for
 the workers longer than one of its own parts took (so that running every part itself would have been
 faster), the next runs go serial on the caller (8 runs, doubling up to 256 while the next probe finds the
@@ -208,23 +208,23 @@ class Pool:
         self._gen = np.zeros(1, np.int64)  # parallel runs handed out so far (watched by idle workers)
         self._watch_ticks: int | None = None  # cycles a worker watches for the next run (0: it sleeps at once)
         self.caught = 0  # runs a worker picked up while watching rather than after a wake-up (for tests)
-        self.watching = 0  # workers watching for the next run now (runnable: not another process's threads)
+        self._watching: list[bool] = []  # per worker: watching for the next run now (runnable, but ours)
         self._epoch = getattr(self, "_epoch", 0) + 1  # workers of an earlier epoch return (see stop)
 
     WATCH_SECONDS = 0.002  # after a run, workers watch for the next one this long (GIL released) before sleeping
 
-    def _loop(self, epoch: int) -> None:
+    def _loop(self, epoch: int, slot: int) -> None:
         """A worker: run parts of each batch; between batches watch the run counter for ``WATCH_SECONDS`` (a
         step's next run usually comes sooner: no wake-up to pay), then sleep on the semaphore."""
         seen = -1
         while True:
             caught = False
             if seen >= 0 and self._watch_ticks:
-                self.watching += 1
+                self._watching[slot] = True  # each worker writes only its own slot
                 try:
                     g = int(_watch(self._gen, seen, self._watch_ticks))
                 finally:
-                    self.watching -= 1
+                    self._watching[slot] = False
                 if g != seen and self._wake.acquire(blocking=False):  # a run came: take its wake-up token
                     caught = True
                     seen = g
@@ -285,12 +285,11 @@ class Pool:
         else:
             faster = c.parallel <= c.serial
             c.left -= 1
-            if faster and c.left > 0 and not self._cores_free(n):  # parallel in use, another thread now busy
-                c.left = 0
             probe = c.left <= 0
             parallel = faster != probe
-            if probe and parallel and not self._cores_free(n):  # no idle core: try again at the next probe
-                probe, parallel = False, False
+            if probe and parallel and c.backoff < self.BACKOFF_MAX and not self._cores_free(n):
+                probe, parallel = False, False  # no idle core for a worker: skipped, counted as a lost probe
+                c.backoff = min(2 * c.backoff, self.BACKOFF_MAX)
                 c.left = c.backoff
         t0 = time.perf_counter()
         try:
@@ -319,7 +318,7 @@ class Pool:
         count = runnable()
         if count is None:
             return True
-        others = count - 1 - self.watching
+        others = count - 1 - sum(self._watching)
         return (os.cpu_count() or 1) - 1 - max(others, 0) >= n - 1
 
     def stop(self) -> None:
@@ -342,7 +341,10 @@ class Pool:
             if self._watch_ticks is None:
                 self._watch_ticks = int(self.WATCH_SECONDS * _cycles_per_second())
             while len(self._workers) < n - 1:
-                t = threading.Thread(target=self._loop, args=(self._epoch,), name="sparta-worker", daemon=True)
+                if len(self._watching) <= len(self._workers):  # one slot per worker index (kept across stop)
+                    self._watching.append(False)
+                t = threading.Thread(target=self._loop, args=(self._epoch, len(self._workers)), name="sparta-worker",
+                                     daemon=True)
                 t.start()
                 self._workers.append(t)
             batch = _Batch(tasks)
