@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+import timeit
 
 import _common  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
 from _common import load_average, markdown_table, set_mlp_step
@@ -73,12 +74,6 @@ def child(kind: str, steps: int, block: int) -> None:
                       "ratio": ratio, "serial": POOL.serial_chosen - serial0, "steps2": runs}))
 
 
-def _timed(f) -> float:
-    t0 = time.perf_counter()
-    f()
-    return time.perf_counter() - t0
-
-
 def control_step():
     """A step of the ``control`` kind: two independent halves through sparta's pool (keyed, like a fused step)."""
     import numba
@@ -97,7 +92,7 @@ def control_step():
 
     bufs = [np.ones(4096, np.float32) for _ in range(2)]  # 16 KB each: in the L1 cache of whichever core runs it
     work(bufs[0], 1)  # compile
-    per_round = min(_timed(lambda: work(bufs[0], 100)) for _ in range(5)) / 100
+    per_round = min(timeit.repeat(lambda: work(bufs[0], 100), number=1, repeat=5)) / 100
     rounds = max(1, round(0.0015 / per_round))  # one half ≈ 1.5 ms
     tasks = [lambda b=b: work(b, rounds) for b in bufs]
     return lambda: POOL.run(tasks, get_num_threads(), key="control")

@@ -128,17 +128,17 @@ def test_workers_that_lag_send_the_next_runs_to_the_caller():
     assert pool.backoff == Pool.BACKOFF_MIN
 
 
-def test_keyed_runs_go_the_faster_way_and_probe_the_other(monkeypatch):
-    """Runs with a key are timed: the pool keeps to whichever mode (serial on the caller, or parallel) has been
-    faster for that key, probes the other after 8 runs and then twice as far apart while it loses, and switches
-    when a probe or the running average says so — e.g. when another process starts to share the cores."""
+def _timed_pool(monkeypatch, runnable):
+    """A pool whose two modes only record themselves and advance a fake clock (``cost``: seconds per run of each
+    mode, which the caller may change), with ``runnable`` as the machine's runnable-thread count; returns
+    ``(pool, cost, runs)``, ``runs(k, key)`` making ``k`` keyed runs of two tasks and returning their modes."""
     from sparta.kernels import threads as mod
 
     clock = [0.0]
-    cost = {"parallel": 1.0, "serial": 2.0}  # seconds per run of each mode (a fake clock)
+    cost = {"parallel": 1.0, "serial": 2.0}
     modes: list[str] = []
     monkeypatch.setattr(mod.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(mod, "runnable", lambda: 1)  # a quiet machine: only the caller runs
+    monkeypatch.setattr(mod, "runnable", runnable)
     pool = Pool()
 
     def fake(mode):
@@ -151,11 +151,20 @@ def test_keyed_runs_go_the_faster_way_and_probe_the_other(monkeypatch):
     monkeypatch.setattr(pool, "_run_serial", fake("serial"))
     tasks = [lambda: None, lambda: None]
 
-    def runs(k: int, key="fwd") -> list[str]:
+    def runs(k: int, key: str = "fwd") -> list[str]:
         modes.clear()
         for _ in range(k):
             pool.run(tasks, 2, key=key)
         return list(modes)
+
+    return pool, cost, runs
+
+
+def test_keyed_runs_go_the_faster_way_and_probe_the_other(monkeypatch):
+    """Runs with a key are timed: the pool keeps to whichever mode (serial on the caller, or parallel) has been
+    faster for that key, probes the other after 8 runs and then twice as far apart while it loses, and switches
+    when a probe or the running average says so — e.g. when another process starts to share the cores."""
+    pool, cost, runs = _timed_pool(monkeypatch, lambda: 1)  # a quiet machine: only the caller runs
 
     assert runs(2) == ["parallel", "serial"]  # each mode measured once
     seq = runs(40)  # parallel is faster: serial only as probes, 8 then 16 then 32 runs apart
@@ -185,30 +194,9 @@ def test_no_parallel_probe_while_another_thread_holds_the_other_core(monkeypatch
     the pool probes as before."""
     from sparta.kernels import threads as mod
 
-    clock = [0.0]
-    cost = {"parallel": 1.0, "serial": 2.0}
-    modes: list[str] = []
     running = [1]  # runnable threads on the machine, the caller included
-    monkeypatch.setattr(mod.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(mod, "runnable", lambda: running[0])
     monkeypatch.setattr(mod.os, "cpu_count", lambda: 2)
-    pool = Pool()
-
-    def fake(mode):
-        def run(*args, **kwargs):
-            modes.append(mode)
-            clock[0] += cost[mode]
-        return run
-
-    monkeypatch.setattr(pool, "_run_parallel", fake("parallel"))
-    monkeypatch.setattr(pool, "_run_serial", fake("serial"))
-    tasks = [lambda: None, lambda: None]
-
-    def runs(k: int, key: str = "fwd") -> list[str]:
-        modes.clear()
-        for _ in range(k):
-            pool.run(tasks, 2, key=key)
-        return list(modes)
+    pool, cost, runs = _timed_pool(monkeypatch, lambda: running[0])
 
     running[0] = 2  # another process's thread is runnable before the first run
     cost["parallel"] = 3.0  # and a parallel run is slow beside it
