@@ -19,9 +19,9 @@ runs of the mode in use against a fresh probe of the other, taken after 8 runs a
 apart (up to 256) while it keeps losing. This also catches what a per-run check cannot see: with another
 process on the machine, three threads share two cores and the caller is descheduled as often as the
 worker, so parallel runs are slower throughout without either thread visibly waiting for the other.
-Before a probe of the parallel mode, the pool reads how many threads the machine has runnable (Linux:
-``/proc/loadavg``, ~2 µs; its own watching workers not counted): with no idle core for a worker, the probe is
-skipped and counted as lost (the next one twice as far away), so a machine kept busy by another process pays
+Before a probe of the parallel mode, the pool reads how many threads the machine has runnable (Linux: one
+``pread`` of ``/proc/loadavg``; its own watching workers not counted): with no idle core for a worker, the
+probe is skipped and counted as lost (the next one twice as far away), so a machine kept busy by another process pays
 no slow parallel runs until the probes are 256 runs apart; from then on they run whatever the count says, so
 a count that misleads (a container shown its host's threads) costs at most the old schedule's probes.
 Runs without a key fall back to that per-run check: when the caller, done with its own parts, waited for
