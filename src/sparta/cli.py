@@ -335,6 +335,19 @@ def _summary_table(summaries: list[dict[str, Any]]) -> str:
     return _table(headers, rows)
 
 
+def _short_speed_note(summaries: list[dict[str, Any]]) -> str | None:
+    """A warning when "speed vs dense" comes from fewer than 3 epochs of a model: the median then includes the
+    first epoch, which pays one-time start-up (loading the compiled kernels, torch's first operations)."""
+    shown = [s for s in summaries if s.get("epochs")]
+    if len(shown) < 2 or not any(s["label"] == "dense" for s in shown):
+        return None
+    fewest = min(s["epochs"] for s in shown)
+    if fewest >= 3:
+        return None
+    return (f"speed vs dense is from {fewest} epoch{'s' if fewest > 1 else ''}, so it includes the first epoch's "
+            f"one-time start-up (loading the compiled kernels); use --epochs 3 or more to compare speed")
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -432,9 +445,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             summaries.append(json.loads((out / runs.DENSE_DIR / runs.SUMMARY).read_text()))
     print()
     print(_summary_table(summaries))
-    note = runs.dense_layer_note(config, sizes)
-    if note:
-        print(f"note: {note}")
+    for note in (runs.dense_layer_note(config, sizes), _short_speed_note(summaries)):
+        if note:
+            print(f"note: {note}")
     print()
     if all(r.finished for r in results) and (not config.compare_dense or config.algo == "dense" or len(results) == 2):
         print(f"done in {wall:.1f} s. run: {out}")
