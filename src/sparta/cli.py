@@ -246,28 +246,29 @@ def _human(n: float) -> str:
 
 
 class _Progress:
-    """tqdm bar per model on a terminal; a line every few epochs otherwise; nothing when quiet."""
+    """tqdm bar per model on a terminal (two at once when the sparse model and its dense twin take turns); a line
+    every few epochs otherwise; nothing when quiet."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.bar = None
-        self.every = 1
-        self.total = 0
+        self.bars: dict[str, Any] = {}
+        self.every: dict[str, int] = {}
+        self.total: dict[str, int] = {}
         self.tty = sys.stderr.isatty()
 
     def start(self, label, first_epoch, epochs, config) -> None:
-        self.total = epochs
+        self.total[label] = epochs
         if self.quiet:
             return
         if self.tty:
             from tqdm import tqdm
 
             wide = shutil.get_terminal_size((0, 0)).columns >= 40  # a pty may report 0 columns
-            self.bar = tqdm(total=epochs, initial=first_epoch, desc=f"{label:>6}", unit="epoch", file=sys.stderr,
-                            dynamic_ncols=wide, ncols=None if wide else 120,
-                            nrows=None if wide else 20, leave=True)
+            self.bars[label] = tqdm(total=epochs, initial=first_epoch, desc=f"{label:>6}", unit="epoch",
+                                    file=sys.stderr, dynamic_ncols=wide, ncols=None if wide else 120,
+                                    nrows=None if wide else 20, leave=True, position=len(self.bars))
         else:
-            self.every = max(1, (epochs - first_epoch) // 10)
+            self.every[label] = max(1, (epochs - first_epoch) // 10)
             print(f"[{label}] epochs {first_epoch + 1}..{epochs}", file=sys.stderr, flush=True)
 
     @staticmethod
@@ -282,17 +283,18 @@ class _Progress:
     def epoch(self, label, row) -> None:
         if self.quiet:
             return
-        if self.bar is not None:
-            self.bar.set_postfix(self._fields(row), refresh=False)
-            self.bar.update(1)
-        elif row["epoch"] % self.every == 0 or row["epoch"] == self.total:
+        bar = self.bars.get(label)
+        if bar is not None:
+            bar.set_postfix(self._fields(row), refresh=False)
+            bar.update(1)
+        elif row["epoch"] % self.every.get(label, 1) == 0 or row["epoch"] == self.total.get(label):
             text = " ".join(f"{k}={v}" for k, v in self._fields(row).items())
-            print(f"[{label}] epoch {row['epoch']}/{self.total} {text}", file=sys.stderr, flush=True)
+            print(f"[{label}] epoch {row['epoch']}/{self.total.get(label, '?')} {text}", file=sys.stderr, flush=True)
 
     def end(self, label) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        bar = self.bars.pop(label, None)
+        if bar is not None:
+            bar.close()
 
 
 # ---------------------------------------------------------------- tables
@@ -336,16 +338,16 @@ def _summary_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def _short_speed_note(summaries: list[dict[str, Any]]) -> str | None:
-    """A warning when "speed vs dense" comes from fewer than 3 epochs of a model: the median then includes the
-    first epoch, which pays one-time start-up (loading the compiled kernels, torch's first operations)."""
+    """A warning when "speed vs dense" comes from a single epoch of a model: its median then is the first epoch,
+    which pays one-time start-up (loading the compiled kernels, torch's first operations); from 2 epochs on the
+    median leaves epoch 1 out (:func:`sparta.train.runs.summarise`)."""
     shown = [s for s in summaries if s.get("epochs")]
     if len(shown) < 2 or not any(s["label"] == "dense" for s in shown):
         return None
-    fewest = min(s["epochs"] for s in shown)
-    if fewest >= 3:
+    if min(s["epochs"] for s in shown) > 1:
         return None
-    return (f"speed vs dense is from {fewest} epoch{'s' if fewest > 1 else ''}, so it includes the first epoch's "
-            f"one-time start-up (loading the compiled kernels); use --epochs 3 or more to compare speed")
+    return ("speed vs dense is from 1 epoch, which includes the one-time start-up (loading the compiled kernels); "
+            "use --epochs 3 or more to compare speed")
 
 
 # ---------------------------------------------------------------- commands

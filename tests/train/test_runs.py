@@ -100,6 +100,47 @@ def test_resume_more_epochs_and_dense_twin(tmp_path):
         resume_config(tmp_path / "r", epochs=2)
 
 
+def test_the_dense_twin_takes_turns_and_trains_as_it_would_alone(tmp_path, monkeypatch):
+    """With compare_dense the two models alternate epoch by epoch, and each ends exactly as when trained on its own
+    (each keeps its own global RNG states: the dense twin's dropout draws from torch's); a run stopped and resumed
+    ends the same; where the two would not fit in memory together, the dense twin trains after the sparse model."""
+    config = tiny("set", epochs=3, compare_dense=True)
+    res = train(config, tmp_path / "both")
+    assert [r.label for r in res] == ["sparse", "dense"] and all(r.finished for r in res)
+    times = [(r["time"], label, r["epoch"]) for label, sub in (("sparse", ""), ("dense", "dense"))
+             for r in read_metrics(tmp_path / "both" / sub)]
+    assert [(label, e) for _, label, e in sorted(times)] == [(m, e) for e in (1, 2, 3) for m in ("sparse", "dense")]
+    train(config.replace(compare_dense=False), tmp_path / "sparse")
+    train(config.dense_baseline().replace(compare_dense=False), tmp_path / "dense")
+    assert_same_state(state(tmp_path / "both"), state(tmp_path / "sparse"))
+    assert_same_state(state(tmp_path / "both" / "dense"), state(tmp_path / "dense"))
+
+    train(config, tmp_path / "half", stop_after=1)
+    assert [load_checkpoint(tmp_path / "half" / sub)["epoch"] for sub in ("", "dense")] == [1, 1]
+    train(resume_config(tmp_path / "half"), tmp_path / "half", resume=True)
+    for sub in ("", "dense"):
+        assert_same_state(state(tmp_path / "both" / sub), state(tmp_path / "half" / sub))
+
+    monkeypatch.setattr(runs, "available_bytes", lambda: runs.memory_estimate(config, [12, 24, 16, 3]).total)
+    assert not runs.side_by_side(config, [12, 24, 16, 3])
+    train(config, tmp_path / "after")
+    times = [(r["time"], label) for label, sub in (("sparse", ""), ("dense", "dense"))
+             for r in read_metrics(tmp_path / "after" / sub)]
+    assert [label for _, label in sorted(times)] == ["sparse"] * 3 + ["dense"] * 3
+    for sub in ("", "dense"):
+        assert_same_state(state(tmp_path / "both" / sub), state(tmp_path / "after" / sub))
+
+
+def test_median_seconds_leave_the_first_epoch_out():
+    """Epoch 1 pays one-time start-up: the median per epoch leaves it out when there are later epochs."""
+    config = tiny("set")
+    rows = [{"epoch": e, "seconds": s, "test_acc": 0.5, "test_loss": 1.0, "train_acc": 0.5, "train_loss": 1.0,
+             "connections": 10, "density": 0.1} for e, s in ((1, 9.0), (2, 1.0), (3, 2.0))]
+    out = runs.summarise(rows, "sparse", config)
+    assert out["median_seconds_per_epoch"] == 1.5 and out["seconds_per_epoch"] == 4.0 and out["total_seconds"] == 12
+    assert runs.summarise(rows[:1], "sparse", config)["median_seconds_per_epoch"] == 9.0
+
+
 def test_run_dir_guards(tmp_path):
     config = tiny("set", epochs=1)
     train(config, tmp_path / "r")

@@ -132,7 +132,10 @@ class TooLarge(ValueError):
     """A network would not fit in the memory this machine has available (raised before allocating it)."""
 
 
-def check_fits(est: Estimate, what: str = "this network", margin: float = 0.9) -> None:
+FIT_MARGIN = 0.9  # the share of the available memory a run may plan to hold
+
+
+def check_fits(est: Estimate, what: str = "this network", margin: float = FIT_MARGIN) -> None:
     """Raise :class:`TooLarge` with the estimate and the free memory when ``est`` exceeds ``margin`` of it."""
     free = available_bytes()
     if free is not None and est.total > margin * free:

@@ -66,7 +66,15 @@ from sparta.topology.gmp import gmp_warnings
 from sparta.train.config import ConfigError, RunConfig
 from sparta.train.data import Dataset
 from sparta.train.loop import evaluate, fit
-from sparta.train.memory import BIG_NETWORK_CONNECTIONS, Estimate, check_fits, estimate, return_freed_memory
+from sparta.train.memory import (
+    BIG_NETWORK_CONNECTIONS,
+    FIT_MARGIN,
+    Estimate,
+    available_bytes,
+    check_fits,
+    estimate,
+    return_freed_memory,
+)
 from sparta.train.models import mlp
 from sparta.train.readers import load_dataset
 
@@ -386,7 +394,11 @@ class ModelResult:
 
 def summarise(rows: list[dict[str, Any]], label: str, config: RunConfig,
               sizes: list[int] | None = None) -> dict[str, Any]:
-    """Final metrics of a run from its rows (rows without a test evaluation count for time, not accuracy)."""
+    """Final metrics of a run from its rows (rows without a test evaluation count for time, not accuracy).
+
+    ``median_seconds_per_epoch`` leaves out epoch 1 when there are later ones: the first epoch pays the process's
+    one-time start-up (numba loading or compiling its kernels, torch's first operations), which is not a cost per
+    epoch. ``seconds_per_epoch`` (the mean) and ``total_seconds`` count every epoch."""
     out: dict[str, Any] = {"label": label, "algo": config.algo, "workers": config.workers, "epochs": 0}
     if sizes is not None:
         out["dense_layers"] = dense_layers(config, sizes)
@@ -395,11 +407,12 @@ def summarise(rows: list[dict[str, Any]], label: str, config: RunConfig,
         return out
     last = evaluated[-1]
     secs = [r["seconds"] for r in rows]
+    steady = [r["seconds"] for r in rows if r["epoch"] > 1] or secs
     out.update({"epochs": rows[-1]["epoch"], "test_acc": last["test_acc"], "test_loss": last["test_loss"],
                 "train_acc": last["train_acc"], "train_loss": last["train_loss"],
                 "best_test_acc": max(r["test_acc"] for r in evaluated), "connections": last["connections"],
                 "density": last["density"], "neurons": last.get("neurons"), "active_neurons": last.get("active_neurons"),
-                "seconds_per_epoch": float(np.mean(secs)), "median_seconds_per_epoch": float(np.median(secs)),
+                "seconds_per_epoch": float(np.mean(secs)), "median_seconds_per_epoch": float(np.median(steady)),
                 "total_seconds": float(np.sum(secs))})
     return out
 
@@ -424,6 +437,79 @@ def load_data(config: RunConfig) -> Dataset:
     return load_dataset(config.dataset, config.data, seed=config.data_seed, **config.data_options)
 
 
+class _ModelRun:
+    """One model of a run, trained an epoch at a time into its run directory (see :func:`train_model`), so that a
+    run's sparse model and its dense twin can take turns. Each keeps its own global RNG states (torch, numpy,
+    python) and sets its own thread policy before each epoch, so taking turns changes none of its numbers."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, data: Dataset, label: str, resume: bool,
+                 stop_after: int | None, progress: Progress | None) -> None:
+        set_threads(config.threads, sparse=config.algo != "dense")
+        session = build(config, data.n_features, data.n_classes, len(data.x_train))
+        first = 0
+        rows: list[dict[str, Any]] = []
+        if resume and is_run(run_dir):
+            ck = load_checkpoint(run_dir)
+            if ck["steps_per_epoch"] != session.steps_per_epoch:
+                raise RunError(f"{run_dir}: the data gives {session.steps_per_epoch} steps per epoch, the checkpoint "
+                               f"{ck['steps_per_epoch']}: the data set changed since the run started")
+            restore(session, ck)
+            first = int(ck["epoch"])
+            rows = [r for r in read_metrics(run_dir) if r["epoch"] <= first]
+            if len(rows) != first:
+                raise RunError(f"{run_dir}: {METRICS_JSONL} holds {len(rows)} of the {first} epochs in the checkpoint")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(run_dir, rows, CSV_FIELDS)
+        write_json(run_dir / CONFIG, config.as_dict())
+        (run_dir / SUMMARY).unlink(missing_ok=True)
+        if first == 0:
+            save_checkpoint(run_dir, session, 0)  # a run directory has a checkpoint from its start
+        self.config, self.run_dir, self.data, self.label, self.session = config, run_dir, data, label, session
+        self.rows, self.next = rows, first
+        self.last = config.epochs if stop_after is None else min(config.epochs, first + stop_after)
+        self.progress = progress
+        self.rng = rng_state()
+        if progress is not None:
+            progress.start(label, first, config.epochs, config)
+
+    @property
+    def done(self) -> bool:
+        """Whether this call's epochs are all trained."""
+        return self.next >= self.last
+
+    def epoch(self) -> None:
+        """Train the next epoch, record its row, checkpoint when due."""
+        config, session, epoch = self.config, self.session, self.next
+        set_threads(config.threads, sparse=config.algo != "dense")
+        set_rng_state(self.rng)
+        st = fit(session.model, session.optimizer, self.data, epochs=1, batch_size=config.batch_size,
+                 algo=session.algo, loss=config.loss, start_epoch=epoch, generator=session.shuffle,
+                 eval_batch_size=eval_batch_size(config, session.sizes))[0]
+        # the input connectivity at the checkpoint epochs (and the first): enough for the report's snapshots,
+        # and metrics.jsonl stays small for wide inputs
+        snapshot = epoch == 0 or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+        row = {**st.as_dict(), **epoch_stats(session.model, input_degree=snapshot), "time": time.time()}
+        self.rows.append(row)
+        append_metrics(self.run_dir, row, CSV_FIELDS)
+        self.next = epoch + 1
+        if self.next % config.checkpoint_every == 0 or self.next == self.last:
+            save_checkpoint(self.run_dir, session, self.next)
+        self.rng = rng_state()
+        if self.progress is not None:
+            self.progress.epoch(self.label, row)
+
+    def close(self) -> ModelResult:
+        """End its progress display; the result (``summary.json`` written when the model has finished)."""
+        if self.progress is not None:
+            self.progress.end(self.label)
+            self.progress = None
+        result = ModelResult(self.label, self.run_dir, self.config, self.rows, self.next == self.config.epochs,
+                             self.session.sizes)
+        if result.finished:
+            write_json(self.run_dir / SUMMARY, result.summary())
+        return result
+
+
 def train_model(config: RunConfig, run_dir: Path, data: Dataset, *, label: str = "sparse", resume: bool = False,
                 stop_after: int | None = None, progress: Progress | None = None) -> ModelResult:
     """Train one model into ``run_dir`` (fresh, or from its checkpoint when ``resume`` and it has started) up to
@@ -431,51 +517,33 @@ def train_model(config: RunConfig, run_dir: Path, data: Dataset, *, label: str =
 
     ``stop_after``: train at most this many epochs in this call, then checkpoint and return (``finished`` False).
     """
-    set_threads(config.threads, sparse=config.algo != "dense")
-    session = build(config, data.n_features, data.n_classes, len(data.x_train))
-    first = 0
-    rows: list[dict[str, Any]] = []
-    if resume and is_run(run_dir):
-        ck = load_checkpoint(run_dir)
-        if ck["steps_per_epoch"] != session.steps_per_epoch:
-            raise RunError(f"{run_dir}: the data gives {session.steps_per_epoch} steps per epoch, the checkpoint "
-                           f"{ck['steps_per_epoch']}: the data set changed since the run started")
-        restore(session, ck)
-        first = int(ck["epoch"])
-        rows = [r for r in read_metrics(run_dir) if r["epoch"] <= first]
-        if len(rows) != first:
-            raise RunError(f"{run_dir}: {METRICS_JSONL} holds {len(rows)} of the {first} epochs in the checkpoint")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_metrics(run_dir, rows, CSV_FIELDS)
-    write_json(run_dir / CONFIG, config.as_dict())
-    (run_dir / SUMMARY).unlink(missing_ok=True)
-    if first == 0:
-        save_checkpoint(run_dir, session, 0)  # a run directory has a checkpoint from its start
-    last = config.epochs if stop_after is None else min(config.epochs, first + stop_after)
-    if progress is not None:
-        progress.start(label, first, config.epochs, config)
+    return _take_turns([(config, run_dir, label)], data, resume=resume, stop_after=stop_after, progress=progress)[0]
+
+
+def _take_turns(models: list[tuple[RunConfig, Path, str]], data: Dataset, *, resume: bool, stop_after: int | None,
+                progress: Progress | None) -> list[ModelResult]:
+    """Train ``(config, run_dir, label)`` models an epoch each in turn, until each has trained its epochs."""
+    runs: list[_ModelRun] = []
     try:
-        for epoch in range(first, last):
-            st = fit(session.model, session.optimizer, data, epochs=1, batch_size=config.batch_size, algo=session.algo,
-                     loss=config.loss, start_epoch=epoch, generator=session.shuffle,
-                     eval_batch_size=eval_batch_size(config, session.sizes))[0]
-            # the input connectivity at the checkpoint epochs (and the first): enough for the report's snapshots,
-            # and metrics.jsonl stays small for wide inputs
-            snapshot = epoch == 0 or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
-            row = {**st.as_dict(), **epoch_stats(session.model, input_degree=snapshot), "time": time.time()}
-            rows.append(row)
-            append_metrics(run_dir, row, CSV_FIELDS)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == last:
-                save_checkpoint(run_dir, session, epoch + 1)
-            if progress is not None:
-                progress.epoch(label, row)
+        for config, run_dir, label in models:
+            runs.append(_ModelRun(config, run_dir, data, label, resume, stop_after, progress))
+        while not all(r.done for r in runs):
+            for r in runs:
+                if not r.done:
+                    r.epoch()
     finally:
-        if progress is not None:
-            progress.end(label)
-    result = ModelResult(label, run_dir, config, rows, last == config.epochs, session.sizes)
-    if result.finished:
-        write_json(run_dir / SUMMARY, result.summary())
-    return result
+        results = [r.close() for r in runs]
+    return results
+
+
+def side_by_side(config: RunConfig, sizes: list[int]) -> bool:
+    """Whether the sparse model and its dense twin (``compare_dense``) fit in memory together, so that they can take
+    turns epoch by epoch (one after the other otherwise)."""
+    if not config.compare_dense or config.algo == "dense":
+        return False
+    a, b = memory_estimate(config, sizes), memory_estimate(config.dense_baseline(), sizes)
+    free = available_bytes()
+    return free is None or a.total + b.total - b.data <= FIT_MARGIN * free
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -483,6 +551,11 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite
           data: Dataset | None = None) -> list[ModelResult]:
     """Train ``config`` into run directory ``out`` (and its dense twin into ``out/dense`` when
     ``config.compare_dense``); with ``resume``, continue both from their checkpoints.
+
+    The two models take turns an epoch at a time where they fit in memory together (:func:`side_by_side`), so
+    that both meet the same conditions of a shared machine and "speed vs dense" compares like with like; their
+    numbers are those of training them one after the other. Otherwise the dense twin trains after the sparse
+    model has finished.
 
     Runs with ``config.workers`` are WASAP-SGD runs: train them with :func:`sparta.parallel.train_run`.
     """
@@ -497,8 +570,11 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite
     check_memory(config, sizes)
     for message in schedule_warnings(config, len(data.x_train)):
         warnings.warn(message, ScheduleWarning, stacklevel=2)
-    results = [train_model(config, run_dir, data, label=config.algo if config.algo == "dense" else "sparse",
-                           resume=resume, stop_after=stop_after, progress=progress)]
+    main = (config, run_dir, config.algo if config.algo == "dense" else "sparse")
+    if side_by_side(config, sizes):
+        return _take_turns([main, (config.dense_baseline(), run_dir / DENSE_DIR, "dense")], data, resume=resume,
+                           stop_after=stop_after, progress=progress)
+    results = _take_turns([main], data, resume=resume, stop_after=stop_after, progress=progress)
     results += train_dense_twin(config, run_dir, data, results[0], resume=resume, stop_after=stop_after,
                                 progress=progress)
     return results
