@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/set_mlp.py                     # speed and memory at 1 and 2 threads (~5 min)
     python benchmarks/set_mlp.py --workload plain    # plain ReLU, no dropout/decay; + SparseLab/SparseProp if installed
     python benchmarks/set_mlp.py --wide              # 784-10000-10000-10000-10: epoch + SET update, sparta fused
+    python benchmarks/set_mlp.py --wide --models fused,fused-bf16   # the same, float32 and bfloat16 activations
     python benchmarks/set_mlp.py --epochs-accuracy   # accuracy: SET-MLP vs dense on digits and Madelon, 3 seeds
     python benchmarks/set_mlp.py --quick             # 6 000 samples instead of 60 000 (smoke run)
 
@@ -24,6 +25,8 @@ Models:
   of the batch; from ``FUSED_UPDATE_CONNECTIONS`` connections, as in the wide variant, layer by layer with the
   optimizer's update inside the backward);
 * ``fused-autograd`` — the same model and optimizer through autograd (``loss.backward()``, any loss);
+* ``fused-bf16`` — ``fused`` with ``SparseMLP(activation_storage="bfloat16")``: hidden activations stored as
+  bfloat16 between layers (layer by layer at every size);
 * ``sparselab``, ``sparseprop`` — the truly sparse C++ libraries of those names at the same per-layer
   densities (``--workload plain`` only, when importable: ``pip install sparselab`` and ``pip install pybind11 &&
   pip install --no-build-isolation sparseprop``; neither is a dependency of sparta).
@@ -60,7 +63,7 @@ WIDE = [784, 10000, 10000, 10000, 10]
 EPSILON, ZETA, ALPHA, BATCH, LR, MOMENTUM = 20.0, 0.3, 0.6, 128, 0.01, 0.9
 WORKLOADS = {"set-mlp": {"activation": "allrelu", "dropout": 0.3, "weight_decay": 2e-4},
              "plain": {"activation": "relu", "dropout": 0.0, "weight_decay": 0.0}}
-MODELS = ("dense", "masked", "dropin", "fused", "fused-autograd")
+MODELS = ("dense", "masked", "dropin", "fused", "fused-autograd", "fused-bf16")
 PEERS = ("sparselab", "sparseprop")
 MB = 1e6
 
@@ -87,8 +90,9 @@ def build(kind: str, sizes: Sequence[int], workload: str, seed: int) -> torch.nn
     common = dict(activation=w["activation"], alpha=ALPHA, dropout=w["dropout"])
     if kind == "dense":
         return mlp(sizes, sparse=False, fused=False, **common)
-    if kind in ("fused", "fused-autograd"):
-        return mlp(sizes, epsilon=EPSILON, fused=True, generator=gen, **common)
+    if kind in ("fused", "fused-autograd", "fused-bf16"):
+        storage = "bfloat16" if kind == "fused-bf16" else "float32"
+        return mlp(sizes, epsilon=EPSILON, fused=True, activation_storage=storage, generator=gen, **common)
     if kind in ("dropin", "masked"):
         model = mlp(sizes, epsilon=EPSILON, fused=False, generator=gen, **common)
         if kind == "masked":
@@ -120,7 +124,7 @@ def set_threads(kind: str, threads: int) -> None:
     from sparta.kernels.threads import configure
 
     numba.set_num_threads(threads)
-    if kind in ("dropin", "fused", "fused-autograd"):
+    if kind in ("dropin", "fused", "fused-autograd", "fused-bf16"):
         configure(threads, sparse=True)  # sparta's workers; torch at one thread
     else:
         configure(threads, sparse=False)
@@ -145,7 +149,7 @@ def child(kind: str, threads: int, sizes: list[int], workload: str, n_train: int
         return cls(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=wd)
 
     def step(model, opt, idx) -> float:  # the batch gathered as sparta.train's loop does (index_select)
-        if kind == "fused":
+        if kind in ("fused", "fused-bf16"):
             return model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt, keep_grad=False)[0]
         out = model(x.index_select(0, idx))
         loss = torch.nn.functional.cross_entropy(out, y.index_select(0, idx))

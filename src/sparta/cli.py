@@ -38,7 +38,7 @@ EXIT_INTERRUPTED = 130
 TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "distribution", "activation",
                "alpha", "dropout", "init", "loss", "optimizer", "lr", "lr_fan_in", "momentum", "weight_decay", "batch_size",
                "epochs", "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "workers", "transpose",
-               "eval_batch_size", "importance_pruning", "ip_percentile", "ip_every", "ip_start")
+               "activation_storage", "eval_batch_size", "importance_pruning", "ip_percentile", "ip_every", "ip_start")
 RESUME_FLAGS = ("epochs", "threads", "checkpoint_every")
 
 
@@ -170,6 +170,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     sc = p.add_argument_group("scale")
     sc.add_argument("--transpose", help="input gradients: csc (a gather over a transposed copy, 8 B/connection more) "
                                        "or scatter (none)")
+    sc.add_argument("--activation-storage", dest="activation_storage", metavar="{float32,bfloat16}",
+                    help="bfloat16: store the sparse model's hidden activations and their gradients as bfloat16 "
+                         "between layers (faster for wide layers; arithmetic stays float32)")
     sc.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, metavar="N",
                    help="evaluation batch (default: up to 1024 samples whose activations fit in 1 GB)")
     sc.add_argument("--importance-pruning", dest="importance_pruning", action=argparse.BooleanOptionalAction,
@@ -484,6 +487,8 @@ def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> No
         elif config.algo in ("set", "rigl"):
             sparsity += f", zeta {config.zeta:g}"
         what = f"{config.algo.upper()} ({sparsity}; {_percent(target_density(config, sizes))} of the connections)"
+        if config.activation_storage != "float32":
+            what += f", {config.activation_storage} activations"
     print(f"{'resuming' if resume else 'run'}: {out}")
     print(f"data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test samples, {data.n_features} "
           f"features, {data.n_classes} classes")

@@ -792,3 +792,133 @@ def test_fused_plan_declines_without_changing_anything():
     assert plan is not None and float(opt.state[m.layers[0].values]["step"]) == 1.0
     half = torch.nn.Parameter(torch.zeros(5, dtype=torch.float16))
     assert sparta.optim.SGD([half], lr=0.1).fused_plan([half]) is None
+
+
+class _RoundGrad(torch.autograd.Function):
+    """Identity forward; the gradient rounded to bfloat16 on its way back (what a bfloat16 gradient buffer does)."""
+
+    @staticmethod
+    def forward(ctx, z):  # type: ignore[override]
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        return g.float().to(torch.bfloat16).double()
+
+
+def bf16_reference(m: SparseMLP, x: torch.Tensor, g: torch.Tensor, rng: tuple[int, int] | None):
+    """:func:`dense_reference` with what ``activation_storage="bfloat16"`` rounds: each hidden layer's stored
+    output (after activation and dropout), and the gradient of its pre-activation where the layer above forms
+    input gradients by a gather (``transpose="csc"``)."""
+    ws = [layer.to_dense().double().requires_grad_() for layer in m.layers]
+    bs = [layer.bias.detach().double().requires_grad_() for layer in m.layers]
+    h = x.detach().double()
+    for j, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        h = h @ w.T + b
+        if j == len(ws) - 1:
+            break
+        if m.layers[j + 1].transpose == "csc":
+            h = _RoundGrad.apply(h)
+        h = F.leaky_relu(h, m.slope(j + 1)) if m.activation == "allrelu" else torch.tanh(h)
+        if rng is not None:
+            h = h * hashrng.keep_mask(rng[0], rng[1], j + 1, m.p, h.shape[1], h.shape[0]) / (1 - m.p)
+        h = h + (h.float().to(torch.bfloat16).double() - h).detach()  # the stored value; gradient straight through
+    (h * g.double()).sum().backward()
+    return h.detach(), [w.grad for w in ws], [b.grad for b in bs]
+
+
+@pytest.mark.parametrize("activation", ["allrelu", "tanh"])
+@pytest.mark.parametrize("transpose", ["csc", "scatter", "mixed"])
+@pytest.mark.parametrize("batch", [1, 65, 130])
+def test_bfloat16_storage_rounds_what_it_stores_and_nothing_else(activation, transpose, batch):
+    """``activation_storage="bfloat16"``: outputs and gradients match a float64 reference that rounds the stored
+    hidden activations and the gradients kept between gather layers (and differ from float32 storage); 1 and 2
+    threads agree bit for bit; float64 passes ignore the setting."""
+    sizes = [13, 40, 33, 29, 7]
+    m = make(sizes, 0.3, torch.float32, activation=activation, dropout=0.25,
+             transpose="csc" if transpose == "mixed" else transpose)
+    if transpose == "mixed":
+        m.layers[2].transpose = "scatter"
+    h = copy.deepcopy(m)
+    h.activation_storage = "bfloat16"
+    assert "activation_storage='bfloat16'" in repr(h)
+    x = torch.randn(batch, sizes[0])
+    g = torch.randn(batch, sizes[-1], dtype=torch.float64)
+    seed = int(h.dropout_state[0])
+    got = run_at_threads(h, x, g, (1, 2))
+    for a, b in zip(got[0], got[1], strict=True):
+        for ai, bi in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b], strict=True):
+            assert torch.equal(ai, bi), "1 and 2 threads differ"
+    y, _, dvals, dbias = got[0]
+    ref_y, ref_w, ref_b = bf16_reference(h, x, g, (seed, 0))
+    assert_close(y, ref_y, 1e-5, "outputs vs rounding reference")
+    for j, layer in enumerate(h.layers):
+        rows, cols = layer.rows().long(), layer.indices.long()
+        # bias gradients are summed before their rounding: within a bfloat16 step of the reference's
+        assert_close(dvals[j], ref_w[j][rows, cols], 1e-5 if j == len(sizes) - 2 else 1e-2, f"dvalues[{j}]")
+        assert_close(dbias[j], ref_b[j], 1e-5 if j == len(sizes) - 2 else 1e-2, f"dbias[{j}]")
+    plain = run_at_threads(m, x, g, (1,))[0]
+    assert not torch.equal(plain[0], y), "bfloat16 storage changed nothing"
+
+    d64 = make(sizes, 0.3, torch.float64, activation=activation, dropout=0.25)
+    e64 = copy.deepcopy(d64)
+    e64.activation_storage = "bfloat16"
+    x64 = x.double()
+    for a, b in zip(run_at_threads(d64, x64, g, (1,))[0], run_at_threads(e64, x64, g, (1,))[0], strict=True):
+        for ai, bi in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b], strict=True):
+            assert torch.equal(ai, bi)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_bfloat16_train_step_equals_its_autograd_step(kind):
+    """With bfloat16 storage, ``train_step`` (update inside the backward, or stored gradients) and autograd +
+    ``step()`` give the same parameters step after step, at 1 and 2 threads (bit for bit across threads); eval
+    and few-sample forwards round the same way (no float32 shortcut); RigL's captured input is widened."""
+    runs = []
+    for threads in (1, 2):
+        sparta.set_num_threads(threads)
+        try:
+            a = make([21, 90, 70, 60, 5], 0.15, torch.float32, dropout=0.3, seed=3, activation_storage="bfloat16")
+            b, c = copy.deepcopy(a), copy.deepcopy(a)
+            oa, ob, oc = (_optimizer(kind, m.parameters()) for m in (a, b, c))
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(3):
+                x = torch.randn(70, 21, generator=gen)
+                y = torch.randint(0, 5, (70,), generator=gen)
+                loss_a, right_a = a.train_step(x, y, oa, keep_grad=False)
+                loss_b, right_b = b.train_step(x, y, ob)
+                loss_c, right_c = _autograd_step(c, oc, x, y)
+                assert abs(loss_a - loss_b) <= 2e-4 and abs(loss_a - loss_c) <= 2e-4 and right_a == right_c
+                for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=True):
+                    assert_close(pa.detach(), pb.detach(), 2e-4, "update in the backward vs stored gradients")
+                    assert_close(pa.detach(), pc.detach(), 2e-4, "update in the backward vs autograd")
+            runs.append([p.detach().clone() for p in a.parameters()])
+        finally:
+            sparta.set_num_threads(None)
+    assert all(torch.equal(p, q) for p, q in zip(*runs, strict=True)), "1 and 2 threads differ"
+    a.eval()
+    x = torch.randn(40, 21)
+    with torch.no_grad():
+        few, many = a(x[:2]), a(x)
+    assert_close(few, many[:2], 1e-2, "two samples vs forty")
+    ref = copy.deepcopy(a)
+    ref.activation_storage = "float32"
+    with torch.no_grad():
+        assert not torch.equal(a(x[:2]), ref(x[:2])), "a few samples skipped the bfloat16 storage"
+    a.train()
+    layer = a.layers[1]
+    layer.capture = {}
+    xi = torch.randn(8, 21)
+    F.cross_entropy(a(xi), torch.randint(0, 5, (8,))).backward()
+    assert layer.capture["xt"].dtype == torch.float32 and layer.capture["xt"].shape == (90, 8)
+    stored = layer.capture["xt"]
+    assert torch.equal(stored, stored.to(torch.bfloat16).float()), "the captured input is the stored bfloat16"
+
+
+def test_activation_storage_bad_values():
+    with pytest.raises(ValueError, match="activation_storage must be one of"):
+        SparseMLP([4, 5, 3], density=0.5, activation_storage="half")
+    from sparta.train.models import mlp
+
+    with pytest.raises(ValueError, match="needs the fused SparseMLP"):
+        mlp([4, 5, 3], density=0.5, fused=False, activation_storage="bfloat16")

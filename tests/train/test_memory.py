@@ -20,14 +20,15 @@ from tests.helpers import in_fresh_process
 from tests.train.test_runs import assert_same_state, state, tiny
 
 
-def measure_training(transpose: str) -> dict:
+def measure_training(transpose: str, storage: str = "float32") -> dict:
     """(Run in a fresh process.) Build a 4M-connection SparseMLP and train three steps; peak memory added."""
     sizes, eps, batch = [1000, 200_000, 200_000, 10], 5.0, 64
     dens = [min(1.0, eps * (a + b) / (a * b)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-    est = estimate(sizes, dens, batch, transpose=transpose)
+    est = estimate(sizes, dens, batch, transpose=transpose, half=storage == "bfloat16")
     x, y = torch.randn(batch, sizes[0]), torch.randint(0, 10, (batch,))
     assert return_freed_memory()  # as training runs of big networks do
-    warm = SparseMLP([1000, 64, 64, 10], epsilon=eps, dropout=0.3, transpose=transpose)  # compile the kernels
+    warm = SparseMLP([1000, 64, 64, 10], epsilon=eps, dropout=0.3, transpose=transpose,
+                     activation_storage=storage)  # compile the kernels
     warm_opt = sparta.optim.SGD(warm.parameters(), lr=0.01, momentum=0.9)
     torch.nn.functional.cross_entropy(warm(x), y).backward()
     warm_opt.step()
@@ -35,7 +36,7 @@ def measure_training(transpose: str) -> dict:
     gc.collect()
     with PeakRSS() as peak:
         torch.manual_seed(0)
-        model = SparseMLP(sizes, epsilon=eps, dropout=0.3, transpose=transpose)
+        model = SparseMLP(sizes, epsilon=eps, dropout=0.3, transpose=transpose, activation_storage=storage)
         opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         for _ in range(3):
             opt.zero_grad()
@@ -47,9 +48,9 @@ def measure_training(transpose: str) -> dict:
 
 
 @pytest.mark.skipif(not reset_peak_rss(), reason="needs a resettable peak RSS (Linux /proc/self/clear_refs)")
-@pytest.mark.parametrize("transpose", ["csc", "scatter"])
-def test_estimate_matches_measured_training_memory(transpose):
-    r = in_fresh_process("tests.train.test_memory", "measure_training", transpose)
+@pytest.mark.parametrize("transpose,storage", [("csc", "float32"), ("scatter", "float32"), ("csc", "bfloat16")])
+def test_estimate_matches_measured_training_memory(transpose, storage):
+    r = in_fresh_process("tests.train.test_memory", "measure_training", transpose, storage)
     assert r["estimated"] == r["connections"]
     assert 0.85 * r["total"] <= r["measured"] <= 1.1 * r["total"] + 10e6, \
         f"measured {r['measured'] / 1e6:.0f} MB, estimated {r['total'] / 1e6:.0f} MB ({r['describe']})"
@@ -180,3 +181,11 @@ def test_estimate_follows_the_layout_of_the_fused_update():
     assert est.training < estimate(sizes, runs.densities(config, sizes), 16, transpose="csc").training
     rigl = RunConfig.from_dict({"hidden": [400_000] * 2, "epsilon": 2.0, "batch_size": 16, "algo": "rigl"})
     assert runs.memory_estimate(rigl, sizes).training > est.training
+    # bfloat16 storage: 2 bytes per hidden activation (+ two bfloat16 gradient buffers), layer by layer at any size
+    half = estimate(big, dens, 16, transpose="scatter", fused_update=True, half=True)
+    assert fused.activations - half.activations == 16 * 2 * sum(big[1:-1])  # a scatter's gradients stay float
+    csc = estimate(big, dens, 16, transpose="csc", fused_update=True)
+    half = estimate(big, dens, 16, transpose="csc", fused_update=True, half=True)
+    assert csc.activations - half.activations == 16 * (2 * sum(big[1:-1]) + 2 * max(big) * 2 - big[-1] * 4)
+    assert estimate(small, sdens, 16, fused_update=True, half=True).activations < \
+        estimate(small, sdens, 16, fused_update=True).activations  # 16 samples per unit, not 64

@@ -30,8 +30,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
+from sparta.kernels.bf16 import is_bf16, load, store
 from sparta.kernels.hashrng import SAMPLE_MUL_32, h32, unit_key
 from sparta.kernels.optim import apply_span
 from sparta.kernels.vectors import prefer_wide
@@ -99,6 +100,19 @@ def _ptr(typingctx, arr):  # pragma: no cover - runs at compile time
     return types.CPointer(arr.dtype)(arr), codegen
 
 
+def _float_ptr(arr, other):  # pragma: no cover - replaced by the overload in numba code
+    """:func:`_ptr` of a float array; ``other`` (a float pointer) for a bfloat16 one, whose code path is never
+    taken but must still compile (the ordered sums' vector intrinsics take floats only)."""
+    raise NotImplementedError("_float_ptr runs inside numba kernels")
+
+
+@overload(_float_ptr, inline="always")
+def _float_ptr_impl(arr, other):  # pragma: no cover - runs at compile time
+    if isinstance(arr.dtype, types.Float):
+        return lambda arr, other: _ptr(arr)
+    return lambda arr, other: other
+
+
 @intrinsic
 def _stack_empty(typingctx, size, dtype):  # pragma: no cover - runs at compile time
     """A stack array of ``size`` elements (LLVM keeps it in registers when every index is constant)."""
@@ -108,53 +122,53 @@ def _stack_empty(typingctx, size, dtype):  # pragma: no cover - runs at compile 
 
 
 @numba.njit(inline="always", **_NJIT)
-def _epilogue(n, dst, a, d, code, mode, act, slope, thr, scale, ku, col0):  # pragma: no cover
-    """Apply the ``mode`` epilogue in place to the ``n`` sums just written at ``a[dst:]`` for the columns
-    ``col0 ..``: activation, dropout (when ``thr`` > 0) and what backward needs — for leaky activations a
-    one-byte ``code`` per value (0: zero gradient, 1: positive side, 2: negative side), else ``d`` = the
-    derivative × dropout scale. One loop per case, each vectorisable."""
+def _epilogue(n, adst, a, dst, d, code, mode, act, slope, thr, scale, ku, col0):  # pragma: no cover
+    """Apply the ``mode`` epilogue in place to the ``n`` sums just written at ``a[adst:]`` for the columns
+    ``col0 ..``: activation, dropout (when ``thr`` > 0) and what backward needs, written at ``dst`` — for leaky
+    activations a one-byte ``code`` per value (0: zero gradient, 1: positive side, 2: negative side), else ``d``
+    = the derivative × dropout scale. One loop per case, each vectorisable."""
     prefer_wide()
     if mode == MODE_LINEAR:
         return
     if act == ACT_LEAKY:
         if mode == MODE_EVAL:
             for t in range(n):
-                v = a[dst + np.uint64(t)]
-                a[dst + np.uint64(t)] = v if v > 0 else v * slope
+                v = a[adst + np.uint64(t)]
+                a[adst + np.uint64(t)] = v if v > 0 else v * slope
         elif thr == 0:
             for t in range(n):
-                v = a[dst + np.uint64(t)]
+                v = a[adst + np.uint64(t)]
                 pos = v > 0
-                a[dst + np.uint64(t)] = v if pos else v * slope
+                a[adst + np.uint64(t)] = v if pos else v * slope
                 code[dst + np.uint64(t)] = 1 if pos else 2
         else:
             c = np.uint32(col0)
             zero = scale - scale  # not scale * 0: float32 times an int is float64 in numba
             for t in range(n):
-                v = a[dst + np.uint64(t)]
+                v = a[adst + np.uint64(t)]
                 pos = v > 0
                 keep = h32(np.uint32(ku + np.uint32(c + np.uint32(t)) * SAMPLE_MUL_32)) >= thr
                 f = v * scale if pos else v * (slope * scale)
-                a[dst + np.uint64(t)] = f if keep else zero
+                a[adst + np.uint64(t)] = f if keep else zero
                 code[dst + np.uint64(t)] = (1 if pos else 2) if keep else 0
         return
     one = scale * 0 + 1
     for t in range(n):
-        v = a[dst + np.uint64(t)]
+        v = a[adst + np.uint64(t)]
         if act == ACT_TANH:
             f = np.tanh(v)
             df = one - f * f
         else:
             f = one / (one + np.exp(-v))
             df = f * (one - f)
-        a[dst + np.uint64(t)] = f
+        a[adst + np.uint64(t)] = f
         if mode == MODE_TRAIN:
             d[dst + np.uint64(t)] = df
     if mode == MODE_TRAIN and thr != 0:
         c = np.uint32(col0)
         for t in range(n):
             m = scale if h32(np.uint32(ku + np.uint32(c + np.uint32(t)) * SAMPLE_MUL_32)) >= thr else scale * 0
-            a[dst + np.uint64(t)] *= m
+            a[adst + np.uint64(t)] *= m
             d[dst + np.uint64(t)] *= m
 
 
@@ -167,16 +181,20 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
 
     ``indptr`` uint64 ``(out+1,)``, ``indices`` uint32 ``(nnz,)``, ``values (nnz,)``, ``bias (out,)``;
     ``x`` flat ``(in · ld)``; ``a``, ``d`` (float) and ``code`` (uint8) flat ``(out · ld)`` (``d``/``code``
-    may be empty when the mode and activation do not write them).
+    may be empty when the mode and activation do not write them). ``x`` and ``a`` may each be float or
+    bfloat16 (``uint16``, :mod:`sparta.kernels.bf16`): sums run in float; a bfloat16 ``a`` receives each
+    tile's values rounded once, after the epilogue.
     """
     prefer_wide()
     n_out = indptr.shape[0] - 1
     nnz = np.uint64(indices.shape[0])
     ldu = np.uint64(ld)
     pf = x.shape[0] >= PREFETCH_MIN
-    acc = numba.carray(_stack_empty(T, values.dtype), T)
+    accb = _stack_empty(T, values.dtype)
+    acc = numba.carray(accb, T)
     out = a
     ap, dp, cp = _ptr(a), _ptr(d), _ptr(code)
+    half = is_bf16(a)
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
     ntail = c1 - ctail
@@ -200,27 +218,44 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
                 b0 = np.uint64(indices[k]) * ldu + cb
                 b1 = np.uint64(indices[k + _U1]) * ldu + cb
                 for t in range(T):
-                    acc[t] += v0 * x[b0 + np.uint64(t)] + v1 * x[b1 + np.uint64(t)]
+                    acc[t] += v0 * load(x, b0 + np.uint64(t)) + v1 * load(x, b1 + np.uint64(t))
                 k += _U2
             if k < end:
                 v0 = values[k]
                 b0 = np.uint64(indices[k]) * ldu + cb
                 for t in range(T):
-                    acc[t] += v0 * x[b0 + np.uint64(t)]
+                    acc[t] += v0 * load(x, b0 + np.uint64(t))
             dst = row + cb
-            for t in range(T):
-                out[dst + np.uint64(t)] = acc[t]
-            _epilogue(T, dst, ap, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
+            if half:  # the epilogue on the float sums, then one rounding each
+                _epilogue(T, _U0, accb, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
+                for t in range(T):
+                    store(out, dst + np.uint64(t), acc[t])
+            else:
+                for t in range(T):
+                    out[dst + np.uint64(t)] = acc[t]
+                _epilogue(T, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
         if ntail > 0:
             dst = row + np.uint64(ctail)
-            for t in range(ntail):
-                out[dst + np.uint64(t)] = bi
-            for k in range(start, end):
-                v0 = values[k]
-                b0 = np.uint64(indices[k]) * ldu + np.uint64(ctail)
+            if half:
                 for t in range(ntail):
-                    out[dst + np.uint64(t)] += v0 * x[b0 + np.uint64(t)]
-            _epilogue(ntail, dst, ap, dp, cp, mode, act, slope, thr, scale, ku, ctail + cg)
+                    acc[t] = bi
+                for k in range(start, end):
+                    v0 = values[k]
+                    b0 = np.uint64(indices[k]) * ldu + np.uint64(ctail)
+                    for t in range(ntail):
+                        acc[t] += v0 * load(x, b0 + np.uint64(t))
+                _epilogue(ntail, _U0, accb, dst, dp, cp, mode, act, slope, thr, scale, ku, ctail + cg)
+                for t in range(ntail):
+                    store(out, dst + np.uint64(t), acc[t])
+            else:
+                for t in range(ntail):
+                    out[dst + np.uint64(t)] = bi
+                for k in range(start, end):
+                    v0 = values[k]
+                    b0 = np.uint64(indices[k]) * ldu + np.uint64(ctail)
+                    for t in range(ntail):
+                        out[dst + np.uint64(t)] += v0 * load(x, b0 + np.uint64(t))
+                _epilogue(ntail, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, ctail + cg)
 
 
 
@@ -335,7 +370,8 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, off, accumulate, r0, r1):  # 
 
     Each sum runs in ``_W`` explicit lanes (sample ``c`` adds to lane ``c mod _W``), folded in a fixed order,
     and the kernel is compiled without reassociation: the result is the same bit for bit however LLVM
-    vectorises it (a reassociated reduction differed between a fresh compile and numba's cached one)."""
+    vectorises it (a reassociated reduction differed between a fresh compile and numba's cached one). ``dz`` and
+    ``x`` may each be float or bfloat16 (``uint16``)."""
     prefer_wide()
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
@@ -366,19 +402,19 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, off, accumulate, r0, r1):  # 
                 cb = np.uint64(c0 + blk * _W)
                 for lane in range(_W):
                     c = cb + np.uint64(lane)
-                    g = dz[row + c]
-                    acc[lane] += g * x[x0 + c]
-                    acc[_W + lane] += g * x[x1 + c]
-                    acc[2 * _W + lane] += g * x[x2 + c]
-                    acc[3 * _W + lane] += g * x[x3 + c]
+                    g = load(dz, row + c)
+                    acc[lane] += g * load(x, x0 + c)
+                    acc[_W + lane] += g * load(x, x1 + c)
+                    acc[2 * _W + lane] += g * load(x, x2 + c)
+                    acc[3 * _W + lane] += g * load(x, x3 + c)
             s0, s1, s2, s3 = _lane_sum4(buf, 0)
             for t in range(ntail):
                 c = np.uint64(ctail + t)
-                g = dz[row + c]
-                s0 += g * x[x0 + c]
-                s1 += g * x[x1 + c]
-                s2 += g * x[x2 + c]
-                s3 += g * x[x3 + c]
+                g = load(dz, row + c)
+                s0 += g * load(x, x0 + c)
+                s1 += g * load(x, x1 + c)
+                s2 += g * load(x, x2 + c)
+                s3 += g * load(x, x3 + c)
             q = k - off
             if accumulate:
                 s0 += out[q]
@@ -398,11 +434,11 @@ def sddmm(indptr, indices, dz, x, ld, c0, c1, out, off, accumulate, r0, r1):  # 
                 cb = np.uint64(c0 + blk * _W)
                 for lane in range(_W):
                     c = cb + np.uint64(lane)
-                    acc[lane] += dz[row + c] * x[x0 + c]
+                    acc[lane] += load(dz, row + c) * load(x, x0 + c)
             s0 = _lane_sum(buf, 0)
             for t in range(ntail):
                 c = np.uint64(ctail + t)
-                s0 += dz[row + c] * x[x0 + c]
+                s0 += load(dz, row + c) * load(x, x0 + c)
             out[k - off] = s0 + out[k - off] if accumulate else s0
             k += _U1
 
@@ -429,9 +465,9 @@ def sddmm_update(indptr, indices, dz, x, ld, c0, c1, r0, r1, g, kind, p, s1, s2,
 
 
 @numba.njit(inline="always", **_NJIT_ORDERED)
-def _grad_epilogue(n, dst, dx, d, code, has_code, lut1, lut2, db, j, with_d, first):  # pragma: no cover
-    """``dx[dst:dst+n] ⊙=`` the forward's derivative (``d``, or ``lut1``/``lut2``/0 for ``code`` 1/2/0 when
-    ``code`` is not empty) and their sum into ``db[j]`` (added unless ``first``)."""
+def _grad_epilogue(n, adst, dx, dst, d, code, has_code, lut1, lut2, db, j, with_d, first):  # pragma: no cover
+    """``dx[adst:adst+n] ⊙=`` the forward's derivative at ``dst`` (``d``, or ``lut1``/``lut2``/0 for ``code``
+    1/2/0 when ``code`` is not empty) and their sum into ``db[j]`` (added unless ``first``)."""
     prefer_wide()
     if not with_d:
         return
@@ -440,11 +476,11 @@ def _grad_epilogue(n, dst, dx, d, code, has_code, lut1, lut2, db, j, with_d, fir
         for t in range(n):
             c = code[dst + np.uint64(t)]
             f = lut1 if c == 1 else (lut2 if c == 2 else zero)
-            dx[dst + np.uint64(t)] *= f
+            dx[adst + np.uint64(t)] *= f
     else:
         for t in range(n):
-            dx[dst + np.uint64(t)] *= d[dst + np.uint64(t)]
-    s = _ordered_sum(dx, dst, n)  # a second pass over the row while it is in L1; one fixed order
+            dx[adst + np.uint64(t)] *= d[dst + np.uint64(t)]
+    s = _ordered_sum(dx, adst, n)  # a second pass over the row while it is in L1; one fixed order
     db[j] = s if first else db[j] + s
 
 
@@ -453,14 +489,17 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
            j1):  # pragma: no cover - compiled by numba
     """``dx[j, c] = Σ_p values[perm[p]] · dz[rowidx[p], c]`` over the connections ``p`` of input ``j``
     (CSC order), for inputs ``j ∈ [j0, j1)`` and ``c ∈ [c0, c1)``; with ``with_d``: times the forward's derivative
-    (see :func:`_grad_epilogue`) and ``db[j] (+)= Σ_c dx[j, c]`` (added to ``db`` when ``accumulate``)."""
+    (see :func:`_grad_epilogue`) and ``db[j] (+)= Σ_c dx[j, c]`` (added to ``db`` when ``accumulate``). ``dz`` and
+    ``dx`` may each be float or bfloat16 (``uint16``): sums and ``db`` in float, a bfloat16 ``dx`` rounded once."""
     prefer_wide()
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
     pf = dz.shape[0] >= PREFETCH_MIN
-    acc = numba.carray(_stack_empty(T, values.dtype), T)
-    dxp, dp, cp, dbp = _ptr(dx), _ptr(d), _ptr(code), _ptr(db)
+    accb = _stack_empty(T, values.dtype)
+    acc = numba.carray(accb, T)
+    dxp, dp, cp, dbp = _float_ptr(dx, accb), _ptr(d), _ptr(code), _ptr(db)
+    half = is_bf16(dx)
     has_code = code.shape[0] > 0
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
@@ -483,27 +522,46 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
                 b0 = np.uint64(rowidx[p]) * ldu + cb
                 b1 = np.uint64(rowidx[p + _U1]) * ldu + cb
                 for t in range(T):
-                    acc[t] += v0 * dz[b0 + np.uint64(t)] + v1 * dz[b1 + np.uint64(t)]
+                    acc[t] += v0 * load(dz, b0 + np.uint64(t)) + v1 * load(dz, b1 + np.uint64(t))
                 p += _U2
             if p < end:
                 v0 = values[perm[p]]
                 b0 = np.uint64(rowidx[p]) * ldu + cb
                 for t in range(T):
-                    acc[t] += v0 * dz[b0 + np.uint64(t)]
+                    acc[t] += v0 * load(dz, b0 + np.uint64(t))
             dst = row + cb
-            for t in range(T):
-                dx[dst + np.uint64(t)] = acc[t]
-            _grad_epilogue(T, dst, dxp, dp, cp, has_code, lut1, lut2, dbp, j, with_d, tile == 0 and not accumulate)
+            first = tile == 0 and not accumulate
+            if half:  # the epilogue on the float sums, then one rounding each
+                _grad_epilogue(T, _U0, accb, dst, dp, cp, has_code, lut1, lut2, dbp, j, with_d, first)
+                for t in range(T):
+                    store(dx, dst + np.uint64(t), acc[t])
+            else:
+                for t in range(T):
+                    dx[dst + np.uint64(t)] = acc[t]
+                _grad_epilogue(T, dst, dxp, dst, dp, cp, has_code, lut1, lut2, dbp, j, with_d, first)
         if ntail > 0:
             dst = row + np.uint64(ctail)
-            for t in range(ntail):
-                dx[dst + np.uint64(t)] = 0
-            for p in range(start, end):
-                v0 = values[perm[p]]
-                b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
+            first = nfull == 0 and not accumulate
+            if half:
                 for t in range(ntail):
-                    dx[dst + np.uint64(t)] += v0 * dz[b0 + np.uint64(t)]
-            _grad_epilogue(ntail, dst, dxp, dp, cp, has_code, lut1, lut2, dbp, j, with_d, nfull == 0 and not accumulate)
+                    acc[t] = 0
+                for p in range(start, end):
+                    v0 = values[perm[p]]
+                    b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
+                    for t in range(ntail):
+                        acc[t] += v0 * load(dz, b0 + np.uint64(t))
+                _grad_epilogue(ntail, _U0, accb, dst, dp, cp, has_code, lut1, lut2, dbp, j, with_d, first)
+                for t in range(ntail):
+                    store(dx, dst + np.uint64(t), acc[t])
+            else:
+                for t in range(ntail):
+                    dx[dst + np.uint64(t)] = 0
+                for p in range(start, end):
+                    v0 = values[perm[p]]
+                    b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
+                    for t in range(ntail):
+                        dx[dst + np.uint64(t)] += v0 * load(dz, b0 + np.uint64(t))
+                _grad_epilogue(ntail, dst, dxp, dst, dp, cp, has_code, lut1, lut2, dbp, j, with_d, first)
 
 
 @numba.njit(**_NJIT_ORDERED)
@@ -511,14 +569,17 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                  j1):  # pragma: no cover - compiled by numba
     """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
     is read once for both the input gradient ``dx[j]`` and the value gradient ``g[perm[p]] (+)= dz[rowidx[p]] ·
-    x[j]`` (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``."""
+    x[j]`` (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``. ``dz``, ``x`` and
+    ``dx`` may each be float or bfloat16 (``uint16``), as in :func:`gather`."""
     prefer_wide()
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
     ldu = np.uint64(ld)
     pf = dz.shape[0] >= PREFETCH_MIN
-    acc = numba.carray(_stack_empty(T, values.dtype), T)
-    dxp, dp, cp, dbp = _ptr(dx), _ptr(d), _ptr(code), _ptr(db)
+    accb = _stack_empty(T, values.dtype)
+    acc = numba.carray(accb, T)
+    dxp, dp, cp, dbp = _float_ptr(dx, accb), _ptr(d), _ptr(code), _ptr(db)
+    half = is_bf16(dx)
     has_code = code.shape[0] > 0
     xr = numba.carray(_stack_empty(T, values.dtype), T)
     sbuf = _stack_empty(_W, values.dtype)
@@ -536,7 +597,7 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
             more = accumulate or tile > 0
             for t in range(T):
                 acc[t] = 0
-                xr[t] = x[row + cb + np.uint64(t)]
+                xr[t] = load(x, row + cb + np.uint64(t))
             for p in range(start, end):
                 if pf and p + _AHEAD < nnz:
                     _prefetch_tile(dz, np.uint64(rowidx[p + _AHEAD]) * ldu + cb)
@@ -548,37 +609,52 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                 for blk in range(T // _W):
                     for lane in range(_W):
                         t = blk * _W + lane
-                        gz = dz[b0 + np.uint64(t)]
+                        gz = load(dz, b0 + np.uint64(t))
                         acc[t] += v0 * gz
                         sl[lane] += gz * xr[t]
                 s = _lane_sum(sbuf, 0)
                 g[k] = g[k] + s if more else s
             dst = row + cb
-            for t in range(T):
-                dx[dst + np.uint64(t)] = acc[t]
-            _grad_epilogue(T, dst, dxp, dp, cp, has_code, lut1, lut2, dbp, j, True, tile == 0 and not accumulate)
+            first = tile == 0 and not accumulate
+            if half:
+                _grad_epilogue(T, _U0, accb, dst, dp, cp, has_code, lut1, lut2, dbp, j, True, first)
+                for t in range(T):
+                    store(dx, dst + np.uint64(t), acc[t])
+            else:
+                for t in range(T):
+                    dx[dst + np.uint64(t)] = acc[t]
+                _grad_epilogue(T, dst, dxp, dst, dp, cp, has_code, lut1, lut2, dbp, j, True, first)
         if ntail > 0:
             more = accumulate or nfull > 0
             dst = row + np.uint64(ctail)
             for t in range(ntail):
-                dx[dst + np.uint64(t)] = 0
+                acc[t] = 0
             for p in range(start, end):
                 k = perm[p]
                 v0 = values[k]
                 b0 = np.uint64(rowidx[p]) * ldu + np.uint64(ctail)
                 s = zero
                 for t in range(ntail):
-                    gz = dz[b0 + np.uint64(t)]
-                    dx[dst + np.uint64(t)] += v0 * gz
-                    s += gz * x[dst + np.uint64(t)]
+                    gz = load(dz, b0 + np.uint64(t))
+                    acc[t] += v0 * gz
+                    s += gz * load(x, dst + np.uint64(t))
                 g[k] = g[k] + s if more else s
-            _grad_epilogue(ntail, dst, dxp, dp, cp, has_code, lut1, lut2, dbp, j, True, nfull == 0 and not accumulate)
+            first = nfull == 0 and not accumulate
+            if half:
+                _grad_epilogue(ntail, _U0, accb, dst, dp, cp, has_code, lut1, lut2, dbp, j, True, first)
+                for t in range(ntail):
+                    store(dx, dst + np.uint64(t), acc[t])
+            else:
+                for t in range(ntail):
+                    dx[dst + np.uint64(t)] = acc[t]
+                _grad_epilogue(ntail, dst, dxp, dst, dp, cp, has_code, lut1, lut2, dbp, j, True, first)
 
 
 @numba.njit(**_NJIT)
 def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no cover - compiled by numba
     """``dx = Wᵀ dz`` for columns ``[c0, c1)`` and inputs ``[j0, j1)`` by scattering each CSR row into the rows of
-    ``dx`` (a binary search per row finds its connections into ``[j0, j1)``, so ranges never write the same row)."""
+    ``dx`` (a binary search per row finds its connections into ``[j0, j1)``, so ranges never write the same row);
+    ``dz`` may be bfloat16 (``uint16``), ``dx`` is float (it accumulates)."""
     prefer_wide()
     n_out = indptr.shape[0] - 1
     ldu = np.uint64(ld)
@@ -605,7 +681,7 @@ def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no 
         for tile in range(nfull):
             cb = np.uint64(c0 + tile * T)
             for t in range(T):
-                acc[t] = dz[row + cb + np.uint64(t)]
+                acc[t] = load(dz, row + cb + np.uint64(t))
             for k in range(start, end):
                 v0 = values[k]
                 b0 = np.uint64(indices[k]) * ldu + cb
@@ -615,7 +691,7 @@ def scatter(indptr, indices, values, dz, ld, c0, c1, dx, j0, j1):  # pragma: no 
             v0 = values[k]
             b0 = np.uint64(indices[k]) * ldu
             for c in range(ctail, c1):
-                dx[b0 + np.uint64(c)] += v0 * dz[row + np.uint64(c)]
+                dx[b0 + np.uint64(c)] += v0 * load(dz, row + np.uint64(c))
 
 
 @numba.njit(**_NJIT_ORDERED)
@@ -626,7 +702,8 @@ def apply_derivative(dx, d, code, lut1, lut2, ld, c0, c1, db, accumulate, j0, j1
     dxp, dp, cp, dbp = _ptr(dx), _ptr(d), _ptr(code), _ptr(db)
     has_code = code.shape[0] > 0
     for j in range(j0, min(j1, db.shape[0])):
-        _grad_epilogue(c1 - c0, np.uint64(j) * ldu + np.uint64(c0), dxp, dp, cp, has_code, lut1, lut2, dbp, j, True,
+        at = np.uint64(j) * ldu + np.uint64(c0)
+        _grad_epilogue(c1 - c0, at, dxp, at, dp, cp, has_code, lut1, lut2, dbp, j, True,
                        not accumulate)
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparta.kernels import atomics, fused, hashrng
+from sparta.kernels import atomics, bf16, fused, hashrng
 from sparta.kernels import optim as optim_kernels
 from sparta.kernels.threads import POOL, get_num_threads
 from sparta.nn.functional import INFER_BATCH, threads_for
@@ -88,6 +88,13 @@ class SparseMLP(nn.Module):
         transpose: how the input gradient is formed: ``"csc"`` (a gather over a transposed copy of each
             layer's structure: 8 more bytes per connection, faster) or ``"scatter"`` (over the CSR itself).
         fused: ``False`` always runs layer by layer (same function, torch ops).
+        activation_storage: ``"float32"``, or ``"bfloat16"`` to store the hidden activations the fused float32
+            passes keep between layers rounded to bfloat16 (nearest even; relative error ≤ 2⁻⁸ each; all
+            arithmetic, the input, the outputs, gradients and parameters stay float32). Half the bytes per
+            gathered activation row: faster for wide layers, whose rows come from beyond L2 (see the
+            README's wide-network figures). Such a model always runs the layer-by-layer passes, for
+            training and evaluation alike (also for a few samples), so every forward rounds the same way.
+            Float64 passes and the unfused path store float64/float32 as usual.
 
     Input ``(..., in)`` → output ``(..., out)``. State: ``layers`` (``nn.ModuleList``) and the dropout
     counter ``dropout_state = [seed, step]`` (int64 buffer; the seed is drawn from torch's RNG at
@@ -110,6 +117,7 @@ class SparseMLP(nn.Module):
         sparse: bool = True,
         transpose: str = "csc",
         fused: bool = True,
+        activation_storage: str = "float32",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
@@ -123,6 +131,8 @@ class SparseMLP(nn.Module):
             raise ValueError(f"alpha must be a number ≥ 0, got {alpha!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if activation_storage not in bf16.STORAGE:
+            raise ValueError(f"activation_storage must be one of {bf16.STORAGE}, got {activation_storage!r}")
         if transpose not in TRANSPOSES:
             raise ValueError(f"transpose must be one of {TRANSPOSES}, got {transpose!r}")
         if sparse and (density is None) == (epsilon is None):
@@ -132,6 +142,7 @@ class SparseMLP(nn.Module):
         self.alpha = float(alpha)
         self.p = float(dropout)
         self.fused = bool(fused)
+        self.activation_storage = activation_storage
         densities = _per_layer("density", density, n)
         layers: list[nn.Module] = []
         for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -161,7 +172,8 @@ class SparseMLP(nn.Module):
     def extra_repr(self) -> str:
         return (f"sizes={self.sizes}, activation={self.activation!r}"
                 + (f", alpha={self.alpha}" if self.activation == "allrelu" else "")
-                + f", dropout={self.p}, fused={self.fused}")
+                + f", dropout={self.p}, fused={self.fused}"
+                + (f", activation_storage={self.activation_storage!r}" if self.activation_storage != "float32" else ""))
 
     def fused_path(self, x: torch.Tensor) -> bool:
         """Whether a forward on ``x`` runs the fused kernels."""
@@ -274,7 +286,7 @@ class SparseMLP(nn.Module):
             layer_mode = layer_mode or (plan is not None and big)
         parts, threads = ([(0, batch)], get_num_threads()) if layer_mode else st.split(batch)
         runner: _FusedRunner = self._runner
-        ws = runner.workspace(st.sizes, batch, st.dtype, parts, True, st.leaky, not layer_mode)
+        ws = runner.workspace(st.sizes, batch, st.dtype, parts, True, st.leaky, not layer_mode, st.half)
         k1s, k2s, thr = st.dropout_keys(self._next_dropout_step())
         xn = x.detach().contiguous().numpy()
         out = np.empty((batch, n_out), st.dtype)
@@ -403,18 +415,21 @@ class _Workspace:
     ``tiled`` (the batch-split passes): activations are tile-major, each tile of :data:`fused.T` samples an
     ``(n, T)`` block (:func:`fused.forward_pass`), and each part of the batch has its own output-gradient
     scratch of one tile. Otherwise (layer mode) they are feature-major over the whole batch, row stride ``ld``.
+    ``half``: the hidden activations are bfloat16 (``uint16``, :mod:`sparta.kernels.bf16`); the input and the
+    outputs stay ``dtype``.
     """
 
     def __init__(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
-                 train: bool, leaky: bool, tiled: bool) -> None:
-        self.key = (tuple(sizes), batch, dtype, tuple(parts), leaky, tiled)
+                 train: bool, leaky: bool, tiled: bool, half: bool = False) -> None:
+        self.key = (tuple(sizes), batch, dtype, tuple(parts), leaky, tiled, half)
         self.sizes, self.batch, self.dtype, self.parts, self.train, self.leaky = sizes, batch, dtype, parts, train, leaky
         self.tiled = tiled
         self.ld = ld = fused.T if tiled else fused.leading_dim(batch)
         span = -(-batch // fused.T) * fused.T if tiled else ld  # elements per feature
         empty, empty_code = np.empty(0, dtype), np.empty(0, np.uint8)
-        self.acts = tuple(fused.aligned_empty(n * span, dtype) for n in sizes)  # acts[0]: input, acts[-1]: output
         hidden = range(1, len(sizes) - 1)
+        self.acts = tuple(fused.aligned_empty(n * span, np.uint16 if half and j in hidden else dtype)
+                          for j, n in enumerate(sizes))  # acts[0]: input, acts[-1]: output
         self.ds = tuple(fused.aligned_empty(sizes[j] * span, dtype) if train and not leaky and j in hidden else empty
                         for j in range(len(sizes)))
         self.codes = tuple(fused.aligned_empty(sizes[j] * span, np.uint8) if train and leaky and j in hidden
@@ -423,10 +438,13 @@ class _Workspace:
         # output-gradient scratch (two buffers) and the input gradient: one tile per part, or the whole batch
         self.scratch = [tuple(fused.aligned_empty(n * ld, dtype) for n in (widest, widest, sizes[0]))
                         for _ in (parts if tiled else [0])]
+        self.half = half  # and the output gradients of hidden layers (layer mode): two bfloat16 buffers
+        self.half_scratch = tuple(fused.aligned_empty(widest * ld, np.uint16) for _ in range(2 if half else 0))
         self.bias_parts = [tuple(np.empty(n, dtype) for n in sizes[1:]) for _ in parts]
         self.grad_parts: list[tuple[np.ndarray, ...]] = []  # value-gradient scratch of parts 1, 2, …
         self.empty = empty
-        self.nbytes = sum(a.nbytes for a in (*self.acts, *self.ds, *self.codes, *(b for t in self.scratch for b in t)))
+        self.nbytes = sum(a.nbytes for a in (*self.acts, *self.ds, *self.codes, *(b for t in self.scratch for b in t),
+                                             *self.half_scratch))
         self.generation = 0  # bumped by each training forward that takes these buffers
         self.backward_done = False  # the latest graph on these buffers has run its backward
 
@@ -436,10 +454,11 @@ class _Workspace:
     def inputs(self, j: int) -> np.ndarray:
         """Layer ``j``'s input activations as ``(n_j, batch)`` (a view, or a copy when tile-major)."""
         n, batch, ld = self.sizes[j], self.batch, self.ld
+        a = self.acts[j] if self.acts[j].dtype != np.uint16 else bf16.from_bf16(self.acts[j])
         if not self.tiled:
-            return self.acts[j].reshape(n, ld)[:, :batch]
+            return a.reshape(n, ld)[:, :batch]
         tiles = -(-batch // ld)
-        return self.acts[j].reshape(tiles, n, ld).transpose(1, 0, 2).reshape(n, tiles * ld)[:, :batch]
+        return a.reshape(tiles, n, ld).transpose(1, 0, 2).reshape(n, tiles * ld)[:, :batch]
 
     def drop_buffers(self) -> None:
         """Free the buffers of a graph that has run its backward (a second backward of it then raises)."""
@@ -448,7 +467,7 @@ class _Workspace:
         empty = self.empty
         self.acts = self.ds = tuple(empty for _ in self.sizes)
         self.codes = tuple(np.empty(0, np.uint8) for _ in self.sizes)
-        self.scratch, self.grad_parts, self.nbytes = [], [], 0
+        self.scratch, self.grad_parts, self.half_scratch, self.nbytes = [], [], (), 0
 
 
 class _FusedRunner:
@@ -476,8 +495,8 @@ class _FusedRunner:
             self.free.append(ws)
 
     def workspace(self, sizes: list[int], batch: int, dtype: np.dtype, parts: list[tuple[int, int]],
-                  train: bool, leaky: bool, tiled: bool) -> _Workspace:
-        key = (tuple(sizes), batch, dtype, tuple(parts), leaky, tiled)
+                  train: bool, leaky: bool, tiled: bool, half: bool = False) -> _Workspace:
+        key = (tuple(sizes), batch, dtype, tuple(parts), leaky, tiled, half)
         for i, ws in enumerate(self.free):
             if ws.matches(key, train):
                 return self.free.pop(i)
@@ -498,7 +517,7 @@ class _FusedRunner:
                 any(w.nbytes > BIG_WORKSPACE_BYTES for w in self.free):
             self.free.clear()  # a big network: never hold a second set of batch buffers
             self.done.clear()
-        return _Workspace(sizes, batch, dtype, parts, train, leaky, tiled)
+        return _Workspace(sizes, batch, dtype, parts, train, leaky, tiled, half)
 
 
 class _FusedMLPFunction(torch.autograd.Function):
@@ -517,7 +536,8 @@ class _FusedMLPFunction(torch.autograd.Function):
         grad = bool(grad)
         mode = fused.MODE_TRAIN if (grad or rng is not None) else fused.MODE_EVAL
         runner: _FusedRunner = mlp._runner
-        ws = runner.workspace(st.sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, st.leaky, not st.layer_mode)
+        ws = runner.workspace(st.sizes, batch, dtype, parts, mode == fused.MODE_TRAIN, st.leaky, not st.layer_mode,
+                              st.half)
         k1s, k2s, thr = st.dropout_keys(rng)
         out = torch.empty(batch, st.sizes[-1], dtype=x.dtype)
         xn, outn = x.detach().contiguous().numpy(), out.numpy()
@@ -703,24 +723,31 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Worksp
     ``plan`` (one :class:`sparta.optim.FusedUpdate` per layer): instead of writing value gradients, each
     layer's input gradient is formed first (from the values before the step), then each thread computes the
     gradients of a block of its rows into a scratch of ``max(UPDATE_BLOCK, longest_row)`` elements and
-    applies the optimizer's update to those values at once (:func:`fused.sddmm_update`)."""
+    applies the optimizer's update to those values at once (:func:`fused.sddmm_update`).
+
+    With ``ws.half``, the output gradient of a hidden layer whose input gradient is a gather (``use_csc``) is
+    stored as bfloat16 (``ws.half_scratch``), like the activations; a scatter accumulates into float32."""
     colptrs, rowidxs, perms = csc
     ld, batch, n_layers = ws.ld, ws.batch, len(vals)
     acts, ds, codes = ws.acts, ws.ds, ws.codes
     cur, nxt, dxbuf = ws.scratch[0]
+    pools = (cur, nxt), ws.half_scratch
     fused.to_feature_major(gyn, 0, batch, cur, ld)
     fused.row_sums(cur, ld, 0, batch, dbs[-1], False)
     scratch = [np.empty(max(UPDATE_BLOCK, longest_row), ws.dtype) for _ in range(threads)] if plan else []
     for j in range(n_layers - 1, -1, -1):
         n_out = dbs[j].shape[0]
         if caps[j].shape[0]:
-            caps[j].reshape(n_out, batch)[:] = cur[:n_out * ld].reshape(n_out, ld)[:, :batch]
+            rows = cur[:n_out * ld].reshape(n_out, ld)[:, :batch]
+            caps[j].reshape(n_out, batch)[:] = bf16.from_bf16(rows) if rows.dtype == np.uint16 else rows
         hidden = j > 0
+        if hidden:  # where this layer's input gradient goes: a buffer of the right type not holding cur
+            nxt = next(b for b in pools[bool(ws.half and use_csc[j])] if b is not cur)
         if plan is None and hidden and need_v[j] and use_csc[j] and fused.FUSE_BACKWARD:
             POOL.run([lambda a=a, b=b, j=j, cur=cur, nxt=nxt: fused.gather_sddmm(
                 colptrs[j], rowidxs[j], perms[j], vals[j], cur, acts[j], ld, 0, batch, nxt, ds[j], codes[j], luts1[j],
                 luts2[j], dbs[j - 1], grads[j], False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
-            cur, nxt = nxt, cur
+            cur = nxt
             continue
         if need_v[j] and plan is None:
             POOL.run([lambda a=a, b=b, j=j, cur=cur: fused.sddmm(ips[j], ixs[j], cur, acts[j], ld, 0, batch, grads[j],
@@ -748,7 +775,7 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Worksp
                 ips[j], ixs[j], cur, acts[j], ld, 0, batch, a, b, g, u.kind, u.p, u.s1, u.s2, u.hyper)
                 for (a, b), g in zip(_ranges(ips[j], threads), scratch, strict=False)], threads)
         if hidden:
-            cur, nxt = nxt, cur
+            cur = nxt
     if need_x:
         fused.from_feature_major(dxbuf, ld, 0, batch, dxn)
 
@@ -775,7 +802,10 @@ class _Structure:
         self.sizes = mlp.sizes
         self.nnz = [m.nnz for m in layers]
         self.total_nnz = sum(self.nnz)
-        self.layer_mode = self.total_nnz >= LAYER_MODE_CONNECTIONS  # big layers: threads split each layer
+        # bfloat16 hidden activations (float32 passes only), stored by the layer-by-layer passes
+        self.half = getattr(mlp, "activation_storage", "float32") == "bfloat16" and dtype == np.float32
+        # big layers, or bfloat16 storage: threads split each layer
+        self.layer_mode = self.total_nnz >= LAYER_MODE_CONNECTIONS or self.half
         self.has_bias = [m.bias is not None for m in layers]
         self.leaky = mlp.activation in ("allrelu", "relu")
         self.act = fused.ACT_LEAKY if self.leaky else (fused.ACT_TANH if mlp.activation == "tanh"
@@ -846,7 +876,7 @@ def _structure(mlp: SparseMLP, dtype: torch.dtype) -> _Structure | None:
     dtype on the numba backend), cached while every layer tensor keeps its storage and structure version and
     the module's activation, ``alpha``, dropout and transposes stay the same."""
     layers = list(mlp.layers)
-    key: list[Any] = [dtype, mlp.activation, mlp.alpha, mlp.p]
+    key: list[Any] = [dtype, mlp.activation, mlp.alpha, mlp.p, getattr(mlp, "activation_storage", "float32")]
     for m in layers:
         if not isinstance(m, SparseLinear) or m.backend == "torch":
             return None

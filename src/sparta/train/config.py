@@ -25,6 +25,7 @@ DATASETS = ("digits", "madelon", "teacher_student", "classification", "mnist", "
 LOSSES = ("ce", "mse")
 OPTIMIZERS = ("sgd", "adam")
 TRANSPOSES = ("csc", "scatter")
+STORAGE = ("float32", "bfloat16")  # SparseMLP's activation_storage (sparta.kernels.bf16.STORAGE)
 INITS = ("uniform", "kaiming_normal", "kaiming_uniform", "xavier_uniform", "normal")
 
 
@@ -52,7 +53,9 @@ class RunConfig:
     :class:`sparta.parallel.WasapConfig`).
 
     Scale: ``transpose`` how sparse layers form input gradients (``"csc"``: a gather over a transposed copy,
-    8 more bytes per connection; ``"scatter"``: none); ``eval_batch_size`` the evaluation's batch (None:
+    8 more bytes per connection; ``"scatter"``: none); ``activation_storage`` ``"bfloat16"`` stores a sparse
+    model's hidden activations and their gradients as bfloat16 between layers (faster for wide layers, see
+    :class:`sparta.nn.SparseMLP`; the dense twin stays float32); ``eval_batch_size`` the evaluation's batch (None:
     up to 1024, smaller when a batch's activations would exceed 1 GB); ``importance_pruning`` removes the
     hidden neurons at or below the ``ip_percentile``-th percentile of importance after epoch ``ip_start``
     (None: ``ip_every``) and every ``ip_every`` epochs after it (not after the last epoch; one process only).
@@ -85,6 +88,7 @@ class RunConfig:
     checkpoint_every: int = 10
     compare_dense: bool = True
     transpose: str = "csc"
+    activation_storage: str = "float32"
     eval_batch_size: int | None = None
     importance_pruning: bool = False
     ip_percentile: float = 20.0
@@ -189,6 +193,7 @@ class RunConfig:
         if self.parallel and self.workers is None:
             raise ConfigError(f"parallel settings {sorted(self.parallel)} apply to WASAP-SGD runs only: set workers")
         _choice("transpose", self.transpose, TRANSPOSES)
+        _choice("activation_storage", self.activation_storage, STORAGE)
         if self.eval_batch_size is not None:
             self.eval_batch_size = _int("eval_batch_size", self.eval_batch_size, 1)
         if not isinstance(self.importance_pruning, bool):
@@ -217,7 +222,7 @@ class RunConfig:
     def dense_baseline(self) -> RunConfig:
         """The same run with every layer dense (``algo="dense"``, one process), for the side-by-side comparison."""
         return dataclasses.replace(self, algo="dense", compare_dense=False, distribution=None, schedule_epochs=None,
-                                   workers=None, parallel={}, importance_pruning=False)
+                                   workers=None, parallel={}, importance_pruning=False, activation_storage="float32")
 
     @property
     def ip_first_epoch(self) -> int:

@@ -50,7 +50,8 @@ def connections(sizes: Sequence[int], densities: Sequence[float]) -> list[int]:
 
 def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, transpose: str | None = "csc",
              optimizer_state: int = 1, leaky: bool = True, eval_batch: int | None = None,
-             data_elements: int = 0, value_bytes: int = 4, fused_update: bool = False) -> Estimate:
+             data_elements: int = 0, value_bytes: int = 4, fused_update: bool = False,
+             half: bool = False) -> Estimate:
     """Bytes to train an MLP ``sizes`` at per-layer ``densities`` with minibatches of ``batch``.
 
     ``transpose``: ``"csc"`` (a transposed copy of each layer's structure), ``"scatter"`` (none) or None
@@ -60,7 +61,9 @@ def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, tr
     the data set; ``fused_update``: the network is stepped by ``SparseMLP.train_step(..., keep_grad=False)``
     with a :mod:`sparta.optim` optimizer (as ``sparta train`` steps it), so from
     :data:`~sparta.nn.mlp.FUSED_UPDATE_CONNECTIONS` connections no value gradient is stored and the batch is
-    laid out layer by layer (rounded up to :data:`~sparta.kernels.fused.LD_MULTIPLE` samples, not to tiles).
+    laid out layer by layer (rounded up to :data:`~sparta.kernels.fused.LD_MULTIPLE` samples, not to tiles);
+    ``half``: a ``SparseMLP(activation_storage="bfloat16")``, which stores its hidden activations in 2 bytes,
+    with ``"csc"`` its output gradients too, and always runs layer by layer.
     """
     from sparta.kernels.fused import T, leading_dim
     from sparta.nn.mlp import FUSED_UPDATE_CONNECTIONS, LAYER_MODE_CONNECTIONS
@@ -73,18 +76,23 @@ def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, tr
         structure = total * value_bytes
     else:
         structure = total * (value_bytes + 4) + rows * 8 + (total * 8 + cols * 8 if transpose == "csc" else 0)
-    layered = fused_update and transpose is not None and total >= FUSED_UPDATE_CONNECTIONS
+    half = half and transpose is not None
+    layered = fused_update and transpose is not None and (total >= FUSED_UPDATE_CONNECTIONS or half)
     grad = 0 if layered else 1  # the update inside the backward: no value gradient (the biases' stays)
     training = total * value_bytes * (grad + optimizer_state) + rows * value_bytes * (1 + optimizer_state)
     # samples per stored feature: the batch rounded up to whole tiles of fused.T where the batch-split layout
     # may hold it, else (layer by layer: training with the fused update, evaluation of networks in layer mode)
     # to LD_MULTIPLE
-    eval_layered = transpose is not None and total >= LAYER_MODE_CONNECTIONS
-    ld = max(leading_dim(batch) if layered else -(-batch // T) * T,
+    eval_layered = transpose is not None and (total >= LAYER_MODE_CONNECTIONS or half)
+    ld = max(leading_dim(batch) if layered or half else -(-batch // T) * T,
              0 if eval_batch is None else leading_dim(eval_batch) if eval_layered else -(-eval_batch // T) * T)
     hidden = sum(sizes[1:-1])
-    per_sample = (sum(sizes) * value_bytes + hidden * (1 if leaky else value_bytes)
-                  + 2 * max(sizes) * value_bytes + sizes[0] * value_bytes)
+    stored = 2 if half else value_bytes  # bytes per hidden activation
+    # two output-gradient buffers of the widest layer; with bfloat16 storage and gathers, bfloat16 ones (the float
+    # pair then only ever holds the output layer's gradient: the rest of it is never touched, so never resident)
+    grads = 2 * max(sizes) * 2 + sizes[-1] * value_bytes if half and transpose == "csc" else 2 * max(sizes) * value_bytes
+    per_sample = ((sizes[0] + sizes[-1]) * value_bytes + hidden * (stored + (1 if leaky else value_bytes))
+                  + grads + sizes[0] * value_bytes)
     updates = 0 if transpose is None else UPDATE_BYTES_PER_CONNECTION * max(nnz)
     return Estimate(total, structure, training, ld * per_sample, data_elements * 4, updates)
 

@@ -15,7 +15,7 @@ from sparta.nn.mlp import ACTIVATIONS, SparseMLP
 def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | None = None, sparse: bool = True,
         activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.0, init: str = "uniform",
         dense_last: bool = False, fused: bool | None = None, transpose: str = "csc",
-        generator: torch.Generator | None = None) -> nn.Module:
+        activation_storage: str = "float32", generator: torch.Generator | None = None) -> nn.Module:
     """``sizes = [in, h1, ..., out]`` → Linear/activation/(dropout) stack, no activation after the last layer.
 
     With ``sparse=True`` every layer is a ``SparseLinear`` at ``density`` or Erdős–Rényi ``epsilon``
@@ -29,6 +29,7 @@ def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | 
     (or ``nn.ReLU``, …) and ``sparta.nn.Dropout`` modules. ``dense_last`` keeps the output layer an
     ``nn.Linear`` (``nn.Sequential`` only). ``transpose``: how sparse layers form input gradients
     (``"csc"``, a gather over a transposed copy, or ``"scatter"``, 8 bytes per connection less).
+    ``activation_storage`` (``SparseMLP`` only): ``"bfloat16"`` stores hidden activations as bfloat16.
     """
     if fused is None:
         fused = sparse and not dense_last
@@ -37,7 +38,10 @@ def mlp(sizes: Sequence[int], *, density: float | None = None, epsilon: float | 
             raise ValueError("dense_last needs fused=False (a SparseMLP's layers are all sparse or all dense)")
         return SparseMLP(sizes, density=density if sparse and epsilon is None else None,
                          epsilon=epsilon if sparse else None, activation=activation, alpha=alpha, dropout=dropout,
-                         init=init, sparse=sparse, transpose=transpose, generator=generator)
+                         init=init, sparse=sparse, transpose=transpose, activation_storage=activation_storage,
+                         generator=generator)
+    if activation_storage != "float32":
+        raise ValueError(f"activation_storage={activation_storage!r} needs the fused SparseMLP (fused=True)")
     if len(sizes) < 2:
         raise ValueError(f"sizes must list at least input and output sizes, got {list(sizes)}")
     if activation not in ACTIVATIONS:

@@ -198,7 +198,8 @@ def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> S
     try:  # sparse runs (GMP included: it starts dense) get a SparseMLP and its fused training step
         model = mlp(sizes, density=config.density, epsilon=config.epsilon, sparse=config.sparse,
                     activation=config.activation, alpha=config.alpha, dropout=config.dropout, init=config.init,
-                    fused=config.algo != "dense", transpose=config.transpose, generator=gen)
+                    fused=config.algo != "dense", transpose=config.transpose,
+                    activation_storage=config.activation_storage, generator=gen)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     # the dense baseline is plain PyTorch (nn.Linear, torch.optim); sparse runs use sparta's fused optimizers
@@ -284,6 +285,7 @@ def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
     transpose = config.transpose if config.sparse else None
     return estimate(sizes, densities(config, sizes), config.batch_size, transpose=transpose,
                     optimizer_state=state, leaky=config.activation in ("allrelu", "relu"),
+                    half=config.sparse and config.activation_storage == "bfloat16",
                     eval_batch=eval_batch_size(config, sizes),
                     # train_step(..., keep_grad=False) with a sparta optimizer, unless the algorithm captures the
                     # gradients (RigL: the fused step does not apply then) or WASAP-SGD's workers send them
