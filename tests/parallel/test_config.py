@@ -57,6 +57,8 @@ def test_from_run_config_copies_shared_settings_and_rejects_unsupported_ones():
         "madelon", [32], 0.1, 0.02, 7, 0.0, True, 1, 0.5)
     with pytest.raises(WasapConfigError, match="algo 'rigl'"):
         from_run_config(RunConfig(algo="rigl"))
+    with pytest.raises(WasapConfigError, match="activation_storage='bfloat16' applies to single-process runs"):
+        from_run_config(RunConfig(workers=2, activation_storage="bfloat16"))
     assert from_run_config(RunConfig(optimizer="adam")).optimizer == "adam"
     # Importance Pruning's settings are the run's (`sparta train --no-importance-pruning --workers 2` was ignored)
     assert not from_run_config(RunConfig(workers=2, importance_pruning=False)).importance_pruning

@@ -260,6 +260,9 @@ def from_run_config(run_config: RunConfig, **overrides: Any) -> WasapConfig:
     if run_config.algo not in ("set", "static"):
         raise WasapConfigError(f"WASAP-SGD evolves the topology with SET (or keeps it static), got algo "
                                f"{run_config.algo!r}")
+    if run_config.activation_storage != "float32":
+        raise WasapConfigError(f"WASAP-SGD's workers store float32 activations; activation_storage="
+                               f"{run_config.activation_storage!r} applies to single-process runs")
     if run_config.every is not None:
         raise WasapConfigError(f"WASAP-SGD evolves the topology once per epoch; every={run_config.every} cannot be "
                                f"honoured (leave it unset)")
