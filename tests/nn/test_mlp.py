@@ -851,12 +851,16 @@ def test_bfloat16_storage_rounds_what_it_stores_and_nothing_else(activation, tra
             assert torch.equal(ai, bi), "1 and 2 threads differ"
     y, _, dvals, dbias = got[0]
     ref_y, ref_w, ref_b = bf16_reference(h, x, g, (seed, 0))
-    assert_close(y, ref_y, 1e-5, "outputs vs rounding reference")
+    # 1e-4: room for a rare stored value that float32 and float64 sums round to neighbouring bfloat16 numbers
+    # (the kernels' own rounding is checked bit for bit in tests/kernels/test_bf16.py)
+    assert_close(y, ref_y, 1e-4, "outputs vs rounding reference")
     for j, layer in enumerate(h.layers):
         rows, cols = layer.rows().long(), layer.indices.long()
-        # bias gradients are summed before their rounding: within a bfloat16 step of the reference's
-        assert_close(dvals[j], ref_w[j][rows, cols], 1e-5 if j == len(sizes) - 2 else 1e-2, f"dvalues[{j}]")
-        assert_close(dbias[j], ref_b[j], 1e-5 if j == len(sizes) - 2 else 1e-2, f"dbias[{j}]")
+        # hidden layers' gradients pass through rounded gradients; their bias gradients are summed before that
+        # rounding: within a bfloat16 step of the reference's
+        tol = 1e-4 if j == len(sizes) - 2 else 1e-2
+        assert_close(dvals[j], ref_w[j][rows, cols], tol, f"dvalues[{j}]")
+        assert_close(dbias[j], ref_b[j], tol, f"dbias[{j}]")
     plain = run_at_threads(m, x, g, (1,))[0]
     assert not torch.equal(plain[0], y), "bfloat16 storage changed nothing"
 
@@ -918,6 +922,10 @@ def test_bfloat16_train_step_equals_its_autograd_step(kind):
 def test_activation_storage_bad_values():
     with pytest.raises(ValueError, match="activation_storage must be one of"):
         SparseMLP([4, 5, 3], density=0.5, activation_storage="half")
+    m = SparseMLP([4, 5, 3], density=0.5)
+    with pytest.raises(ValueError, match="activation_storage must be one of .*got 'bf16'"):
+        m.activation_storage = "bf16"
+    assert m.activation_storage == "float32"
     from sparta.train.models import mlp
 
     with pytest.raises(ValueError, match="needs the fused SparseMLP"):

@@ -21,6 +21,10 @@ wrap-around code in the inner loops.
   (the previous layer's bias gradient).
 * :func:`scatter` — the same product over the CSR itself (no transposed copy, 8 bytes per connection
   less, slower); its epilogue is a second pass, :func:`apply_derivative`.
+
+Activation and output-gradient buffers may be bfloat16 (``uint16``, :mod:`sparta.kernels.bf16`): reads go
+through ``load``, and a kernel whose output buffer is bfloat16 runs its epilogue on the float sums in
+registers and rounds each value once as it stores it. On float buffers the code is the float code.
 """
 
 from __future__ import annotations

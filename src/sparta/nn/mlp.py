@@ -88,13 +88,15 @@ class SparseMLP(nn.Module):
         transpose: how the input gradient is formed: ``"csc"`` (a gather over a transposed copy of each
             layer's structure: 8 more bytes per connection, faster) or ``"scatter"`` (over the CSR itself).
         fused: ``False`` always runs layer by layer (same function, torch ops).
-        activation_storage: ``"float32"``, or ``"bfloat16"`` to store the hidden activations the fused float32
-            passes keep between layers rounded to bfloat16 (nearest even; relative error ≤ 2⁻⁸ each; all
-            arithmetic, the input, the outputs, gradients and parameters stay float32). Half the bytes per
-            gathered activation row: faster for wide layers, whose rows come from beyond L2 (see the
-            README's wide-network figures). Such a model always runs the layer-by-layer passes, for
-            training and evaluation alike (also for a few samples), so every forward rounds the same way.
-            Float64 passes and the unfused path store float64/float32 as usual.
+        activation_storage: ``"float32"``, or ``"bfloat16"`` to store what the fused float32 passes keep between
+            layers rounded to bfloat16 (nearest even, once; relative error ≤ 2⁻⁸ each): the hidden
+            activations, and the output gradients passed between layers whose input gradient is a gather
+            (``transpose="csc"``). All arithmetic, the input, the outputs, the parameters, their gradients and
+            the optimizer state stay float32. Half the bytes per gathered row: faster for wide layers, whose
+            rows come from beyond L2 (see the README's wide-network figures), slower for narrow ones (such a
+            model always runs the layer-by-layer passes, for training and evaluation alike, also for a few
+            samples, so every forward rounds the same way). Float64 passes and the unfused path ignore it.
+            Can be changed on a built model (the attribute of the same name).
 
     Input ``(..., in)`` → output ``(..., out)``. State: ``layers`` (``nn.ModuleList``) and the dropout
     counter ``dropout_state = [seed, step]`` (int64 buffer; the seed is drawn from torch's RNG at
@@ -142,7 +144,7 @@ class SparseMLP(nn.Module):
         self.alpha = float(alpha)
         self.p = float(dropout)
         self.fused = bool(fused)
-        self.activation_storage = activation_storage
+        self._storage = activation_storage
         densities = _per_layer("density", density, n)
         layers: list[nn.Module] = []
         for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -174,6 +176,17 @@ class SparseMLP(nn.Module):
                 + (f", alpha={self.alpha}" if self.activation == "allrelu" else "")
                 + f", dropout={self.p}, fused={self.fused}"
                 + (f", activation_storage={self.activation_storage!r}" if self.activation_storage != "float32" else ""))
+
+    @property
+    def activation_storage(self) -> str:
+        """How the fused float32 passes store activations between layers: ``"float32"`` or ``"bfloat16"``."""
+        return getattr(self, "_storage", "float32")
+
+    @activation_storage.setter
+    def activation_storage(self, value: str) -> None:
+        if value not in bf16.STORAGE:
+            raise ValueError(f"activation_storage must be one of {bf16.STORAGE}, got {value!r}")
+        self._storage = value
 
     def fused_path(self, x: torch.Tensor) -> bool:
         """Whether a forward on ``x`` runs the fused kernels."""
@@ -803,7 +816,7 @@ class _Structure:
         self.nnz = [m.nnz for m in layers]
         self.total_nnz = sum(self.nnz)
         # bfloat16 hidden activations (float32 passes only), stored by the layer-by-layer passes
-        self.half = getattr(mlp, "activation_storage", "float32") == "bfloat16" and dtype == np.float32
+        self.half = mlp.activation_storage == "bfloat16" and dtype == np.float32
         # big layers, or bfloat16 storage: threads split each layer
         self.layer_mode = self.total_nnz >= LAYER_MODE_CONNECTIONS or self.half
         self.has_bias = [m.bias is not None for m in layers]
@@ -876,7 +889,7 @@ def _structure(mlp: SparseMLP, dtype: torch.dtype) -> _Structure | None:
     dtype on the numba backend), cached while every layer tensor keeps its storage and structure version and
     the module's activation, ``alpha``, dropout and transposes stay the same."""
     layers = list(mlp.layers)
-    key: list[Any] = [dtype, mlp.activation, mlp.alpha, mlp.p, getattr(mlp, "activation_storage", "float32")]
+    key: list[Any] = [dtype, mlp.activation, mlp.alpha, mlp.p, mlp.activation_storage]
     for m in layers:
         if not isinstance(m, SparseLinear) or m.backend == "torch":
             return None
