@@ -653,10 +653,10 @@ def _optimizer(kind: str, params):
 def test_train_step_layer_mode_applies_the_update_in_the_backward(kind, transpose, dtype, big, monkeypatch):
     """``keep_grad=False``, a sparta optimizer, a network big enough (layer mode, or past FUSED_UPDATE_CONNECTIONS
     only, where the step switches to layer mode): no value gradient is stored (each block of rows goes through
-    the optimizer as it is computed), every ``.grad`` is None after the step, and the parameters are those of
-    the step that stores its gradients (bit for bit in layer mode over the CSR; to rounding where that path
-    takes its hidden layers' value gradients from the transposed copy or splits the batch), and those of
-    autograd + ``step()``.
+    the optimizer as it is computed, or, for hidden layers with a CSC copy, the layer's gradients go from one
+    pass over that copy into a reused scratch and through the optimizer), every ``.grad`` is None after the
+    step, and the parameters are those of the step that stores its gradients (bit for bit in layer mode, which
+    runs the same kernels; to rounding where that step splits the batch), and those of autograd + ``step()``.
     Blocks of 5 connections make rows span several blocks and blocks span several rows; a row longer than a
     block (the output layer's) gets a scratch of its length; 1 and 2 threads are bit-identical."""
     from sparta.nn import mlp as mlp_module
@@ -664,7 +664,7 @@ def test_train_step_layer_mode_applies_the_update_in_the_backward(kind, transpos
     monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 0 if big else 1 << 40)
     monkeypatch.setattr(mlp_module, "FUSED_UPDATE_CONNECTIONS", 0)
     monkeypatch.setattr(mlp_module, "UPDATE_BLOCK", 5)
-    exact = transpose == "scatter" and big  # the same kernels in the same order as the step that keeps gradients
+    exact = big  # the same kernels in the same order as the step that keeps gradients
     tol = TOL[dtype]
     runs = []
     for threads in (1, 2):
@@ -677,13 +677,17 @@ def test_train_step_layer_mode_applies_the_update_in_the_backward(kind, transpos
             for _ in range(3):
                 x = torch.randn(70, 21, generator=gen, dtype=dtype)  # a full tile and a tail
                 y = torch.randint(0, 5, (70,), generator=gen)
-                calls = []
-                real = sparta.kernels.fused.sddmm_update
+                calls, one_pass = [], []
+                real, real_one = sparta.kernels.fused.sddmm_update, sparta.kernels.fused.gather_sddmm
                 monkeypatch.setattr(sparta.kernels.fused, "sddmm_update",
                                     lambda *args, calls=calls, real=real: calls.append(1) or real(*args))
+                monkeypatch.setattr(sparta.kernels.fused, "gather_sddmm",
+                                    lambda *args, c=one_pass, real=real_one: c.append(1) or real(*args))
                 loss_a, right_a = a.train_step(x, y, oa, keep_grad=False)
                 monkeypatch.setattr(sparta.kernels.fused, "sddmm_update", real)
+                monkeypatch.setattr(sparta.kernels.fused, "gather_sddmm", real_one)
                 assert calls, "the update ran inside the backward"
+                assert bool(one_pass) == (transpose == "csc"), "hidden CSC layers take one pass"
                 assert all(p.grad is None for p in a.parameters())
                 loss_b, right_b = b.train_step(x, y, ob)
                 assert all(p.grad is not None for p in b.parameters())

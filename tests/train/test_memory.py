@@ -14,7 +14,7 @@ from sparta.cli import main
 from sparta.rundir.stats import degrees, weight_layers
 from sparta.train import memory, runs
 from sparta.train.config import RunConfig
-from sparta.train.memory import PeakRSS, TooLarge, estimate, reset_peak_rss, return_freed_memory
+from sparta.train.memory import PeakRSS, TooLarge, connections, estimate, reset_peak_rss, return_freed_memory
 from sparta.train.runs import eval_batch_size, load_checkpoint, resume_config, train
 from tests.helpers import in_fresh_process
 from tests.train.test_runs import assert_same_state, state, tiny
@@ -173,6 +173,10 @@ def test_estimate_follows_the_layout_of_the_fused_update():
     assert fused.connections == plain.connections >= FUSED_UPDATE_CONNECTIONS
     assert plain.activations * LD_MULTIPLE == fused.activations * T  # 16 samples per unit, not 64
     assert plain.training - fused.training == fused.connections * 4  # no value gradient
+    nnz = connections(big, dens)  # with a CSC copy: but a scratch of the largest hidden layer's, and inverses
+    plain_csc, fused_csc = (estimate(big, dens, 16, transpose="csc", fused_update=f) for f in (False, True))
+    assert plain_csc.training - fused_csc.training == (sum(nnz) - max(nnz[1:])) * 4
+    assert fused_csc.structure - plain_csc.structure == sum(nnz[1:]) * 4
     sdens = [0.5, 0.5]
     assert estimate(small, sdens, 16, fused_update=True) == estimate(small, sdens, 16)
     config = RunConfig.from_dict({"hidden": [400_000] * 2, "epsilon": 2.0, "batch_size": 16})

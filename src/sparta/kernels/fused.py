@@ -572,9 +572,11 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
 def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, lut1, lut2, db, g, accumulate, j0,
                  j1):  # pragma: no cover - compiled by numba
     """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
-    is read once for both the input gradient ``dx[j]`` and the value gradient ``g[perm[p]] (+)= dz[rowidx[p]] ·
-    x[j]`` (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``. ``dz``, ``x`` and
-    ``dx`` may each be float or bfloat16 (``uint16``), as in :func:`gather`."""
+    is read once for both the input gradient ``dx[j]`` and the value gradient ``g[p] (+)= dz[rowidx[p]] · x[j]``
+    (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``. ``g`` is in CSC order (the
+    connection at CSR position ``perm[p]``; :func:`csr_order`, :func:`csc_update`), so threads that split the
+    columns write apart. Each sum runs over :data:`T` samples in ``_W`` lanes (:func:`_block_sum`), tiles added
+    in order. ``dz``, ``x`` and ``dx`` may each be float or bfloat16 (``uint16``), as in :func:`gather`."""
     prefer_wide()
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
@@ -586,8 +588,8 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
     half = is_bf16(dx)
     has_code = code.shape[0] > 0
     xr = numba.carray(_stack_empty(T, values.dtype), T)
-    sbuf = _stack_empty(_W, values.dtype)
-    sl = numba.carray(sbuf, _W)
+    pbuf = _stack_empty(T, values.dtype)
+    prod = numba.carray(pbuf, T)
     zero = values.dtype.type(0)
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
@@ -608,16 +610,12 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                 k = perm[p]
                 v0 = values[k]
                 b0 = np.uint64(rowidx[p]) * ldu + cb
-                for lane in range(_W):
-                    sl[lane] = zero
-                for blk in range(T // _W):
-                    for lane in range(_W):
-                        t = blk * _W + lane
-                        gz = load(dz, b0 + np.uint64(t))
-                        acc[t] += v0 * gz
-                        sl[lane] += gz * xr[t]
-                s = _lane_sum(sbuf, 0)
-                g[k] = g[k] + s if more else s
+                for t in range(T):
+                    gz = load(dz, b0 + np.uint64(t))
+                    acc[t] += v0 * gz
+                    prod[t] = gz * xr[t]
+                s = _block_sum(pbuf, _U0, np.int64(T // _W))  # lane l: products l, l + _W, … in order, folded
+                g[p] = g[p] + s if more else s
             dst = row + cb
             first = tile == 0 and not accumulate
             if half:
@@ -642,7 +640,7 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                     gz = load(dz, b0 + np.uint64(t))
                     acc[t] += v0 * gz
                     s += gz * load(x, dst + np.uint64(t))
-                g[k] = g[k] + s if more else s
+                g[p] = g[p] + s if more else s
             first = nfull == 0 and not accumulate
             if half:
                 _grad_epilogue(ntail, _U0, accb, dst, dp, cp, has_code, lut1, lut2, dbp, j, True, first)
@@ -770,6 +768,26 @@ def csc(indptr, indices, n_in):  # pragma: no cover - compiled by numba
             perm[p] = k
             fill[c] = p + 1
     return colptr, rowidx, perm
+
+
+@numba.njit(**_NJIT)
+def csr_order(g, inverse, out, k0, k1):  # pragma: no cover - compiled by numba
+    """``out[k] = g[inverse[k]]`` for ``k ∈ [k0, k1)``: values in CSC order (:func:`gather_sddmm`'s gradients) back
+    in CSR order; ``inverse`` (uint32) is the CSC position of each CSR position (``inverse[perm[p]] = p``)."""
+    for k in range(k0, k1):
+        out[k] = g[inverse[k]]
+
+
+@numba.njit(**_NJIT)
+def csc_update(g, inverse, k0, k1, buf, kind, p, s1, s2, hyper):  # pragma: no cover - compiled by numba
+    """The optimizer's update of the values ``p[k0:k1]`` (:func:`sparta.kernels.optim.apply_span`) from their
+    gradients in CSC order ``g`` (:func:`csr_order`), a block of ``buf``'s length at a time."""
+    n = buf.shape[0]
+    for a in range(k0, k1, n):
+        b = min(a + n, k1)
+        for k in range(a, b):
+            buf[k - a] = g[inverse[k]]
+        apply_span(kind, p, buf, s1, s2, hyper, a, b, a)
 
 
 def leading_dim(batch: int) -> int:

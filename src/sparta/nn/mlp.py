@@ -26,7 +26,7 @@ ops and the same dropout masks, so both paths compute the same function.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -337,8 +337,8 @@ class SparseMLP(nn.Module):
                 _layer_forward(st.arrays, ws, xn, out, fused.MODE_TRAIN, st.act, st.slopes, thr, st.scale, k1s, k2s,
                                threads)
                 fused.softmax_xent(out, yn, 0, batch, inv, gy, stats[0])
-                _layer_backward(ip, ix, vals, csc, ws, gy, gsets[0], ws.bias_parts[0], st.no_caps, no_dx, st.luts1,
-                                st.luts2, st.need_v, False, st.use_csc, threads, plan, st.longest_row)
+                _layer_backward(ip, ix, vals, csc, st.inverse, ws, gy, gsets[0], ws.bias_parts[0], st.no_caps, no_dx,
+                                st.luts1, st.luts2, st.need_v, False, st.use_csc, threads, plan, st.longest_row)
             else:
                 POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], threads,
                          key=(id(runner), -2, batch))
@@ -455,6 +455,7 @@ class _Workspace:
         self.half_scratch = tuple(fused.aligned_empty(widest * ld, np.uint16) for _ in range(2 if half else 0))
         self.bias_parts = [tuple(np.empty(n, dtype) for n in sizes[1:]) for _ in parts]
         self.grad_parts: list[tuple[np.ndarray, ...]] = []  # value-gradient scratch of parts 1, 2, …
+        self._values = empty  # value-gradient scratch of a layer (layer mode, update in the backward)
         self.empty = empty
         self.nbytes = sum(a.nbytes for a in (*self.acts, *self.ds, *self.codes, *(b for t in self.scratch for b in t),
                                              *self.half_scratch))
@@ -473,6 +474,15 @@ class _Workspace:
         tiles = -(-batch // ld)
         return a.reshape(tiles, n, ld).transpose(1, 0, 2).reshape(n, tiles * ld)[:, :batch]
 
+    def value_scratch(self, n: int) -> np.ndarray:
+        """``(n,)`` scratch for one layer's value gradients in CSC order (layer mode, :func:`fused.gather_sddmm`),
+        kept for the next steps; the largest hidden layer with a CSC copy sets its size."""
+        if self._values.shape[0] < n:
+            self._values = np.empty(0, self.dtype)  # free the old one before the new one is allocated
+            self._values = np.empty(n, self.dtype)
+            self.nbytes += self._values.nbytes
+        return self._values[:n]
+
     def drop_buffers(self) -> None:
         """Free the buffers of a graph that has run its backward (a second backward of it then raises)."""
         self.generation += 1
@@ -481,6 +491,7 @@ class _Workspace:
         self.acts = self.ds = tuple(empty for _ in self.sizes)
         self.codes = tuple(np.empty(0, np.uint8) for _ in self.sizes)
         self.scratch, self.grad_parts, self.half_scratch, self.nbytes = [], [], (), 0
+        self._values = empty
 
 
 class _FusedRunner:
@@ -605,8 +616,8 @@ class _FusedMLPFunction(torch.autograd.Function):
                                 *ws.scratch[p], dxn, c0, c1, luts1, luts2, need_v, need_x, use_csc)
 
         if st.layer_mode:
-            _layer_backward(ip, ix, vals, csc, ws, gyn, gsets[0], ws.bias_parts[0], caps, dxn, luts1, luts2, need_v,
-                            need_x, use_csc, ctx.threads)
+            _layer_backward(ip, ix, vals, csc, st.inverse, ws, gyn, gsets[0], ws.bias_parts[0], caps, dxn, luts1,
+                            luts2, need_v, need_x, use_csc, ctx.threads)
         else:
             POOL.run([lambda p=p, c0=c0, c1=c1: run(p, c0, c1) for p, (c0, c1) in enumerate(parts)], ctx.threads,
                      key=(id(ctx.mlp._runner), -1, batch))  # timed per key: serial when that is faster
@@ -725,18 +736,25 @@ def _layer_forward(args: tuple, ws: _Workspace, xn: np.ndarray, outn: np.ndarray
     fused.from_feature_major(acts[-1], ld, 0, batch, outn)
 
 
-def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Workspace, gyn: np.ndarray, grads: tuple,
-                    dbs: tuple, caps: tuple, dxn: np.ndarray, luts1: np.ndarray, luts2: np.ndarray,
-                    need_v: np.ndarray, need_x: bool, use_csc: np.ndarray, threads: int, plan: list | None = None,
-                    longest_row: int = 0) -> None:
+def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, inverse: Callable[[int], np.ndarray],
+                    ws: _Workspace, gyn: np.ndarray, grads: tuple, dbs: tuple, caps: tuple, dxn: np.ndarray,
+                    luts1: np.ndarray, luts2: np.ndarray, need_v: np.ndarray, need_x: bool, use_csc: np.ndarray,
+                    threads: int, plan: list | None = None, longest_row: int = 0) -> None:
     """The backward for big layers, layer by layer: value gradients split over the threads by rows, input
     gradients by input columns (a gather over the CSC copy, or a scatter in which each thread owns a range
     of input rows); every number is computed by one thread, so results do not depend on the thread count.
 
-    ``plan`` (one :class:`sparta.optim.FusedUpdate` per layer): instead of writing value gradients, each
-    layer's input gradient is formed first (from the values before the step), then each thread computes the
-    gradients of a block of its rows into a scratch of ``max(UPDATE_BLOCK, longest_row)`` elements and
-    applies the optimizer's update to those values at once (:func:`fused.sddmm_update`).
+    Hidden layers with a CSC copy take their value and input gradients in one pass over it
+    (:func:`fused.gather_sddmm`: each output-gradient row is read once for both), the value gradients into the
+    workspace's scratch in CSC order (:meth:`_Workspace.value_scratch`; threads split the columns, so they never
+    write the same cache line), then back in CSR order by ``inverse(j)`` (:meth:`_Structure.inverse`).
+
+    ``plan`` (one :class:`sparta.optim.FusedUpdate` per layer): the optimizer's update happens in the backward
+    and no value gradient is handed over. A hidden layer with a CSC copy takes its value gradients from that
+    scratch, each thread updating a range of its values (:func:`fused.csc_update`); any other layer forms its
+    input gradient first (from the values before the step), then each thread computes the gradients of a
+    block of its rows into a scratch of ``max(UPDATE_BLOCK, longest_row)`` elements and applies the update to
+    those values at once (:func:`fused.sddmm_update`).
 
     With ``ws.half``, the output gradient of a hidden layer whose input gradient is a gather (``use_csc``) is
     stored as bfloat16 (``ws.half_scratch``), like the activations; a scatter accumulates into float32."""
@@ -756,10 +774,22 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, ws: _Worksp
         hidden = j > 0
         if hidden:  # where this layer's input gradient goes: a buffer of the right type not holding cur
             nxt = next(b for b in pools[bool(ws.half and use_csc[j])] if b is not cur)
-        if plan is None and hidden and need_v[j] and use_csc[j] and fused.FUSE_BACKWARD:
-            POOL.run([lambda a=a, b=b, j=j, cur=cur, nxt=nxt: fused.gather_sddmm(
+        if hidden and need_v[j] and use_csc[j] and fused.FUSE_BACKWARD:
+            g = ws.value_scratch(vals[j].shape[0])  # in CSC order: each thread writes its own columns' range
+            POOL.run([lambda a=a, b=b, j=j, cur=cur, nxt=nxt, g=g: fused.gather_sddmm(
                 colptrs[j], rowidxs[j], perms[j], vals[j], cur, acts[j], ld, 0, batch, nxt, ds[j], codes[j], luts1[j],
-                luts2[j], dbs[j - 1], grads[j], False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
+                luts2[j], dbs[j - 1], g, False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
+            inv, n = inverse(j), g.shape[0]
+            spans = [(n * k // threads, n * (k + 1) // threads) for k in range(threads)]
+            if plan is None:  # back in CSR order, each thread a range of it
+                POOL.run([lambda a=a, b=b, g=g, inv=inv, out=grads[j]: fused.csr_order(g, inv, out, a, b)
+                          for a, b in spans if b > a], threads)
+            else:
+                u = plan[j]
+                POOL.run([lambda a=a, b=b, g=g, inv=inv, u=u, buf=buf: fused.csc_update(
+                    g, inv, a, b, buf, u.kind, u.p, u.s1, u.s2, u.hyper) for (a, b), buf in zip(spans, scratch,
+                                                                                                strict=True) if b > a],
+                         threads)
             cur = nxt
             continue
         if need_v[j] and plan is None:
@@ -834,6 +864,7 @@ class _Structure:
         self.need_v = np.ones(self.n, np.bool_)
         self.no_caps = tuple(np.empty(0, dtype) for _ in layers)
         self._csc: tuple | None = None
+        self._inverse: list[np.ndarray | None] = [None] * self.n
         self._longest: int | None = None
         self._splits: dict[tuple[int, int], tuple[list[tuple[int, int]], int]] = {}
 
@@ -874,6 +905,16 @@ class _Structure:
             self._longest = max((int(np.diff(ip.view(np.int64)[a:a + step + 1]).max(initial=0)) for ip in self.arrays[0]
                                  for a in range(0, max(1, ip.shape[0] - 1), step)), default=0)
         return self._longest
+
+    def inverse(self, j: int) -> np.ndarray:
+        """Layer ``j``'s CSC position of each of its connections, uint32 ``(nnz,)`` (``inverse[perm[p]] = p``): the
+        one-pass backward's value gradients back in CSR order. Built on first use (layer mode only)."""
+        if self._inverse[j] is None:
+            perm = self.transposed()[2][j]
+            inv = np.empty_like(perm)
+            inv[perm] = np.arange(perm.shape[0], dtype=np.uint32)
+            self._inverse[j] = inv
+        return self._inverse[j]
 
     def transposed(self) -> tuple[tuple, tuple, tuple]:
         """``(colptrs, rowidxs, perms)`` of the layers (empty arrays for ``transpose="scatter"`` layers)."""

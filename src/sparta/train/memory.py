@@ -63,7 +63,9 @@ def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, tr
     :data:`~sparta.nn.mlp.FUSED_UPDATE_CONNECTIONS` connections no value gradient is stored and the batch is
     laid out layer by layer (rounded up to :data:`~sparta.kernels.fused.LD_MULTIPLE` samples, not to tiles);
     ``half``: a ``SparseMLP(activation_storage="bfloat16")``, which stores its hidden activations in 2 bytes,
-    with ``"csc"`` its output gradients too, and always runs layer by layer.
+    with ``"csc"`` its output gradients too, and always runs layer by layer. Layer by layer with ``"csc"``, the
+    hidden layers' value gradients pass through a scratch of the largest one's and each hidden layer keeps an
+    inverse permutation of its CSC copy (4 bytes per connection).
     """
     from sparta.kernels.fused import T, leading_dim
     from sparta.nn.mlp import FUSED_UPDATE_CONNECTIONS, LAYER_MODE_CONNECTIONS
@@ -80,6 +82,11 @@ def estimate(sizes: Sequence[int], densities: Sequence[float], batch: int, *, tr
     layered = fused_update and transpose is not None and (total >= FUSED_UPDATE_CONNECTIONS or half)
     grad = 0 if layered else 1  # the update inside the backward: no value gradient (the biases' stays)
     training = total * value_bytes * (grad + optimizer_state) + rows * value_bytes * (1 + optimizer_state)
+    if transpose == "csc" and len(nnz) > 1 and (layered or total >= LAYER_MODE_CONNECTIONS or half):
+        # layer by layer, hidden layers take their value gradients in one pass over the CSC copy: a scratch of
+        # the largest one's, and each one's inverse permutation (uint32 per connection) to bring them back
+        training += max(nnz[1:]) * value_bytes
+        structure += sum(nnz[1:]) * 4
     # samples per stored feature: the batch rounded up to whole tiles of fused.T where the batch-split layout
     # may hold it, else (layer by layer: training with the fused update, evaluation of networks in layer mode)
     # to LD_MULTIPLE
