@@ -113,7 +113,7 @@ def test_backward_kernels_read_and_write_bfloat16_as_float32_would(batch, leaky)
         g = np.empty(nnz, np.float32)
         if both:
             fused.gather_sddmm(colptr, rowidx, perm, values, dz, xh if out_dtype == np.uint16 else x32, ld, 0, batch,
-                               dx, d, code, lut1, lut2, db, g, False, 0, ALL)
+                               dx, d, code, lut1, lut2, db, g, False, False, 0, ALL)
         else:
             fused.gather(colptr, rowidx, perm, values, dz, ld, 0, batch, dx, d, code, lut1, lut2, db, True, False, 0,
                          ALL)

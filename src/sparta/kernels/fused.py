@@ -44,7 +44,7 @@ from sparta.kernels.vectors import prefer_wide
 T = 64  # samples per register tile
 AHEAD = 12  # connections ahead whose activation rows are prefetched (rows are gathered in random order)
 PREFETCH_MIN = 1 << 18  # elements of the gathered buffer from which the kernels prefetch (1 MB of float32)
-FUSE_BACKWARD = 1  # layer mode, hidden layers: value and input gradients in one pass over the CSC copy (gather_sddmm)
+FUSE_BACKWARD = 1  # hidden layers with a CSC copy: value and input gradients in one pass over it (gather_sddmm)
 LD_MULTIPLE = 16  # row strides are multiples of this many elements (64 bytes in float32)
 _NJIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy", boundscheck=False)
 # reductions whose order must not depend on how LLVM vectorises them: fast-math without reassociation
@@ -569,14 +569,15 @@ def gather(colptr, rowidx, perm, values, dz, ld, c0, c1, dx, d, code, lut1, lut2
 
 
 @numba.njit(**_NJIT_ORDERED)
-def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, lut1, lut2, db, g, accumulate, j0,
-                 j1):  # pragma: no cover - compiled by numba
+def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, lut1, lut2, db, g, accumulate, csr_out,
+                 j0, j1):  # pragma: no cover - compiled by numba
     """:func:`gather` and :func:`sddmm` in one pass over the CSC copy: each output-gradient row ``dz[rowidx[p]]``
     is read once for both the input gradient ``dx[j]`` and the value gradient ``g[p] (+)= dz[rowidx[p]] · x[j]``
     (``x[j]``, the layer's input row, stays in registers), for inputs ``j ∈ [j0, j1)``. ``g`` is in CSC order (the
     connection at CSR position ``perm[p]``; :func:`csr_order`, :func:`csc_update`), so threads that split the
-    columns write apart. Each sum runs over :data:`T` samples in ``_W`` lanes (:func:`_block_sum`), tiles added
-    in order. ``dz``, ``x`` and ``dx`` may each be float or bfloat16 (``uint16``), as in :func:`gather`."""
+    columns write apart; with ``csr_out``, in CSR order (``g[perm[p]]``, for a thread that owns all of ``g``).
+    Each sum runs over :data:`T` samples in ``_W`` lanes (:func:`_block_sum`), tiles added in order. ``dz``,
+    ``x`` and ``dx`` may each be float or bfloat16 (``uint16``), as in :func:`gather`."""
     prefer_wide()
     n_in = colptr.shape[0] - 1
     nnz = np.uint64(rowidx.shape[0])
@@ -615,7 +616,8 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                     acc[t] += v0 * gz
                     prod[t] = gz * xr[t]
                 s = _block_sum(pbuf, _U0, np.int64(T // _W))  # lane l: products l, l + _W, … in order, folded
-                g[p] = g[p] + s if more else s
+                q = k if csr_out else p
+                g[q] = g[q] + s if more else s
             dst = row + cb
             first = tile == 0 and not accumulate
             if half:
@@ -640,7 +642,8 @@ def gather_sddmm(colptr, rowidx, perm, values, dz, x, ld, c0, c1, dx, d, code, l
                     gz = load(dz, b0 + np.uint64(t))
                     acc[t] += v0 * gz
                     s += gz * load(x, dst + np.uint64(t))
-                g[p] = g[p] + s if more else s
+                q = k if csr_out else p
+                g[q] = g[q] + s if more else s
             first = nfull == 0 and not accumulate
             if half:
                 _grad_epilogue(ntail, _U0, accb, dst, dp, cp, has_code, lut1, lut2, dbp, j, True, first)
@@ -936,10 +939,11 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
     are this range's scratch. A non-empty ``caps[j]`` (flat ``(out_j, B)``) receives layer ``j``'s output
     gradient (for gradient-based growth).
 
-    Value and input gradients are two passes (:func:`sddmm`, then :func:`gather`), not the one-pass
-    :func:`gather_sddmm`: with a tile's buffers contiguous, the second read of the output gradient hits
-    L2, and the one-pass kernel's per-connection reductions and scattered value-gradient writes cost more
-    (measured 0.85× on the SET-MLP step)."""
+    A hidden layer with a CSC copy takes its value and input gradients in one pass over it
+    (:func:`gather_sddmm`, value gradients in CSR order: each range has its own); others take two passes
+    (:func:`sddmm`, then :func:`gather` or :func:`scatter`). The one pass measured 1.06× and 1.10× on the
+    SET-MLP step at one thread (``benchmarks/ab.py``), though the second read of a tile's output gradient
+    hits L2."""
     prefer_wide()
     n_layers = len(valuess)
     batch = gy.shape[0]
@@ -961,7 +965,8 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
                     for c in range(n):
                         cap[r * batch + t0 + c] = cur[r * T + c]
             xin = _tile(acts[j], tile, n_in)
-            if need_v[j]:
+            one_pass = need_v[j] and use_csc[j] and j > 0 and FUSE_BACKWARD
+            if need_v[j] and not one_pass:
                 sddmm(indptrs[j], indicess[j], cur, xin, T, 0, n, grads[j], _U0, more, 0, _ALL)
             if j == 0 and not need_x:
                 break
@@ -970,7 +975,10 @@ def backward_pass(indptrs, indicess, valuess, colptrs, rowidxs, perms, acts, ds,
             db = dbs[j - 1] if j > 0 else dbs[0]
             d = _tile(ds[j], tile, n_in) if ds[j].shape[0] > 0 else ds[j]
             code = _tile(codes[j], tile, n_in) if codes[j].shape[0] > 0 else codes[j]
-            if use_csc[j]:
+            if one_pass:
+                gather_sddmm(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, xin, T, 0, n, target, d, code,
+                             lut1s[j], lut2s[j], db, grads[j], more, True, 0, _ALL)
+            elif use_csc[j]:
                 gather(colptrs[j], rowidxs[j], perms[j], valuess[j], cur, T, 0, n, target, d, code, lut1s[j],
                        lut2s[j], db, with_d, more, 0, _ALL)
             else:

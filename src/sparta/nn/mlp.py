@@ -778,7 +778,7 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, inverse: Ca
             g = ws.value_scratch(vals[j].shape[0])  # in CSC order: each thread writes its own columns' range
             POOL.run([lambda a=a, b=b, j=j, cur=cur, nxt=nxt, g=g: fused.gather_sddmm(
                 colptrs[j], rowidxs[j], perms[j], vals[j], cur, acts[j], ld, 0, batch, nxt, ds[j], codes[j], luts1[j],
-                luts2[j], dbs[j - 1], g, False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
+                luts2[j], dbs[j - 1], g, False, False, a, b) for a, b in _ranges(colptrs[j], threads)], threads)
             inv, n = inverse(j), g.shape[0]
             spans = [(n * k // threads, n * (k + 1) // threads) for k in range(threads)]
             if plan is None:  # back in CSR order, each thread a range of it
