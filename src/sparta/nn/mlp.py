@@ -455,7 +455,7 @@ class _Workspace:
         self.half_scratch = tuple(fused.aligned_empty(widest * ld, np.uint16) for _ in range(2 if half else 0))
         self.bias_parts = [tuple(np.empty(n, dtype) for n in sizes[1:]) for _ in parts]
         self.grad_parts: list[tuple[np.ndarray, ...]] = []  # value-gradient scratch of parts 1, 2, …
-        self._values = empty  # value-gradient scratch of a layer (layer mode, update in the backward)
+        self._values = empty  # a hidden layer's value gradients in CSC order (layer mode, see value_scratch)
         self.empty = empty
         self.nbytes = sum(a.nbytes for a in (*self.acts, *self.ds, *self.codes, *(b for t in self.scratch for b in t),
                                              *self.half_scratch))
@@ -740,9 +740,10 @@ def _layer_backward(ips: tuple, ixs: tuple, vals: tuple, csc: tuple, inverse: Ca
                     ws: _Workspace, gyn: np.ndarray, grads: tuple, dbs: tuple, caps: tuple, dxn: np.ndarray,
                     luts1: np.ndarray, luts2: np.ndarray, need_v: np.ndarray, need_x: bool, use_csc: np.ndarray,
                     threads: int, plan: list | None = None, longest_row: int = 0) -> None:
-    """The backward for big layers, layer by layer: value gradients split over the threads by rows, input
-    gradients by input columns (a gather over the CSC copy, or a scatter in which each thread owns a range
-    of input rows); every number is computed by one thread, so results do not depend on the thread count.
+    """The backward for big layers, layer by layer: value gradients split over the threads by rows (by input
+    columns where they come with the input gradient, below), input gradients by input columns (a gather over the
+    CSC copy, or a scatter in which each thread owns a range of input rows); every number is computed by one
+    thread, so results do not depend on the thread count.
 
     Hidden layers with a CSC copy take their value and input gradients in one pass over it
     (:func:`fused.gather_sddmm`: each output-gradient row is read once for both), the value gradients into the
