@@ -157,6 +157,30 @@ def check_all(indptr, indices, values, dense, rows, rng, batch, parts, dtype):
         assert_bounded(dbg, ref.sum(1), dx_scale.sum(1) * 2, tol, "gather bias gradient")
         assert_bounded(dbs, ref.sum(1), dx_scale.sum(1) * 2, tol, "scatter bias gradient")
 
+    # value and input gradients in one pass over the CSC copy, value gradients in CSC order (brought back by the
+    # inverse permutation) or straight in CSR order
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(perm.size, dtype=np.uint32)
+    for csr_out in (False, True):
+        dxo = feature_major(np.full((n_in, batch), np.nan), dtype, ld)
+        g_total, db_total = np.zeros(values.size), np.zeros(n_in)
+        for c0, c1 in ranges(batch, parts):
+            g = np.full(values.shape, np.nan, dtype=dtype)
+            db = np.full(n_in, np.nan, dtype=dtype)
+            fused.gather_sddmm(colptr, rowidx, perm, values, dyf, xf, ld, c0, c1, dxo, e, codef, dtype(lut1),
+                               dtype(lut2), db, g, False, csr_out, 0, ALL)
+            if not csr_out:
+                back = np.full_like(g, np.nan)
+                fused.csr_order(g, inverse, back, 0, g.size)
+                g = back
+            g_total += g
+            db_total += db
+        assert_bounded(cols(dxo, n_in, ld, batch), ref, dx_scale * 2, tol, "gather_sddmm input gradient")
+        if batch:
+            assert_bounded(g_total, (dy @ x.T)[rows, cols_], (np.abs(dy) @ ax.T)[rows, cols_], tol,
+                           f"gather_sddmm value gradients (csr_out={csr_out})")
+            assert_bounded(db_total, ref.sum(1), dx_scale.sum(1) * 2, tol, "gather_sddmm bias gradient")
+
     # layout helpers
     xin = rng.standard_normal((batch, n_in)).astype(dtype)
     buf = feature_major(np.zeros((n_in, batch)), dtype, ld)
@@ -320,3 +344,34 @@ def test_apply_parts_shares_the_update_and_waits_for_every_part():
     for j in range(len(sizes)):
         np.testing.assert_array_equal(ps[j], want_p[j])
         np.testing.assert_array_equal(bufs[j], want_b[j])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_csc_update_is_the_update_from_gradients_in_csr_order(dtype):
+    """Value gradients in CSC order (the one-pass backward's) go back to CSR order through the inverse
+    permutation (csr_order), and csc_update applies the optimizer exactly as apply_span does on them in CSR
+    order, for SGD and Adam, over ranges and blocks that cut rows."""
+    from sparta.kernels import optim
+
+    rng = np.random.default_rng(5)
+    indptr, indices, values, _, _ = random_csr(40, 70, 0.2, rng, dtype)
+    _, _, perm = fused.csc(indptr, indices, 70)
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(perm.size, dtype=np.uint32)
+    g_csr = rng.standard_normal(values.size).astype(dtype)
+    g_csc = g_csr[perm]
+    back = np.full_like(g_csr, np.nan)
+    fused.csr_order(g_csc, inverse, back, 0, values.size)
+    assert np.array_equal(back, g_csr)
+    hypers = {optim.KIND_SGD: [0.1, 0.9, 0.0, 1e-3, 1, 0, 0],  # lr, momentum, dampening, decay, nesterov, first, max
+              optim.KIND_ADAM: [1e-2, 0.9, 0.999, 1e-8, 1e-3, 1, 0.05, 0.7, 0]}
+    for kind, hyper in hypers.items():
+        state = [rng.random(values.size).astype(dtype) for _ in range(2)]
+        p1, s1 = values.copy(), [a.copy() for a in state]
+        p2, s2 = values.copy(), [a.copy() for a in state]
+        optim.apply_span(kind, p1, g_csr, s1[0], s1[1], np.array(hyper), 0, values.size, 0)
+        buf = np.empty(7, dtype)  # blocks of 7
+        for k0, k1 in ((0, 33), (33, values.size)):
+            fused.csc_update(g_csc, inverse, k0, k1, buf, kind, p2, s2[0], s2[1], np.array(hyper))
+        assert np.array_equal(p1, p2) and all(np.array_equal(a, b) for a, b in zip(s1, s2, strict=True))
+        assert not np.array_equal(p1, values)
