@@ -774,6 +774,16 @@ def csc(indptr, indices, n_in):  # pragma: no cover - compiled by numba
 
 
 @numba.njit(**_NJIT)
+def inverse_permutation(perm):  # pragma: no cover - compiled by numba
+    """``inverse`` uint32 ``(nnz,)`` with ``inverse[perm[p]] = p``: the CSC position of each CSR position, for
+    the CSC copy's ``perm`` (:func:`csc`)."""
+    inverse = np.empty_like(perm)
+    for p in range(perm.shape[0]):
+        inverse[perm[p]] = p
+    return inverse
+
+
+@numba.njit(**_NJIT)
 def csr_order(g, inverse, out, k0, k1):  # pragma: no cover - compiled by numba
     """``out[k] = g[inverse[k]]`` for ``k ∈ [k0, k1)``: values in CSC order (:func:`gather_sddmm`'s gradients) back
     in CSR order; ``inverse`` (uint32) is the CSC position of each CSR position (``inverse[perm[p]] = p``)."""
@@ -788,8 +798,7 @@ def csc_update(g, inverse, k0, k1, buf, kind, p, s1, s2, hyper):  # pragma: no c
     n = buf.shape[0]
     for a in range(k0, k1, n):
         b = min(a + n, k1)
-        for k in range(a, b):
-            buf[k - a] = g[inverse[k]]
+        csr_order(g, inverse[a:b], buf, 0, b - a)
         apply_span(kind, p, buf, s1, s2, hyper, a, b, a)
 
 

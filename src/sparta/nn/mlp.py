@@ -911,10 +911,7 @@ class _Structure:
         """Layer ``j``'s CSC position of each of its connections, uint32 ``(nnz,)`` (``inverse[perm[p]] = p``): the
         one-pass backward's value gradients back in CSR order. Built on first use (layer mode only)."""
         if self._inverse[j] is None:
-            perm = self.transposed()[2][j]
-            inv = np.empty_like(perm)
-            inv[perm] = np.arange(perm.shape[0], dtype=np.uint32)
-            self._inverse[j] = inv
+            self._inverse[j] = fused.inverse_permutation(self.transposed()[2][j])
         return self._inverse[j]
 
     def transposed(self) -> tuple[tuple, tuple, tuple]:
