@@ -6,6 +6,7 @@ things about one run.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -24,7 +25,7 @@ DATA = teacher_student(n_train=256, n_test=64, n_features=20, n_classes=4, hidde
 # samples [s·N·b, (s+1)·N·b): the batch a single process takes with batch size N·b.
 SYNC = WasapConfig(dataset="teacher_student", hidden=[24, 16], epsilon=4.0, sync=True, lr=0.05, warmup_epochs=2,
                    epochs=3, phase1_fraction=1.0, zeta=0.3, importance_pruning=False, shuffle=False, batch_size=16,
-                   checkpoint_every=1, seed=3)
+                   checkpoint_every=1, seed=3, dropout=0.0)
 
 
 def single_process(c: WasapConfig) -> torch.nn.Module:
@@ -107,8 +108,8 @@ def test_per_layer_rates_sync_equals_single_process_with_the_same_rates(tmp_path
 
 def test_async_run_converges_keeps_exact_sparsity_on_every_rank_and_logs_metrics(tmp_path):
     data = digits()
-    c = WasapConfig(dataset="digits", hidden=[64, 64], epsilon=5.0, lr=0.05, batch_size=32, epochs=6, ip_start=2,
-                    ip_every=2, seed=1)
+    c = WasapConfig(dataset="digits", hidden=[64, 64], epsilon=5.0, lr=0.05, batch_size=32, epochs=6,
+                    importance_pruning=True, ip_start=2, ip_every=2, seed=1, dropout=0.0, checkpoint_every=1)
     result = train_wasap(c, WORKERS, tmp_path / "run", data=data)
     rows = result.rows
     assert [r["phase"] for r in rows] == [1, 1, 1, 1, 2, 2]  # round(0.7 · 6) = 4 phase-1 epochs
@@ -163,7 +164,18 @@ def test_command_line_runs_one_worker_loading_the_data_by_name(tmp_path, capsys)
                  "n_test=32", "--data-option", "n_features=10", "--data-option", "n_classes=3", "--hidden", "16",
                  "--epsilon", "3", "--epochs", "2", "--batch-size", "32", "--sync", "--out", str(out)])
     assert code == 0
-    assert '"workers": 1' in capsys.readouterr().out
+    printed = capsys.readouterr()
+    # as `sparta train --workers` prints: the header and the summary on stdout, the progress on stderr
+    assert printed.out.startswith(f"run: {out}\ndata: teacher_student, 128 train / 32 test samples, 10 features, 3 classes")
+    assert "parallel: WASAP-SGD, a server and 1 worker processes, synchronous" in printed.out
+    assert "| SET (sparse, 1 workers) |      2 |" in printed.out and "done in " in printed.out
+    assert "[sparse] epoch 2/2 loss=" in printed.err
+    # config.json records every WASAP-SGD setting the run used, the defaults included
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["parallel"] == {"sync": True, "lr_scaling": True, "warmup_epochs": 5, "phase1_fraction": 0.7,
+                                 "sync_every": 1, "shuffle": True, "backend": "gloo", "device": "cpu",
+                                 "check_invariants": True}
+    assert (saved["threads"], saved["dropout"], saved["importance_pruning"]) == (1, 0.1, False)
     rows = read_metrics(out)
     assert [(r["epoch"], r["phase"]) for r in rows] == [(1, 1), (2, 2)]
     assert rows[0]["invariant_checks"]["1"] > 0

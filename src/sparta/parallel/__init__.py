@@ -9,31 +9,21 @@ prunes every layer back to its connection budget by magnitude. Everything exchan
 
 ``train_run(run_config, out)`` (what ``sparta train --workers N`` calls) and ``train_wasap(config, workers,
 run_dir)`` run N + 1 local processes and write a sparta run directory; ``python -m sparta.parallel`` runs one
-process of a ``torchrun`` job on one or several machines.
+process of a ``torchrun`` job on one or several machines. The names below are imported on first use, so the
+command can set up the process (``TORCH_CPP_LOG_LEVEL``) before torch loads.
 """
 
-from sparta.parallel.comm import PeerLost
-from sparta.parallel.config import (
-    WasapConfig,
-    WasapConfigError,
-    build_model,
-    from_run_config,
-    load_data,
-    to_run_config,
-)
-from sparta.parallel.launch import (
-    WasapResult,
-    WorkerFailure,
-    load_model,
-    open_run,
-    run_process,
-    train_run,
-    train_wasap,
-)
-from sparta.parallel.merge import merge_layers, merge_models
-from sparta.parallel.state import LayerData, SparsityError, check_layers
-from sparta.rundir.files import read_metrics
+from sparta._lazy import lazy_attributes
 
-__all__ = ["LayerData", "PeerLost", "SparsityError", "WasapConfig", "WasapConfigError", "WasapResult", "WorkerFailure",
-           "build_model", "check_layers", "from_run_config", "load_data", "load_model", "merge_layers", "merge_models",
-           "open_run", "read_metrics", "run_process", "to_run_config", "train_run", "train_wasap"]
+_EXPORTS = {"PeerLost": "sparta.parallel.comm", "WasapConfig": "sparta.parallel.config",
+            "WasapConfigError": "sparta.parallel.config", "build_model": "sparta.parallel.config",
+            "from_run_config": "sparta.parallel.config", "load_data": "sparta.parallel.config",
+            "to_run_config": "sparta.parallel.config", "WasapResult": "sparta.parallel.launch",
+            "WorkerFailure": "sparta.parallel.launch", "load_model": "sparta.parallel.launch",
+            "open_run": "sparta.parallel.launch", "run_process": "sparta.parallel.launch",
+            "train_run": "sparta.parallel.launch", "train_wasap": "sparta.parallel.launch",
+            "merge_layers": "sparta.parallel.merge", "merge_models": "sparta.parallel.merge",
+            "LayerData": "sparta.parallel.state", "SparsityError": "sparta.parallel.state",
+            "check_layers": "sparta.parallel.state", "read_metrics": "sparta.rundir.files"}
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

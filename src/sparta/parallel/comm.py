@@ -39,7 +39,23 @@ class Kind(IntEnum):
 
 
 class PeerLost(RuntimeError):
-    """A send or receive failed: the peer process died, closed its connection or did not answer in time."""
+    """A send or receive failed: the peer process died, closed its connection or did not answer in time.
+
+    ``peer`` is its rank (None when gloo cannot tell: a receive from any source); ``cause`` is gloo's own words,
+    shortened."""
+
+    def __init__(self, message: str, peer: int | None = None, cause: str = "") -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.cause = cause
+
+
+def gloo_cause(e: BaseException) -> str:
+    """The gist of a gloo error (``Connection reset by peer``, ``Timed out waiting 20000ms for recv ...``) without
+    the source location gloo puts first."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = text.rsplit("] ", 1)[-1].strip()
+    return text.split(". ", 1)[0].rstrip(".")[:160]
 
 
 @dataclass
@@ -107,7 +123,8 @@ class Link:
                     self.pending.setdefault(dst, []).append((dist.isend(buf, dst, **self._tag(tag)), buf))
                 self.bytes_sent += buf.numel() * buf.element_size()
         except RuntimeError as e:
-            raise PeerLost(f"rank {self.rank}: could not send {msg.kind.name} to {_peer(dst)}: {e}") from e
+            raise PeerLost(f"rank {self.rank}: could not send {msg.kind.name} to {_peer(dst)}: {e}", dst,
+                           gloo_cause(e)) from e
 
     def flush(self, dst: int | None = None) -> None:
         """Wait for the background sends to ``dst`` (all peers when None)."""
@@ -116,7 +133,8 @@ class Link:
                 for work, _ in self.pending.pop(peer, []):
                     work.wait()
             except RuntimeError as e:
-                raise PeerLost(f"rank {self.rank}: a message to {_peer(peer)} was not delivered: {e}") from e
+                raise PeerLost(f"rank {self.rank}: a message to {_peer(peer)} was not delivered: {e}", peer,
+                               gloo_cause(e)) from e
 
     def recv(self, src: int | None) -> Message:
         """Receive the next message from rank ``src`` (``None``: from whichever rank sends first)."""
@@ -134,10 +152,12 @@ class Link:
             tensors = _unpack(payload, specs)
         except RuntimeError as e:
             if src is None:  # gloo does not tell which peer of an any-source receive went away
-                raise PeerLost(f"rank {self.rank}: no message from any worker within the process-group timeout; a "
-                               f"worker has probably died or hung (the launcher's report names it): {e}") from e
+                raise PeerLost(f"rank {self.rank}: no message from any worker within the process-group timeout "
+                               f"(gloo cannot tell which worker; the heartbeats name a lost one): {e}", None,
+                               gloo_cause(e)) from e
             raise PeerLost(f"rank {self.rank}: lost contact with {_peer(src)} while waiting for a message "
-                           f"(it died, exited or did not answer within the process-group timeout): {e}") from e
+                           f"(it died, exited or did not answer within the process-group timeout): {e}", src,
+                           gloo_cause(e)) from e
         meta = header[2 + 2 * MAX_TENSORS:].tolist()
         return Message(Kind(int(header[0])), meta, tensors, int(got) if got is not None else -1)
 

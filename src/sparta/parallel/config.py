@@ -24,6 +24,9 @@ INITS = ("uniform", "kaiming_normal", "kaiming_uniform", "xavier_uniform", "norm
 LOSSES = ("ce", "mse")
 
 
+_RUN = RunConfig()  # the settings WASAP-SGD shares with every run default as `sparta train` defaults them
+
+
 class WasapConfigError(ValueError):
     """A WASAP-SGD setting is missing or out of range."""
 
@@ -48,7 +51,13 @@ def _number(name: str, value: Any, low: float, high: float | None = None, *, low
 
 @dataclass
 class WasapConfig:
-    """Every setting of a WASAP-SGD run (Curci, Mocanu & Pechenizkiy 2021). Defaults follow the paper's code.
+    """Every setting of a WASAP-SGD run (Curci, Mocanu & Pechenizkiy 2021).
+
+    Defaults: the settings every run shares (data, model, optimizer, epochs, Importance Pruning, checkpoints) default
+    to :class:`~sparta.train.config.RunConfig`'s, so ``WasapConfig()``, ``python -m sparta.parallel`` and ``sparta
+    train --workers N`` run the same thing: 50 epochs of SET (ε 20, ζ 0.3) on 1000-1000-1000 All-ReLU with dropout
+    0.1, no Importance Pruning, a checkpoint every 10 epochs. WASAP-SGD's own settings follow the paper's code
+    (asynchronous, 70 % of the epochs in phase 1, a merge after every phase-2 epoch).
 
     Data: ``dataset`` is an embedded set (``digits``, ``madelon``, ``teacher_student``) or a file reader
     (``mnist``, ``fashionmnist``, ``cifar10``, ``csv``, ``npz``, ``mat``) applied to ``data``; ``data_options``
@@ -65,8 +74,9 @@ class WasapConfig:
 
     Topology: after every phase-1 epoch the server runs SET (drop and regrow the fraction ``zeta``; 0: static
     topology) and, when ``importance_pruning``, Importance Pruning of the hidden neurons at or below the
-    ``ip_percentile``-th percentile, after epoch ``ip_start`` (default: half of phase 1) and every ``ip_every``
-    epochs. In phase 2 each worker runs SET on its own copy after every local epoch but the last.
+    ``ip_percentile``-th percentile, after epoch ``ip_start`` (None: ``ip_every``, as in every sparta run) and
+    every ``ip_every`` epochs, in phase 1 only. In phase 2 each worker runs SET on its own copy after every local
+    epoch but the last.
 
     Phase 1: asynchronous (``sync=False``: every gradient is applied as it arrives) or synchronous (the N
     gradients of a round are averaged; with ``lr_scaling`` the learning rate grows linearly from ``lr`` to
@@ -84,39 +94,40 @@ class WasapConfig:
     exchange.
     """
 
-    dataset: str = "digits"
-    data: str | None = None
+    dataset: str = _RUN.dataset
+    data: str | None = _RUN.data
     data_options: dict[str, Any] = field(default_factory=dict)
-    data_seed: int = 0
-    hidden: list[int] = field(default_factory=lambda: [1000, 1000, 1000])
-    epsilon: float | None = 20.0
-    density: float | None = None
-    activation: str = "allrelu"
-    alpha: float = 0.6
-    dropout: float = 0.0
-    init: str = "uniform"
-    loss: str = "ce"
-    lr: float = 0.01
-    lr_fan_in: float | None = None
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    batch_size: int = 128
-    epochs: int = 10
-    seed: int = 0
-    zeta: float = 0.3
-    importance_pruning: bool = True
-    ip_percentile: float = 20.0
-    ip_every: int = 10
-    ip_start: int | None = None
+    data_seed: int = _RUN.data_seed
+    hidden: list[int] = field(default_factory=lambda: list(_RUN.hidden))
+    epsilon: float | None = _RUN.epsilon
+    density: float | None = _RUN.density
+    activation: str = _RUN.activation
+    alpha: float = _RUN.alpha
+    dropout: float = _RUN.dropout
+    init: str = _RUN.init
+    loss: str = _RUN.loss
+    lr: float = _RUN.lr
+    lr_fan_in: float | None = _RUN.lr_fan_in
+    optimizer: str = _RUN.optimizer
+    momentum: float = _RUN.momentum
+    weight_decay: float = _RUN.weight_decay
+    batch_size: int = _RUN.batch_size
+    epochs: int = _RUN.epochs
+    seed: int = _RUN.seed
+    zeta: float = _RUN.zeta
+    importance_pruning: bool = _RUN.importance_pruning
+    ip_percentile: float = _RUN.ip_percentile
+    ip_every: int = _RUN.ip_every
+    ip_start: int | None = _RUN.ip_start
+    # WASAP-SGD's own settings (Curci et al.'s reference code)
     sync: bool = False
     lr_scaling: bool = True
     warmup_epochs: int = 5
     phase1_fraction: float = 0.7
-    schedule_epochs: int | None = None
+    schedule_epochs: int | None = _RUN.schedule_epochs
     sync_every: int = 1
     shuffle: bool = True
-    checkpoint_every: int = 1
+    checkpoint_every: int = _RUN.checkpoint_every
     threads: int = 1
     backend: str = "gloo"
     device: str = "cpu"
@@ -201,12 +212,17 @@ class WasapConfig:
 
     @property
     def ip_first(self) -> int:
-        """Epoch count after which Importance Pruning first runs (``ip_start`` or half of phase 1, at least 1)."""
-        return self.ip_start if self.ip_start is not None else max(1, self.phase1_epochs // 2)
+        """Epoch count after which Importance Pruning first runs: ``ip_start``, or ``ip_every`` when it is None
+        (the rule of every sparta run, :attr:`sparta.train.config.RunConfig.ip_first_epoch`)."""
+        return self.ip_start if self.ip_start is not None else self.ip_every
 
     def ip_due(self, done: int) -> bool:
         """Whether Importance Pruning runs at the end of phase-1 epoch number ``done`` (1-based)."""
         return self.importance_pruning and done >= self.ip_first and (done - self.ip_first) % self.ip_every == 0
+
+    def ip_epochs(self) -> list[int]:
+        """The phase-1 epoch counts after which Importance Pruning runs (never after the last epoch)."""
+        return [d for d in range(1, min(self.phase1_epochs, self.epochs - 1) + 1) if self.ip_due(d)]
 
     def merge_due(self, epoch: int) -> bool:
         """Whether phase-2 epoch ``epoch`` (0-based) ends with a merge of the workers' models."""
@@ -286,6 +302,15 @@ def to_run_config(config: WasapConfig, workers: int) -> RunConfig:
         return RunConfig.from_dict(values)
     except ConfigError as e:
         raise WasapConfigError(str(e)) from None
+
+
+def ip_warnings(config: WasapConfig) -> list[str]:
+    """A sentence when ``importance_pruning`` is on but never runs (it prunes in phase 1 only)."""
+    if not config.importance_pruning or config.ip_epochs():
+        return []
+    return [f"importance_pruning never runs: it first prunes after epoch {config.ip_first}, but phase 1 (where the "
+            f"server prunes) ends after epoch {config.phase1_epochs} of {config.epochs}; prune earlier (--ip-start) "
+            f"or train more epochs"]
 
 
 def seed_for(*parts: int) -> int:

@@ -14,19 +14,29 @@ import os
 import pickle
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sparta.parallel.comm import Link
-from sparta.parallel.config import WasapConfig, build_model, from_run_config, layer_sizes, load_data, to_run_config
+from sparta.parallel.comm import Link, PeerLost
+from sparta.parallel.config import (
+    PARALLEL_FIELDS,
+    WasapConfig,
+    build_model,
+    from_run_config,
+    layer_sizes,
+    load_data,
+    to_run_config,
+)
 from sparta.parallel.server import Server, restore_model
+from sparta.parallel.watchdog import DEFAULT_TIMEOUT_S, EXIT_PEER_LOST, Watchdog, connect, describe
 from sparta.parallel.worker import Worker, warm_up
 from sparta.rundir import CONFIG, SUMMARY, WASAP_FORMAT, RunError, check_run
 from sparta.rundir.checkpoint import load_checkpoint
@@ -36,7 +46,7 @@ from sparta.train.config import ConfigError, RunConfig
 from sparta.train.data import Dataset
 from sparta.train.runs import ModelResult, Progress, check_resume, prepare_run_dir, resume_config, train_dense_twin
 
-DEFAULT_TIMEOUT_S = 300.0
+MESSAGE_TIMEOUT = timedelta(days=7)  # gloo's own limit on one message: liveness comes from the heartbeats
 GRACE_S = 3.0  # after a failure, how long the other processes get to stop (and record their errors) on their own
 
 
@@ -96,15 +106,40 @@ def _device(name: str, rank: int) -> torch.device:
     return torch.device("cuda", local % max(1, torch.cuda.device_count()))
 
 
+def _store_address(init_method: str) -> tuple[str, int]:
+    """Host and port of the job's TCPStore: ``MASTER_ADDR``/``MASTER_PORT`` for ``env://``, else the
+    ``tcp://HOST:PORT`` of ``init_method``."""
+    if init_method == "env://":
+        return os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
+    if not init_method.startswith("tcp://"):
+        raise ValueError(f"init_method must be 'env://' or 'tcp://HOST:PORT', got {init_method!r}")
+    host, _, port = init_method[len("tcp://"):].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _exit_spawned(line: str) -> NoReturn:
+    """A process of the local launcher that the watchdog stops: the launcher reports the failure."""
+    os._exit(EXIT_PEER_LOST)
+
+
 def run_process(rank: int, world_size: int, *, init_method: str = "env://", backend: str = "gloo",
                 device: str = "cpu", config: WasapConfig | None = None, run_dir: str | Path | None = None,
-                resume: bool = False, data: Dataset | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                resume: bool = False, data: Dataset | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                resume_command: str | None = None, on_stop: Callable[[str], NoReturn] | None = None,
+                progress: Progress | None = None) -> None:
     """Run rank ``rank`` of a ``world_size``-process WASAP-SGD job: the server when ``rank == 0`` (it needs
     ``config`` and a prepared ``run_dir``; ``resume`` continues from its checkpoint), a worker otherwise (it
     receives the settings from the server and loads its data itself unless ``data`` is given).
 
-    ``init_method``/``backend``/``timeout_s`` go to ``torch.distributed.init_process_group``; the timeout bounds
-    every wait for a message, so a worker that hangs stops the run with an error instead of blocking it.
+    Liveness (:mod:`sparta.parallel.watchdog`): every process sends a heartbeat through the job's store each
+    second or so; a peer silent for ``timeout_s`` seconds, or one whose connection closes, is lost, and the whole
+    job stops. Messages themselves wait as long as their peers are alive (a long local epoch is not a failure).
+
+    ``on_stop`` (a process started on its own, as under ``torchrun``): every failure of the job, a lost peer or
+    an error in this process, ends here with one line (``WASAP-SGD run stopped: ...; ... continue with:
+    <resume_command>``) passed to ``on_stop``, which prints it and exits. Without it (the local launcher,
+    which reports failures itself) errors propagate and a process the watchdog stops exits with status
+    :data:`~sparta.parallel.watchdog.EXIT_PEER_LOST`. ``progress`` gets the server's epochs.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 2:
@@ -117,23 +152,64 @@ def run_process(rank: int, world_size: int, *, init_method: str = "env://", back
         raise ValueError("the server (rank 0) needs config and run_dir")
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    if rank == 0:
-        warm_up()  # the server steps from the first message on; workers warm up if they will train locally
-    dev = _device(device, rank)
-    link = Link(rank, dev if backend == "nccl" else "cpu", tags=backend == "gloo")
+    host, port = _store_address(init_method)
+    if resume_command is None:
+        resume_command = f"sparta train --resume {run_dir}" if run_dir is not None else "sparta train --resume RUN"
     if config is not None:
         set_threads(config.threads)
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout_s))
-    if rank == 0:
-        assert config is not None and run_dir is not None
-        server_data = data if data is not None else load_data(config)
-        Server(link, config, world_size - 1, Path(run_dir), server_data, resume=resume, device=dev).run()
-    else:
-        Worker(link, rank, data, dev).run()
+
+    def watch() -> Watchdog:
+        store = connect(host, port, min(timeout_s, 30.0))
+        return Watchdog(store, rank, world_size, timeout_s=timeout_s, resume=resume_command,
+                        on_stop=on_stop or _exit_spawned).start()
+
+    # Under torchrun the store (torchrun's agent's) exists before the process group: watch from the start, so a
+    # peer that dies while the others wait in init_process_group is noticed too. The local launcher's store is the
+    # server's, created by init_process_group.
+    agent_store = init_method == "env://" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    dog = watch() if agent_store else None
+    try:
+        if rank == 0:
+            warm_up()  # the server steps from the first message on; workers warm up if they will train locally
+        dev = _device(device, rank)
+        link = Link(rank, dev if backend == "nccl" else "cpu", tags=backend == "gloo")
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=MESSAGE_TIMEOUT)
+        if dog is None:
+            dog = watch()
+        if rank == 0:
+            assert config is not None and run_dir is not None
+            server_data = data if data is not None else load_data(config)
+            Server(link, config, world_size - 1, Path(run_dir), server_data, resume=resume, device=dev,
+                   watchdog=dog, progress=progress).run()
+            dog.close()
+            dog.wait_for_workers()
+        else:
+            Worker(link, rank, data, dev).run()
+            dog.close()  # and say bye: the server waits for it before it goes
+    except BaseException as e:  # noqa: BLE001 - every failure of a process started on its own ends in one line
+        if on_stop is None or dog is None:
+            raise
+        if isinstance(e, PeerLost) and e.peer is None:  # gloo cannot say which worker: the heartbeats will
+            dog.await_stop(timeout_s + 2.0)
+        what, lost = _what(e, rank, dog)
+        dog.stop(what, lost=lost)
     # Only after a clean finish: on an error the process exits with the group still open, so its peers lose the
     # connection only once its error has been recorded, and the launcher names the right process.
     dist.destroy_process_group()
+
+
+def _what(e: BaseException, rank: int, dog: Watchdog) -> tuple[str, int | None]:
+    """What a failure of this process's main thread means for the job, and the rank it lost (if any)."""
+    me = describe(dog.who.get(rank), rank)
+    if isinstance(e, PeerLost):
+        if e.peer is None:
+            return f"{me} lost a worker it cannot name ({e.cause})", None
+        return f"lost {describe(dog.who.get(e.peer), e.peer)}: {e.cause or 'its connection closed'}", e.peer
+    if isinstance(e, KeyboardInterrupt):
+        return f"{me} was interrupted", None
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{me} failed: {type(e).__name__}{': ' + text if text else ''}", None
 
 
 # ------------------------------------------------------------------ local launcher
@@ -144,7 +220,10 @@ def open_run(config: RunConfig, out: str | Path, *, resume: bool = False, overwr
     the run directory, ready for the server. Nothing is written when a check fails."""
     if config.workers is None:
         raise ConfigError("a WASAP-SGD run needs workers (the number of worker processes), got None")
-    from_run_config(config)  # WASAP-SGD supports these settings
+    wasap = from_run_config(config)  # WASAP-SGD supports these settings
+    # config.json records every WASAP-SGD setting the run uses, defaults included (a later default cannot change
+    # what a resumed run does), and the threads each process runs
+    config = config.replace(threads=wasap.threads, parallel={f: getattr(wasap, f) for f in PARALLEL_FIELDS})
     if resume:
         p = check_resume(out)
         saved = _run_config(p).workers
@@ -248,7 +327,7 @@ def train_wasap(config: WasapConfig | None = None, workers: int | None = None, r
         resume: the directory of a run to continue from its checkpoint (instead of ``config``/``run_dir``).
         epochs: a new total number of epochs (to extend a resumed run; its phase split stays as planned).
         data: a :class:`~sparta.train.data.Dataset` to use instead of loading ``config.dataset`` in every process.
-        timeout_s: the longest any process waits for a message before the run fails.
+        timeout_s: seconds without a heartbeat after which a process is lost and the run fails.
 
     Raises :class:`WorkerFailure` naming the rank when a process dies or raises; every other process is stopped
     and the last checkpoint stays intact (``resume=run_dir`` continues from it).
@@ -313,7 +392,7 @@ def _failure(e: mp.ProcessRaisedException | mp.ProcessExitedException, ctx: Any,
     n = len(ctx.processes)
     codes = {i: ctx.processes[i].exitcode for i in range(n)}
     traces = {i: _trace(ctx, i) for i in range(n)}
-    stopped_by_us = (None, 0, -signal.SIGTERM, -signal.SIGKILL)
+    stopped_by_us = (None, 0, -signal.SIGTERM, -signal.SIGKILL, EXIT_PEER_LOST)
     abrupt = [i for i in range(n) if traces[i] is None and codes[i] not in stopped_by_us]
     raised = [i for i in range(n) if traces[i] is not None and "PeerLost" not in traces[i].strip().splitlines()[-1]]
     culprit = e.error_index if e.error_index in abrupt + raised else (abrupt + raised + [e.error_index])[0]

@@ -7,6 +7,7 @@ Read top to bottom: :meth:`Server.run` is start → phase 1 → phase 2 → fini
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from sparta.parallel.state import (
     sparse_layers,
     traced_update,
 )
+from sparta.parallel.watchdog import Watchdog
 from sparta.rundir import CONFIG, METRICS_JSONL, SUMMARY, WASAP_FORMAT, RunError
 from sparta.rundir.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from sparta.rundir.files import append_metrics, read_metrics, write_json, write_metrics
@@ -34,6 +36,7 @@ from sparta.train.config import RunConfig
 from sparta.train.data import Dataset
 from sparta.train.loop import evaluate
 from sparta.train.runs import CSV_FIELDS as TRAIN_FIELDS
+from sparta.train.runs import Progress
 from sparta.train.runs import summarise as summarise_run
 
 CSV_FIELDS = (*TRAIN_FIELDS, "phase", "mode", "lr", "eval_seconds", "wall_seconds", "samples", "samples_per_s",
@@ -49,12 +52,17 @@ class Server:
     Args:
         link: the message link (rank 0). config: the run's settings. run_dir: the run directory (prepared).
         data: the data set (only its test part and sizes are used here). resume: continue from the checkpoint.
-        device: where the model lives.
+        device: where the model lives. watchdog: the job's :class:`~sparta.parallel.watchdog.Watchdog` (the
+        server holds its ``writing`` lock while it writes the run directory, and tells it each checkpoint).
+        progress: gets each epoch's row as it is written (label ``sparse``).
     """
 
     def __init__(self, link: Link, config: WasapConfig, workers: int, run_dir: Path, data: Dataset, *,
-                 resume: bool = False, device: torch.device | str = "cpu") -> None:
+                 resume: bool = False, device: torch.device | str = "cpu", watchdog: Watchdog | None = None,
+                 progress: Progress | None = None) -> None:
         self.link, self.config, self.n, self.run_dir = link, config, workers, Path(run_dir)
+        self.watchdog, self.progress = watchdog, progress
+        self.writing = watchdog.writing if watchdog is not None else contextlib.nullcontext()
         self.device = torch.device(device)
         self.n_train = len(data.x_train)
         self.shard = self.n_train // workers
@@ -80,20 +88,29 @@ class Server:
         self.rows: list[dict[str, Any]] = []
         self.checks = 0
         self._wall_end = time.perf_counter()
-        if resume:
-            self._restore()
-        else:
-            write_metrics(self.run_dir, [], CSV_FIELDS)
-            self.save()  # a run directory has a checkpoint from its start
-        (self.run_dir / SUMMARY).unlink(missing_ok=True)
+        with self.writing:
+            if resume:
+                self._restore()
+            else:
+                write_metrics(self.run_dir, [], CSV_FIELDS)
+                self.save()  # a run directory has a checkpoint from its start
+            (self.run_dir / SUMMARY).unlink(missing_ok=True)
+        if watchdog is not None:
+            watchdog.checkpointed(self.epoch)
 
     # ================================================================== the run
     def run(self) -> None:
         """Train to ``config.epochs``: phase 1, then phase 2, then tell the workers to stop."""
-        self.start()
-        self.phase1()
-        self.phase2()
-        self.finish()
+        if self.progress is not None:
+            self.progress.start("sparse", self.epoch, self.config.epochs, RunConfig.load(self.run_dir / CONFIG))
+        try:
+            self.start()
+            self.phase1()
+            self.phase2()
+            self.finish()
+        finally:
+            if self.progress is not None:
+                self.progress.end("sparse")
 
     def start(self) -> None:
         """Send every worker the settings and the model."""
@@ -169,7 +186,8 @@ class Server:
             self.link.send(Message(Kind.DONE), r)
         self.link.flush()
         run_config = RunConfig.load(self.run_dir / CONFIG)
-        write_json(self.run_dir / SUMMARY, summarise(self.rows, run_config, self.config, self.n, self.sizes))
+        with self.writing:
+            write_json(self.run_dir / SUMMARY, summarise(self.rows, run_config, self.config, self.n, self.sizes))
 
     # ================================================================== phase-1 pieces
     def workers(self) -> range:
@@ -301,9 +319,14 @@ class Server:
         row["time"] = time.time()
         self._wall_end = now
         self.rows.append(row)
-        append_metrics(self.run_dir, row, CSV_FIELDS)  # first: a resume drops rows past its checkpoint, never misses one
-        if checkpoint:
-            self.save()
+        with self.writing:  # the watchdog never stops the job half-way through these
+            append_metrics(self.run_dir, row, CSV_FIELDS)  # first: a resume drops rows past its checkpoint
+            if checkpoint:
+                self.save()
+        if checkpoint and self.watchdog is not None:
+            self.watchdog.checkpointed(done)
+        if self.progress is not None:
+            self.progress.epoch("sparse", row)
 
     # ================================================================== checkpoints
     def save(self) -> None:
