@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sparta.parallel import WasapConfig, WasapConfigError, from_run_config, to_run_config, train_wasap
+from sparta.parallel.config import ip_warnings
 from sparta.parallel.__main__ import main
 from sparta.rundir import RunError
 from sparta.train.config import RunConfig, resolve
@@ -13,12 +14,61 @@ from sparta.train.config import RunConfig, resolve
 def test_defaults_follow_the_reference_code():
     c = WasapConfig()
     assert (c.epsilon, c.zeta, c.phase1_fraction, c.warmup_epochs, c.sync) == (20.0, 0.3, 0.7, 5, False)
-    assert c.phase1_epochs == 7 and c.ip_first == 3
+    assert c.phase1_epochs == 35 and c.ip_first == 10
     assert WasapConfig.from_dict(c.as_dict()) == c
 
 
+def test_one_set_of_defaults_whichever_entry_point_starts_the_run():
+    """`sparta train --workers 2` (a RunConfig), `python -m sparta.parallel` (its parser) and WasapConfig() run the
+    same settings; in particular dropout 0.1 and no Importance Pruning, as `sparta train` (issue 29: the module
+    ran Importance Pruning and dropout 0)."""
+    from sparta.parallel.__main__ import config_from, parser
+
+    by_train = from_run_config(resolve(None, None, {"workers": 2}))
+    by_module = config_from(parser().parse_args(["--out", "x"]))
+    assert by_train == by_module == WasapConfig()
+    assert (by_module.dropout, by_module.importance_pruning, by_module.epochs, by_module.checkpoint_every) == (
+        RunConfig().dropout, RunConfig().importance_pruning, RunConfig().epochs, RunConfig().checkpoint_every)
+    assert (by_module.dropout, by_module.importance_pruning) == (0.1, False)
+
+
+def test_help_shows_every_default():
+    from sparta.parallel.__main__ import parser
+
+    p = parser()
+    text = " ".join(p.format_help().split())
+    formatter = p._get_formatter()
+    for action in p._actions:
+        if action.default not in (None, []) and action.dest not in ("help", "overwrite"):
+            assert "(default: " in formatter._get_help_string(action) % vars(action), action.dest
+    for shown in ("--dropout DROPOUT dropout rate after each hidden layer (default: 0.1)",
+                  "--importance-pruning, --no-importance-pruning the server removes the least important hidden "
+                  "neurons in phase 1 (default: False)", "(default: 10.0)", "total epochs (default: 50;",
+                  "--phase1-fraction PHASE1_FRACTION fraction of the epochs in phase 1 (gradients to the server) "
+                  "(default: 0.7)"):
+        assert shown in text, shown
+
+
+def test_importance_pruning_starts_when_config_json_says():
+    """ip_start None means "after ip_every epochs" for WASAP-SGD as for every run, so config.json's ip_every/ip_start
+    describe what ran (issue 29: ip_every 10, ip_start null recorded, yet the server pruned after epoch 1, its
+    own rule being "half of phase 1")."""
+    c = WasapConfig(epochs=3, importance_pruning=True)  # ip_every 10, ip_start None
+    assert c.ip_first == 10 and c.ip_epochs() == []
+    assert ip_warnings(c) and "never runs" in ip_warnings(c)[0]
+    c = WasapConfig(epochs=10, importance_pruning=True, ip_every=4)
+    assert c.ip_epochs() == [4]  # phase 1 is epochs 1..7
+    assert WasapConfig(epochs=20, importance_pruning=True, ip_every=3, ip_start=2).ip_epochs() == [2, 5, 8, 11, 14]
+    for ip_every, ip_start in ((10, None), (4, None), (3, 2), (1, None)):
+        c = WasapConfig(epochs=30, importance_pruning=True, ip_every=ip_every, ip_start=ip_start)
+        rc = RunConfig.from_dict(to_run_config(c, 2).as_dict())  # as config.json stores it
+        first = rc.ip_first_epoch
+        assert c.ip_epochs() == [d for d in range(1, c.phase1_epochs + 1) if d >= first and (d - first) % rc.ip_every == 0]
+    assert ip_warnings(WasapConfig()) == []  # off: nothing to warn about
+
+
 def test_schedules():
-    c = WasapConfig(epochs=10, sync=True, warmup_epochs=4, sync_every=2, ip_start=2, ip_every=3)
+    c = WasapConfig(epochs=10, sync=True, warmup_epochs=4, sync_every=2, importance_pruning=True, ip_start=2, ip_every=3)
     assert [c.lr_at(e, 3) for e in (0, 2, 4, 9)] == pytest.approx([0.01, 0.02, 0.03, 0.03])
     assert c.replace(lr_scaling=False).lr_at(9, 3) == 0.01
     assert c.replace(warmup_epochs=0).lr_at(0, 3) == pytest.approx(0.03)
@@ -118,4 +168,9 @@ def test_command_line_errors(tmp_path, capsys, monkeypatch):
         main(["--out", str(tmp_path / "r")])
     assert "--workers N" in capsys.readouterr().err
     assert main(["--workers", "2", "--out", str(tmp_path / "r"), "--lr", "-1"]) == 2
-    assert "lr must be" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("sparta: error: lr must be") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()  # nothing written
+    with pytest.raises(SystemExit):
+        main(["--workers", "2", "--out", str(tmp_path / "r"), "--timeout", "0"])
+    assert "--timeout must be a positive number" in capsys.readouterr().err

@@ -61,7 +61,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """The description as written; every option's default after its help, unless there is none to show."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default == [] or action.default is False and action.nargs == 0:
+        if action.default is None or action.default == [] or action.const is True:  # unset, or a plain switch
             return action.help
         return super()._get_help_string(action)
 
