@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sparta.parallel import WasapConfig, WasapConfigError, from_run_config, to_run_config, train_wasap
-from sparta.parallel.config import ip_warnings
 from sparta.parallel.__main__ import main
+from sparta.parallel.config import ip_warnings
 from sparta.rundir import RunError
 from sparta.train.config import RunConfig, resolve
 
