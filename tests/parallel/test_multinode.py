@@ -29,11 +29,12 @@ ARGS = ["--dataset", "digits", "--hidden", "32", "--epsilon", "4", "--batch-size
         "--checkpoint-every", "1", "--timeout", "5"]
 
 
-def node(rank: int, port: int, out: Path, log: Path) -> subprocess.Popen:
-    """torchrun for node ``rank`` of 2 (one process each), its output (torchrun's and the child's) in ``log``."""
+def node(rank: int, port: int, args: list[str], log: Path) -> subprocess.Popen:
+    """torchrun for node ``rank`` of 2 (one process each) running ``python -m sparta.parallel args``, its output
+    (torchrun's and the child's) in ``log``."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "PYTHONUNBUFFERED": "1"}
     cmd = [TORCHRUN, "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), "-m", "sparta.parallel", *ARGS, "--out", str(out)]
+           "--master-port", str(port), "-m", "sparta.parallel", *args]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -74,7 +75,7 @@ def run_and_kill(tmp_path: Path, victim: int) -> tuple[str, int, float, Path]:
     from the kill to its end."""
     out, port = tmp_path / "run", free_port()
     logs = [tmp_path / f"node{r}.log" for r in (0, 1)]
-    procs = [node(r, port, out, logs[r]) for r in (0, 1)]
+    procs = [node(r, port, [*ARGS, "--out", str(out)], logs[r]) for r in (0, 1)]
     wait_for_epochs(out, 2, procs)
     kill_node(procs[victim])
     t0 = time.monotonic()
@@ -97,7 +98,7 @@ def check_one_line(text: str, out: Path) -> str:
     return ours
 
 
-def test_a_killed_worker_node_stops_the_server_within_30_s(tmp_path):
+def test_a_killed_worker_node_stops_the_server_within_30_s_and_the_run_resumes(tmp_path):
     text, code, seconds, out = run_and_kill(tmp_path, victim=1)
     line = check_one_line(text, out)
     assert "lost worker rank 1 (node 1, host" in line
@@ -105,7 +106,18 @@ def test_a_killed_worker_node_stops_the_server_within_30_s(tmp_path):
     assert f"the last checkpoint (after epoch {epoch}) is intact" in line
     assert code == 1
     assert seconds < TARGET_S, (seconds, text)
-    assert "[sparse] epoch" in text or "epoch" in text  # the server reports progress
+    assert text.startswith(f"run: {out}\ndata: digits") and "[sparse] epochs 1..400" in text  # the server reports
+    # the command the line names continues the run (here: one more epoch) on both nodes; it ends cleanly and
+    # only the server prints
+    port, logs = free_port(), [tmp_path / f"resume{r}.log" for r in (0, 1)]
+    procs = [node(r, port, [*ARGS, "--resume", str(out), "--epochs", str(epoch + 1)], logs[r]) for r in (0, 1)]
+    codes = [p.wait(timeout=180) for p in procs]
+    server, worker = (log.read_text() for log in logs)
+    assert codes == [0, 0], (server, worker)
+    assert server.startswith(f"resuming: {out}\n") and f"[sparse] epoch {epoch + 1}/{epoch + 1} loss=" in server
+    assert "done in " in server and "| SET (sparse, 1 workers) |" in server
+    assert worker == "", worker
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == epoch + 1
 
 
 def test_a_killed_server_node_stops_the_worker_within_30_s(tmp_path):
