@@ -26,7 +26,7 @@ TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torch
 pytestmark = pytest.mark.skipif(not Path(TORCHRUN).is_file(), reason="needs torchrun (torch.distributed.run)")
 TARGET_S = 30.0  # issue 29: a node killed mid-run ends the job everywhere within 30 s
 ARGS = ["--dataset", "digits", "--hidden", "32", "--epsilon", "4", "--batch-size", "16", "--epochs", "400",
-        "--checkpoint-every", "1", "--timeout", "5"]
+        "--checkpoint-every", "1"]  # the default --timeout (10 s)
 
 
 def node(rank: int, port: int, args: list[str], log: Path) -> subprocess.Popen:
@@ -85,7 +85,9 @@ def run_and_kill(tmp_path: Path, victim: int) -> tuple[str, int, float, Path]:
     except subprocess.TimeoutExpired:
         kill_node(survivor)
         pytest.fail(f"node {1 - victim} still runs 90 s after node {victim} was killed:\n{logs[1 - victim].read_text()}")
-    return logs[1 - victim].read_text(), code, time.monotonic() - t0, out
+    seconds = time.monotonic() - t0
+    print(f"node {1 - victim} ended {seconds:.1f} s after node {victim} was killed")  # shown with pytest -s
+    return logs[1 - victim].read_text(), code, seconds, out
 
 
 def check_one_line(text: str, out: Path) -> str:
@@ -101,7 +103,7 @@ def check_one_line(text: str, out: Path) -> str:
 def test_a_killed_worker_node_stops_the_server_within_30_s_and_the_run_resumes(tmp_path):
     text, code, seconds, out = run_and_kill(tmp_path, victim=1)
     line = check_one_line(text, out)
-    assert "lost worker rank 1 (node 1, host" in line
+    assert "lost worker rank 1 (node 1, host" in line  # by its heartbeats, or a send to it that failed
     epoch = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["epoch"]
     assert f"the last checkpoint (after epoch {epoch}) is intact" in line
     assert code == 1

@@ -1,7 +1,7 @@
 """``python -m sparta.parallel``: WASAP-SGD from the command line, on one machine or several.
 
 On one machine, ``--workers N`` starts the server and N workers as local processes (as ``sparta train --workers N``
-does, with the same defaults and output)::
+does, with the same defaults and output, but without the dense twin ``sparta train`` compares with)::
 
     python -m sparta.parallel --workers 2 --dataset digits --hidden 256 256 --epochs 20 --out runs/wasap
 
@@ -16,6 +16,7 @@ The server prints the header, the progress and the summary; workers print nothin
 process sends a heartbeat each second or so: a process silent for ``--timeout`` seconds (or whose connection
 closes) is lost, and every surviving process ends with one line naming it and the command that resumes the run
 from its last checkpoint (the same torchrun command with ``-m sparta.parallel --resume DIR``), exit status 1.
+With ``--resume`` the run's saved settings apply; only ``--epochs`` (a new total) and ``--timeout`` are read.
 """
 
 from __future__ import annotations
