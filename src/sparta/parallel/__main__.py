@@ -33,7 +33,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
+from typing import Any  # noqa: E402
 
 import sparta  # noqa: E402, F401  (before torch: sets the OpenMP wait policy)
 from sparta.parallel import console  # noqa: E402
@@ -164,8 +164,8 @@ def _run_config(args: argparse.Namespace, workers: int) -> RunConfig:
     return to_run_config(config_from(args), workers)
 
 
-def _stop(line: str) -> NoReturn:
-    """How a process of a torchrun job ends when the job fails: one line (also in torchrun's failure report)."""
+def _report(line: str) -> None:
+    """What a process of a torchrun job shows when the job fails: one line (also in torchrun's failure report)."""
     text = f"sparta: error: {line}"
     sys.stdout.flush()
     print(text, file=sys.stderr, flush=True)
@@ -176,7 +176,6 @@ def _stop(line: str) -> NoReturn:
                 "py_callstack": text, "timestamp": str(int(time.time()))}}}))
         except OSError:
             pass
-    os._exit(1)
 
 
 def _torchrun(args: argparse.Namespace) -> int:
@@ -186,7 +185,7 @@ def _torchrun(args: argparse.Namespace) -> int:
     resume_command = f"torchrun <the same options, on every node> -m sparta.parallel --resume {out}"
     if rank != 0:
         run_process(rank, world, init_method="env://", backend=args.backend, device=args.device, timeout_s=args.timeout,
-                    resume_command=resume_command, on_stop=_stop)
+                    resume_command=resume_command, report=_report)
         return 0
     try:  # the server checks the run before it starts: a refusal stops every process with its one line
         run_config = _run_config(args, world - 1)
@@ -203,7 +202,7 @@ def _torchrun(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     run_process(0, world, init_method="env://", backend=config.backend, device=config.device, config=config,
                 run_dir=run_dir, resume=args.resume is not None, data=data, timeout_s=args.timeout,
-                resume_command=resume_command, on_stop=_stop, progress=console.ConsoleProgress())
+                resume_command=resume_command, report=_report, progress=console.ConsoleProgress())
     print(console.summary(read_json(run_dir / SUMMARY), run_dir, time.perf_counter() - t0))
     return 0
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -117,15 +117,10 @@ def _store_address(init_method: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _exit_spawned(line: str) -> NoReturn:
-    """A process of the local launcher that the watchdog stops: the launcher reports the failure."""
-    os._exit(EXIT_PEER_LOST)
-
-
 def run_process(rank: int, world_size: int, *, init_method: str = "env://", backend: str = "gloo",
                 device: str = "cpu", config: WasapConfig | None = None, run_dir: str | Path | None = None,
                 resume: bool = False, data: Dataset | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                resume_command: str | None = None, on_stop: Callable[[str], NoReturn] | None = None,
+                resume_command: str | None = None, report: Callable[[str], None] | None = None,
                 progress: Progress | None = None) -> None:
     """Run rank ``rank`` of a ``world_size``-process WASAP-SGD job: the server when ``rank == 0`` (it needs
     ``config`` and a prepared ``run_dir``; ``resume`` continues from its checkpoint), a worker otherwise (it
@@ -135,10 +130,10 @@ def run_process(rank: int, world_size: int, *, init_method: str = "env://", back
     second or so; a peer silent for ``timeout_s`` seconds, or one whose connection closes, is lost, and the whole
     job stops. Messages themselves wait as long as their peers are alive (a long local epoch is not a failure).
 
-    ``on_stop`` (a process started on its own, as under ``torchrun``): every failure of the job, a lost peer or
-    an error in this process, ends here with one line (``WASAP-SGD run stopped: ...; ... continue with:
-    <resume_command>``) passed to ``on_stop``, which prints it and exits. Without it (the local launcher,
-    which reports failures itself) errors propagate and a process the watchdog stops exits with status
+    ``report`` (a process started on its own, as under ``torchrun``): every failure of the job, a lost peer or
+    an error in this process, ends the process with one line (``WASAP-SGD run stopped: ...; ... continue with:
+    <resume_command>``) passed to ``report`` (which prints it), exit status 1. Without it (the local launcher,
+    which reports failures itself) errors propagate and a process the watchdog stops exits silently with status
     :data:`~sparta.parallel.watchdog.EXIT_PEER_LOST`. ``progress`` gets the server's epochs.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -161,7 +156,7 @@ def run_process(rank: int, world_size: int, *, init_method: str = "env://", back
     def watch() -> Watchdog:
         store = connect(host, port, min(timeout_s, 30.0))
         return Watchdog(store, rank, world_size, timeout_s=timeout_s, resume=resume_command,
-                        on_stop=on_stop or _exit_spawned).start()
+                        report=report or (lambda line: None), exit_code=1 if report else EXIT_PEER_LOST).start()
 
     # Under torchrun the store (torchrun's agent's) exists before the process group: watch from the start, so a
     # peer that dies while the others wait in init_process_group is noticed too. The local launcher's store is the
@@ -188,7 +183,7 @@ def run_process(rank: int, world_size: int, *, init_method: str = "env://", back
             Worker(link, rank, data, dev).run()
             dog.close()  # and say bye: the server waits for it before it goes
     except BaseException as e:  # noqa: BLE001 - every failure of a process started on its own ends in one line
-        if on_stop is None or dog is None:
+        if report is None or dog is None:
             raise
         if isinstance(e, PeerLost) and e.peer is None:  # gloo cannot say which worker: the heartbeats will
             dog.await_stop(timeout_s + 2.0)

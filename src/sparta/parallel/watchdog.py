@@ -81,19 +81,22 @@ class Watchdog:
         store: the job's store (:func:`connect`). rank, world_size: this process and the job.
         timeout_s: seconds without a heartbeat after which a peer is lost.
         resume: the command that continues the run, for the stop message.
-        on_stop: called (in whichever thread stops the job) with the one-line message; must not return
-            (print and ``os._exit``).
+        report: shows the one-line message (in whichever thread stops the job), before anything else that could
+            be cut short (torchrun stops a node's other processes once one has exited).
+        exit_code: the process's exit status after a stop; ``exit``: how it exits (``os._exit``: no clean-up,
+            nothing else runs).
         interval_s: seconds between heartbeats (default: ``timeout_s / 10``, at most 1).
         start_timeout_s: how long a peer may take to send its first heartbeat.
     """
 
     def __init__(self, store: dist.Store, rank: int, world_size: int, *, timeout_s: float, resume: str,
-                 on_stop: Callable[[str], NoReturn], interval_s: float | None = None,
-                 start_timeout_s: float = START_TIMEOUT_S) -> None:
+                 report: Callable[[str], None], exit_code: int = 1, interval_s: float | None = None,
+                 start_timeout_s: float = START_TIMEOUT_S, exit: Callable[[int], Any] = os._exit) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self.store, self.rank, self.world_size = store, rank, world_size
-        self.timeout_s, self.resume, self.on_stop = float(timeout_s), resume, on_stop
+        self.timeout_s, self.resume, self.report = float(timeout_s), resume, report
+        self.exit_code, self._exit = exit_code, exit
         self.interval_s = interval_s if interval_s is not None else min(1.0, self.timeout_s / 10)
         self.start_timeout_s = max(float(start_timeout_s), self.timeout_s)
         self.writing = threading.RLock()  # held by the server while it writes the run directory
@@ -150,7 +153,7 @@ class Watchdog:
     # ------------------------------------------------------------------ stopping
     def stop(self, what: str, *, lost: int | None = None) -> NoReturn:
         """Stop the job: ``what`` happened (``lost``: the rank that is gone). A reason another process already
-        recorded wins. Every process ends with the same one line; this one through ``on_stop``."""
+        recorded wins. Every process ends with the same one line (``report``) and ``exit_code``."""
         with self._state:
             if self._closing and threading.current_thread() is self._thread:
                 raise _Closed  # the job ended normally meanwhile: the thread just ends
@@ -158,7 +161,7 @@ class Watchdog:
                 self._hang()
             self._stopping = True
         self._halt.set()
-        reason = {"what": what, "checkpoint": self.checkpoint if self.rank == 0 else None}
+        reason = {"what": what, "checkpoint": self.checkpoint if self.rank == 0 else None, "lost": lost}
         if self.rank != 0 and lost == 0:  # the server went away: a reason it recorded first explains why
             recorded = self._recorded(wait_s=min(2.0, self.timeout_s))
         else:
@@ -166,25 +169,29 @@ class Watchdog:
             recorded = json.loads(recorded) if recorded else None
         if recorded:
             reason = recorded
-        if self.rank != 0:
-            self._try(lambda: self.store.add("ack", 1))
-        if self.rank == 0:  # let the workers read the reason before the store goes away with this node
-            self._wait_acks(expected=self.world_size - 1 - (lost is not None and lost > 0))
         self._finish(reason)
 
     def _finish(self, reason: dict[str, Any]) -> NoReturn:
+        """Show the line, then (a worker) acknowledge it or (the server) wait for every living worker's
+        acknowledgement, so the store outlives everyone's reading of it; exit."""
         if "line" in reason:  # the server refused the run before it started
-            self.on_stop(reason["line"])
-            os._exit(1)
-        checkpoint = reason.get("checkpoint")
-        if checkpoint is None:
-            checkpoint = self.checkpoint
-        where = (f"the last checkpoint (after epoch {checkpoint}) is intact" if checkpoint is not None else
-                 "the last checkpoint is intact")
-        line = f"WASAP-SGD run stopped: {reason['what']}; {where}, continue with: {self.resume}"
+            line = reason["line"]
+        else:
+            checkpoint = reason.get("checkpoint")
+            if checkpoint is None:
+                checkpoint = self.checkpoint
+            where = (f"the last checkpoint (after epoch {checkpoint}) is intact" if checkpoint is not None else
+                     "the last checkpoint is intact")
+            line = f"WASAP-SGD run stopped: {reason['what']}; {where}, continue with: {self.resume}"
         self.writing.acquire(timeout=60)  # never stop the server half-way through a checkpoint
-        self.on_stop(line)
-        os._exit(1)  # on_stop must not return
+        self.report(line)
+        if self.rank != 0:
+            self._try(lambda: self.store.add("ack", 1))
+        else:
+            lost = reason.get("lost")
+            self._wait_acks(self.world_size - 1 - (1 if lost is not None and lost > 0 else 0))
+        self._exit(self.exit_code)
+        self._hang()
 
     def _recorded(self, wait_s: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + wait_s
@@ -234,7 +241,7 @@ class Watchdog:
                 with self._io:
                     self.store.add(f"hb/{self.rank}", 1)
                     aborted = self.store.get("abort") if self.store.check(["abort"]) else None
-                    if aborted is None:
+                    if aborted is None:  # (else: stop below)
                         counts = {p: self.store.add(f"hb/{p}", 0) for p in watched}
                         gone = {p for p in watched if self.store.check([f"bye/{p}"])}
                         for p in set(range(self.world_size)) - set(self.who):
@@ -245,8 +252,6 @@ class Watchdog:
                             self._published = self.checkpoint
                         if self.rank != 0 and self.store.check(["checkpoint"]):
                             self.checkpoint = int(self.store.get("checkpoint"))
-                    else:
-                        self.store.add("ack", 1)
             except Exception:  # noqa: BLE001 - the store is unreachable: it lives on the server's node
                 if self._halt.is_set():
                     return
