@@ -195,7 +195,7 @@ def _torchrun(args: argparse.Namespace) -> int:
         sizes = layer_sizes(config, data.n_features, data.n_classes)
     except (ValueError, OSError) as e:
         abort_job(f"the server (rank 0) refused the run: {e}", timeout_s=args.timeout)
-        print(f"sparta: error: {e}", file=sys.stderr)
+        _report(str(e))
         return 2
     print(console.header(RunConfig.load(run_dir / CONFIG), config, data, run_dir, args.resume is not None, sizes,
                          nodes=int(os.environ.get("GROUP_WORLD_SIZE", "1"))), flush=True)
