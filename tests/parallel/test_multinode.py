@@ -126,6 +126,7 @@ def test_a_killed_server_node_stops_the_worker_within_30_s(tmp_path):
     text, code, seconds, out = run_and_kill(tmp_path, victim=0)
     line = check_one_line(text, out)
     assert "lost the server (rank 0, node 0, host" in line, line
+    assert "; the last checkpoint is intact, continue with: " in line  # a worker does not guess its epoch
     assert code == 1
     assert seconds < TARGET_S, (seconds, text)
     assert "[sparse]" not in text and "data:" not in text  # a worker prints nothing but the failure

@@ -52,7 +52,7 @@ def test_a_silent_worker_stops_the_job_everywhere_with_one_line_naming_it():
     for p in (server, w1, w2):
         p.dog.start()
     server.dog.checkpointed(4)
-    time.sleep(0.2)  # a few beats: the checkpoint epoch is published
+    time.sleep(0.2)  # a few beats
     t0 = time.monotonic()
     silence(w2)
     assert server.stopped.wait(5) and w1.stopped.wait(5)
@@ -73,6 +73,7 @@ def test_a_lost_server_stops_the_workers_and_its_own_reason_wins():
     silence(server)
     assert w1.stopped.wait(5)
     assert w1.lines[0].startswith("WASAP-SGD run stopped: lost the server (rank 0, node 0, host ")
+    assert w1.lines[0].endswith(f"no heartbeat for 1 s; the last checkpoint is intact, continue with: {RESUME}")
     # a reason recorded first (the server stopped because of a worker) is the one every process reports
     store2, (server2, w2) = job(2)
     server2.dog.start(), w2.dog.start()

@@ -100,7 +100,7 @@ class Watchdog:
         self.interval_s = interval_s if interval_s is not None else min(1.0, self.timeout_s / 10)
         self.start_timeout_s = max(float(start_timeout_s), self.timeout_s)
         self.writing = threading.RLock()  # held by the server while it writes the run directory
-        self.checkpoint: int | None = None  # epoch of the last checkpoint (the server's, as last seen)
+        self.checkpoint: int | None = None  # epoch of the server's last checkpoint (known to the server only)
         self.who: dict[int, dict[str, Any]] = {}
         self._io = threading.Lock()  # one store operation at a time
         self._state = threading.Lock()
@@ -108,7 +108,6 @@ class Watchdog:
         self._stopping = False
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
-        self._published = -1
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Watchdog:
@@ -147,7 +146,8 @@ class Watchdog:
             self._hang()
 
     def checkpointed(self, epoch: int) -> None:
-        """The server wrote a checkpoint after ``epoch`` epochs (published at the next heartbeat)."""
+        """The server wrote a checkpoint after ``epoch`` epochs (named in its stop message; a worker's view of it
+        could be a checkpoint late, so a worker names none unless the server recorded the reason)."""
         self.checkpoint = int(epoch)
 
     # ------------------------------------------------------------------ stopping
@@ -178,8 +178,6 @@ class Watchdog:
             line = reason["line"]
         else:
             checkpoint = reason.get("checkpoint")
-            if checkpoint is None:
-                checkpoint = self.checkpoint
             where = (f"the last checkpoint (after epoch {checkpoint}) is intact" if checkpoint is not None else
                      "the last checkpoint is intact")
             line = f"WASAP-SGD run stopped: {reason['what']}; {where}, continue with: {self.resume}"
@@ -247,11 +245,6 @@ class Watchdog:
                         for p in set(range(self.world_size)) - set(self.who):
                             if self.store.check([f"who/{p}"]):
                                 self.who[p] = json.loads(self.store.get(f"who/{p}"))
-                        if self.rank == 0 and self.checkpoint is not None and self.checkpoint != self._published:
-                            self.store.set("checkpoint", str(self.checkpoint))
-                            self._published = self.checkpoint
-                        if self.rank != 0 and self.store.check(["checkpoint"]):
-                            self.checkpoint = int(self.store.get("checkpoint"))
             except Exception:  # noqa: BLE001 - the store is unreachable: it lives on the server's node
                 if self._halt.is_set():
                     return
