@@ -20,6 +20,7 @@ training exits with 130 and can be resumed from its last checkpoint; a WASAP-SGD
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -436,9 +437,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue from the last checkpoint with: sparta train --resume {out}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError as e:
+        return _out_of_memory(e, out, resume)
     except RuntimeError as e:
         from sparta.parallel import WorkerFailure
 
+        if _is_out_of_memory(e):
+            return _out_of_memory(e, out, resume)
         if not isinstance(e, WorkerFailure):
             raise
         print(f"sparta: error: {e}", file=sys.stderr)
@@ -461,6 +466,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"stopped after {wall:.1f} s. continue with: sparta train --resume {out}")
     return 0
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError (numpy and numba raise MemoryError)."""
+    return "can't allocate memory" in str(e) or "not enough memory" in str(e)
+
+
+def _out_of_memory(e: BaseException, out: Path, resume: bool) -> int:
+    """One line for an allocation that failed although the memory check passed (another process took the memory,
+    or the allocator needed more than the estimate counts). A fresh run that had not finished an epoch leaves
+    nothing behind; otherwise its last checkpoint (complete: checkpoints are written to a temporary file and
+    renamed) stays to resume from. Exit status 1."""
+    from sparta.rundir import clear_run, is_run
+    from sparta.rundir.files import read_metrics
+    from sparta.train.memory import headroom
+
+    dirs = [d for d in (out, out / "dense") if is_run(d)]
+    started = any(read_metrics(d) for d in dirs)
+    what = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    room = headroom()
+    now = f"; {room.describe()} now" if room is not None else ""
+    if resume or started:
+        then = f"the last checkpoint is kept: continue with sparta train --resume {out} once more memory is free"
+    else:
+        for d in reversed(dirs):
+            clear_run(d)
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when nothing else is in it
+        then = "nothing was kept; free memory, or use fewer or narrower hidden layers or a smaller batch"
+    print(f"\nsparta: error: out of memory while training ({what}){now}; {then}", file=sys.stderr)
+    return 1
 
 
 def _train(config, out: Path, resume: bool, stop_after: int | None, progress: _Progress, data) -> list:

@@ -48,6 +48,7 @@ from sparta.rundir import (
     TRAIN_FORMAT,
     WASAP_FORMAT,
     RunError,
+    check_new_run_dir,
     check_resumable,
     check_run,
     is_run,
@@ -73,6 +74,7 @@ from sparta.train.memory import (
     available_bytes,
     check_fits,
     estimate,
+    headroom,
     return_freed_memory,
 )
 from sparta.train.models import mlp
@@ -544,8 +546,8 @@ def side_by_side(config: RunConfig, sizes: list[int]) -> bool:
     if not config.compare_dense or config.algo == "dense":
         return False
     a, b = memory_estimate(config, sizes), memory_estimate(config.dense_baseline(), sizes)
-    free = available_bytes()
-    return free is None or a.total + b.total - b.data <= FIT_MARGIN * free
+    room = headroom(available=available_bytes)  # the binding limit (MemAvailable, ulimit, cgroup)
+    return room is None or a.total + b.total - b.data <= FIT_MARGIN * room.bytes
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -564,12 +566,14 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite
     if config.workers is not None:
         raise ConfigError("a run with workers is a WASAP-SGD run: train it with sparta.parallel.train_run "
                           "(or `sparta train --workers N`)")
-    run_dir = check_resume(out) if resume else prepare_run_dir(out, overwrite)
+    run_dir = check_resume(out) if resume else check_new_run_dir(out, overwrite)  # reads, writes nothing
     if data is None:
         data = load_data(config)
     output_size(config, data.n_classes)  # fail early on an impossible loss/classes pair
     sizes = layer_sizes(config, data.n_features, data.n_classes)
-    check_memory(config, sizes)
+    check_memory(config, sizes)  # before anything is written
+    if not resume:
+        run_dir = prepare_run_dir(out, overwrite)
     for message in schedule_warnings(config, len(data.x_train)):
         warnings.warn(message, ScheduleWarning, stacklevel=2)
     main = (config, run_dir, config.algo if config.algo == "dense" else "sparse")
