@@ -34,6 +34,7 @@ from typing import Any
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader has gone
 
 # flag -> RunConfig field, for the settings `sparta train` can override
 TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "distribution", "activation",
@@ -435,7 +436,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", runs.ScheduleWarning)  # the header said it
             results = _train(config, out, resume, stop_after, _Progress(getattr(args, "quiet", False)), data)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue from the last checkpoint with: sparta train --resume {out}", file=sys.stderr)
+        at = _checkpoint_epochs(out, config.workers)
+        if not at:
+            print(f"\ninterrupted before the first checkpoint of {out}; start the run again (with --overwrite)", file=sys.stderr)
+        else:
+            print(f"\ninterrupted; the last checkpoint is at {at} of {config.epochs} (the epochs after it are trained "
+                  f"again): continue with: sparta train --resume {out}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError as e:
         return _out_of_memory(e, out, resume)
@@ -466,6 +472,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"stopped after {wall:.1f} s. continue with: sparta train --resume {out}")
     return 0
+
+
+def _checkpoint_epochs(out: Path, workers: int | None) -> str:
+    """Where a run restarts from: ``epoch 6``, or ``epoch 6 (dense: epoch 5)`` when its dense twin's checkpoint is
+    elsewhere; empty when it has no readable checkpoint."""
+    from sparta.rundir import CHECKPOINT, RunError
+    from sparta.train.runs import DENSE_DIR, load_checkpoint
+
+    epochs = []
+    for d, w in ((out, workers), (out / DENSE_DIR, None)):
+        if (d / CHECKPOINT).is_file():
+            try:
+                epochs.append(int(load_checkpoint(d, workers=w)["epoch"]))
+            except RunError:
+                pass
+    if not epochs:
+        return ""
+    return f"epoch {epochs[0]}" + (f" (dense: epoch {epochs[1]})" if len(epochs) > 1 and epochs[1] != epochs[0] else "")
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
@@ -525,7 +549,8 @@ def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> No
         what = f"{config.algo.upper()} ({sparsity}; {_percent(target_density(config, sizes))} of the connections)"
         if config.activation_storage != "float32":
             what += f", {config.activation_storage} activations"
-    print(f"{'resuming' if resume else 'run'}: {out}")
+    print(f"resuming: {out} from {_checkpoint_epochs(out, config.workers)} of {config.epochs} (its last checkpoint)"
+          if resume else f"run: {out}")
     print(f"data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test samples, {data.n_features} "
           f"features, {data.n_classes} classes")
     print(f"model: {'-'.join(map(str, sizes))} {config.activation}"
@@ -640,7 +665,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:  # `sparta eval R --json | head`: the reader has gone; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, without a second error at exit
+        return EXIT_BROKEN_PIPE
     except (ValueError, OSError) as e:  # UsageError, ConfigError, DataError, RunError, WasapConfigError, ...
         print(f"sparta: error: {e}", file=sys.stderr)
         return EXIT_USAGE
