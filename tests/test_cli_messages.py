@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import sparta.cli
+import sparta.console
 from sparta.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,20 +21,20 @@ TINY = ["--hidden", "16", "12", "--epsilon", "4", "--batch-size", "256", "--no-c
 def test_interrupt_and_resume_say_which_epoch_the_run_restarts_from(tmp_path, capsys, monkeypatch):
     """Ctrl-C at epoch 6 with --checkpoint-every 10: the run restarts from epoch 0, and both messages say so."""
     out = tmp_path / "r"
-    real = sparta.cli._Progress.epoch
+    real = sparta.console.ProgressDisplay.epoch
 
     def interrupt_at_6(self, label, row):
         real(self, label, row)
         if row["epoch"] == 6:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(sparta.cli._Progress, "epoch", interrupt_at_6)
+    monkeypatch.setattr(sparta.console.ProgressDisplay, "epoch", interrupt_at_6)
     code = main(["train", *TINY, "--epochs", "10", "--checkpoint-every", "10", "--out", str(out), "-q"])
     err = capsys.readouterr().err
     assert code == 130
     assert err.strip() == (f"interrupted; the last checkpoint is at epoch 0 of 10 (the epochs after it are trained "
                            f"again): continue with: sparta train --resume {out}")
-    monkeypatch.setattr(sparta.cli._Progress, "epoch", real)
+    monkeypatch.setattr(sparta.console.ProgressDisplay, "epoch", real)
     code = main(["train", "--resume", str(out), "--stop-after", "4", "-q"])
     stdout = capsys.readouterr().out
     assert code == 0 and stdout.splitlines()[0] == f"resuming: {out} from epoch 0 of 10 (its last checkpoint)"
