@@ -13,7 +13,11 @@ as importing ``sparta.x.name`` when that is a module, else ``sparta.x``). The ru
   a module imports only modules of its own layer or lower ones. ``sparta`` itself, ``sparta._lazy`` and
   ``sparta.console`` (the standard-library-only helpers every command shares) are the base layer; imports of a
   package's ``__init__`` by the package's own modules are within one layer. ``sparta/__init__.py`` names its
-  lazy exports as strings, which are not imports.
+  lazy exports as strings, which are not imports;
+* imports under ``if TYPE_CHECKING:`` never run (annotations only, e.g. ``sparta.nn.fused_step`` naming
+  ``sparta.nn.mlp._Structure``) and are not edges.
+
+The lazy edges are listed by ``python tests/test_imports.py``.
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {"sparta": 0, "sparta._lazy": 0, "sparta.console": 0, "sparta.__main__": 6,
           "kernels": 1, "nn": 2, "topology": 3, "optim": 3, "rundir": 3, "train": 4, "rl": 5, "parallel": 5, "grid": 5,
           "sparta.cli": 6}
-LONG_FILES = {"sparta/kernels/fused.py",  # numba kernels kept together (one compilation unit), see the README's layout
-              "sparta/nn/mlp.py"}  # to split once the parallel edits to it (RL fast path, N:M) have landed
+LONG_FILES = {"sparta/kernels/fused.py"}  # numba kernels kept together (one compilation unit), see the README's layout
 MAX_LINES = 600
 
 
@@ -48,9 +51,18 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
     return name or None
 
 
+def _type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): a block only type checkers read."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+                                         or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _imports(node: ast.AST, lazy: bool = False):
-    """``(import node, lazy)`` for every import under ``node``; lazy: inside a function or lambda."""
+    """``(import node, lazy)`` for every import under ``node`` that runs; lazy: inside a function or lambda."""
     for child in ast.iter_child_nodes(node):
+        if _type_checking(child):
+            continue
         if isinstance(child, ast.Import | ast.ImportFrom):
             yield child, lazy
         yield from _imports(child, lazy or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
@@ -145,3 +157,23 @@ def test_no_module_too_long():
     long = {str(p.relative_to(SRC)): n for p in (SRC / "sparta").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(SRC)) not in LONG_FILES}
     assert not long, f"modules above {MAX_LINES} lines: {long}"
+
+
+MOVED = {"BIG_WORKSPACE_BYTES": "fused_step", "MAX_FREE_WORKSPACES": "fused_step", "UPDATE_BLOCK": "fused_step"}
+
+
+def test_moved_settings_are_set_where_they_live():
+    """The fused step's settings moved from ``sparta.nn.mlp`` to ``sparta.nn.fused_step``: setting them on
+    ``sparta.nn.mlp`` (a plain assignment, which would not fail) would change nothing. No test or benchmark does."""
+    import re
+
+    root = SRC.parent
+    stale = [f"{p.relative_to(root)}: {m.group(0)}" for p in [*root.glob("tests/**/*.py"), *root.glob("benchmarks/*.py")]
+             for m in re.finditer(r"(mlp_module|\bM|\bmlp)(\.|, \")(" + "|".join(MOVED) + r")\b", p.read_text())]
+    assert not stale, stale
+
+
+if __name__ == "__main__":
+    for (a, b), kind in sorted(edges().items()):
+        if kind == "lazy":
+            print(f"{a} -> {b} (lazy)")
