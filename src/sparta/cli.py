@@ -14,7 +14,10 @@
 
 User errors (missing files, bad values, unknown names, damaged run directories) print one line
 ``sparta: error: …`` on stderr and exit with status 2, before anything is written or announced; an interrupted
-training exits with 130 and can be resumed from its last checkpoint; a WASAP-SGD process that dies exits with 1.
+training exits with 130 and can be resumed from its last checkpoint (the message names its epoch); a WASAP-SGD
+process that dies, or an allocation that fails although the memory check passed, exits with 1 (one line); output
+into a pipe whose reader has gone (``sparta eval R --json | head``) ends quietly with 141. The shared pieces (the
+usage error, exit statuses, error reporting, tables, the progress display) live in :mod:`sparta.console`.
 """
 
 from __future__ import annotations
