@@ -19,7 +19,9 @@ times, the process's peak RSS, bytes per connection — the peak RSS above the R
 minus the activations' budget (batch × stored bytes per sample: activations, derivative codes, output-gradient rows), divided by
 the connections —, the estimated seconds per epoch of ``--epoch-samples`` samples, and the memory a dense
 network of the same widths would need to train (computed, never allocated: weights, gradients and momentum
-in float32). A log-log plot goes to ``docs/scale.png``; the last line reads
+in float32). A log-log plot goes to ``docs/scale.png`` (the documentation's figure), with ``--quick`` to
+``runs/scale-quick.png`` so that a quick check leaves the repository unchanged (``--plot PATH`` to choose); the
+last line reads
 ``neurons=N connections=C peak_rss_gb=X bytes_per_connection=Y ms_per_sample=Z`` for the largest size run.
 """
 
@@ -178,6 +180,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+DOCS_PLOT, QUICK_PLOT = "docs/scale.png", "runs/scale-quick.png"
+
+
+def plot_path(quick: bool, given: str | None) -> Path:
+    """Where the plot goes: ``given``, else the documentation's figure for a full run and ``runs/`` (ignored by
+    git) for a ``--quick`` one, whose few sizes must not replace the tracked figure."""
+    return Path(given if given else QUICK_PLOT if quick else DOCS_PLOT)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1e5,1e6,1e7", help="total hidden neurons, comma list (default 1e5,1e6,1e7)")
@@ -189,7 +200,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, help="batch size (default: 64 up to 1e7 neurons, 16 above, where the "
                                              "activations of 64 samples would not fit)")
     p.add_argument("--quick", action="store_true", help="1e5 and 1e6 only")
-    p.add_argument("--plot", default="docs/scale.png", help="where the plot goes (default docs/scale.png)")
+    p.add_argument("--plot", help=f"where the plot goes (default {DOCS_PLOT}, with --quick {QUICK_PLOT})")
     p.add_argument("--json", metavar="PATH", help="write the raw results to PATH")
     p.add_argument("--child", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -224,9 +235,10 @@ def main() -> None:
     print("\nBytes per connection at the peak of each phase (RSS above the baseline, minus the activations' budget):\n")
     print(markdown_table(["hidden neurons", *names], [[f"{r['neurons']:.0e}", *(fmt(r["phase_bytes_per_connection"][k])
                                                                                for k in names)] for r in results]))
-    if a.plot:
-        plot(results, Path(a.plot))
-        print(f"\nplot: {a.plot}")
+    where = plot_path(a.quick, a.plot)
+    where.parent.mkdir(parents=True, exist_ok=True)
+    plot(results, where)
+    print(f"\nplot: {where}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     r = results[-1]

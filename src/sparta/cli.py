@@ -14,15 +14,18 @@
 
 User errors (missing files, bad values, unknown names, damaged run directories) print one line
 ``sparta: error: …`` on stderr and exit with status 2, before anything is written or announced; an interrupted
-training exits with 130 and can be resumed from its last checkpoint; a WASAP-SGD process that dies exits with 1.
+training exits with 130 and can be resumed from its last checkpoint (the message names its epoch); a WASAP-SGD
+process that dies, or an allocation that fails although the memory check passed, exits with 1 (one line); output
+into a pipe whose reader has gone (``sparta eval R --json | head``) ends quietly with 141. The shared pieces (the
+usage error, exit statuses, error reporting, tables, the progress display) live in :mod:`sparta.console`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -31,8 +34,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from sparta.console import (
+    EXIT_INTERRUPTED,
+    ProgressDisplay,
+    UsageError,
+    model_name,
+    percent,
+    run,
+    short_speed_note,
+    summary_table,
+    table,
+)
+
+_short_speed_note = short_speed_note  # its name here before it moved to sparta.console
 
 # flag -> RunConfig field, for the settings `sparta train` can override
 TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "distribution", "activation",
@@ -42,18 +56,7 @@ TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta"
 RESUME_FLAGS = ("epochs", "threads", "checkpoint_every")
 
 
-class UsageError(ValueError):
-    """A command-line value the parser accepted but which makes no sense (reported like argparse errors)."""
-
-
 # ---------------------------------------------------------------- parsing helpers
-
-
-def _percent(fraction: float) -> str:
-    """A density as a percentage: two decimals, or two significant digits below 0.01 % (a 10⁸-neuron
-    network's 1.1e-05 % would print as 0.00 %)."""
-    p = 100 * fraction
-    return f"{p:.2f}%" if p >= 0.01 or p == 0 else f"{p:.2g}%"
 
 
 def _hidden(values: list[str]) -> list[int]:
@@ -238,121 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------- progress
-
-
-def _human(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.0f}"
-
-
-class _Progress:
-    """tqdm bar per model on a terminal (two at once when the sparse model and its dense twin take turns); a line
-    every few epochs otherwise; nothing when quiet."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bars: dict[str, Any] = {}
-        self.every: dict[str, int] = {}
-        self.total: dict[str, int] = {}
-        self.tty = sys.stderr.isatty()
-
-    def start(self, label, first_epoch, epochs, config) -> None:
-        self.total[label] = epochs
-        if self.quiet:
-            return
-        if self.tty:
-            from tqdm import tqdm
-
-            wide = shutil.get_terminal_size((0, 0)).columns >= 40  # a pty may report 0 columns
-            self.bars[label] = tqdm(total=epochs, initial=first_epoch, desc=f"{label:>6}", unit="epoch",
-                                    file=sys.stderr, dynamic_ncols=wide, ncols=None if wide else 120,
-                                    nrows=None if wide else 20, leave=True, position=len(self.bars))
-        else:
-            self.every[label] = max(1, (epochs - first_epoch) // 10)
-            print(f"[{label}] epochs {first_epoch + 1}..{epochs}", file=sys.stderr, flush=True)
-
-    @staticmethod
-    def _fields(row: dict[str, Any]) -> dict[str, str]:
-        def num(key: str) -> str:  # a WASAP-SGD epoch without a merge has no test evaluation
-            return "–" if row.get(key) is None else f"{row[key]:.4f}"
-
-        return {"loss": num("train_loss"), "acc": num("train_acc"), "test": num("test_acc"),
-                "dens": _percent(row['density']), "conn": _human(row["connections"]),
-                "s/ep": f"{row['seconds']:.3g}"}
-
-    def epoch(self, label, row) -> None:
-        if self.quiet:
-            return
-        bar = self.bars.get(label)
-        if bar is not None:
-            bar.set_postfix(self._fields(row), refresh=False)
-            bar.update(1)
-        elif row["epoch"] % self.every.get(label, 1) == 0 or row["epoch"] == self.total.get(label):
-            text = " ".join(f"{k}={v}" for k, v in self._fields(row).items())
-            print(f"[{label}] epoch {row['epoch']}/{self.total.get(label, '?')} {text}", file=sys.stderr, flush=True)
-
-    def end(self, label) -> None:
-        bar = self.bars.pop(label, None)
-        if bar is not None:
-            bar.close()
-
-
-# ---------------------------------------------------------------- tables
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
-                                                                                                  strict=True))) + " |"
-             for r in cells]
-    rule = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
-    return "\n".join([lines[0], rule, *lines[1:]])
-
-
-def _model_name(s: dict[str, Any]) -> str:
-    """How a model of a run is named in tables: ``dense``, ``SET (sparse)``, ``SET (sparse, 2 workers)``."""
-    if s["label"] == "dense":
-        return "dense"
-    workers = s.get("workers")
-    return f"{s['algo'].upper()} (sparse{f', {workers} workers' if workers else ''})"
-
-
-def _summary_table(summaries: list[dict[str, Any]]) -> str:
-    dense = next((s for s in summaries if s["label"] == "dense" and s.get("epochs")), None)
-    rows = []
-    for s in summaries:
-        if not s.get("epochs"):
-            continue
-        name = _model_name(s)
-        speed = "–"
-        fewer = "–"
-        if dense is not None:
-            speed = f"{dense['median_seconds_per_epoch'] / s['median_seconds_per_epoch']:.2f}×"
-            fewer = f"{dense['connections'] / max(1, s['connections']):.1f}×"
-        rows.append([name, s["epochs"], f"{s['test_acc']:.4f}", f"{s['best_test_acc']:.4f}", f"{s['connections']:,}",
-                     _percent(s['density']), f"{s['median_seconds_per_epoch']:.3f}", speed, fewer])
-    headers = ["model", "epochs", "test acc", "best test acc", "connections", "density", "s/epoch (median)",
-               "speed vs dense", "fewer connections"]
-    return _table(headers, rows)
-
-
-def _short_speed_note(summaries: list[dict[str, Any]]) -> str | None:
-    """A warning when "speed vs dense" comes from a single epoch of a model: its median then is the first epoch,
-    which pays one-time start-up (loading the compiled kernels, torch's first operations); from 2 epochs on the
-    median leaves epoch 1 out (:func:`sparta.train.runs.summarise`)."""
-    shown = [s for s in summaries if s.get("epochs")]
-    if len(shown) < 2 or not any(s["label"] == "dense" for s in shown):
-        return None
-    if min(s["epochs"] for s in shown) > 1:
-        return None
-    return ("speed vs dense is from 1 epoch, which includes the one-time start-up (loading the compiled kernels); "
-            "use --epochs 3 or more to compare speed")
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -432,13 +320,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", runs.ScheduleWarning)  # the header said it
-            results = _train(config, out, resume, stop_after, _Progress(getattr(args, "quiet", False)), data)
+            results = _train(config, out, resume, stop_after, ProgressDisplay(getattr(args, "quiet", False)), data)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue from the last checkpoint with: sparta train --resume {out}", file=sys.stderr)
+        at = _checkpoint_epochs(out, config.workers)
+        if not at:
+            print(f"\ninterrupted before the first checkpoint of {out}; start the run again (with --overwrite)", file=sys.stderr)
+        else:
+            print(f"\ninterrupted; the last checkpoint is at {at} of {config.epochs} (the epochs after it are trained "
+                  f"again): continue with: sparta train --resume {out}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError as e:
+        return _out_of_memory(e, out, resume)
     except RuntimeError as e:
         from sparta.parallel import WorkerFailure
 
+        if _is_out_of_memory(e):
+            return _out_of_memory(e, out, resume)
         if not isinstance(e, WorkerFailure):
             raise
         print(f"sparta: error: {e}", file=sys.stderr)
@@ -449,8 +346,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if all(s["label"] != "dense" for s in summaries):
             summaries.append(json.loads((out / runs.DENSE_DIR / runs.SUMMARY).read_text()))
     print()
-    print(_summary_table(summaries))
-    for note in (runs.dense_layer_note(config, sizes), _short_speed_note(summaries)):
+    print(summary_table(summaries))
+    for note in (runs.dense_layer_note(config, sizes), short_speed_note(summaries)):
         if note:
             print(f"note: {note}")
     print()
@@ -463,7 +360,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(config, out: Path, resume: bool, stop_after: int | None, progress: _Progress, data) -> list:
+def _checkpoint_epochs(out: Path, workers: int | None) -> str:
+    """Where a run restarts from: ``epoch 6``, or ``epoch 6 (dense: epoch 5)`` when its dense twin's checkpoint is
+    elsewhere; empty when it has no readable checkpoint."""
+    from sparta.rundir import CHECKPOINT, RunError
+    from sparta.train.runs import DENSE_DIR, load_checkpoint
+
+    epochs = []
+    for d, w in ((out, workers), (out / DENSE_DIR, None)):
+        if (d / CHECKPOINT).is_file():
+            try:
+                epochs.append(int(load_checkpoint(d, workers=w)["epoch"]))
+            except RunError:
+                pass
+    if not epochs:
+        return ""
+    return f"epoch {epochs[0]}" + (f" (dense: epoch {epochs[1]})" if len(epochs) > 1 and epochs[1] != epochs[0] else "")
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError (numpy and numba raise MemoryError)."""
+    return "can't allocate memory" in str(e) or "not enough memory" in str(e)
+
+
+def _out_of_memory(e: BaseException, out: Path, resume: bool) -> int:
+    """One line for an allocation that failed although the memory check passed (another process took the memory,
+    or the allocator needed more than the estimate counts). A fresh run that had not finished an epoch leaves
+    nothing behind; otherwise its last checkpoint (complete: checkpoints are written to a temporary file and
+    renamed) stays to resume from. Exit status 1."""
+    from sparta.rundir import clear_run, is_run
+    from sparta.rundir.files import read_metrics
+    from sparta.train.memory import headroom
+
+    dirs = [d for d in (out, out / "dense") if is_run(d)]
+    started = any(read_metrics(d) for d in dirs)
+    what = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    room = headroom()
+    now = f"; {room.describe()} now" if room is not None else ""
+    if resume or started:
+        then = f"the last checkpoint is kept: continue with sparta train --resume {out} once more memory is free"
+    else:
+        for d in reversed(dirs):
+            clear_run(d)
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when nothing else is in it
+        then = "nothing was kept; free memory, or use fewer or narrower hidden layers or a smaller batch"
+    print(f"\nsparta: error: out of memory while training ({what}){now}; {then}", file=sys.stderr)
+    return 1
+
+
+def _train(config, out: Path, resume: bool, stop_after: int | None, progress: ProgressDisplay, data) -> list:
     """Train a run in this process, or with WASAP-SGD when ``config.workers`` is set."""
     if config.workers is not None:
         from sparta.parallel import train_run
@@ -486,10 +432,11 @@ def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> No
             sparsity += f", pruned {gmp_distribution(config)}"
         elif config.algo in ("set", "rigl"):
             sparsity += f", zeta {config.zeta:g}"
-        what = f"{config.algo.upper()} ({sparsity}; {_percent(target_density(config, sizes))} of the connections)"
+        what = f"{config.algo.upper()} ({sparsity}; {percent(target_density(config, sizes))} of the connections)"
         if config.activation_storage != "float32":
             what += f", {config.activation_storage} activations"
-    print(f"{'resuming' if resume else 'run'}: {out}")
+    print(f"resuming: {out} from {_checkpoint_epochs(out, config.workers)} of {config.epochs} (its last checkpoint)"
+          if resume else f"run: {out}")
     print(f"data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test samples, {data.n_features} "
           f"features, {data.n_classes} classes")
     print(f"model: {'-'.join(map(str, sizes))} {config.activation}"
@@ -529,11 +476,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    rows = [[_model_name(r), f"{r['epoch']}/{r['epochs']}",
+    rows = [[model_name(r), f"{r['epoch']}/{r['epochs']}",
              f"{r['test_acc']:.4f}", f"{r['test_loss']:.4f}", f"{r['train_acc']:.4f}", f"{r['train_loss']:.4f}",
-             f"{r['connections']:,}", _percent(r['density']), f"{r['active_neurons']}/{r['neurons']}"]
+             f"{r['connections']:,}", percent(r['density']), f"{r['active_neurons']}/{r['neurons']}"]
             for r in results]
-    print(_table(["model", "epoch", "test acc", "test loss", "train acc", "train loss", "connections", "density",
+    print(table(["model", "epoch", "test acc", "test loss", "train acc", "train loss", "connections", "density",
                   "active neurons"], rows))
     return 0
 
@@ -594,23 +541,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sparta`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
-        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:  # UsageError, ConfigError, DataError, RunError, WasapConfigError, ...
-        print(f"sparta: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run(build_parser(), list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

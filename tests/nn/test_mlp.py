@@ -385,12 +385,12 @@ def test_big_networks_keep_one_set_of_batch_buffers(monkeypatch):
     """Above BIG_WORKSPACE_BYTES a module keeps one set of activation buffers: a training loop whose previous
     loss is still alive during the next forward reuses it (no second set), with the same gradients; a
     second backward of a graph whose buffers a later forward took raises instead of reading them."""
-    from sparta.nn import mlp as mlp_module
+    from sparta.nn import fused_step
 
     x, y = torch.randn(70, 12), torch.randint(0, 3, (70,))
 
     def train(big: bool):
-        monkeypatch.setattr(mlp_module, "BIG_WORKSPACE_BYTES", 0 if big else 1 << 40)
+        monkeypatch.setattr(fused_step, "BIG_WORKSPACE_BYTES", 0 if big else 1 << 40)
         m = make([12, 40, 30, 3], 0.3, torch.float32, seed=3, dropout=0.2)
         opt = sparta.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
         seen, loss = set(), None
@@ -420,9 +420,9 @@ def test_topology_edits_free_replaced_arrays_and_buffers_at_once(monkeypatch):
     (else every replaced array would live until the next step); after pruning shrinks a big network, the next
     forward frees the old set of batch buffers before allocating the new one, and the old graph cannot be
     run backward again; training goes on."""
-    from sparta.nn import mlp as mlp_module
+    from sparta.nn import fused_step
 
-    monkeypatch.setattr(mlp_module, "BIG_WORKSPACE_BYTES", 0)
+    monkeypatch.setattr(fused_step, "BIG_WORKSPACE_BYTES", 0)
     x, y = torch.randn(70, 12), torch.randint(0, 3, (70,))
     m = make([12, 40, 30, 3], 0.3, torch.float32, seed=3, dropout=0.2)
     opt = sparta.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
@@ -659,11 +659,12 @@ def test_train_step_layer_mode_applies_the_update_in_the_backward(kind, transpos
     runs the same kernels; to rounding where that step splits the batch), and those of autograd + ``step()``.
     Blocks of 5 connections make rows span several blocks and blocks span several rows; a row longer than a
     block (the output layer's) gets a scratch of its length; 1 and 2 threads are bit-identical."""
+    from sparta.nn import fused_step
     from sparta.nn import mlp as mlp_module
 
     monkeypatch.setattr(mlp_module, "LAYER_MODE_CONNECTIONS", 0 if big else 1 << 40)
     monkeypatch.setattr(mlp_module, "FUSED_UPDATE_CONNECTIONS", 0)
-    monkeypatch.setattr(mlp_module, "UPDATE_BLOCK", 5)
+    monkeypatch.setattr(fused_step, "UPDATE_BLOCK", 5)
     exact = big  # the same kernels in the same order as the step that keeps gradients
     tol = TOL[dtype]
     runs = []

@@ -336,6 +336,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # python -m sparta.grid.cli …
-    from sparta.cli import main
+    from sparta.console import command_parser
+    from sparta.console import run as run_command
 
-    sys.exit(main(["grid", *sys.argv[1:]]))
+    sys.exit(run_command(command_parser(add_parser), ["grid", *sys.argv[1:]]))

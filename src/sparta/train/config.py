@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparta.train.presets import ConfigError, preset_settings  # ConfigError lives with the lowest module raising it
+
 ALGORITHMS = ("dense", "static", "set", "rigl", "gmp")
 ACTIVATIONS = ("allrelu", "relu", "tanh", "sigmoid")
 GMP_DISTRIBUTIONS = ("er", "uniform", "erk", "global")
@@ -27,10 +29,6 @@ OPTIMIZERS = ("sgd", "adam")
 TRANSPOSES = ("csc", "scatter")
 STORAGE = ("float32", "bfloat16")  # SparseMLP's activation_storage (sparta.kernels.bf16.STORAGE)
 INITS = ("uniform", "kaiming_normal", "kaiming_uniform", "xavier_uniform", "normal")
-
-
-class ConfigError(ValueError):
-    """A setting is missing, unknown or out of range (the CLI reports it and exits with status 2)."""
 
 
 @dataclass
@@ -300,8 +298,6 @@ def resolve(preset: str | None = None, config_file: str | Path | None = None,
 
     A config file may name a ``preset`` itself; an explicit ``preset`` argument wins over it.
     """
-    from sparta.train.presets import preset_settings
-
     file_values = read_config_file(config_file) if config_file is not None else {}
     name = preset if preset is not None else file_values.get("preset")
     config = RunConfig()

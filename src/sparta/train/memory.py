@@ -4,7 +4,9 @@ The estimate follows what :class:`~sparta.nn.SparseMLP` and :mod:`sparta.optim` 
 "Memory" paragraph): per connection the value, the int32 column index, the gradient, the optimizer state
 and, with ``transpose="csc"``, the transposed copy; per row/column the pointers; per sample and unit the
 stored activation and what backward needs of it; plus the data set. :func:`check_fits` turns it into a
-clear refusal before a network that cannot fit is built. :class:`PeakRSS` measures what a block of code
+clear refusal before a network that cannot fit is built, against the smallest of what the machine has available
+(``MemAvailable``), what the process's ``RLIMIT_AS``/``RLIMIT_DATA`` leave and what its memory cgroup (a
+container's cap) leaves: :func:`headroom`, which names the limit that binds. :class:`PeakRSS` measures what a block of code
 really added to the process's peak resident memory (benchmarks and allocation tests).
 """
 
@@ -14,8 +16,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 GB = 1e9
 
@@ -143,20 +146,159 @@ def available_bytes() -> int | None:
         return None
 
 
+# RLIMIT_* of the process, the /proc/self/status field that counts against it, and how the refusal names it
+RLIMITS = {"address space": ("RLIMIT_AS", "VmSize", "the process's address-space limit (ulimit -v)"),
+           "data": ("RLIMIT_DATA", "VmData", "the process's data-segment limit (ulimit -d)")}
+
+
+def rlimit_headroom(kind: str = "address space") -> int | None:
+    """Bytes the process may still map under its ``RLIMIT_AS`` (``kind="address space"``) or ``RLIMIT_DATA``
+    (``"data"``) soft limit: the limit minus what ``/proc/self/status`` says the process holds against it
+    (``VmSize``, ``VmData``); None where the limit is unlimited or unknown."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    name, field, _ = RLIMITS[kind]
+    soft, _hard = resource.getrlimit(getattr(resource, name))
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    used = proc_status_kib(field)
+    return max(0, soft - max(0, used) * 1024)
+
+
+_V1_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as the largest page multiple below 2^63
+
+
+def _cgroup_dirs(cgroup_file: str, mountinfo: str) -> list[tuple[Path, int]]:
+    """The memory cgroup directories of this process, deepest first, each with its version (1 or 2): its own
+    cgroup and every ancestor up to the root of the mount that shows it (a parent's limit binds too)."""
+    try:
+        lines = Path(cgroup_file).read_text().splitlines()
+        mounts = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return []
+    paths: dict[int, str] = {}
+    for line in lines:  # "hierarchy-id:controllers:path"; v2's single line is "0::path"
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            paths.setdefault(2, parts[2])
+        elif "memory" in parts[1].split(","):
+            paths[1] = parts[2]
+    out: list[tuple[Path, int]] = []
+    for version in (1, 2):
+        if version not in paths:
+            continue
+        for m in mounts:  # "id parent major:minor root mountpoint options ... - fstype source super-options"
+            left, sep, right = m.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if not sep or len(fields) < 5 or len(tail) < 3:
+                continue
+            fstype, opts = tail[0], tail[2].split(",")
+            if not (version == 2 and fstype == "cgroup2" or version == 1 and fstype == "cgroup" and "memory" in opts):
+                continue
+            root, point = fields[3], Path(fields[4])
+            rel = os.path.relpath(paths[version], root) if paths[version].startswith(root) else "."
+            d = (point / rel).resolve() if rel != "." else point
+            if not d.is_dir():  # a namespaced mount shows only the process's own cgroup, at its root
+                d = point
+            while True:
+                out.append((d, version))
+                if d == point or point not in d.parents:
+                    break
+                d = d.parent
+            break
+    return out
+
+
+def cgroup_headroom(cgroup_file: str = "/proc/self/cgroup",
+                    mountinfo: str = "/proc/self/mountinfo") -> tuple[int, str] | None:
+    """Bytes the process's memory cgroup (a container's cap) still allows: the smallest limit minus usage over its
+    cgroup and their ancestors (v2 ``memory.max`` − ``memory.current``, v1 ``memory.limit_in_bytes`` −
+    ``memory.usage_in_bytes``), with the name of the limit's file; None where no limit is set or readable."""
+    best: tuple[int, str] | None = None
+    for d, version in _cgroup_dirs(cgroup_file, mountinfo):
+        limit_file, usage_file = ("memory.max", "memory.current") if version == 2 else \
+            ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        try:
+            limit_text = (d / limit_file).read_text().strip()
+            usage = int((d / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max":
+            continue
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            continue
+        if limit >= _V1_UNLIMITED:
+            continue
+        room = max(0, limit - usage)
+        if best is None or room < best[0]:
+            best = (room, limit_file)
+    return best
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """Memory this process may still allocate under the limit that binds first.
+
+    ``source``: ``"available"`` (the machine's ``MemAvailable``), ``"address space"`` (``RLIMIT_AS``), ``"data"``
+    (``RLIMIT_DATA``) or ``"cgroup"`` (the container's memory limit; ``limit_file`` names it)."""
+
+    bytes: int
+    source: str
+    limit_file: str = ""
+
+    def describe(self) -> str:
+        """The refusal's words, e.g. ``the process's address-space limit (ulimit -v) leaves 1.9 GB``."""
+        size = f"{self.bytes / GB:.1f} GB"
+        if self.source == "available":
+            return f"this machine has {size} available"
+        if self.source == "cgroup":
+            return f"the container's memory limit (cgroup {self.limit_file}) leaves {size}"
+        return f"{RLIMITS[self.source][2]} leaves {size}"
+
+
+def headroom(available: Callable[[], int | None] | None = None,
+             rlimit: Callable[[str], int | None] | None = None,
+             cgroup: Callable[[], tuple[int, str] | None] | None = None) -> Headroom | None:
+    """The smallest of what the machine has available, what the process's ``RLIMIT_AS``/``RLIMIT_DATA`` leave and
+    what its memory cgroup leaves; None where none is known. Each source can be replaced (tests); by default
+    :func:`available_bytes`, :func:`rlimit_headroom` and :func:`cgroup_headroom`."""
+    available = available or available_bytes
+    rlimit = rlimit or rlimit_headroom
+    cgroup = cgroup or cgroup_headroom
+    found: list[Headroom] = []
+    free = available()
+    if free is not None:
+        found.append(Headroom(int(free), "available"))
+    for kind in RLIMITS:
+        room = rlimit(kind)
+        if room is not None:
+            found.append(Headroom(int(room), kind))
+    cg = cgroup()
+    if cg is not None:
+        found.append(Headroom(int(cg[0]), "cgroup", cg[1]))
+    return min(found, key=lambda h: h.bytes) if found else None
+
+
 class TooLarge(ValueError):
-    """A network would not fit in the memory this machine has available (raised before allocating it)."""
+    """A network would not fit in the memory this process may use (raised before allocating it)."""
 
 
 FIT_MARGIN = 0.9  # the share of the available memory a run may plan to hold
 
 
 def check_fits(est: Estimate, what: str = "this network", margin: float = FIT_MARGIN) -> None:
-    """Raise :class:`TooLarge` with the estimate and the free memory when ``est`` exceeds ``margin`` of it."""
-    free = available_bytes()
-    if free is not None and est.total > margin * free:
-        raise TooLarge(f"{what} needs about {est.describe()} to train, but this machine has "
-                          f"{free / GB:.1f} GB available; use fewer or narrower hidden layers, a smaller epsilon "
-                          "or density, a smaller batch, or fewer samples")
+    """Raise :class:`TooLarge` with the estimate and the binding limit (:func:`headroom`) when ``est`` exceeds
+    ``margin`` of it."""
+    room = headroom()
+    if room is not None and est.total > margin * room.bytes:
+        raise TooLarge(f"{what} needs about {est.describe()} to train, but {room.describe()}; use fewer or narrower "
+                       "hidden layers, a smaller epsilon or density, a smaller batch, or fewer samples")
 
 
 # ------------------------------------------------------------------- measuring

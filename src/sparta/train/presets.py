@@ -23,7 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparta.train.config import ConfigError
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range (the CLI reports it and exits with status 2). Defined here,
+    the lowest module that raises it (an unknown preset); :mod:`sparta.train.config` imports it from here."""
+
 
 _SGD = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import inspect
 import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,74 @@ def _column(y: np.ndarray) -> np.ndarray:
     return y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
 
 
+Locate = Callable[[int], str]  # a label's index → where it is, e.g. "data.csv, line 12"
+
+
+def _index_in(where: str) -> Locate:
+    return lambda i: f"{where}, index {i}"
+
+
+def class_labels(parts: list[tuple[np.ndarray, Locate]], declared: int | None = None) -> tuple[list[np.ndarray], int]:
+    """Check labels and turn them into class indices ``0 … C-1``; returns them (int64, one array per part) and C.
+
+    The rule: every label must be a finite integer (NaN, infinities, 1.5 and text are refused). With a
+    ``declared`` class set (MNIST, Fashion-MNIST, CIFAR-10: 10 classes) every label must lie in
+    ``0 … declared-1``. Otherwise the class set is inferred from the labels of all parts together: where some
+    label is 0 the labels are class indices, so none may be negative and none may skip a class (labels 0, 1, 2
+    and 10 leave classes 3 … 9 without a sample: refused); without a 0 they are codes (MATLAB's 1 … k, -1/+1,
+    3/4) mapped in increasing order to ``0 … k-1``. A refused label raises :class:`DataError` naming where it is
+    (``locate(index)``: file and line or index) and its value.
+    """
+    checked = []
+    for y, locate in parts:
+        y = np.asarray(y)
+        if y.dtype == bool:
+            y = y.astype(np.int64)
+        if not np.issubdtype(y.dtype, np.number):
+            raise DataError(f"{locate(0)}: labels must be numbers, got {y.dtype} values such as {y.reshape(-1)[:1]}")
+        if np.issubdtype(y.dtype, np.floating):
+            bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+            if len(bad):
+                v = float(y[bad[0]])
+                what = "is not a number" if np.isnan(v) else "is not finite" if np.isinf(v) else "is not an integer"
+                raise DataError(f"{locate(int(bad[0]))}: label {v:g} {what}; labels must be integer classes")
+        checked.append(y.astype(np.int64))
+    if declared is not None:
+        for y, (_, locate) in zip(checked, parts, strict=True):
+            bad = np.flatnonzero((y < 0) | (y >= declared))
+            if len(bad):
+                raise DataError(f"{locate(int(bad[0]))}: label {int(y[bad[0]])} is not a class of this data set "
+                                f"(expected an integer in 0..{declared - 1})")
+        return checked, declared
+    values = np.unique(np.concatenate(checked)) if checked else np.zeros(0, np.int64)
+    if 0 in values and values[0] < 0:
+        return _refuse(checked, parts, int(values[0]), f"is negative, but the labels count classes from 0 "
+                       f"(expected integers in 0..{int(values[-1])})")
+    if 0 in values:
+        gaps = np.flatnonzero(np.diff(values) > 1)
+        if len(gaps):
+            lo, hi = int(values[gaps[0]]), int(values[gaps[0] + 1])
+            missing = f"{lo + 1}" if hi - lo == 2 else f"{lo + 1}..{hi - 1}"
+            return _refuse(checked, parts, hi, f"skips class{'es' if hi - lo > 2 else ''} {missing}, which no sample "
+                           f"has (labels that include 0 are class indices 0..C-1, every class with samples)")
+        return checked, int(values[-1]) + 1
+    return [np.searchsorted(values, y).astype(np.int64) for y in checked], len(values)
+
+
+def _refuse(checked: list[np.ndarray], parts: list[tuple[np.ndarray, Locate]], value: int, why: str):
+    """Raise the :class:`DataError` for the first label equal to ``value``."""
+    for y, (_, locate) in zip(checked, parts, strict=True):
+        hits = np.flatnonzero(y == value)
+        if len(hits):
+            raise DataError(f"{locate(int(hits[0]))}: label {value} {why}")
+    raise DataError(f"label {value} {why}")
+
+
 def _as_dataset(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                where: str) -> Dataset:
-    """Flatten, check shapes, map labels to 0…k-1 (classes of both parts), standardise with the train part."""
+                where: str, classes: int | None = None, locate: tuple[Locate, Locate] | None = None) -> Dataset:
+    """Flatten, check shapes, turn labels into classes ``0…k-1`` (:func:`class_labels`, over both parts; ``classes``:
+    the declared class count; ``locate``: where the train and test labels' indices are, for its messages),
+    standardise with the train part."""
     x_train = np.asarray(x_train)
     x_test = np.asarray(x_test)
     if x_train.ndim < 2 or x_test.ndim < 2:
@@ -82,13 +148,19 @@ def _as_dataset(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
         raise DataError(f"{where}: samples have no features")
     if not (np.issubdtype(x_train.dtype, np.number) and np.issubdtype(x_test.dtype, np.number)):
         raise DataError(f"{where}: features must be numbers, got {x_train.dtype} and {x_test.dtype}")
-    classes, labels = np.unique(np.concatenate([y_train, y_test]), return_inverse=True)
-    if len(classes) < 2:
-        raise DataError(f"{where}: labels must hold at least two classes, got {classes.tolist()}")
+    if locate is None:
+        locate = (_index_in(f"{where}: training labels"), _index_in(f"{where}: test labels"))
+    (y_tr, y_te), n_classes = class_labels([(y_train, locate[0]), (y_test, locate[1])], classes)
+    present = np.unique(np.concatenate([y_train, y_test]))
+    if len(present) < 2:
+        raise DataError(f"{where}: labels must hold at least two classes, got {present.tolist()}")
     xtr = x_train.astype(np.float32)
     xte = x_test.astype(np.float32)
-    if not (np.isfinite(xtr).all() and np.isfinite(xte).all()):
-        raise DataError(f"{where}: features contain NaN or infinite values")
+    for part, xs in (("training", xtr), ("test", xte)):
+        bad = np.argwhere(~np.isfinite(xs))
+        if len(bad):
+            i, j = (int(v) for v in bad[0])
+            raise DataError(f"{where}: {part} sample {i}, feature {j} is {xs[i, j]} (features must be finite numbers)")
     mu = xtr.mean(0, dtype=np.float64).astype(np.float32)
     sd = xtr.std(0, dtype=np.float64).astype(np.float32)
     sd[sd == 0] = 1.0
@@ -96,9 +168,8 @@ def _as_dataset(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
     xtr /= sd
     xte -= mu
     xte /= sd
-    n = len(y_train)
-    return Dataset(name, torch.from_numpy(xtr), torch.from_numpy(labels[:n].astype(np.int64)),
-                   torch.from_numpy(xte), torch.from_numpy(labels[n:].astype(np.int64)), len(classes))
+    return Dataset(name, torch.from_numpy(xtr), torch.from_numpy(y_tr), torch.from_numpy(xte), torch.from_numpy(y_te),
+                   n_classes)
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, where: str):
@@ -164,10 +235,11 @@ def read_idx(path: str | Path) -> np.ndarray:
 def load_mnist(folder: str | Path, name: str = "mnist") -> Dataset:
     """MNIST or Fashion-MNIST from the four IDX files in ``folder`` (``.gz`` or not; ``-idx3-`` or ``.idx3-`` names)."""
     root = Path(folder)
-    arrays = {}
+    arrays, paths = {}, {}
     for key, stem in IDX_FILES.items():
         alt = stem.replace("-idx", ".idx")
-        arrays[key] = read_idx(_find(root, (stem, alt), f"{name} {key.replace('_', ' ')}"))
+        paths[key] = _find(root, (stem, alt), f"{name} {key.replace('_', ' ')}")
+        arrays[key] = read_idx(paths[key])
     for part in ("train", "test"):
         img, lab = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if img.ndim != 3:
@@ -175,7 +247,8 @@ def load_mnist(folder: str | Path, name: str = "mnist") -> Dataset:
         if lab.ndim != 1:
             raise DataError(f"{root}: {part} labels must be a 1-D IDX array, got shape {lab.shape}")
     return _as_dataset(name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                       arrays["test_labels"], str(root))
+                       arrays["test_labels"], str(root), classes=10,
+                       locate=(_index_in(str(paths["train_labels"])), _index_in(str(paths["test_labels"]))))
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -209,24 +282,80 @@ def load_cifar10(folder: str | Path) -> Dataset:
     x_test, y_test = _read_cifar_batch(paths[-1])
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
-    return _as_dataset("cifar10", x_train, y_train, x_test, y_test, str(base))
+    ends = np.cumsum([len(p[1]) for p in parts])
+
+    def in_batch(i: int) -> str:  # a training label's batch file and index in it
+        b = int(np.searchsorted(ends, i, side="right"))
+        return f"{paths[b]}, label {i - (int(ends[b - 1]) if b else 0)}"
+
+    return _as_dataset("cifar10", x_train, y_train, x_test, y_test, str(base), classes=10,
+                       locate=(in_batch, lambda i: f"{paths[-1]}, label {i}"))
+
+
+def _first_line(path: Path) -> str:
+    """The first line of a text file; :class:`DataError` for a binary file (a NUL byte or bytes that are not UTF-8
+    in its first 64 KiB) or an empty one, without printing its bytes."""
+    try:
+        with _open(path) as f:
+            head = f.read(1 << 16)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    if b"\x00" in head:
+        raise DataError(f"{path} is a binary file, not a CSV text file (expected lines of numbers separated by commas)")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if len(head) < 1 << 16 or e.start < len(head) - 4:  # not just a character cut at the end of the read
+            raise DataError(f"{path} is not a UTF-8 text file (byte {e.start} is not text): expected a CSV file of "
+                            "numbers separated by commas") from None
+        text = head[:e.start].decode("utf-8")
+    first = text.split("\n", 1)[0].strip()
+    if not first:
+        raise DataError(f"{path}: the file is empty" if not text.strip() else f"{path}, line 1: the first line is "
+                        "empty (expected a header of column names or a first row of numbers)")
+    return first
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_lines(path: Path, delimiter: str = ",") -> int:
+    """1 when the file's first line is a header, 0 when it is data.
+
+    The rule: a first line whose fields all read as numbers is data; one whose fields are all not numbers (column
+    names, e.g. ``label,x1,x2``) is a header, skipped; a first line mixing the two (``0,1,x``: a damaged data line,
+    or a header with numeric names) is ambiguous and refused with :class:`DataError` naming the fields.
+    """
+    first = _first_line(path)
+    fields = [f.strip() for f in first.split(delimiter)]
+    numbers = [_is_number(f) for f in fields]
+    if all(numbers):
+        return 0
+    if not any(numbers):
+        return 1
+    words = ", ".join(f"{f[:20]!r} (column {i})" for i, (f, n) in enumerate(zip(fields, numbers, strict=True), 1)
+                      if not n)
+    raise DataError(f"{path}, line 1: {words} {'is' if sum(not n for n in numbers) == 1 else 'are'} not a number but "
+                    f"the other fields are: neither a header (names only) nor a row of numbers; fix the line, or "
+                    f"give every column a name that is not a number")
 
 
 def _read_csv_array(path: Path, delimiter: str, max_rows: int | None) -> np.ndarray:
-    with _open(path) as f:
-        first = f.readline().decode("utf-8", "replace").strip()
-    if not first:
-        raise DataError(f"{path}: the file is empty")
+    """The file's rows as a float64 array ``(rows, columns)`` (the header, if any, skipped: :func:`_header_lines`)."""
+    skip = _header_lines(path, delimiter)
     try:
-        [float(v) for v in first.split(delimiter)]
-        skip = 0
-    except ValueError:
-        skip = 1  # a header line
-    try:
-        with _open(path) as f:
+        with _open(path) as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": refused below in one line
             arr = np.loadtxt(f, delimiter=delimiter, skiprows=skip, max_rows=max_rows, dtype=np.float64, ndmin=2)
     except ValueError:
         raise DataError(_csv_problem(path, delimiter, skip)) from None
+    if len(arr) == 0:
+        raise DataError(f"{path}: a header line and no rows of data (expected rows of numbers after the header)")
     return arr
 
 
@@ -236,14 +365,12 @@ def _csv_problem(path: Path, delimiter: str, skip: int) -> str:
     with _open(path) as f:
         for number, raw in enumerate(f, start=1):
             line = raw.decode("utf-8", "replace").strip()
-            if number <= skip or not line:
+            if number <= skip or not line or line.startswith("#"):
                 continue
             fields = line.split(delimiter)
             for column, text in enumerate(fields, start=1):
-                try:
-                    float(text)
-                except ValueError:
-                    return (f"{path}, line {number}: cannot read {text.strip()!r} (column {column}) as a number; "
+                if not _is_number(text):
+                    return (f"{path}, line {number}: cannot read {text.strip()[:40]!r} (column {column}) as a number; "
                             f"expected numbers separated by {delimiter!r}")
             if width is not None and len(fields) != width:
                 return f"{path}, line {number}: {len(fields)} columns, but the lines before it have {width}"
@@ -251,11 +378,43 @@ def _csv_problem(path: Path, delimiter: str, skip: int) -> str:
     return f"{path}: cannot parse as numbers separated by {delimiter!r}"
 
 
+def _csv_line(path: Path, row: int) -> str:
+    """``"path, line N"`` for data row ``row`` (0-based, as numpy reads them: the header, blank and ``#`` comment
+    lines are not rows; N is the 1-based line an editor shows)."""
+    skip = _header_lines(path)
+    seen = -1
+    with _open(path) as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8", "replace").strip()
+            if number <= skip or not line or line.startswith("#"):
+                continue
+            seen += 1
+            if seen == row:
+                return f"{path}, line {number}"
+    return f"{path}, data row {row + 1}"
+
+
+def _check_csv(path: Path, arr: np.ndarray, label: int) -> None:
+    """Refuse labels that are not classes (:func:`class_labels`) and features that are not finite, naming the
+    file's line (and column)."""
+    class_labels([(arr[:, label], lambda i: _csv_line(path, i))])
+    bad = np.argwhere(~np.isfinite(arr))
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        raise DataError(f"{_csv_line(path, row)}, column {col + 1}: {arr[row, col]} is not a finite number "
+                        "(features must be finite)")
+
+
 def load_csv(path: str | Path, label_column: int = 0, test_fraction: float = 0.2, seed: int = 0,
              delimiter: str = ",", test_last: int | None = None, max_rows: int | None = None,
              test_path: str | Path | None = None) -> Dataset:
     """A CSV file of numbers, one sample per row, with its label in column ``label_column`` (negative counts
-    from the end). A header line is skipped if present; ``.gz`` files are read directly.
+    from the end); ``.gz`` files are read directly.
+
+    Header: a first line whose fields are all not numbers (column names) is skipped; one whose fields all read as
+    numbers is the first row; a first line mixing both is refused as ambiguous. Labels must be integer classes
+    (see :func:`class_labels`: declared by nothing here, so inferred from the labels) and features finite numbers;
+    a refused value is named with its file, line and column.
 
     The test part is ``test_path`` (another CSV) if given, else the last ``test_last`` rows (HIGGS: 500000),
     else a random ``test_fraction`` of the rows (stratified, ``seed``). ``max_rows`` reads only the first rows.
@@ -275,9 +434,11 @@ def load_csv(path: str | Path, label_column: int = 0, test_fraction: float = 0.2
         raise DataError(f"label_column must be an int in [{-ncol}, {ncol}) for {p} ({ncol} columns), got {label_column!r}")
     if ncol < 2:
         raise DataError(f"{p}: need a label column and at least one feature column, got {ncol} column")
+    label = label_column % ncol
+    _check_csv(p, arr, label)
 
     def xy(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.delete(a, label_column % ncol, axis=1), a[:, label_column % ncol]
+        return np.delete(a, label, axis=1), a[:, label]
 
     if test_path is not None:
         tp = Path(test_path)
@@ -286,6 +447,8 @@ def load_csv(path: str | Path, label_column: int = 0, test_fraction: float = 0.2
         test = _read_csv_array(tp, delimiter, None)
         if test.shape[1] != ncol:
             raise DataError(f"{tp} has {test.shape[1]} columns but {p} has {ncol}")
+        _check_csv(tp, test, label)
+        class_labels([(arr[:, label], lambda i: _csv_line(p, i)), (test[:, label], lambda i: _csv_line(tp, i))])
         (xtr, ytr), (xte, yte) = xy(arr), xy(test)
     elif test_last is not None:
         if isinstance(test_last, bool) or not isinstance(test_last, int) or not 0 < test_last < len(arr):
@@ -323,7 +486,7 @@ def load_npz(path: str | Path) -> Dataset:
         if isinstance(e, DataError):
             raise
         raise DataError(f"{p}: not a readable .npz archive ({e})") from None
-    return _as_dataset(p.stem, *arrays, where=str(p))
+    return _as_dataset(p.stem, *arrays, where=str(p), locate=(_index_in(f"{p}: y_train"), _index_in(f"{p}: y_test")))
 
 
 def load_mat(path: str | Path, test_fraction: float = 0.3, seed: int = 0) -> Dataset:
@@ -348,6 +511,7 @@ def load_mat(path: str | Path, test_fraction: float = 0.3, seed: int = 0) -> Dat
     y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{p}: Y must hold one label per row of X ({len(x)}), got shape {y.shape}")
+    class_labels([(y, _index_in(f"{p}: Y"))])
     xtr, xte, ytr, yte = _split(x, y, test_fraction, seed, str(p))
     return _as_dataset(p.stem, xtr, ytr, xte, yte, str(p))
 

@@ -18,6 +18,7 @@ Each ``plot_*`` function builds its figure with a ``figure_*`` function (returne
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,9 @@ def figure_connections(series: Series):
     else:
         neurons = [f"{_label(label, algo)} {rows[-1].get('active_neurons')}/{rows[-1].get('neurons')}"
                    for label, algo, rows in series if rows]
-        axes[0].set_title(f"Connections (active hidden neurons, constant: {', '.join(neurons)})", fontsize=10)
+        # two lines, the models' counts wrapped: one line of them runs past the figure's right edge
+        counts = textwrap.fill(", ".join(neurons), width=60)
+        axes[0].set_title(f"Connections\nactive hidden neurons, constant: {counts}", fontsize=10)
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)

@@ -21,23 +21,21 @@ restores every RNG. What that guarantees, with the same seed and thread count:
 * a finished run extended to more epochs equals a longer uninterrupted run whose RigL/GMP schedule is planned
   over the original epochs (``schedule_epochs``): SET, static and dense runs have no planned end, so an
   extended one equals the longer run exactly; RigL and GMP keep the schedule they started with.
+
+This module holds the training itself: each model's epoch loop (one epoch at a time into its run directory,
+checkpointing when due), the sparse model and its dense twin taking turns, and :func:`train`. The pieces it
+uses live beside it, and are importable from here as before: :mod:`sparta.train.plan` (sizes, densities, schedule
+warnings, the memory estimate and check), :mod:`sparta.train.session` (building the model, checkpoints, resume) and
+:mod:`sparta.train.results` (summaries, inspecting a saved run).
 """
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-import torch
-from torch import nn
-
-from sparta import optim as sparta_optim
-from sparta.nn.linear import SparseLinear
 from sparta.optim.groups import param_groups
 from sparta.rundir import (
     CHECKPOINT,
@@ -45,327 +43,70 @@ from sparta.rundir import (
     METRICS_CSV,
     METRICS_JSONL,
     SUMMARY,
-    TRAIN_FORMAT,
-    WASAP_FORMAT,
     RunError,
-    check_resumable,
+    check_new_run_dir,
     check_run,
     is_run,
 )
-from sparta.rundir import prepare_run_dir as _prepare
-from sparta.rundir.checkpoint import load_checkpoint as _load_checkpoint
 from sparta.rundir.checkpoint import rng_state, set_rng_state
-from sparta.rundir.checkpoint import save_checkpoint as _save_checkpoint
 from sparta.rundir.files import append_metrics, read_metrics, write_json, write_metrics
-from sparta.rundir.runtime import seed_everything, set_threads
-from sparta.rundir.stats import epoch_stats, shrink_layers, structure_stats
-from sparta.topology import GMP, SET, Chain, ImportancePruning, RigL, Static, TopologyAlgorithm
-from sparta.topology.base import cadence_warnings
-from sparta.topology.distribution import layer_densities
-from sparta.topology.gmp import gmp_warnings
+from sparta.rundir.runtime import set_threads
+from sparta.rundir.stats import epoch_stats, structure_stats
 from sparta.train.config import ConfigError, RunConfig
 from sparta.train.data import Dataset
-from sparta.train.loop import evaluate, fit
+from sparta.train.loop import fit
 from sparta.train.memory import (
-    BIG_NETWORK_CONNECTIONS,
     FIT_MARGIN,
-    Estimate,
     available_bytes,
-    check_fits,
-    estimate,
-    return_freed_memory,
+    headroom,
 )
-from sparta.train.models import mlp
-from sparta.train.readers import load_dataset
-
-DENSE_DIR = "dense"
-CSV_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "topology_seconds",
-              "connections", "density", "neurons", "active_neurons")
-CHECKPOINT_FORMAT = TRAIN_FORMAT
+from sparta.train.plan import (
+    EVAL_ACTIVATION_BYTES,
+    ScheduleWarning,
+    check_memory,
+    dense_layer_note,
+    dense_layers,
+    densities,
+    eval_batch_size,
+    gmp_distribution,
+    gmp_window,
+    layer_sizes,
+    memory_estimate,
+    output_size,
+    planned_densities,
+    schedule_warnings,
+    target_density,
+)
+from sparta.train.results import ModelResult, evaluate_run, load_model, runs_in, summarise
+from sparta.train.session import (
+    CHECKPOINT_FORMAT,
+    DENSE_DIR,
+    Session,
+    build,
+    check_resume,
+    load_checkpoint,
+    load_data,
+    match_shapes,
+    prepare_run_dir,
+    restore,
+    resume_config,
+    save_checkpoint,
+)
 
 __all__ = ["CHECKPOINT", "CONFIG", "CSV_FIELDS", "DENSE_DIR", "METRICS_CSV", "METRICS_JSONL", "SUMMARY", "ModelResult",
            "Progress", "RunError", "ScheduleWarning", "Session", "build", "check_resume", "check_run", "evaluate_run",
            "layer_sizes", "load_checkpoint", "load_data", "load_model", "output_size", "prepare_run_dir",
            "read_metrics", "resume_config", "runs_in", "schedule_warnings", "set_threads", "structure_stats",
-           "summarise", "train", "train_model"]
+           "summarise", "train", "train_model",
+           # also used from here by the CLI, sparta.parallel, the benchmarks and the tests
+           "CHECKPOINT_FORMAT", "EVAL_ACTIVATION_BYTES", "FIT_MARGIN", "available_bytes", "check_memory", "densities",
+           "dense_layer_note", "dense_layers", "eval_batch_size", "gmp_distribution", "gmp_window", "match_shapes",
+           "memory_estimate", "param_groups", "planned_densities", "restore", "save_checkpoint", "side_by_side",
+           "target_density", "train_dense_twin"]
 
 
-class ScheduleWarning(UserWarning):
-    """A run whose settings leave the topology algorithm too little room (the CLI prints these in its header)."""
-
-
-# ------------------------------------------------------------------ model building
-
-
-def output_size(config: RunConfig, n_classes: int) -> int:
-    """Output units: one for ``loss="mse"`` (a sigmoid unit against 0/1 labels), else one per class."""
-    if config.loss == "mse":
-        if n_classes != 2:
-            raise ConfigError(f"loss 'mse' trains one sigmoid output unit for two classes, but the data has "
-                              f"{n_classes} classes; use loss 'ce'")
-        return 1
-    return n_classes
-
-
-def layer_sizes(config: RunConfig, n_features: int, n_classes: int) -> list[int]:
-    """``[in, *hidden, out]``."""
-    return [n_features, *config.hidden, output_size(config, n_classes)]
-
-
-def target_density(config: RunConfig, sizes: list[int]) -> float:
-    """Overall density of the sparse network (for GMP's final sparsity): ``density``, or the Erdős–Rényi
-    connection count over all possible connections."""
-    if config.density is not None:
-        return config.density
-    assert config.epsilon is not None
-    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
-    nnz = sum(min(1.0, config.epsilon * (a + b) / (a * b)) * a * b for a, b in pairs)
-    return nnz / sum(a * b for a, b in pairs)
-
-
-def gmp_distribution(config: RunConfig) -> str:
-    """How GMP spreads its pruning: ``config.distribution``, else the layer densities ``epsilon`` (ER) or
-    ``density`` (uniform) give the sparse algorithms."""
-    return config.distribution or ("er" if config.epsilon is not None else "uniform")
-
-
-def planned_densities(config: RunConfig, sizes: list[int]) -> list[float | None]:
-    """Final density of each layer ``sizes[j] → sizes[j + 1]`` (None where a global threshold decides it)."""
-    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
-    if config.algo == "dense":
-        return [1.0] * len(pairs)
-    shapes = [(b, a) for a, b in pairs]
-    if config.algo == "gmp":
-        dist = gmp_distribution(config)
-        if dist == "global":
-            return [None] * len(pairs)
-        return list(layer_densities(shapes, dist, target_density(config, sizes), config.epsilon, cap=True))
-    if config.density is not None:
-        return [config.density] * len(pairs)
-    return list(layer_densities(shapes, "er", epsilon=config.epsilon, cap=True))
-
-
-def dense_layers(config: RunConfig, sizes: list[int]) -> list[str]:
-    """The layers of a sparse run that are (or end) fully dense, e.g. ``["layer 4 (1000→10)"]``."""
-    if config.algo == "dense":
-        return []
-    return [f"layer {j + 1} ({sizes[j]}→{sizes[j + 1]})" for j, d in enumerate(planned_densities(config, sizes))
-            if d is not None and d >= 1.0]
-
-
-def dense_layer_note(config: RunConfig, sizes: list[int]) -> str | None:
-    """One line saying which layers of a sparse run are dense and why (None when none is)."""
-    dense = dense_layers(config, sizes)
-    if not dense:
-        return None
-    why = (f"ε = {config.epsilon:g} gives density ε (in + out)/(in · out) ≥ 1" if config.epsilon is not None
-           and (config.algo != "gmp" or gmp_distribution(config) == "er") else f"{gmp_distribution(config)} gives "
-           f"density 1")
-    if len(dense) == len(sizes) - 1:
-        return f"every layer is dense ({why} for each): the sparse model is the dense network; lower epsilon or " \
-               f"give density"
-    return f"{', '.join(dense)} {'is' if len(dense) == 1 else 'are'} dense: {why}"
-
-
-def gmp_window(total: int) -> tuple[int, int]:
-    """GMP's pruning window in a run of ``total`` optimizer steps: from 20 % to 80 % of it."""
-    return int(0.2 * total), max(int(0.8 * total), int(0.2 * total) + 1)
-
-
-@dataclass
-class Session:
-    """Everything a training run mutates: model, optimizer, topology algorithm (None for dense) and the
-    data-shuffling generator; ``steps_per_epoch`` fixes the algorithms' cadence."""
-
-    config: RunConfig
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    algo: TopologyAlgorithm | None
-    shuffle: torch.Generator
-    steps_per_epoch: int
-    sizes: list[int]
-
-
-def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> Session:
-    """A fresh model, optimizer and algorithm for ``config``, seeded from ``config.seed``."""
-    sizes = layer_sizes(config, n_features, n_classes)
-    est = memory_estimate(config, sizes)
-    check_fits(est, f"the {config.algo} network {'-'.join(map(str, sizes))}")
-    if est.connections >= BIG_NETWORK_CONNECTIONS:
-        return_freed_memory()  # building's transients go back to the system instead of staying in the heap
-    seed_everything(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    try:  # sparse runs (GMP included: it starts dense) get a SparseMLP and its fused training step
-        model = mlp(sizes, density=config.density, epsilon=config.epsilon, sparse=config.sparse,
-                    activation=config.activation, alpha=config.alpha, dropout=config.dropout, init=config.init,
-                    fused=config.algo != "dense", transpose=config.transpose,
-                    activation_storage=config.activation_storage, generator=gen)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    # the dense baseline is plain PyTorch (nn.Linear, torch.optim); sparse runs use sparta's fused optimizers
-    optim = torch.optim if config.algo == "dense" else sparta_optim
-    groups = param_groups(model, config.lr, config.lr_fan_in)
-    if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                                               weight_decay=config.weight_decay)
-    else:
-        opt = optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    spe = math.ceil(n_train / config.batch_size)
-    total = spe * config.planned_epochs  # RigL's T_end and GMP's window are fractions of it; SET has no end
-    every = config.every or spe
-    algo: TopologyAlgorithm | None
-    seed = config.seed + 2
-    if config.algo == "dense":
-        algo = None
-    elif config.algo == "static":
-        algo = Static(model, opt, seed=seed)
-    elif config.algo == "set":
-        algo = SET(model, opt, zeta=config.zeta, every=every, seed=seed)
-    elif config.algo == "rigl":
-        algo = RigL(model, opt, alpha=config.zeta, every=every, end=max(1, int(0.75 * total)), seed=seed)
-    elif config.algo == "gmp":
-        final = 1.0 - target_density(config, sizes)
-        if not 0 < final < 1:
-            raise ConfigError(f"algo 'gmp' needs a target density below 1; density/epsilon give {1 - final:.3g}")
-        start, end = gmp_window(total)
-        algo = GMP(model, opt, final_sparsity=final, distribution=gmp_distribution(config), epsilon=config.epsilon,
-                   start=start, end=end, every=every, seed=seed)
-    else:  # validated by RunConfig
-        raise ConfigError(f"unknown algo {config.algo!r}")
-    if config.importance_pruning:
-        assert algo is not None  # validated: static, set or rigl
-        try:
-            ip = ImportancePruning(model, opt, percentile=config.ip_percentile, every=config.ip_every * spe,
-                                   start=config.ip_first_epoch * spe, end=total, seed=config.seed + 3)
-        except ValueError as e:
-            raise ConfigError(f"importance_pruning: {e}") from None
-        algo = Chain(algo, ip)  # type: ignore[assignment]
-    shuffle = torch.Generator().manual_seed(config.seed + 1)
-    return Session(config, model, opt, algo, shuffle, spe, sizes)
-
-
-def schedule_warnings(config: RunConfig, n_train: int) -> list[str]:
-    """What in ``config`` leaves its topology algorithm too little room, one sentence each (empty when fine)."""
-    spe = math.ceil(n_train / config.batch_size)
-    steps, every, planned = spe * config.epochs, config.every or spe, spe * config.planned_epochs
-    if config.algo in ("set", "rigl"):
-        found = cadence_warnings(steps, every, end=None if config.algo == "set" else max(1, int(0.75 * planned)))
-        advice = "lower --every or train more epochs"
-    elif config.algo == "gmp":
-        found = gmp_warnings(steps, *gmp_window(planned), every)
-        advice = f"train at least {max(10, math.ceil(10 * every / spe))} epochs (--epochs)"
-    else:
-        return []
-    run = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} of {spe} steps"
-    out = [f"algo {config.algo!r} over {run}: {w}; {advice}" for w in found]
-    if config.importance_pruning and config.epochs <= config.ip_first_epoch:
-        out.append(f"importance_pruning never runs: it first prunes after epoch {config.ip_first_epoch} and never "
-                   f"after the last, but the run has {config.epochs} epoch{'s' if config.epochs > 1 else ''}; "
-                   f"train more epochs (--epochs) or prune earlier (--ip-start)")
-    return out
-
-
-def densities(config: RunConfig, sizes: list[int]) -> list[float]:
-    """Each layer's starting density (GMP and dense runs start dense)."""
-    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
-    if not config.sparse:
-        return [1.0] * len(pairs)
-    if config.density is not None:
-        return [config.density] * len(pairs)
-    assert config.epsilon is not None
-    return [min(1.0, config.epsilon * (a + b) / (a * b)) for a, b in pairs]
-
-
-_ALGORITHMS: dict[str, type[TopologyAlgorithm]] = {"static": Static, "set": SET, "rigl": RigL, "gmp": GMP}
-
-
-def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
-    """What training ``config`` holds (:func:`sparta.train.memory.estimate`), before anything is allocated."""
-    state = {"sgd": 1 if config.momentum else 0, "adam": 2}[config.optimizer]
-    transpose = config.transpose if config.sparse else None
-    return estimate(sizes, densities(config, sizes), config.batch_size, transpose=transpose,
-                    optimizer_state=state, leaky=config.activation in ("allrelu", "relu"),
-                    half=config.sparse and config.activation_storage == "bfloat16",
-                    eval_batch=eval_batch_size(config, sizes),
-                    # train_step(..., keep_grad=False) with a sparta optimizer, unless the algorithm captures the
-                    # gradients (RigL: the fused step does not apply then) or WASAP-SGD's workers send them
-                    fused_update=(config.sparse and config.loss == "ce" and config.workers is None
-                                  and not _ALGORITHMS.get(config.algo, TopologyAlgorithm).needs_dense_grad))
-
-
-def check_memory(config: RunConfig, sizes: list[int]) -> None:
-    """Refuse (:class:`~sparta.train.memory.TooLarge`) a run whose network, or dense twin, cannot fit in memory."""
-    for c in [config] + ([config.dense_baseline()] if config.compare_dense and config.algo != "dense" else []):
-        check_fits(memory_estimate(c, sizes), f"the {c.algo} network {'-'.join(map(str, sizes))}")
-
-
-EVAL_ACTIVATION_BYTES = 1 << 30  # the default evaluation batch keeps one batch's activations under 1 GB
-
-
-def eval_batch_size(config: RunConfig, sizes: list[int]) -> int:
-    """The evaluation's batch: ``config.eval_batch_size``, else up to 1024 samples whose activations fit in
-    1 GB (never below the training batch, whose activations training holds anyway)."""
-    if config.eval_batch_size is not None:
-        return config.eval_batch_size
-    fits = EVAL_ACTIVATION_BYTES // max(1, 4 * sum(sizes))
-    return int(max(min(config.batch_size, 1024), min(1024, fits)))
-
-
-# ------------------------------------------------------------------ checkpoints
-
-
-def save_checkpoint(run_dir: Path, session: Session, epoch: int) -> None:
-    """Write ``checkpoint.pt`` (state at the end of ``epoch``; 0: the initial state) atomically."""
-    state = {"epoch": epoch, "sizes": session.sizes,
-             "steps_per_epoch": session.steps_per_epoch, "model": session.model.state_dict(),
-             "optimizer": session.optimizer.state_dict(),
-             "algo": session.algo.state_dict() if session.algo is not None else None,
-             "rng": rng_state(session.shuffle)}
-    _save_checkpoint(run_dir, state, CHECKPOINT_FORMAT)
-
-
-def load_checkpoint(run_dir: str | Path, purpose: str = "the run cannot resume from it",
-                    workers: int | None = None) -> dict[str, Any]:
-    """The checkpoint of a run directory (tensors and plain Python values only): a single-process run's, or with
-    ``workers`` a WASAP-SGD server's."""
-    if workers is not None:
-        return _load_checkpoint(run_dir, (WASAP_FORMAT,), "WASAP-SGD", purpose)
-    # memory-mapped: tensors are read from the file as load_state_dict copies them into the model, so loading
-    # never holds a second copy of a large model in memory
-    return _load_checkpoint(run_dir, (CHECKPOINT_FORMAT,), "sparta", purpose, mmap=True)
-
-
-def restore(session: Session, ck: dict[str, Any]) -> None:
-    """Load a checkpoint into a freshly built session: algorithm (layer types and sizes), model, optimizer, RNGs."""
-    if session.sizes != list(ck["sizes"]):
-        raise RunError(f"the checkpoint is for layer sizes {ck['sizes']}, the config builds {session.sizes}")
-    if session.algo is not None:
-        session.algo.load_state_dict(ck["algo"])
-    match_shapes(session.model, ck["model"])
-    session.model.load_state_dict(ck["model"])
-    session.optimizer.load_state_dict(ck["optimizer"])
-    set_rng_state(ck["rng"], session.shuffle)
-
-
-def match_shapes(model: nn.Module, state: dict[str, Any]) -> None:
-    """Shrink the ``SparseLinear`` layers of a freshly built model to the (in, out) sizes recorded in
-    ``state`` (Importance Pruning removes hidden neurons), so that ``load_state_dict`` can fill them."""
-    for name, m in model.named_modules():
-        extra = state.get(f"{name}._extra_state" if name else "_extra_state")
-        if not isinstance(m, SparseLinear) or not isinstance(extra, dict):
-            continue
-        n_in, n_out = int(extra.get("in_features", m.in_features)), int(extra.get("out_features", m.out_features))
-        if (n_in, n_out) == (m.in_features, m.out_features):
-            continue
-        if not (1 <= n_in <= m.in_features and 1 <= n_out <= m.out_features):
-            raise RunError(f"the checkpoint's layer {name} is {n_in} → {n_out}, larger than the {m.in_features} → "
-                           f"{m.out_features} the config builds")
-        keep_in = torch.arange(m.in_features) < n_in
-        keep_out = torch.arange(m.out_features) < n_out
-        m.remove_neurons(keep_outputs=keep_out, keep_inputs=keep_in)
-
-
-# ------------------------------------------------------------------ training
+CSV_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "topology_seconds",
+              "connections", "density", "neurons", "active_neurons")
 
 
 class Progress(Protocol):
@@ -376,67 +117,6 @@ class Progress(Protocol):
     def epoch(self, label: str, row: dict[str, Any]) -> None: ...
 
     def end(self, label: str) -> None: ...
-
-
-@dataclass
-class ModelResult:
-    """One trained model of a run: its directory, label (``sparse``/``dense``), rows and whether it finished."""
-
-    label: str
-    run_dir: Path
-    config: RunConfig
-    rows: list[dict[str, Any]]
-    finished: bool
-    sizes: list[int] | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """Final metrics: last epoch's, best test accuracy, seconds per epoch (what ``summary.json`` holds)."""
-        return summarise(self.rows, self.label, self.config, self.sizes)
-
-
-def summarise(rows: list[dict[str, Any]], label: str, config: RunConfig,
-              sizes: list[int] | None = None) -> dict[str, Any]:
-    """Final metrics of a run from its rows (rows without a test evaluation count for time, not accuracy).
-
-    ``median_seconds_per_epoch`` leaves out epoch 1 when there are later ones: the first epoch pays the process's
-    one-time start-up (numba loading or compiling its kernels, torch's first operations), which is not a cost per
-    epoch. ``seconds_per_epoch`` (the mean) and ``total_seconds`` count every epoch."""
-    out: dict[str, Any] = {"label": label, "algo": config.algo, "workers": config.workers, "epochs": 0}
-    if sizes is not None:
-        out["dense_layers"] = dense_layers(config, sizes)
-    evaluated = [r for r in rows if r.get("test_acc") is not None]
-    if not evaluated:
-        return out
-    last = evaluated[-1]
-    secs = [r["seconds"] for r in rows]
-    steady = [r["seconds"] for r in rows if r["epoch"] > 1] or secs
-    out.update({"epochs": rows[-1]["epoch"], "test_acc": last["test_acc"], "test_loss": last["test_loss"],
-                "train_acc": last["train_acc"], "train_loss": last["train_loss"],
-                "best_test_acc": max(r["test_acc"] for r in evaluated), "connections": last["connections"],
-                "density": last["density"], "neurons": last.get("neurons"), "active_neurons": last.get("active_neurons"),
-                "seconds_per_epoch": float(np.mean(secs)), "median_seconds_per_epoch": float(np.median(steady)),
-                "total_seconds": float(np.sum(secs))})
-    return out
-
-
-def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Create ``out`` for a new run; refuse to overwrite an existing run unless ``overwrite``."""
-    return _prepare(out, overwrite, extra=(DENSE_DIR,))
-
-
-def check_resume(run_dir: str | Path) -> Path:
-    """``run_dir`` as a run that can resume: its checkpoint (and its dense twin's, once that started) present and
-    readable. Raises :class:`RunError` and changes nothing otherwise."""
-    p = check_resumable(run_dir)
-    load_checkpoint(p, workers=RunConfig.load(p / CONFIG).workers)
-    if is_run(p / DENSE_DIR):
-        load_checkpoint(check_resumable(p / DENSE_DIR))
-    return p
-
-
-def load_data(config: RunConfig) -> Dataset:
-    """The run's data set (embedded or read from ``config.data``)."""
-    return load_dataset(config.dataset, config.data, seed=config.data_seed, **config.data_options)
 
 
 class _ModelRun:
@@ -544,8 +224,8 @@ def side_by_side(config: RunConfig, sizes: list[int]) -> bool:
     if not config.compare_dense or config.algo == "dense":
         return False
     a, b = memory_estimate(config, sizes), memory_estimate(config.dense_baseline(), sizes)
-    free = available_bytes()
-    return free is None or a.total + b.total - b.data <= FIT_MARGIN * free
+    room = headroom(available=available_bytes)  # the binding limit (MemAvailable, ulimit, cgroup)
+    return room is None or a.total + b.total - b.data <= FIT_MARGIN * room.bytes
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -564,12 +244,14 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, overwrite
     if config.workers is not None:
         raise ConfigError("a run with workers is a WASAP-SGD run: train it with sparta.parallel.train_run "
                           "(or `sparta train --workers N`)")
-    run_dir = check_resume(out) if resume else prepare_run_dir(out, overwrite)
+    run_dir = check_resume(out) if resume else check_new_run_dir(out, overwrite)  # reads, writes nothing
     if data is None:
         data = load_data(config)
     output_size(config, data.n_classes)  # fail early on an impossible loss/classes pair
     sizes = layer_sizes(config, data.n_features, data.n_classes)
-    check_memory(config, sizes)
+    check_memory(config, sizes)  # before anything is written
+    if not resume:
+        run_dir = prepare_run_dir(out, overwrite)
     for message in schedule_warnings(config, len(data.x_train)):
         warnings.warn(message, ScheduleWarning, stacklevel=2)
     main = (config, run_dir, config.algo if config.algo == "dense" else "sparse")
@@ -590,79 +272,3 @@ def train_dense_twin(config: RunConfig, run_dir: Path, data: Dataset, main: Mode
         return []
     return [train_model(config.dense_baseline(), run_dir / DENSE_DIR, data, label="dense", resume=resume,
                         stop_after=stop_after, progress=progress)]
-
-
-def resume_config(run_dir: str | Path, epochs: int | None = None, threads: int | None = None,
-                  checkpoint_every: int | None = None) -> RunConfig:
-    """The saved config of a run that can resume (see :func:`check_resume`), with the few settings that may change.
-
-    A new ``epochs`` total keeps RigL's and GMP's schedules (and WASAP-SGD's phase split) planned over the epochs
-    the run started with.
-    """
-    p = check_resume(run_dir)
-    config = RunConfig.load(p / CONFIG)
-    changes: dict[str, Any] = {}
-    if epochs is not None:
-        done = int(load_checkpoint(p, workers=config.workers)["epoch"])
-        if epochs < done:
-            raise RunError(f"--epochs {epochs} is fewer than the {done} epochs {p} has already trained")
-        changes["epochs"] = epochs
-        planned = config.algo in ("rigl", "gmp") or config.workers is not None  # schedules with a planned end
-        if epochs != config.epochs and planned and config.schedule_epochs is None:
-            changes["schedule_epochs"] = config.epochs
-    if threads is not None:
-        changes["threads"] = threads
-    if checkpoint_every is not None:
-        changes["checkpoint_every"] = checkpoint_every
-    return config.replace(**changes) if changes else config
-
-
-# ------------------------------------------------------------------ inspection
-
-
-def load_model(run_dir: str | Path) -> tuple[RunConfig, Session, dict[str, Any]]:
-    """Rebuild a run's model from its config and last checkpoint (no data needed); also WASAP-SGD runs."""
-    p = check_run(run_dir)
-    config = RunConfig.load(p / CONFIG)
-    ck = load_checkpoint(p, "the run's model cannot be loaded", config.workers)
-    sizes = list(ck["sizes"])
-    n_classes = 2 if config.loss == "mse" else sizes[-1]
-    n_train = ck["steps_per_epoch"] * config.batch_size  # any n with the same number of steps per epoch
-    session = build(config, sizes[0], n_classes, n_train)
-    if config.workers:  # the server's model: Importance Pruning may have removed neurons
-        shrink_layers(session.model, [tuple(s) for s in ck["shapes"]])
-        session.model.load_state_dict(ck["model"])
-    else:
-        restore(session, ck)
-    return config, session, ck
-
-
-def runs_in(run_dir: str | Path) -> list[tuple[str, Path]]:
-    """``[(label, directory)]`` of the models in a run: the main one, and ``dense`` when it was trained."""
-    p = check_run(run_dir)
-    config = RunConfig.load(p / CONFIG)
-    out = [(config.algo if config.algo == "dense" else "sparse", p)]
-    if is_run(p / DENSE_DIR) and (p / DENSE_DIR / CHECKPOINT).exists():
-        out.append(("dense", p / DENSE_DIR))
-    return out
-
-
-def evaluate_run(run_dir: str | Path, data: Dataset | None = None) -> list[dict[str, Any]]:
-    """Train and test loss/accuracy of each model of a run at its last checkpoint, with its structure."""
-    results = []
-    for label, d in runs_in(run_dir):
-        config, session, ck = load_model(d)
-        if data is None:
-            data = load_data(config)
-        if data.n_features != session.sizes[0]:
-            raise RunError(f"{d}: the model takes {session.sizes[0]} features, the data set {data.name!r} has "
-                           f"{data.n_features}")
-        eb = eval_batch_size(config, session.sizes)
-        te_loss, te_acc = evaluate(session.model, data.x_test, data.y_test, config.loss, eb)
-        tr_loss, tr_acc = evaluate(session.model, data.x_train, data.y_train, config.loss, eb)
-        s = structure_stats(session.model)
-        results.append({"label": label, "run": str(d), "algo": config.algo, "workers": config.workers,
-                        "epoch": int(ck["epoch"]), "epochs": config.epochs, "test_loss": te_loss, "test_acc": te_acc,
-                        "train_loss": tr_loss, "train_acc": tr_acc, "connections": s["connections"],
-                        "density": s["density"], "active_neurons": s["active_neurons"], "neurons": s["neurons"]})
-    return results
