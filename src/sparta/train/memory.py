@@ -36,6 +36,7 @@ class Estimate:
         return self.structure + self.training + self.activations + self.data + self.updates
 
     def describe(self) -> str:
+        """The total and its parts in GB, as the memory refusal prints them."""
         return (f"{self.total / GB:.1f} GB ({self.connections:,} connections: structure {self.structure / GB:.2f} GB, "
                 f"gradients and optimizer state {self.training / GB:.2f} GB; activations {self.activations / GB:.2f} "
                 f"GB; data {self.data / GB:.2f} GB; topology updates {self.updates / GB:.2f} GB)")
