@@ -97,7 +97,7 @@ class SparseMLP(nn.Module):
             activations, and the output gradients passed between layers whose input gradient is a gather
             (``transpose="csc"``). All arithmetic, the input, the outputs, the parameters, their gradients and
             the optimizer state stay float32. Half the bytes per gathered row: faster for wide layers, whose
-            rows come from beyond L2 (see the README's wide-network figures), slower for narrow ones (such a
+            rows come from beyond L2 (see the wide-network figures in docs/benchmarks/set-mlp.md), slower for narrow ones (such a
             model always runs the layer-by-layer passes, for training and evaluation alike, also for a few
             samples, so every forward rounds the same way). Float64 passes and the unfused path ignore it.
             Can be changed on a built model (the attribute of the same name).

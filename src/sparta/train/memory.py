@@ -1,7 +1,7 @@
 """What training a sparse MLP holds in memory, estimated before anything is allocated.
 
-The estimate follows what :class:`~sparta.nn.SparseMLP` and :mod:`sparta.optim` keep (see the README's
-"Memory" paragraph): per connection the value, the int32 column index, the gradient, the optimizer state
+The estimate follows what :class:`~sparta.nn.SparseMLP` and :mod:`sparta.optim` keep (see "Memory" in
+docs/guides/fast.md): per connection the value, the int32 column index, the gradient, the optimizer state
 and, with ``transpose="csc"``, the transposed copy; per row/column the pointers; per sample and unit the
 stored activation and what backward needs of it; plus the data set. :func:`check_fits` turns it into a
 clear refusal before a network that cannot fit is built. :class:`PeakRSS` measures what a block of code
