@@ -98,3 +98,23 @@ def on_post_build(config) -> None:
         paths += re.findall(r"^::: ([\w.]+)", page.read_text(), re.M)
     for item in _missing_docstrings(paths):
         log.warning(f"public name without a docstring (it is missing from the API reference): {item}")
+
+
+try:  # a griffe extension (mkdocs.yml: the python handler's `extensions`), used when griffe is installed
+    import griffe as _griffe
+
+    _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj):`(~?)([^`]+)`")
+
+    def _role(match: re.Match) -> str:
+        target = match.group(2).strip()
+        return f"`{target.rsplit('.', 1)[-1] if match.group(1) else target}`"
+
+    class SphinxRoles(_griffe.Extension):
+        """Shows the Sphinx roles of sparta's docstrings (``:class:`~sparta.nn.SparseLinear```) as code spans
+        (``SparseLinear``), as Sphinx would print their text, instead of as raw markup."""
+
+        def on_instance(self, *, obj, **kwargs) -> None:
+            if obj.docstring is not None and ":" in obj.docstring.value:
+                obj.docstring.value = _ROLE.sub(_role, obj.docstring.value)
+except ImportError:  # pragma: no cover
+    pass
