@@ -48,7 +48,8 @@ def cli_reference() -> str:
     from sparta.parallel import __main__ as parallel_main
 
     lines = _walk(build_parser(), 2)
-    lines += _walk(parallel_main.parser(), 2)
+    make = getattr(parallel_main, "build_parser", None) or parallel_main.parser  # whichever name it has
+    lines += _walk(make(), 2)
     return "\n".join(lines)
 
 
@@ -86,7 +87,7 @@ def _missing_docstrings(module_paths: list[str]) -> list[str]:
         if not module.is_module:
             check(module, path)
             continue
-        for name, member in module.members.items():
+        for member in module.members.values():
             if member.is_public and not member.is_module:
                 check(member, path)
     return missing
