@@ -52,7 +52,8 @@ SKIP = {
     "sparta train --workers 2 --preset set-mlp-madelon": "tests/test_cli.py::test_train_with_workers_is_a_run_like_"
                                                          "any_other runs it (three processes cost seconds to start)",
 }
-NEEDS = {"LunarLander": "Box2D", "Hopper": "mujoco"}  # an environment's module: without it, the command is skipped
+# an environment's module: without it, the command is skipped
+NEEDS = {"LunarLander": "Box2D", "Hopper": "mujoco", "HalfCheetah": "mujoco", "Walker2d": "mujoco", "MinAtar": "minatar"}
 
 
 def blocks(text: str) -> list[tuple[str, str, int]]:
