@@ -1,9 +1,12 @@
-"""The README's code blocks and commands, run as a reader would run them (training shortened), so they stay true.
+"""The README's and the documentation pages' code blocks, commands and figures, run and checked as a reader would run
+them (training shortened), so they stay true.
 
-Every fenced block tagged ``bash``, ``python`` or ``toml`` is handled: a ``sparta`` command runs in-process in a
-fresh directory, with the shortenings below; a Python block runs as a script; a TOML block is written to a file
-and trained with ``sparta train --config``. A command the table below does not know fails the test: add it (and
-its shortening or its reason to be skipped) when you add it to the README.
+Every page (README.md and docs/**/*.md) is read. Every fenced block tagged ``bash``, ``python`` or ``toml`` is
+handled: a ``sparta`` command runs in-process in a fresh directory, with the shortenings below; a Python block runs
+as a script; a TOML block is written to a file and trained with ``sparta train --config``. A command the table below
+does not know fails the test: add it (and its shortening or its reason to be skipped) when you add it to a page.
+Every figure must exist, with the command that drew it and a date in its section; every relative link must lead to
+a file that exists.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import pytest
 
 from sparta.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README] + sorted((ROOT / "docs").rglob("*.md"))
 
 # (pattern, replacement) applied to a command's text, in order: fewer epochs, narrower default layers, fewer
 # steps and episodes
@@ -28,8 +33,9 @@ SHORTEN = [
     (r"^(sparta train(?! --resume)(?!.*--epochs)(?!.*--config).*)$", r"\1 --epochs 2"),
     (r"^(sparta train(?! --resume)(?!.*--hidden)(?!.*--preset)(?!.*--config).*)$", r"\1 --hidden 100 100 100"),
     (r"--epochs (\d+)", lambda m: f"--epochs {2 if int(m.group(1)) <= 20 else 3}"),
-    (r"^(sparta rl train .*)--steps 200000", r"\1--steps 1500 --set learning_starts=500 --eval-every 750 "
-                                             r"--eval-episodes 1 --every 20 --checkpoint-every 500"),
+    (r"^(sparta rl train (?!--resume)(?!.*--steps).*)$", r"\1 --steps 0"),  # the agent's default budget: shortened too
+    (r"^(sparta rl train (?!--resume).*)--steps \d+", r"\1--steps 1500 --set learning_starts=500 --eval-every 750 "
+                                                    r"--eval-episodes 1 --every 20 --checkpoint-every 500"),
     (r"^(sparta rl train --resume .*)--steps \d+", r"\1--steps 2000"),
     (r"^(sparta rl eval .*)$", r"\1 --episodes 1"),
     (r"--preset scale-10m", "--preset scale-10m --hidden 400 400 400 400 --data-option n_train=512 "
@@ -38,6 +44,7 @@ SHORTEN = [
 # commands not run here, and why
 SKIP = {
     "pip install": "installs: the suite runs in the installed environment",
+    "mkdocs build": "CI's docs step builds the site (.ci/run)",
     "python -m pytest": "this test suite itself",
     "torchrun": "needs several hosts",
     "python benchmarks/": "benchmarks run for minutes to hours; their tables in the README come from them",
@@ -45,7 +52,8 @@ SKIP = {
     "sparta train --workers 2 --preset set-mlp-madelon": "tests/test_cli.py::test_train_with_workers_is_a_run_like_"
                                                          "any_other runs it (three processes cost seconds to start)",
 }
-NEEDS = {"LunarLander": "Box2D", "Hopper": "mujoco"}  # an environment's module: without it, the command is skipped
+# an environment's module: without it, the command is skipped
+NEEDS = {"LunarLander": "Box2D", "Hopper": "mujoco", "HalfCheetah": "mujoco", "Walker2d": "mujoco", "MinAtar": "minatar"}
 
 
 def blocks(text: str) -> list[tuple[str, str, int]]:
@@ -87,11 +95,17 @@ def run(command: str, capsys) -> str:
     return captured.out
 
 
-def test_readme_blocks_and_commands(tmp_path, monkeypatch, capsys):
+def page_id(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_blocks_and_commands(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    text = page.read_text()
     ran, skipped, not_made = [], [], set()  # not_made: run directories of skipped commands
-    for lang, body, line in blocks(README.read_text()):
-        where = f"README.md:{line}"
+    for lang, body, line in blocks(text):
+        where = f"{page_id(page)}:{line}"
         if lang == "bash":
             for command in commands(body):
                 reason = next((why for prefix, why in SKIP.items() if command.startswith(prefix)), None)
@@ -113,9 +127,9 @@ def test_readme_blocks_and_commands(tmp_path, monkeypatch, capsys):
                 exec(compile(body, where, "exec"), {"__name__": "__readme__"})
             for expr, expected in re.findall(r"^print\((\w+)\)\s+#\s*(.+)$", body, re.M):
                 assert expected.strip() in out.getvalue(), f"{where}: print({expr}) shows {out.getvalue()!r}"
-            after = README.read_text().split(body, 1)[1].split("```", 2)[1]  # the prose after the block
+            after = text.split(body, 1)[1].split("```", 2)[1]  # the prose after the block
             for expected in re.findall(r"It prints `([^`]+)`", after):
-                assert expected in out.getvalue(), f"{where}: the README says it prints {expected!r}, it printed " \
+                assert expected in out.getvalue(), f"{where}: the page says it prints {expected!r}, it printed " \
                                                    f"{out.getvalue()!r}"
             ran.append(where)
         elif lang == "toml":
@@ -123,9 +137,8 @@ def test_readme_blocks_and_commands(tmp_path, monkeypatch, capsys):
             run("sparta train --config run.toml --out runs/toml -q", capsys)
             summaries = [json.loads((tmp_path / "runs/toml" / d / "summary.json").read_text()) for d in (".", "dense")]
             assert all(s["test_acc"] > 0.8 for s in summaries), summaries  # it learns visibly (chance: 0.5)
-            claim = re.search(r"test accuracy (\d\.\d+) sparse\s+with ([\d ]+) connections, (\d\.\d+) dense",
-                              README.read_text())
-            assert claim, "the README no longer quotes the TOML example's results; update this test"
+            claim = re.search(r"test accuracy (\d\.\d+) sparse\s+with ([\d ]+) connections, (\d\.\d+) dense", text)
+            assert claim, f"{where}: the page no longer quotes the TOML example's results; update this test"
             sparse_acc, connections, dense_acc = float(claim[1]), int(claim[2].replace(" ", "")), float(claim[3])
             # as quoted, to a few test samples (another thread count may change a borderline prediction)
             got = (summaries[0]["test_acc"], summaries[1]["test_acc"])
@@ -134,9 +147,43 @@ def test_readme_blocks_and_commands(tmp_path, monkeypatch, capsys):
             ran.append(where)
         else:
             assert lang in ("", "text"), f"{where}: a ```{lang} block; teach tests/test_readme.py to run it"
-    assert len(ran) >= 12, ran
-    assert {c for c, _ in skipped} <= {c for lang, body, _ in blocks(README.read_text()) if lang == "bash"
-                                       for c in commands(body)}
+    if page == README:
+        assert len(ran) >= 8, ran
+    assert {c for c, _ in skipped} <= {c for lang, body, _ in blocks(text) if lang == "bash" for c in commands(body)}
+
+
+def sections(text: str) -> list[str]:
+    """The text between headings (a heading starts its section); fenced blocks are not split."""
+    out, current, fenced = [], [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if line.startswith("#") and not fenced and current:
+            out.append("\n".join(current))
+            current = []
+        current.append(line)
+    out.append("\n".join(current))
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_figures_exist_with_their_command_and_date(page):
+    """No figure without the command that drew it and the date, in its section; the file exists."""
+    for section in sections(page.read_text()):
+        for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", section):
+            assert (page.parent / target).is_file(), f"{page_id(page)}: figure {target} does not exist"
+            assert re.search(r"`(python |sparta )[^`]+`", section), f"{page_id(page)}: figure {target} has no command"
+            assert re.search(r"\b20\d\d-\d\d-\d\d\b", section), f"{page_id(page)}: figure {target} has no date"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_relative_links_lead_to_files(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        path = target.split("#", 1)[0]
+        if re.match(r"^[a-z]+:", target) or not path:
+            continue
+        assert (page.parent / path).exists(), f"{page_id(page)}: link to {target}, which does not exist"
 
 
 def test_the_readme_says_what_the_quick_start_prints(tmp_path, monkeypatch, capsys):
@@ -149,10 +196,12 @@ def test_the_readme_says_what_the_quick_start_prints(tmp_path, monkeypatch, caps
             assert line in shown, line
 
 
-def test_the_readme_has_no_unfilled_placeholders():
-    text = README.read_text()
-    assert "{{" not in text and "}}" not in text, "README.md holds a {{…}} placeholder"
-    assert not re.findall(r"^[A-Z][A-Z0-9]*_[A-Z0-9_]+$", text, re.M), "README.md holds a TABLE_NAME placeholder line"
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_no_unfilled_placeholders(page):
+    text = page.read_text()
+    assert "{{" not in text and "}}" not in text, f"{page_id(page)} holds a {{{{…}}}} placeholder"
+    assert "@@" not in text, f"{page_id(page)} holds an @@…@@ placeholder"
+    assert not re.findall(r"^[A-Z][A-Z0-9]*_[A-Z0-9_]+$", text, re.M), f"{page_id(page)} holds a TABLE_NAME placeholder"
 
 
 def test_the_readme_and_the_help_quote_the_same_time_for_sparta_train(capsys):
@@ -172,3 +221,12 @@ def test_the_layout_names_the_packages_and_files_there_are():
     for package, text in listed.items():
         for name in re.findall(r"\b(\w+\.py)\b", text):
             assert (src / package / name).is_file(), f"README's layout names {package}/{name}, which does not exist"
+
+
+def test_ci_runs_the_readmes_install_test_and_docs_commands():
+    """`.ci/run` runs the README's test command and its docs build command, character for character."""
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    shown = [c for lang, body, _ in blocks(README.read_text()) if lang == "bash" for c in body.splitlines()]
+    test = next(line for line in shown if line.endswith("python -m pytest -q"))
+    docs = next(re.sub(r"\s+#.*$", "", line) for line in shown if "mkdocs build" in line)
+    assert test in ci and docs in ci, (test, docs)

@@ -101,7 +101,8 @@ class GridEnv(_ParallelEnv):
 
     Args:
         schema: path of a CityLearn 3.0.2 ``schema.json`` (default: the shipped 2022 set).
-        start_day, days: the episode is ``days`` days from day ``start_day`` of the data (None: to the end).
+        start_day: the episode starts at day ``start_day`` of the data.
+        days: the episode is ``days`` days long (None: to the end of the data).
         normalize: CityLearn's periodic + min-max normalisation (else raw observations, and raw bounds).
         reward: one of CityLearn's reward functions: ``default`` (−max(net consumption, 0) per building),
             ``solar_penalty``, ``marl``, ``independent_sac``.
@@ -244,9 +245,11 @@ class GridEnv(_ParallelEnv):
         return self.citylearn.observations
 
     def render(self) -> None:
+        """Nothing to draw: the KPIs and ``sparta grid report`` show what the batteries did."""
         return None
 
     def close(self) -> None:
+        """End the episode: no agent is left (CityLearn holds no resources to free)."""
         self.agents = []
 
     def state(self) -> np.ndarray:

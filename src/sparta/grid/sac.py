@@ -41,6 +41,9 @@ ALGO = "grid-sac"  # the run directories' algorithm name (SAC or TD3: the config
 
 @dataclass
 class GridSACConfig:
+    """Hyper-parameters of a smart-grid run (``sparta grid train`` builds one from its flags): the task, the agent
+    (SAC or TD3) and its sparsity, shared or independent networks, and the budget. Each field's comment gives its
+    meaning."""
     # the task: episodes of `episode_days` days from `start_day` of the 2022 data set (None: to the end of the year)
     start_day: int = 0
     episode_days: int | None = None
@@ -88,6 +91,7 @@ class GridSACConfig:
         self.learner_config(1)  # the SAC / TD3 settings are checked by SACConfig / TD3Config
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for ``config.json``)."""
         return asdict(self)
 
     def sac_config(self, gradient_steps: int) -> sac.SACConfig:
@@ -203,6 +207,7 @@ def act(learners: list[dict[str, Any]], obs: np.ndarray, mode: str, deterministi
 
 
 def stack(d: dict[str, np.ndarray], agents: list[str]) -> np.ndarray:
+    """The agents' entries of ``d`` stacked in the order of ``agents``: float32 ``(n_agents, …)``."""
     return np.stack([np.asarray(d[a], dtype=np.float32) for a in agents])
 
 
@@ -211,6 +216,8 @@ _NETS = {"sac": ("actor", "qf", "qf_target", "actor_opt", "q_opt", "a_opt", "rb"
 
 
 def learner_state(n: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to continue learner ``n`` exactly: its networks', optimizers' and replay buffer's state
+    dicts, its topology algorithms' states and counters."""
     sac_only = {"log_alpha": n["log_alpha"].detach().clone()} if n["agent"] == "sac" else {}
     return {**{k: n[k].state_dict() for k in _NETS[n["agent"]]}, **sac_only,
             "actor_algo": None if n["actor_algo"] is None else n["actor_algo"].state_dict(),
@@ -236,6 +243,7 @@ def load_learner(n: dict[str, Any], state: dict[str, Any], nets_only: bool = Fal
 
 
 def density(learners: list[dict[str, Any]]) -> float:
+    """Connections over dense weights of the learners' actors and critics together."""
     counts = [sp.nnz_count(n[k]) for n in learners for k in ("actor", "qf")]
     return sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
 

@@ -33,10 +33,12 @@ class AllReLU(nn.Module):
         return -self.alpha if self.layer_index % 2 == 0 else self.alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``leaky_relu(x)`` with this layer's signed slope; any shape."""
         # leaky_relu accepts a negative slope and is one fused element-wise pass (torch.where is ~20x slower).
         return F.leaky_relu(x, self.negative_slope)
 
     def extra_repr(self) -> str:
+        """``alpha`` and ``layer_index``, for ``repr``."""
         return f"alpha={self.alpha}, layer_index={self.layer_index}"
 
 
@@ -57,10 +59,12 @@ class Dropout(nn.Module):
         self.p = float(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with dropout applied in training (same shape), ``x`` itself in evaluation."""
         if not self.training or self.p == 0.0:
             return x
         keep = torch.rand_like(x) >= self.p
         return x * keep * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
+        """``p``, for ``repr``."""
         return f"p={self.p}"

@@ -53,7 +53,8 @@ class SparseLinear(nn.Module):
     connection within its row). Memory and time are ``O(nnz)``, not ``O(in · out)``.
 
     Args:
-        in_features, out_features: sizes, as for ``nn.Linear``.
+        in_features: size of each input sample, as for ``nn.Linear``.
+        out_features: size of each output sample, as for ``nn.Linear``.
         density: fraction of connections in ``(0, 1]``. Exactly one of ``density``/``epsilon``.
         epsilon: Erdős–Rényi parameter; density ``ε (in + out) / (in · out)`` (SET uses ε = 20).
         bias: learn an additive bias.
@@ -168,6 +169,7 @@ class SparseLinear(nn.Module):
         return t[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., in_features)`` → ``(..., out_features)``: ``x Wᵀ + b`` over the stored connections only."""
         v, b = self._parameters["values"], self._parameters["bias"]
         if (isinstance(x, torch.Tensor) and x.dim() == 2 and 0 < x.shape[0] <= INFER_BATCH and x.dtype == v.dtype
                 and x.shape[1] == self.in_features and self.capture is None and self.backend != "torch"
@@ -201,6 +203,7 @@ class SparseLinear(nn.Module):
         return torch.from_numpy(out)
 
     def extra_repr(self) -> str:
+        """Sizes, connection count, density and bias, for ``repr``."""
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
                 f"density={self.density:.4g}, bias={self.bias is not None}"
                 + ("" if self.transpose == "csc" else f", transpose={self.transpose!r}"))
@@ -348,9 +351,11 @@ class SparseLinear(nn.Module):
 
     # ---------------------------------------------------------- state dicts
     def get_extra_state(self) -> dict:
+        """The layer's shape, saved in the state dict so that loading checks it."""
         return {"in_features": self.in_features, "out_features": self.out_features}
 
     def set_extra_state(self, state: Any) -> None:
+        """Check that a state dict was saved from a layer of this shape (``ValueError`` otherwise)."""
         shape = (state.get("in_features"), state.get("out_features")) if isinstance(state, dict) else None
         if shape != (self.in_features, self.out_features):
             raise ValueError(f"state_dict is for a SparseLinear of (in, out) = {shape}, this layer is "

@@ -77,6 +77,7 @@ class MaskedLinear(_Masked, nn.Linear):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., in_features)`` → ``(..., out_features)`` with the masked weight."""
         return F.linear(x, self.masked_weight(), self.bias)
 
 
@@ -100,4 +101,5 @@ class MaskedConv2d(_Masked, nn.Conv2d):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``nn.Conv2d``'s forward with the masked kernel: ``(N, C_in, H, W)`` → ``(N, C_out, H', W')``."""
         return self._conv_forward(x, self.masked_weight(), self.bias)

@@ -87,7 +87,11 @@ class SparseMLP(nn.Module):
             Curci et al.), ``"relu"``, ``"tanh"`` or ``"sigmoid"``.
         alpha: All-ReLU's ``α``.
         dropout: probability ``p`` of zeroing a hidden unit in training (survivors scaled by ``1/(1−p)``).
-        bias, init, generator, device, dtype: as for :class:`SparseLinear`.
+        bias: as for :class:`SparseLinear`.
+        init: as for :class:`SparseLinear`.
+        generator: as for :class:`SparseLinear`.
+        device: as for :class:`SparseLinear`.
+        dtype: as for :class:`SparseLinear`.
         sparse: ``False`` builds ``nn.Linear`` layers (e.g. for GMP, which starts dense and converts them).
         transpose: how the input gradient is formed: ``"csc"`` (a gather over a transposed copy of each
             layer's structure: 8 more bytes per connection, faster) or ``"scatter"`` (over the CSR itself).
@@ -97,7 +101,7 @@ class SparseMLP(nn.Module):
             activations, and the output gradients passed between layers whose input gradient is a gather
             (``transpose="csc"``). All arithmetic, the input, the outputs, the parameters, their gradients and
             the optimizer state stay float32. Half the bytes per gathered row: faster for wide layers, whose
-            rows come from beyond L2 (see the README's wide-network figures), slower for narrow ones (such a
+            rows come from beyond L2 (see the wide-network figures in docs/benchmarks/set-mlp.md), slower for narrow ones (such a
             model always runs the layer-by-layer passes, for training and evaluation alike, also for a few
             samples, so every forward rounds the same way). Float64 passes and the unfused path ignore it.
             Can be changed on a built model (the attribute of the same name).
@@ -176,6 +180,7 @@ class SparseMLP(nn.Module):
         return -self.alpha if j % 2 == 0 else self.alpha
 
     def extra_repr(self) -> str:
+        """Sizes, activation, dropout and options, for ``repr``."""
         return (f"sizes={self.sizes}, activation={self.activation!r}"
                 + (f", alpha={self.alpha}" if self.activation == "allrelu" else "")
                 + f", dropout={self.p}, fused={self.fused}"
@@ -223,6 +228,7 @@ class SparseMLP(nn.Module):
         return seed, step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., sizes[0])`` → logits ``(..., sizes[-1])``; fused into one autograd Function where it applies."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         st = self._fused_structure(x)

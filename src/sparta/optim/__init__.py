@@ -198,6 +198,8 @@ class SGD(_Fused):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        """One SGD step over every parameter that has a gradient (``closure``: re-evaluates the loss, as in
+        ``torch.optim``); returns the closure's loss or None."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -279,6 +281,8 @@ class Adam(_Fused):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        """One Adam (or AdamW) step over every parameter that has a gradient (``closure`` as in ``torch.optim``);
+        returns the closure's loss or None."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

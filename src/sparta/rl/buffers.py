@@ -18,6 +18,8 @@ import torch
 
 
 class Batch(NamedTuple):
+    """A sampled batch of transitions as tensors, each with the batch first; ``discounts`` are γⁿ of each (n-step)
+    transition."""
     obs: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
@@ -102,6 +104,7 @@ class ReplayBuffer:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """The stored transitions, write position and sampling RNG (for checkpoints)."""
         n = self.size
         return {"obs": torch.from_numpy(self.obs[:n].copy()), "next_obs": torch.from_numpy(self.next_obs[:n].copy()),
                 "actions": torch.from_numpy(self.actions[:n].copy()), "rewards": torch.from_numpy(self.rewards[:n].copy()),
@@ -110,6 +113,7 @@ class ReplayBuffer:
                 "pending": [(torch.from_numpy(o), torch.from_numpy(a), r) for o, a, r in self.pending]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (into a buffer at least as large)."""
         n = int(state["size"])
         if n > self.capacity:
             raise ValueError(f"the saved buffer holds {n} transitions, more than this buffer's capacity {self.capacity}")

@@ -31,6 +31,8 @@ from sparta.rundir.runtime import set_threads
 
 @dataclass
 class DQNConfig:
+    """DQN's hyper-parameters (CleanRL's defaults; ``sparta rl train --algo dqn`` shows each with its value) and the
+    networks' sparsity."""
     env_id: str = "CartPole-v1"
     total_steps: int = 500_000
     seed: int = 1
@@ -77,10 +79,12 @@ class DQNConfig:
             raise ValueError(f"hidden must be positive ints, got {self.hidden!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for ``config.json``)."""
         return asdict(self)
 
 
 def check_positive(cfg: Any, names: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` on ``cfg`` that is not an int ≥ 1."""
     for name in names:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -104,10 +108,12 @@ class QNetwork(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Q-values ``(batch, n_actions)`` of observations ``(batch, *obs_shape)``."""
         return self.net(x)
 
 
 def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
+    """ε at step ``t``: linear from ``start_e`` to ``end_e`` over ``duration`` steps, then ``end_e``."""
     slope = (end_e - start_e) / max(duration, 1)
     return max(slope * t + start_e, end_e)
 

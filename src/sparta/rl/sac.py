@@ -34,6 +34,8 @@ LOG_STD_MIN, LOG_STD_MAX = -5, 2
 
 @dataclass
 class SACConfig:
+    """SAC's hyper-parameters (CleanRL's defaults; ``sparta rl train --algo sac`` shows each with its value) and the
+    networks' sparsity."""
     env_id: str = "Pendulum-v1"
     total_steps: int = 1_000_000
     seed: int = 1
@@ -73,6 +75,7 @@ class SACConfig:
             raise ValueError(f"hidden must be positive ints, got {self.hidden!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for ``config.json``)."""
         return asdict(self)
 
 
@@ -90,6 +93,8 @@ class TwinQ(nn.Module):
         self.q1, self.q2 = mlp(obs_dim + act_dim, hidden, 1), mlp(obs_dim + act_dim, hidden, 1)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both critics' Q-values ``(batch,)`` for observations ``(batch, obs_dim)`` and actions ``(batch,
+        act_dim)``."""
         x = torch.cat([obs, act], 1)
         return self.q1(x).squeeze(1), self.q2(x).squeeze(1)
 
@@ -105,6 +110,7 @@ class Actor(nn.Module):
         self.register_buffer("bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log standard deviation ``(batch, act_dim)`` of the Gaussian before the tanh squashing."""
         h = F.relu(self.torso(obs))
         log_std = torch.tanh(self.log_std(h))
         return self.mean(h), LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)

@@ -216,7 +216,9 @@ class TopologyCallback(BaseCallback):
         every: gradient steps (optimizer steps of that network) between topology updates.
         zeta: fraction of connections replaced per update (SET ζ, RigL α).
         end_fraction: SET/RigL: fraction of training after which the topology is frozen (None: never, SET only).
-        sparsity, gmp_start, gmp_end: GMP's final sparsity and the fractions of training it prunes between.
+        sparsity: GMP's final sparsity.
+        gmp_start: the fraction of training at which GMP starts pruning.
+        gmp_end: the fraction of training at which GMP stops pruning.
         distribution: how GMP spreads its final sparsity over a network's layers: ``erk`` (small layers kept
             denser), ``er``, ``uniform`` or ``global`` (one magnitude threshold).
         new_values: values a target network gives connections its online network grew: ``online`` or ``zero``.

@@ -104,10 +104,12 @@ class SparsityConfig:
         return [max(1, round(h * self.width)) for h in sizes]
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for ``config.json``)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SparsityConfig:
+        """Settings from a dict such as :meth:`to_dict` writes; unknown keys raise ``ValueError``."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -255,4 +257,5 @@ def check_same_topology(online: nn.Module, target: nn.Module, expected_nnz: dict
 
 
 def layer_nnz(net: nn.Module) -> dict[str, int]:
+    """Connections of each sparse layer of ``net``, by module name."""
     return {n: m.nnz for n, m in sparse_layers(net).items()}

@@ -30,6 +30,8 @@ from sparta.rundir.runtime import set_threads
 
 @dataclass
 class TD3Config:
+    """TD3's hyper-parameters (CleanRL's defaults; ``sparta rl train --algo td3`` shows each with its value) and the
+    networks' sparsity."""
     env_id: str = "Pendulum-v1"
     total_steps: int = 1_000_000
     seed: int = 1
@@ -70,6 +72,7 @@ class TD3Config:
             raise ValueError(f"hidden must be positive ints, got {self.hidden!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for ``config.json``)."""
         return asdict(self)
 
 
@@ -83,6 +86,7 @@ class Actor(nn.Module):
         self.register_buffer("bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions ``(batch, act_dim)``, scaled into the action space's bounds."""
         return torch.tanh(self.net(obs)) * self.scale + self.bias
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:

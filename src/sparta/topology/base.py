@@ -171,10 +171,12 @@ class TopologyAlgorithm:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """Step count, pending flag, RNG and statistics, for checkpoints (restore with :meth:`load_state_dict`)."""
         return {"t": self.t, "pending": self.pending, "generator": self.generator.get_state(),
                 "stats": {k: dict(v) for k, v in self.stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, so that the next updates are those of the saved run."""
         self.t = int(state["t"])
         self.pending = bool(state.get("pending", False))
         self.generator.set_state(state["generator"])

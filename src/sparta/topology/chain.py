@@ -60,9 +60,11 @@ class Chain:
         return any(ran)
 
     def state_dict(self) -> dict[str, Any]:
+        """The states of the chained algorithms, in order."""
         return {"chain": [a.state_dict() for a in self.algorithms]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore each chained algorithm from a :meth:`state_dict` of a chain of the same length."""
         states = state.get("chain") if isinstance(state, dict) else None
         if not isinstance(states, list) or len(states) != len(self.algorithms):
             raise ValueError(f"the state is not that of a Chain of {len(self.algorithms)} algorithms")

@@ -132,6 +132,7 @@ class GMP(TopologyAlgorithm):
         return dict(zip(names, densities, strict=True))
 
     def due(self, t: int) -> bool:
+        """Whether step ``t`` prunes: every ``every`` steps from ``start`` to ``end``, and at ``end``."""
         assert self.end is not None
         return self.start <= t <= self.end and ((t - self.start) % self.every == 0 or t == self.end) and t > 0
 
@@ -146,15 +147,19 @@ class GMP(TopologyAlgorithm):
         return cubic_sparsity(t, 1.0 - self.final_density[name], self.start, self.end)
 
     def num_drop(self, view: LayerView) -> int:
+        """Connections of ``view`` to remove now to reach its target sparsity at this step."""
         if self.distribution == "global":
             return self._global_drop.get(view.name, 0)
         target = round((1.0 - self.layer_sparsity(view.name, self.t)) * self.dense_size[view.name])
         return max(0, view.nnz - max(1, target))
 
     def num_grow(self, view: LayerView, dropped: int) -> int:
+        """GMP only prunes: nothing is grown."""
         return 0
 
     def update(self) -> None:
+        """Prune every layer to its target at this step, then turn dense layers below ``breakeven`` into
+        ``SparseLinear``."""
         if self.distribution == "global":
             self._global_drop = self._global_counts()
         super().update()
@@ -202,6 +207,7 @@ class GMP(TopologyAlgorithm):
                 self._to_sparse(j)
 
     def state_dict(self):
+        """The base state plus which layers are already ``SparseLinear``."""
         s = super().state_dict()
         s["sparse_layers"] = [v.name for v in self.layers if isinstance(v, SparseView)]
         return s

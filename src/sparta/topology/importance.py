@@ -91,6 +91,7 @@ class ImportancePruning(TopologyAlgorithm):
 
     @torch.no_grad()
     def update(self) -> None:
+        """Remove the hidden neurons at or below the percentile of importance, shrinking the layers for real."""
         t0 = time.perf_counter()
         release_caches(self.model, self.optimizer)
         for a, b in zip(self.chain, self.chain[1:], strict=False):
@@ -111,6 +112,7 @@ class ImportancePruning(TopologyAlgorithm):
         self.time_in_updates += time.perf_counter() - t0
 
     def state_dict(self):
+        """The base state plus each layer's shape (loading rebuilds the shrunk layers)."""
         s = super().state_dict()
         s["shapes"] = {v.name: (v.module.out_features, v.module.in_features) for v in self.chain}
         return s

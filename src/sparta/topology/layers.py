@@ -70,9 +70,11 @@ class LayerView:
         return self.n_out * self.n_in
 
     def keys(self) -> torch.Tensor:  # sorted int64 (nnz,)
+        """Sorted int64 keys ``row · n_in + column`` of the existing connections, ``(nnz,)``."""
         raise NotImplementedError
 
     def weights(self) -> torch.Tensor:  # (nnz,), aligned with keys()
+        """The connections' weights ``(nnz,)``, aligned with :meth:`keys`."""
         raise NotImplementedError
 
     def kept_keys(self, keep: torch.Tensor) -> torch.Tensor:
@@ -81,6 +83,7 @@ class LayerView:
         return keys[keep.to(keys.device)].cpu()
 
     def grads(self) -> torch.Tensor | None:  # (nnz,) gradient at existing connections
+        """The loss gradient at the existing connections ``(nnz,)``, aligned with :meth:`keys` (None without one)."""
         raise NotImplementedError
 
     def apply(self, keep: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor,
@@ -93,6 +96,7 @@ class LayerView:
         raise NotImplementedError
 
     def capture(self, on: bool) -> None:
+        """Start (``on``) or stop keeping the dense gradient the layer's backward forms (RigL's grow score)."""
         self.module.capture = {} if on else None  # type: ignore[assignment]
 
     def fan_in(self) -> torch.Tensor:

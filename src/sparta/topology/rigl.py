@@ -35,7 +35,9 @@ class RigL(TopologyAlgorithm):
         return self.alpha * (1 + math.cos(math.pi * t / self.end)) / 2  # type: ignore[operator]
 
     def num_drop(self, view: LayerView) -> int:
+        """The cosine-decayed fraction of ``view``'s connections to drop at this step."""
         return int(self.drop_fraction(self.t) * view.nnz)
 
     def grow(self, view: LayerView, n: int, present: torch.Tensor) -> torch.Tensor:
+        """The ``n`` absent connections with the largest gradient magnitude."""
         return view.top_grad_absent(n, present)

@@ -36,6 +36,7 @@ class SET(TopologyAlgorithm):
         super().__init__(model, optimizer, every=every, start=start, end=end, seed=seed)
 
     def drop_mask(self, view: LayerView, n: int) -> torch.Tensor:
+        """Bool ``(nnz,)``: the ``n`` connections nearest zero, split between the positive and the negative side."""
         w = view.weights().cpu()
         drop = torch.zeros(w.numel(), dtype=torch.bool)
         if w.dtype in (torch.float32, torch.float64) and w.is_contiguous():  # one float copy of a side at a time
@@ -52,9 +53,11 @@ class SET(TopologyAlgorithm):
         return drop
 
     def grow(self, view: LayerView, n: int, present: torch.Tensor) -> torch.Tensor:
+        """``n`` absent connections drawn uniformly at random (keys not in ``present``)."""
         return sample_absent(view.total, n, present, self.generator)
 
     def grow_from_kept(self, view: LayerView, n: int, keep: torch.Tensor) -> torch.Tensor:
+        """``n`` new keys drawn at random outside the connections ``keep`` leaves, tested against the CSR itself."""
         if (type(self).grow is not SET.grow or not isinstance(view, SparseView)
                 or view.module.indices.device.type != "cpu"):  # a subclass's own grow() gets the kept keys
             return super().grow_from_kept(view, n, keep)
@@ -66,6 +69,7 @@ class SET(TopologyAlgorithm):
                                                                                        out, end))
 
     def grow_values(self, view: LayerView, keys: torch.Tensor) -> torch.Tensor:
+        """Values of new connections: zeros, or the layer's initialisation given each neuron's fan-in."""
         dtype = view.weights().dtype
         if self.init == "zero":
             return torch.zeros(keys.numel(), dtype=dtype)

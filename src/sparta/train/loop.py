@@ -29,6 +29,7 @@ class EpochStats:
     density: float
 
     def as_dict(self) -> dict:
+        """The fields as a dict (one row of the metrics files)."""
         return asdict(self)
 
 

@@ -1,7 +1,7 @@
 """What training a sparse MLP holds in memory, estimated before anything is allocated.
 
-The estimate follows what :class:`~sparta.nn.SparseMLP` and :mod:`sparta.optim` keep (see the README's
-"Memory" paragraph): per connection the value, the int32 column index, the gradient, the optimizer state
+The estimate follows what :class:`~sparta.nn.SparseMLP` and :mod:`sparta.optim` keep (see "Memory" in
+docs/guides/fast.md): per connection the value, the int32 column index, the gradient, the optimizer state
 and, with ``transpose="csc"``, the transposed copy; per row/column the pointers; per sample and unit the
 stored activation and what backward needs of it; plus the data set. :func:`check_fits` turns it into a
 clear refusal before a network that cannot fit is built, against the smallest of what the machine has available
@@ -39,6 +39,7 @@ class Estimate:
         return self.structure + self.training + self.activations + self.data + self.updates
 
     def describe(self) -> str:
+        """The total and its parts in GB, as the memory refusal prints them."""
         return (f"{self.total / GB:.1f} GB ({self.connections:,} connections: structure {self.structure / GB:.2f} GB, "
                 f"gradients and optimizer state {self.training / GB:.2f} GB; activations {self.activations / GB:.2f} "
                 f"GB; data {self.data / GB:.2f} GB; topology updates {self.updates / GB:.2f} GB)")

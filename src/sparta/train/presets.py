@@ -16,7 +16,7 @@
   Importance Pruning after epoch 1 (20 % of each hidden layer; at ε = 1 a third of the first layer's neurons
   have no incoming connection, and of those tied at importance 0 only the share goes), input gradients by
   scatter, 2 epochs of the generated ``classification`` set (8192 training and 2048 test samples, 1000
-  features of which 20 informative, 10 classes). Timings, memory and accuracy in the README ("Scale").
+  features of which 20 informative, 10 classes). Timings, memory and accuracy in docs/benchmarks/scale.md.
 """
 
 from __future__ import annotations
