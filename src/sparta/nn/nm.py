@@ -130,7 +130,7 @@ class NMLinearFunction(torch.autograd.Function):
     (a feature-major buffer; the caller slices ``[:, :B]``); gradients flow to ``x``, ``values`` and ``bias``."""
 
     @staticmethod
-    def forward(ctx, x2d, values, bias, pos, tpos, n, m, n_in):  # type: ignore[override]
+    def forward(ctx, x2d, values, bias, pos, tpos, n, m, n_in, capture):  # type: ignore[override]
         n_out = pos.numel() // (blocks(n_in, m) * n)
         batch = x2d.shape[0]
         xf, ld_x = feature_major(x2d)
@@ -151,6 +151,7 @@ class NMLinearFunction(torch.autograd.Function):
                  threads, key=(id(values), "nm-forward", batch))
         ctx.xf, ctx.ld, ctx.parts, ctx.threads = xf, ld, parts, threads
         ctx.n, ctx.m, ctx.n_in, ctx.batch, ctx.has_bias = n, m, n_in, batch, bias is not None
+        ctx.capture = capture
         ctx.save_for_backward(values, pos, tpos, x2d)
         return y
 
@@ -188,13 +189,17 @@ class NMLinearFunction(torch.autograd.Function):
             dx = rows_view(dxf, n_in, ld, batch).t()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             dbias = rows_view(dz, n_out, ld, batch).sum(1)
-        return dx, dvalues, dbias, None, None, None, None, None
+        if ctx.capture is not None:  # for gradient-based growth (RigL): dL/dW = dyt @ xtᵀ, formed by blocks of rows
+            ctx.capture["xt"] = rows_view(xf, n_in, ld, batch)
+            ctx.capture["dyt"] = rows_view(dz, n_out, ld, batch)
+        return dx, dvalues, dbias, None, None, None, None, None, None
 
 
 def nm_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, pos: torch.Tensor,
-              tpos: torch.Tensor, n: int, m: int, in_features: int) -> torch.Tensor:
+              tpos: torch.Tensor, n: int, m: int, in_features: int, capture: dict | None = None) -> torch.Tensor:
     """``y = x Wᵀ + b`` for ``W`` in the N:M layout (``values``, ``pos``; ``tpos`` the transposed blocks of a
-    transposable layer or an empty tensor). ``x (..., in)`` float32/float64 on the CPU → ``(..., out)``."""
+    transposable layer or an empty tensor). ``x (..., in)`` float32/float64 on the CPU → ``(..., out)``.
+    ``capture``: if a dict, backward stores the feature-major ``xt (in, B)`` and ``dyt (out, B)`` in it."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != in_features:
@@ -205,7 +210,7 @@ def nm_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, 
         raise NotImplementedError("NMLinear has CPU kernels only")
     lead = x.shape[:-1]
     x2d = x.reshape(-1, in_features)
-    yt = NMLinearFunction.apply(x2d, values, bias, pos, tpos, n, m, in_features)
+    yt = NMLinearFunction.apply(x2d, values, bias, pos, tpos, n, m, in_features, capture)
     y = yt[:, :x2d.shape[0]].t()
     return y if x.dim() == 2 else y.reshape(*lead, yt.shape[0])
 
@@ -329,7 +334,7 @@ class NMLinear(nn.Module):
             self.bias.copy_(u * bias_bound(torch.tensor(float(fan))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nm_linear(x, self.values, self.bias, self.pos, self.tpos, self.n, self.m, self.in_features)
+        return nm_linear(x, self.values, self.bias, self.pos, self.tpos, self.n, self.m, self.in_features, self.capture)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern}"

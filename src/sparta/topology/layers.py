@@ -14,6 +14,7 @@ from torch import nn
 from sparta.kernels import edit
 from sparta.nn.linear import SparseLinear, set_param_data
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
+from sparta.nn.nm import NMLinear
 from sparta.nn.structure import keys as csr_keys
 from sparta.nn.structure import remap
 
@@ -333,14 +334,18 @@ class MaskedView(LayerView):
 
 
 def find_layers(model: nn.Module) -> list[LayerView]:
-    """Views of every sparse layer in ``model`` (``SparseLinear``, ``MaskedLinear``, ``MaskedConv2d``),
-    in registration order."""
+    """Views of every sparse layer in ``model`` (``SparseLinear``, ``MaskedLinear``, ``MaskedConv2d``,
+    ``NMLinear``), in registration order."""
     views: list[LayerView] = []
     for name, mod in model.named_modules():
         if isinstance(mod, SparseLinear):
             views.append(SparseView(name, mod))
         elif isinstance(mod, MaskedLinear | MaskedConv2d):
             views.append(MaskedView(name, mod))
+        elif isinstance(mod, NMLinear):  # N:M layers (issue 33): their view lives with the N:M algorithms
+            from sparta.topology.nm import NMView
+
+            views.append(NMView(name, mod))
     return views
 
 
@@ -349,7 +354,7 @@ def connection_count(model: nn.Module) -> tuple[int, int]:
     connections, plain ``nn.Linear``/``nn.Conv2d`` count fully; biases are excluded."""
     nnz = total = 0
     for m in model.modules():
-        if isinstance(m, SparseLinear):
+        if isinstance(m, SparseLinear | NMLinear):
             nnz += m.nnz
             total += m.in_features * m.out_features
         elif isinstance(m, MaskedLinear | MaskedConv2d):
