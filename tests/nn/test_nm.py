@@ -128,3 +128,41 @@ def test_state_dict_round_trip_and_memory():
     assert a.bytes_per_connection() == 6.0  # float32 value + position + transposed position
     assert NMLinear(64, 32, 2, 32).bytes_per_connection() == 5.0
     assert a.density == 2 / 32
+
+
+def test_nm_mlp_shapes_and_errors():
+    from sparta.nn.nm import NMMLP
+
+    model = NMMLP([32, 16, 16, 3], "2:8", dropout=0.2, generator=torch.Generator().manual_seed(0))
+    assert [d for _, d in model.layer_densities()] == [0.25, 0.25, 1.0]
+    assert model(torch.randn(5, 32)).shape == (5, 3)
+    with pytest.raises(ValueError, match="layer 2 .*divisible by 8"):
+        NMMLP([32, 16, 12, 3], "2:8", transposable=True)
+    with pytest.raises(ValueError, match="N:M pattern"):
+        NMMLP([32, 16, 3], "8:8")
+
+
+@pytest.mark.parametrize("kind", ["sequential", "sparsemlp"])
+def test_to_nm_magnitude_conversion(kind):
+    from sparta.nn.activations import AllReLU
+    from sparta.nn.mlp import SparseMLP
+    from sparta.nn.nm import to_nm
+
+    torch.manual_seed(0)
+    if kind == "sequential":
+        model = nn.Sequential(SparseLinear(32, 16, density=0.6), AllReLU(0.6, 1), nn.Linear(16, 4))
+        w0 = model[0].to_dense()
+    else:
+        model = SparseMLP([32, 16, 4], density=0.6, activation="allrelu", alpha=0.6)
+        w0 = model.layers[0].to_dense()
+    nm_model = to_nm(model, "1:4", transposable=True)
+    layer = nm_model[0]
+    assert isinstance(layer, NMLinear) and layer.transposable and isinstance(nm_model[-1], nn.Linear)
+    torch.testing.assert_close(layer.to_dense(), w0 * layer.mask())
+    x = torch.randn(7, 32)
+    model.eval()
+    ref = model[1](x @ (w0 * layer.mask()).t() + layer.bias) if kind == "sequential" else None
+    if ref is not None:
+        torch.testing.assert_close(nm_model[1](layer(x)), ref)
+    with pytest.raises(TypeError, match="Sequential"):
+        to_nm(layer, "2:4")
