@@ -32,7 +32,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sparta.kernels.fused import _NJIT, T, _stack_empty
+from sparta.kernels.fused import _NJIT, _W, _W4, T, _lane_sum4, _stack_empty
 from sparta.kernels.vectors import prefer_wide
 
 MAX_M = 256  # positions are one byte
@@ -94,23 +94,85 @@ def forward(pos, values, bias, n, m, x, ld, c0, c1, y):  # pragma: no cover - co
                 y[dst + np.uint64(t)] = acc[t]
 
 
+@numba.njit(inline="always", **_NJIT)
+def _col(pos, j, j0, n, mu):  # pragma: no cover - compiled by numba
+    """Column of connection ``j`` of the row whose first connection is ``j0``."""
+    return (np.uint64((j - j0) // np.uint64(n))) * mu + np.uint64(pos[j])
+
+
+@numba.njit(inline="always", **_NJIT)
+def _dot4(a, ra, b, b0, b1, b2, b3, c0, c1, acc, buf):  # pragma: no cover - compiled by numba
+    """The four sums ``Σ_{c ∈ [c0, c1)} a[ra + c] · b[bq + c]``, ``q = 0 … 3``: ``_W`` lanes each (``acc``, the stack
+    array at ``buf``), folded together (:func:`sparta.kernels.fused._lane_sum4`), the rest added in order."""
+    zero = acc[0] * 0
+    for lane in range(4 * _W):
+        acc[lane] = zero
+    nb = (c1 - c0) // _W
+    for blk in range(nb):
+        cb = np.uint64(c0 + blk * _W)
+        for lane in range(_W):
+            c = cb + np.uint64(lane)
+            g = a[ra + c]
+            acc[lane] += g * b[b0 + c]
+            acc[_W + lane] += g * b[b1 + c]
+            acc[2 * _W + lane] += g * b[b2 + c]
+            acc[3 * _W + lane] += g * b[b3 + c]
+    s0, s1, s2, s3 = _lane_sum4(buf, 0)
+    for t in range(c0 + nb * _W, c1):
+        c = np.uint64(t)
+        g = a[ra + c]
+        s0 += g * b[b0 + c]
+        s1 += g * b[b1 + c]
+        s2 += g * b[b2 + c]
+        s3 += g * b[b3 + c]
+    return s0, s1, s2, s3
+
+
+@numba.njit(inline="always", **_NJIT)
+def _dot1(a, ra, b, b0, c0, c1):  # pragma: no cover - compiled by numba
+    s = a[ra] * 0
+    for t in range(c0, c1):
+        s += a[ra + np.uint64(t)] * b[b0 + np.uint64(t)]
+    return s
+
+
 @numba.njit(**_NJIT)
 def backward_scatter(pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx, want_dv):  # pragma: no cover
     """Columns ``[c0, c1)`` of the value gradients ``dv (nnz,)`` (written, summed over the range only) and the
     input gradients ``dx`` flat ``(in · ld)`` (the range written) from the output gradients ``dz`` flat
-    ``(out · ld)`` and the input ``x`` flat ``(in · ld)``: one pass over the forward layout, ``dx`` scattered."""
+    ``(out · ld)`` and the input ``x`` flat ``(in · ld)``, over the forward layout: value gradients four
+    connections at a time (lane sums folded together), then ``dx`` scattered a tile of ``T`` samples at a time
+    with the row's output gradients in registers."""
     prefer_wide()
     nnz = pos.shape[0]
     per_row = np.uint64(nnz // max(n_out, 1))
     g_count = nnz // max(n_out, 1) // n
     ldu, mu = np.uint64(ld), np.uint64(m)
-    if want_dx:
-        for i in range(n_in):
-            for c in range(c0, c1):
-                dx[np.uint64(i) * ldu + np.uint64(c)] = 0
+    lbuf = _stack_empty(_W4, values.dtype)
+    lanes = numba.carray(lbuf, _W4)
     if want_dv:
-        for j in range(nnz):
-            dv[np.uint64(j)] = 0
+        for o in range(n_out):
+            row = np.uint64(o) * ldu
+            j0 = np.uint64(o) * per_row
+            j = j0
+            end = j0 + per_row
+            while j + np.uint64(3) < end:
+                s0, s1, s2, s3 = _dot4(dz, row, x, _col(pos, j, j0, n, mu) * ldu,
+                                       _col(pos, j + _U1, j0, n, mu) * ldu, _col(pos, j + np.uint64(2), j0, n, mu) * ldu,
+                                       _col(pos, j + np.uint64(3), j0, n, mu) * ldu, c0, c1, lanes, lbuf)
+                dv[j] = s0
+                dv[j + _U1] = s1
+                dv[j + np.uint64(2)] = s2
+                dv[j + np.uint64(3)] = s3
+                j += np.uint64(4)
+            while j < end:
+                dv[j] = _dot1(dz, row, x, _col(pos, j, j0, n, mu) * ldu, c0, c1)
+                j += _U1
+    if not want_dx:
+        return
+    for i in range(n_in):
+        for c in range(c0, c1):
+            dx[np.uint64(i) * ldu + np.uint64(c)] = 0
     accb = _stack_empty(T, values.dtype)
     acc = numba.carray(accb, T)
     c = c0
@@ -119,43 +181,20 @@ def backward_scatter(pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, 
         cu = np.uint64(c)
         for o in range(n_out):
             src = np.uint64(o) * ldu + cu
-            if w == T:
-                for t in range(T):
-                    acc[t] = dz[src + np.uint64(t)]
-            else:
-                for t in range(w):
-                    acc[t] = dz[src + np.uint64(t)]
+            for t in range(w):
+                acc[t] = dz[src + np.uint64(t)]
             j = np.uint64(o) * per_row
             base = np.uint64(0)
             for _ in range(g_count):
                 for _ in range(n):
                     xb = (base + np.uint64(pos[j])) * ldu + cu
-                    if want_dv and want_dx and w == T:  # both in one loop: each tile of x read once
-                        v = values[j]
-                        s = v * 0
+                    v = values[j]
+                    if w == T:
                         for t in range(T):
-                            s += acc[t] * x[xb + np.uint64(t)]
                             dx[xb + np.uint64(t)] += v * acc[t]
-                        dv[j] += s
-                        j += _U1
-                        continue
-                    if want_dv:
-                        s = values[j] * 0
-                        if w == T:
-                            for t in range(T):
-                                s += acc[t] * x[xb + np.uint64(t)]
-                        else:
-                            for t in range(w):
-                                s += acc[t] * x[xb + np.uint64(t)]
-                        dv[j] += s
-                    if want_dx:
-                        v = values[j]
-                        if w == T:
-                            for t in range(T):
-                                dx[xb + np.uint64(t)] += v * acc[t]
-                        else:
-                            for t in range(w):
-                                dx[xb + np.uint64(t)] += v * acc[t]
+                    else:
+                        for t in range(w):
+                            dx[xb + np.uint64(t)] += v * acc[t]
                     j += _U1
                 base += mu
         c += w
@@ -174,76 +213,72 @@ def _slot(pos, start, n, p):  # pragma: no cover - compiled by numba
 @numba.njit(**_NJIT)
 def backward_transposed(tpos, pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx,
                         want_dv):  # pragma: no cover - compiled by numba
-    """:func:`backward_scatter` for a transposable layer, by a gather over the transposed blocks ``tpos``
-    (uint8 ``(in · H · N,)``, output offsets inside blocks of ``M`` rows): input row ``i``'s gradient
-    ``dx[i] = Σ v · dz[o]`` is summed in registers like a forward row, and each connection's value gradient is
-    the dot product of the same ``dz[o]`` tile with ``x[i]``. ``dv`` is written, summed over the range only."""
+    """:func:`backward_scatter` for a transposable layer, over the transposed blocks ``tpos`` (uint8
+    ``(in · H · N,)``, output offsets inside blocks of ``M`` rows): input row ``i``'s gradient
+    ``dx[i] = Σ v · dz[o]`` is gathered in registers a tile at a time like a forward row (no scatter), and its
+    connections' value gradients, dot products of ``dz[o]`` with ``x[i]``, four at a time. Each connection's value
+    is found by a look through the ``N`` positions of its block in the forward layout. ``dv`` is written, summed
+    over the range only."""
     prefer_wide()
     nnz = pos.shape[0]
     per_row = np.uint64(nnz // max(n_out, 1))
     per_col = np.uint64(tpos.shape[0] // max(n_in, 1))
-    h_count = tpos.shape[0] // max(n_in, 1) // n
     ldu, mu, nu = np.uint64(ld), np.uint64(m), np.uint64(n)
-    if want_dv:
-        for j in range(nnz):
-            dv[np.uint64(j)] = 0
+    lbuf = _stack_empty(_W4, values.dtype)
+    lanes = numba.carray(lbuf, _W4)
     accb = _stack_empty(T, values.dtype)
     acc = numba.carray(accb, T)
-    xtb = _stack_empty(T, values.dtype)
-    xt = numba.carray(xtb, T)
-    c = c0
-    while c < c1:
-        w = min(T, c1 - c)
-        cu = np.uint64(c)
-        for i in range(n_in):
-            iu = np.uint64(i)
-            g = iu // mu
-            p = np.uint8(iu - g * mu)
-            goff = g * nu
-            src = iu * ldu + cu
+    for i in range(n_in):
+        iu = np.uint64(i)
+        g = iu // mu
+        p = np.uint8(iu - g * mu)
+        goff = g * nu
+        xrow = iu * ldu
+        j0 = iu * per_col
+        end = j0 + per_col
+        if want_dv:
+            jt = j0
+            while jt + np.uint64(3) < end:
+                o0 = (jt - j0) // nu * mu + np.uint64(tpos[jt])
+                o1 = (jt + _U1 - j0) // nu * mu + np.uint64(tpos[jt + _U1])
+                o2 = (jt + np.uint64(2) - j0) // nu * mu + np.uint64(tpos[jt + np.uint64(2)])
+                o3 = (jt + np.uint64(3) - j0) // nu * mu + np.uint64(tpos[jt + np.uint64(3)])
+                s0, s1, s2, s3 = _dot4(x, xrow, dz, o0 * ldu, o1 * ldu, o2 * ldu, o3 * ldu, c0, c1, lanes, lbuf)
+                dv[_slot(pos, o0 * per_row + goff, n, p)] = s0
+                dv[_slot(pos, o1 * per_row + goff, n, p)] = s1
+                dv[_slot(pos, o2 * per_row + goff, n, p)] = s2
+                dv[_slot(pos, o3 * per_row + goff, n, p)] = s3
+                jt += np.uint64(4)
+            while jt < end:
+                o0 = (jt - j0) // nu * mu + np.uint64(tpos[jt])
+                dv[_slot(pos, o0 * per_row + goff, n, p)] = _dot1(x, xrow, dz, o0 * ldu, c0, c1)
+                jt += _U1
+        if not want_dx:
+            continue
+        c = c0
+        while c < c1:
+            w = min(T, c1 - c)
+            cu = np.uint64(c)
             for t in range(T):
                 acc[t] = 0
-                xt[t] = 0
-            for t in range(w):
-                xt[t] = x[src + np.uint64(t)]
-            jt = iu * per_col
+            jt = j0
             hb = np.uint64(0)
-            for _ in range(h_count):
+            while jt < end:
                 for _ in range(n):
                     o = hb + np.uint64(tpos[jt])
-                    jt += _U1
-                    s = _slot(pos, o * per_row + goff, n, p)
+                    v = values[_slot(pos, o * per_row + goff, n, p)]
                     db = o * ldu + cu
-                    v = values[s]
-                    if want_dv and want_dx and w == T:  # both in one loop: each tile of dz read once
-                        d = v * 0
+                    if w == T:
                         for t in range(T):
-                            e = dz[db + np.uint64(t)]
-                            d += e * xt[t]
-                            acc[t] += v * e
-                        dv[s] += d
-                        continue
-                    if want_dv:
-                        d = v * 0
-                        if w == T:
-                            for t in range(T):
-                                d += dz[db + np.uint64(t)] * xt[t]
-                        else:
-                            for t in range(w):
-                                d += dz[db + np.uint64(t)] * xt[t]
-                        dv[s] += d
-                    if want_dx:
-                        if w == T:
-                            for t in range(T):
-                                acc[t] += v * dz[db + np.uint64(t)]
-                        else:
-                            for t in range(w):
-                                acc[t] += v * dz[db + np.uint64(t)]
+                            acc[t] += v * dz[db + np.uint64(t)]
+                    else:
+                        for t in range(w):
+                            acc[t] += v * dz[db + np.uint64(t)]
+                    jt += _U1
                 hb += mu
-            if want_dx:
-                for t in range(w):
-                    dx[src + np.uint64(t)] = acc[t]
-        c += w
+            for t in range(w):
+                dx[xrow + cu + np.uint64(t)] = acc[t]
+            c += w
 
 
 @numba.njit(cache=True, nogil=True)
