@@ -155,6 +155,8 @@ def dense_layers(config: RunConfig, sizes: list[int]) -> list[str]:
 
 def dense_layer_note(config: RunConfig, sizes: list[int]) -> str | None:
     """One line saying which layers of a sparse run are dense and why (None when none is)."""
+    if config.nm is not None:  # N:M runs: the output layer is dense by design (sparta.nn.nm.NMMLP)
+        return None
     dense = dense_layers(config, sizes)
     if not dense:
         return None
@@ -189,6 +191,12 @@ class Session:
 def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> Session:
     """A fresh model, optimizer and algorithm for ``config``, seeded from ``config.seed``."""
     sizes = layer_sizes(config, n_features, n_classes)
+    if config.nm is not None:  # N:M runs (issue 33): their own model class, see sparta.train.nm
+        from sparta.train.nm import build_nm
+
+        seed_everything(config.seed)
+        model, opt, algo, spe = build_nm(config, sizes, n_train)
+        return Session(config, model, opt, algo, torch.Generator().manual_seed(config.seed + 1), spe, sizes)
     est = memory_estimate(config, sizes)
     check_fits(est, f"the {config.algo} network {'-'.join(map(str, sizes))}")
     if est.connections >= BIG_NETWORK_CONNECTIONS:
@@ -294,7 +302,12 @@ def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
 
 
 def check_memory(config: RunConfig, sizes: list[int]) -> None:
-    """Refuse (:class:`~sparta.train.memory.TooLarge`) a run whose network, or dense twin, cannot fit in memory."""
+    """Refuse (:class:`~sparta.train.memory.TooLarge`) a run whose network, or dense twin, cannot fit in memory
+    (and, :class:`ConfigError`, an N:M run whose layer widths do not fit its pattern)."""
+    if config.nm is not None:  # N:M runs (issue 33): checked before anything is written
+        from sparta.train.nm import check_sizes
+
+        check_sizes(config, sizes)
     for c in [config] + ([config.dense_baseline()] if config.compare_dense and config.algo != "dense" else []):
         check_fits(memory_estimate(c, sizes), f"the {c.algo} network {'-'.join(map(str, sizes))}")
 
@@ -402,6 +415,8 @@ def summarise(rows: list[dict[str, Any]], label: str, config: RunConfig,
     one-time start-up (numba loading or compiling its kernels, torch's first operations), which is not a cost per
     epoch. ``seconds_per_epoch`` (the mean) and ``total_seconds`` count every epoch."""
     out: dict[str, Any] = {"label": label, "algo": config.algo, "workers": config.workers, "epochs": 0}
+    if config.nm is not None and label != "dense":  # N:M runs (issue 33) are named by their pattern in tables
+        out["algo"] = f"{config.algo} N:M {config.nm}{' transposable' if config.transposable else ''}"
     if sizes is not None:
         out["dense_layers"] = dense_layers(config, sizes)
     evaluated = [r for r in rows if r.get("test_acc") is not None]
