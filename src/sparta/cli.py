@@ -185,7 +185,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="epochs before the first pruning (default: --ip-every)")
     nm = p.add_argument_group("N:M sparsity")  # issue 33: sparta.train.nm
     nm.add_argument("--nm", metavar="N:M", help="N:M sparse hidden layers (N of every M consecutive inputs; 2:4, 4:8, "
-                    "1:16, 2:32, ...; M ≤ 256), evolved by --algo set/rigl inside their blocks; the output layer dense")
+                    "1:16, 2:32, ...; M ≤ 256), evolved by --algo set/rigl inside their blocks; the output layer dense "
+                    "(default: none: unstructured sparse layers)")
     nm.add_argument("--transposable", action=argparse.BooleanOptionalAction,
                     help="with --nm: masks N:M along the columns too (M must divide every hidden width and the input)")
     from sparta.train.config import RunConfig
