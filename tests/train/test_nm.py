@@ -46,6 +46,8 @@ def test_train_eval_report_resume(tmp_path, capsys, pattern, transposable, algo)
     assert code == 0, err
     res = json.loads(out)
     assert res[0]["epoch"] == 2 and 0 <= res[0]["test_acc"] <= 1
+    code, out, err = run_cli(capsys, "eval", run)
+    assert code == 0 and f"{algo.upper()} N:M {pattern}{' T' if transposable else ''} (sparse)" in out, out
     code, out, err = run_cli(capsys, "report", run)
     assert code == 0 and len(out.split()) == 5, err
     summary = json.loads((run / "summary.json").read_text())

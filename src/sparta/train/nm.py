@@ -78,3 +78,9 @@ def check_sizes(config: RunConfig, sizes: list[int]) -> None:
         except ValueError as e:
             raise ConfigError(f"nm {config.nm}{' transposable' if config.transposable else ''}: layer {j + 1} "
                               f"({a} → {b}): {e}") from None
+
+
+def algo_label(config: RunConfig) -> str:
+    """How tables name an N:M run's algorithm, e.g. ``"set N:M 2:4 T"`` (shown upper-cased: ``SET N:M 2:4 T``;
+    ``T``: transposable)."""
+    return f"{config.algo} N:M {config.nm}{' T' if config.transposable else ''}"

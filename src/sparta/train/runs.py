@@ -416,7 +416,9 @@ def summarise(rows: list[dict[str, Any]], label: str, config: RunConfig,
     epoch. ``seconds_per_epoch`` (the mean) and ``total_seconds`` count every epoch."""
     out: dict[str, Any] = {"label": label, "algo": config.algo, "workers": config.workers, "epochs": 0}
     if config.nm is not None and label != "dense":  # N:M runs (issue 33) are named by their pattern in tables
-        out["algo"] = f"{config.algo} N:M {config.nm}{' transposable' if config.transposable else ''}"
+        from sparta.train.nm import algo_label
+
+        out["algo"] = algo_label(config)
     if sizes is not None:
         out["dense_layers"] = dense_layers(config, sizes)
     evaluated = [r for r in rows if r.get("test_acc") is not None]
@@ -662,6 +664,12 @@ def runs_in(run_dir: str | Path) -> list[tuple[str, Path]]:
     return out
 
 
+def _nm_label(config: RunConfig) -> str:
+    from sparta.train.nm import algo_label
+
+    return algo_label(config)
+
+
 def evaluate_run(run_dir: str | Path, data: Dataset | None = None) -> list[dict[str, Any]]:
     """Train and test loss/accuracy of each model of a run at its last checkpoint, with its structure."""
     results = []
@@ -676,7 +684,8 @@ def evaluate_run(run_dir: str | Path, data: Dataset | None = None) -> list[dict[
         te_loss, te_acc = evaluate(session.model, data.x_test, data.y_test, config.loss, eb)
         tr_loss, tr_acc = evaluate(session.model, data.x_train, data.y_train, config.loss, eb)
         s = structure_stats(session.model)
-        results.append({"label": label, "run": str(d), "algo": config.algo, "workers": config.workers,
+        results.append({"label": label, "run": str(d), "workers": config.workers,
+                        "algo": config.algo if config.nm is None or label == "dense" else _nm_label(config),
                         "epoch": int(ck["epoch"]), "epochs": config.epochs, "test_loss": te_loss, "test_acc": te_acc,
                         "train_loss": tr_loss, "train_acc": tr_acc, "connections": s["connections"],
                         "density": s["density"], "active_neurons": s["active_neurons"], "neurons": s["neurons"]})
