@@ -166,3 +166,27 @@ def test_to_nm_magnitude_conversion(kind):
         torch.testing.assert_close(nm_model[1](layer(x)), ref)
     with pytest.raises(TypeError, match="Sequential"):
         to_nm(layer, "2:4")
+
+
+def test_to_nm_sparse_mlp_matches_masked_reference():
+    """The converted network computes the SparseMLP's function with each layer's weights outside the N:M mask
+    removed: same activations (All-ReLU's alternating slopes), same biases, dense last layer."""
+    import torch.nn.functional as F
+
+    from sparta.nn.mlp import SparseMLP
+    from sparta.nn.nm import to_nm
+
+    torch.manual_seed(1)
+    model = SparseMLP([32, 16, 16, 4], density=0.7, activation="allrelu", alpha=0.6).eval()
+    conv = to_nm(model, "2:8").eval()
+    x = torch.randn(9, 32)
+    h = x
+    nm_layers = [m for m in conv if isinstance(m, NMLinear)]
+    for j, layer in enumerate(model.layers):
+        w = layer.to_dense()
+        if j < 2:
+            w = w * nm_layers[j].mask()
+            h = F.leaky_relu(h @ w.t() + layer.bias, model.slope(j + 1))
+        else:
+            h = h @ w.t() + layer.bias
+    torch.testing.assert_close(conv(x), h)
