@@ -73,3 +73,29 @@ def test_bad_flags_one_line(tmp_path, capsys, flags, message):
     assert len(lines) == 1 and lines[0].startswith("sparta") and "error:" in lines[0] and message in lines[0], err
     assert "Traceback" not in err
     assert not run.exists()  # nothing half-written
+
+
+def test_convert_trained_model_and_fine_tune():
+    """A trained unstructured SET-MLP converted to 2:4 by magnitude keeps most of its accuracy; a short fine-tune
+    (static masks) keeps the masks N:M and does not lose accuracy."""
+    from sparta.nn.mlp import SparseMLP
+    from sparta.nn.nm import to_nm
+    from sparta.topology import Static
+    from sparta.train import digits
+    from sparta.train.loop import evaluate, fit
+
+    torch.manual_seed(0)
+    data = digits(seed=0)
+    model = SparseMLP([64, 128, 128, 10], density=0.6, activation="relu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    fit(model, opt, data, epochs=15, batch_size=64)
+    base = evaluate(model, data.x_test, data.y_test)[1]
+    conv = to_nm(model, "2:4")
+    check_nm(conv)
+    converted = evaluate(conv, data.x_test, data.y_test)[1]
+    assert base > 0.9 and converted > 0.5
+    opt = torch.optim.SGD(conv.parameters(), lr=0.02, momentum=0.9)
+    fit(conv, opt, data, epochs=3, batch_size=64, algo=Static(conv, opt))
+    check_nm(conv)
+    tuned = evaluate(conv, data.x_test, data.y_test)[1]
+    assert tuned >= converted - 0.01 and tuned > 0.85, (base, converted, tuned)
