@@ -52,7 +52,8 @@ _short_speed_note = short_speed_note  # its name here before it moved to sparta.
 TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta", "every", "distribution", "activation",
                "alpha", "dropout", "init", "loss", "optimizer", "lr", "lr_fan_in", "momentum", "weight_decay", "batch_size",
                "epochs", "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "workers", "transpose",
-               "activation_storage", "eval_batch_size", "importance_pruning", "ip_percentile", "ip_every", "ip_start")
+               "activation_storage", "eval_batch_size", "importance_pruning", "ip_percentile", "ip_every", "ip_start",
+               "nm", "transposable")
 RESUME_FLAGS = ("epochs", "threads", "checkpoint_every")
 
 
@@ -185,6 +186,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     sc.add_argument("--ip-every", dest="ip_every", type=int, metavar="EPOCHS", help="epochs between prunings")
     sc.add_argument("--ip-start", dest="ip_start", type=int, metavar="EPOCHS",
                    help="epochs before the first pruning (default: --ip-every)")
+    nm = p.add_argument_group("N:M sparsity")  # issue 33: sparta.train.nm
+    nm.add_argument("--nm", metavar="N:M", help="N:M sparse hidden layers (N of every M consecutive inputs; 2:4, 4:8, "
+                    "1:16, 2:32, ...; M ≤ 256), evolved by --algo set/rigl inside their blocks; the output layer dense "
+                    "(default: none: unstructured sparse layers)")
+    nm.add_argument("--transposable", action=argparse.BooleanOptionalAction,
+                    help="with --nm: masks N:M along the columns too (M must divide every hidden width and the input)")
     from sparta.train.config import RunConfig
 
     defaults = RunConfig()
@@ -435,6 +442,10 @@ def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> No
         what = f"{config.algo.upper()} ({sparsity}; {percent(target_density(config, sizes))} of the connections)"
         if config.activation_storage != "float32":
             what += f", {config.activation_storage} activations"
+    if config.nm is not None:  # N:M runs (issue 33)
+        from sparta.train.nm import describe
+
+        what = describe(config, sizes)
     print(f"resuming: {out} from {_checkpoint_epochs(out, config.workers)} of {config.epochs} (its last checkpoint)"
           if resume else f"run: {out}")
     print(f"data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test samples, {data.n_features} "
@@ -454,7 +465,7 @@ def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> No
                                 if config.lr_fan_in is not None else "")
     print(f"training: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} {lr}, "
           f"seed {config.seed}, {threads}", flush=True)
-    note = dense_layer_note(config, sizes)
+    note = dense_layer_note(config, sizes) if config.nm is None else None
     if note:
         print(f"note: {note}")
     for message in schedule_warnings(config, len(data.x_train)):

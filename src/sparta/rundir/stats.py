@@ -10,11 +10,12 @@ from torch import nn
 
 from sparta.nn.linear import SparseLinear
 from sparta.nn.masked import MaskedLinear
+from sparta.nn.nm import NMLinear
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's linear layers (``SparseLinear``, ``MaskedLinear``, ``nn.Linear``) in order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SparseLinear | nn.Linear)]
+    """The model's linear layers (``SparseLinear``, ``MaskedLinear``, ``NMLinear``, ``nn.Linear``) in order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SparseLinear | NMLinear | nn.Linear)]
 
 
 def degrees(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,6 +25,8 @@ def degrees(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(layer, MaskedLinear):
         m = layer.mask.cpu()
         return m.sum(1), m.sum(0)
+    if isinstance(layer, NMLinear):
+        return layer.fan_in(), torch.bincount(layer.cols(), minlength=layer.in_features)
     if isinstance(layer, nn.Linear):
         o, i = layer.weight.shape
         return torch.full((o,), i, dtype=torch.int64), torch.full((i,), o, dtype=torch.int64)
@@ -32,7 +35,7 @@ def degrees(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def layer_weights(layer: nn.Module) -> torch.Tensor:
     """The weights of the connections present, 1-D."""
-    if isinstance(layer, SparseLinear):
+    if isinstance(layer, SparseLinear | NMLinear):
         return layer.values.detach().cpu()
     if isinstance(layer, MaskedLinear):
         return layer.weight.detach().cpu()[layer.mask.cpu()]
@@ -53,7 +56,7 @@ def structure_stats(model: nn.Module) -> dict[str, Any]:
     layers = weight_layers(model)
     degs = [degrees(m) for _, m in layers]
     nnz = [int(d[0].sum()) for d in degs]
-    total = [m.weight.numel() if not isinstance(m, SparseLinear) else m.in_features * m.out_features
+    total = [m.weight.numel() if not isinstance(m, SparseLinear | NMLinear) else m.in_features * m.out_features
              for _, m in layers]
     neurons = active = 0
     for j in range(len(layers) - 1):

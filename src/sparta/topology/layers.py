@@ -14,6 +14,7 @@ from torch import nn
 from sparta.kernels import edit
 from sparta.nn.linear import SparseLinear, set_param_data
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
+from sparta.nn.nm import NMLinear, mask_to_pos, transposed_pos
 from sparta.nn.structure import keys as csr_keys
 from sparta.nn.structure import remap
 
@@ -336,15 +337,86 @@ class MaskedView(LayerView):
         yield 0, cap["grad"].reshape(self.n_out, self.n_in)
 
 
+class NMView(LayerView):
+    """An :class:`~sparta.nn.nm.NMLinear`: edits rebuild its positions (and transposed blocks) and check that the
+    result is still N:M (transposable N:M for a transposable layer); ``ValueError`` otherwise."""
+
+    module: NMLinear
+
+    @property
+    def n_out(self) -> int:
+        return self.module.out_features
+
+    @property
+    def n_in(self) -> int:
+        return self.module.in_features
+
+    def keys(self) -> torch.Tensor:
+        return self.module.keys()
+
+    @property
+    def nnz(self) -> int:
+        return self.module.nnz
+
+    def fan_in(self) -> torch.Tensor:
+        return self.module.fan_in()
+
+    def weights(self) -> torch.Tensor:
+        return self.module.values.detach()
+
+    def grads(self) -> torch.Tensor | None:
+        g = self.module.values.grad
+        return None if g is None else g.detach()
+
+    def key_mask(self, keys: torch.Tensor) -> torch.Tensor:
+        """Bool ``(out, in)`` with ``keys`` set."""
+        mk = torch.zeros(self.total, dtype=torch.bool)
+        mk[keys] = True
+        return mk.reshape(self.n_out, self.n_in)
+
+    @torch.no_grad()
+    def apply(self, keep, new_keys, new_values, optimizer) -> None:
+        m = self.module
+        old = m.nnz
+        keys = self.keys()
+        keep = torch.as_tensor(keep).bool()
+        new_keys = torch.as_tensor(new_keys, dtype=torch.int64).reshape(-1)
+        all_keys = torch.cat([keys[keep], new_keys])
+        src = torch.cat([torch.nonzero(keep).reshape(-1), -1 - torch.arange(new_keys.numel())])
+        order = torch.argsort(all_keys)
+        all_keys, src = all_keys[order], src[order]
+        if all_keys.numel() > 1 and bool((all_keys[1:] == all_keys[:-1]).any()):
+            raise ValueError(f"{self.name}: a new connection is already present")
+        mk = self.key_mask(all_keys)
+        pos = mask_to_pos(mk, m.n, m.m)  # ValueError unless N:M
+        tpos = transposed_pos(pos, m.n, m.m, m.out_features, m.in_features) if m.transposable else m.tpos
+        m.values.grad = None
+        vals = remap(m.values.data, src, new_values if isinstance(new_values, torch.Tensor) else float(new_values))
+        m.pos, m.tpos = pos, tpos
+        set_param_data(m.values, vals)
+        carry_state(optimizer, m.values, src, old)
+
+    def dense_grad_blocks(self):
+        cap = self.module.capture or {}
+        if "xt" not in cap:
+            raise RuntimeError(f"{self.name}: no gradient captured; run a backward pass after enabling capture")
+        xt, dyt = cap["xt"], cap["dyt"]
+        rows = max(1, (1 << 22) // self.n_in)
+        for r0 in range(0, self.n_out, rows):
+            yield r0, dyt[r0:r0 + rows] @ xt.t()
+
+
 def find_layers(model: nn.Module) -> list[LayerView]:
-    """Views of every sparse layer in ``model`` (``SparseLinear``, ``MaskedLinear``, ``MaskedConv2d``),
-    in registration order."""
+    """Views of every sparse layer in ``model`` (``SparseLinear``, ``MaskedLinear``, ``MaskedConv2d``,
+    ``NMLinear``), in registration order."""
     views: list[LayerView] = []
     for name, mod in model.named_modules():
         if isinstance(mod, SparseLinear):
             views.append(SparseView(name, mod))
         elif isinstance(mod, MaskedLinear | MaskedConv2d):
             views.append(MaskedView(name, mod))
+        elif isinstance(mod, NMLinear):  # N:M layers (issue 33)
+            views.append(NMView(name, mod))
     return views
 
 
@@ -353,7 +425,7 @@ def connection_count(model: nn.Module) -> tuple[int, int]:
     connections, plain ``nn.Linear``/``nn.Conv2d`` count fully; biases are excluded."""
     nnz = total = 0
     for m in model.modules():
-        if isinstance(m, SparseLinear):
+        if isinstance(m, SparseLinear | NMLinear):
             nnz += m.nnz
             total += m.in_features * m.out_features
         elif isinstance(m, MaskedLinear | MaskedConv2d):

@@ -57,6 +57,10 @@ class RunConfig:
     up to 1024, smaller when a batch's activations would exceed 1 GB); ``importance_pruning`` removes the
     hidden neurons at or below the ``ip_percentile``-th percentile of importance after epoch ``ip_start``
     (None: ``ip_every``) and every ``ip_every`` epochs after it (not after the last epoch; under WASAP-SGD in phase 1 only).
+
+    N:M: ``nm`` (``"N:M"``, e.g. ``"2:4"``) builds the hidden layers as N:M sparse layers (the output layer dense)
+    and evolves them with SET/RigL inside their blocks (``static``: fixed masks); ``transposable`` makes the masks
+    N:M along the columns too. See :mod:`sparta.train.nm`.
     """
 
     dataset: str = "digits"
@@ -97,6 +101,8 @@ class RunConfig:
     schedule_epochs: int | None = None
     workers: int | None = None
     parallel: dict[str, Any] = field(default_factory=dict)
+    nm: str | None = None  # N:M hidden layers (issue 33): "2:4", ...; see sparta.train.nm
+    transposable: bool = False
 
     # ------------------------------------------------------------------ I/O
     def as_dict(self) -> dict[str, Any]:
@@ -205,7 +211,33 @@ class RunConfig:
         self.ip_every = _int("ip_every", self.ip_every, 1)
         if self.ip_start is not None:
             self.ip_start = _int("ip_start", self.ip_start, 1)
+        self._validate_nm()
         return self
+
+    def _validate_nm(self) -> None:
+        """N:M runs (``nm``, ``transposable``): the pattern's form; the layer widths are checked when the model is
+        built (they depend on the data's features)."""
+        if not isinstance(self.transposable, bool):
+            raise ConfigError(f"transposable must be true or false, got {self.transposable!r}")
+        if self.nm is None:
+            if self.transposable:
+                raise ConfigError("transposable applies to N:M runs: give nm too (e.g. --nm 2:4 --transposable)")
+            return
+        from sparta.nn.nm import parse_pattern
+
+        try:
+            n, m = parse_pattern(self.nm)
+        except ValueError as e:
+            raise ConfigError(f"nm: {e}") from None
+        self.nm = f"{n}:{m}"
+        if self.algo not in ("static", "set", "rigl"):
+            raise ConfigError(f"nm trains N:M layers with algo static, set or rigl, got algo {self.algo!r}")
+        if self.density is not None:
+            raise ConfigError(f"nm fixes the density of the N:M layers ({n}/{m}); do not give density")
+        for name, bad in (("workers", self.workers is not None), ("importance_pruning", self.importance_pruning),
+                          ("activation_storage", self.activation_storage != "float32")):
+            if bad:
+                raise ConfigError(f"nm runs do not support {name} (got {getattr(self, name)!r})")
 
     @property
     def sparse(self) -> bool:
@@ -220,7 +252,14 @@ class RunConfig:
     def dense_baseline(self) -> RunConfig:
         """The same run with every layer dense (``algo="dense"``, one process), for the side-by-side comparison."""
         return dataclasses.replace(self, algo="dense", compare_dense=False, distribution=None, schedule_epochs=None,
-                                   workers=None, parallel={}, importance_pruning=False, activation_storage="float32")
+                                   workers=None, parallel={}, importance_pruning=False, activation_storage="float32",
+                                   nm=None, transposable=False)
+
+    @property
+    def algo_label(self) -> str:
+        """How tables name the run's algorithm: ``algo``, or for N:M runs e.g. ``"set N:M 2:4 T"`` (``T``:
+        transposable)."""
+        return self.algo if self.nm is None else f"{self.algo} N:M {self.nm}{' T' if self.transposable else ''}"
 
     @property
     def ip_first_epoch(self) -> int:

@@ -80,6 +80,8 @@ def dense_layers(config: RunConfig, sizes: list[int]) -> list[str]:
 
 def dense_layer_note(config: RunConfig, sizes: list[int]) -> str | None:
     """One line saying which layers of a sparse run are dense and why (None when none is)."""
+    if config.nm is not None:  # N:M runs: the output layer is dense by design (sparta.nn.nm.NMMLP)
+        return None
     dense = dense_layers(config, sizes)
     if not dense:
         return None
@@ -147,7 +149,12 @@ def memory_estimate(config: RunConfig, sizes: list[int]) -> Estimate:
 
 
 def check_memory(config: RunConfig, sizes: list[int]) -> None:
-    """Refuse (:class:`~sparta.train.memory.TooLarge`) a run whose network, or dense twin, cannot fit in memory."""
+    """Refuse (:class:`~sparta.train.memory.TooLarge`) a run whose network, or dense twin, cannot fit in memory
+    (and, :class:`ConfigError`, an N:M run whose layer widths do not fit its pattern)."""
+    if config.nm is not None:  # N:M runs (issue 33): checked before anything is written
+        from sparta.train.nm import check_sizes
+
+        check_sizes(config, sizes)
     for c in [config] + ([config.dense_baseline()] if config.compare_dense and config.algo != "dense" else []):
         check_fits(memory_estimate(c, sizes), f"the {c.algo} network {'-'.join(map(str, sizes))}")
 

@@ -57,7 +57,7 @@ def summarise(rows: list[dict[str, Any]], label: str, config: RunConfig,
     ``median_seconds_per_epoch`` leaves out epoch 1 when there are later ones: the first epoch pays the process's
     one-time start-up (numba loading or compiling its kernels, torch's first operations), which is not a cost per
     epoch. ``seconds_per_epoch`` (the mean) and ``total_seconds`` count every epoch."""
-    out: dict[str, Any] = {"label": label, "algo": config.algo, "workers": config.workers, "epochs": 0}
+    out: dict[str, Any] = {"label": label, "algo": config.algo_label, "workers": config.workers, "epochs": 0}
     if sizes is not None:
         out["dense_layers"] = dense_layers(config, sizes)
     evaluated = [r for r in rows if r.get("test_acc") is not None]
@@ -116,7 +116,7 @@ def evaluate_run(run_dir: str | Path, data: Dataset | None = None) -> list[dict[
         te_loss, te_acc = evaluate(session.model, data.x_test, data.y_test, config.loss, eb)
         tr_loss, tr_acc = evaluate(session.model, data.x_train, data.y_train, config.loss, eb)
         s = structure_stats(session.model)
-        results.append({"label": label, "run": str(d), "algo": config.algo, "workers": config.workers,
+        results.append({"label": label, "run": str(d), "algo": config.algo_label, "workers": config.workers,
                         "epoch": int(ck["epoch"]), "epochs": config.epochs, "test_loss": te_loss, "test_acc": te_acc,
                         "train_loss": tr_loss, "train_acc": tr_acc, "connections": s["connections"],
                         "density": s["density"], "active_neurons": s["active_neurons"], "neurons": s["neurons"]})

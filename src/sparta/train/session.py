@@ -69,6 +69,12 @@ class Session:
 def build(config: RunConfig, n_features: int, n_classes: int, n_train: int) -> Session:
     """A fresh model, optimizer and algorithm for ``config``, seeded from ``config.seed``."""
     sizes = layer_sizes(config, n_features, n_classes)
+    if config.nm is not None:  # N:M runs (issue 33): their own model class, see sparta.train.nm
+        from sparta.train.nm import build_nm
+
+        seed_everything(config.seed)
+        model, opt, algo, spe = build_nm(config, sizes, n_train)
+        return Session(config, model, opt, algo, torch.Generator().manual_seed(config.seed + 1), spe, sizes)
     est = memory_estimate(config, sizes)
     check_fits(est, f"the {config.algo} network {'-'.join(map(str, sizes))}")
     if est.connections >= BIG_NETWORK_CONNECTIONS:

@@ -1,0 +1,539 @@
+"""``NMLinear``: a linear layer whose weight is N:M sparse (``N`` connections in every block of ``M`` consecutive
+inputs of a row), stored compactly and trained truly sparsely; optionally *transposable* (N:M along the columns
+too, so that the backward product ``Wᵀ dy`` has the same blocked structure).
+
+The layout and kernels are in :mod:`sparta.kernels.nm`. Memory per connection: the value (4 bytes in float32)
+plus a one-byte in-block position, plus one more byte for a transposable layer's transposed positions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparta.kernels import fused
+from sparta.kernels import nm as knm
+from sparta.kernels.threads import POOL, get_num_threads
+from sparta.nn.functional import MIN_WORK_PER_THREAD, feature_major, rows_view
+from sparta.nn.init import INITS, bias_bound
+from sparta.nn.linear import set_param_data
+
+PATTERNS = ("2:4", "4:8", "1:4", "2:8", "1:16", "2:32", "1:32", "4:64")  # the literature's and the sparse regime's
+_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_pattern(pattern: str | tuple[int, int]) -> tuple[int, int]:
+    """``"N:M"`` (or ``(N, M)``) → ``(N, M)``, checked: ``1 ≤ N < M ≤ 256``. ``ValueError`` otherwise."""
+    if isinstance(pattern, tuple) and len(pattern) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                for v in pattern):
+        n, m = pattern
+    else:
+        match = _PATTERN.match(pattern) if isinstance(pattern, str) else None
+        if match is None:
+            raise ValueError(f"N:M pattern must look like '2:4' (N and M integers), got {pattern!r}")
+        n, m = int(match.group(1)), int(match.group(2))
+    if not 1 <= n < m or m > knm.MAX_M:
+        raise ValueError(f"N:M pattern must have 1 ≤ N < M ≤ {knm.MAX_M}, got {n}:{m}")
+    return n, m
+
+
+def check_shape(in_features: int, out_features: int, n: int, m: int, transposable: bool) -> None:
+    """Whether an ``in → out`` layer can hold an N:M mask: the last block of inputs (``in mod M`` wide when ``M``
+    does not divide ``in``) must fit ``N`` connections; a transposable mask needs ``M`` to divide both sizes.
+    ``ValueError`` naming the sizes otherwise."""
+    for name, v in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    last = in_features - (math.ceil(in_features / m) - 1) * m
+    if last < n:
+        raise ValueError(f"an {n}:{m} layer needs at least {n} inputs in its last block of {m}: in_features = "
+                         f"{in_features} leaves {last}")
+    if transposable and (in_features % m or out_features % m):
+        raise ValueError(f"a transposable {n}:{m} layer needs in_features and out_features divisible by {m}, "
+                         f"got {in_features} → {out_features}")
+
+
+def blocks(in_features: int, m: int) -> int:
+    """Blocks of ``m`` inputs per row, ``ceil(in / m)``."""
+    return -(-in_features // m)
+
+
+def mask_to_pos(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Bool ``(out, in)`` mask with exactly ``n`` per block of ``m`` inputs → uint8 positions ``(out · G · n,)``
+    (ascending within each block). ``ValueError`` if a block holds another count."""
+    out_f, in_f = mask.shape
+    g = blocks(in_f, m)
+    padded = torch.zeros(out_f, g * m, dtype=torch.bool)
+    padded[:, :in_f] = mask.cpu().bool()
+    padded = padded.reshape(out_f, g, m)
+    counts = padded.sum(-1)
+    if bool((counts != n).any()):
+        o, b = (int(v) for v in torch.nonzero(counts != n)[0])
+        raise ValueError(f"the mask is not {n}:{m}: row {o}, block {b} holds {int(counts[o, b])} connections")
+    return torch.nonzero(padded.reshape(-1, m))[:, 1].to(torch.uint8)
+
+
+def transposed_pos(pos: torch.Tensor, n: int, m: int, out_features: int, in_features: int) -> torch.Tensor:
+    """The transposed blocks of a transposable layout: uint8 ``(in · H · n,)``, ``H = out / m``, the offset of each
+    connection's row inside its block of ``m`` rows, rows ascending per input. ``ValueError`` if a column block
+    does not hold exactly ``n``."""
+    g = blocks(in_features, m)
+    per_row = g * n
+    j = torch.arange(pos.numel())
+    rows = j // per_row
+    cols = (j % per_row) // n * m + pos.long()
+    tkeys = torch.sort(cols * out_features + rows).values
+    counts = torch.bincount(tkeys // m, minlength=in_features * (out_features // m))
+    if bool((counts != n).any()):
+        k = int(torch.nonzero(counts != n)[0])
+        raise ValueError(f"the mask is not transposable {n}:{m}: input {k // (out_features // m)}, block of rows "
+                         f"{k % (out_features // m)} holds {int(counts[k])} connections")
+    return (tkeys % out_features % m).to(torch.uint8)
+
+
+def random_mask(out_features: int, in_features: int, n: int, m: int, transposable: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniformly random N:M mask, bool ``(out, in)`` (transposable: the greedy transposable mask of random
+    scores, :func:`sparta.kernels.nm.greedy_transposable`)."""
+    check_shape(in_features, out_features, n, m, transposable)
+    scores = torch.rand(out_features, in_features, generator=generator, dtype=torch.float64)
+    return magnitude_mask(scores, n, m, transposable)
+
+
+def magnitude_mask(scores: torch.Tensor, n: int, m: int, transposable: bool = False) -> torch.Tensor:
+    """The N:M mask keeping the largest ``scores (out, in)`` (e.g. ``|W|``): the top ``n`` of every block (exact),
+    or for a transposable mask the greedy 2-approximation (:func:`sparta.kernels.nm.greedy_transposable`).
+    Returns bool ``(out, in)``."""
+    out_f, in_f = scores.shape
+    check_shape(in_f, out_f, n, m, transposable)
+    s = scores.detach().to(torch.float64).cpu().contiguous()
+    if transposable:
+        mask = np.empty(out_f * in_f, np.uint8)
+        knm.greedy_transposable(s.reshape(-1).numpy(), n, m, out_f, in_f, mask)
+        return torch.from_numpy(mask).reshape(out_f, in_f).bool()
+    g = blocks(in_f, m)
+    padded = torch.full((out_f, g * m), -math.inf, dtype=torch.float64)
+    padded[:, :in_f] = s
+    top = torch.topk(padded.reshape(out_f, g, m), n, dim=-1).indices
+    mask = torch.zeros(out_f, g, m, dtype=torch.bool)
+    mask.scatter_(-1, top, True)
+    return mask.reshape(out_f, g * m)[:, :in_f].contiguous()
+
+
+class NMLinearFunction(torch.autograd.Function):
+    """Autograd for ``yᵀ = W xᵀ + b`` with ``W`` in the N:M layout: takes ``x (B, in)``, returns ``yᵀ (out, ld)``
+    (a feature-major buffer; the caller slices ``[:, :B]``); gradients flow to ``x``, ``values`` and ``bias``."""
+
+    @staticmethod
+    def forward(ctx, x2d, values, bias, pos, tpos, n, m, n_in, capture):  # type: ignore[override]
+        """``y (batch, out) = x2d (batch, in) · Wᵀ + bias`` by the N:M forward kernel; saves what backward needs."""
+        n_out = pos.numel() // (blocks(n_in, m) * n)
+        batch = x2d.shape[0]
+        xf, ld_x = feature_major(x2d)
+        ld = fused.leading_dim(batch)
+        if ld_x != ld:
+            out = fused.aligned_empty(n_in * ld, xf.dtype)
+            out.reshape(n_in, ld)[:, :batch] = np.lib.stride_tricks.as_strided(
+                xf, (n_in, batch), (ld_x * xf.itemsize, xf.itemsize))
+            xf = out
+        y = torch.empty(n_out, ld, dtype=x2d.dtype)
+        yf = y.numpy().reshape(-1)
+        v = values.detach().numpy()
+        b = bias.detach().numpy() if bias is not None else np.zeros(n_out, xf.dtype)
+        p = pos.numpy()
+        parts = fused.groups(batch, get_num_threads())
+        threads = fused.threads_for(len(parts), values.numel() * batch, get_num_threads(), MIN_WORK_PER_THREAD)
+        POOL.run([lambda c0=c0, c1=c1: knm.forward(p, v, b, n, m, xf, ld, c0, c1, yf) for c0, c1 in parts],
+                 threads, key=(id(values), "nm-forward", batch))
+        ctx.xf, ctx.ld, ctx.parts, ctx.threads = xf, ld, parts, threads
+        ctx.n, ctx.m, ctx.n_in, ctx.batch, ctx.has_bias = n, m, n_in, batch, bias is not None
+        ctx.capture = capture
+        ctx.save_for_backward(values, pos, tpos, x2d)
+        return y
+
+    @staticmethod
+    def backward(ctx, dyt):  # type: ignore[override]
+        """Input, value and bias gradients from the output gradient, through the N:M backward kernels."""
+        values, pos, tpos, _ = ctx.saved_tensors
+        ld, parts, xf, batch, n, m, n_in = ctx.ld, ctx.parts, ctx.xf, ctx.batch, ctx.n, ctx.m, ctx.n_in
+        n_out = dyt.shape[0]
+        dtype = xf.dtype
+        if dyt.stride() == (ld, 1) and dyt.dtype == values.dtype and dyt.shape[1] == ld:
+            dz = dyt.detach().reshape(-1).numpy()
+        else:
+            dz = fused.aligned_empty(n_out * ld, dtype)
+            dz[:] = 0
+            rows_view(dz, n_out, ld, batch).copy_(dyt[:, :batch])
+        want_dx, want_dv = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        dvalues = dx = dbias = None
+        partials = [np.empty(values.numel(), dtype) for _ in parts] if want_dv else [np.empty(0, dtype)] * len(parts)
+        dxf = fused.aligned_empty(n_in * ld, dtype) if want_dx else np.empty(0, dtype)
+        v, p, tp = values.detach().numpy(), pos.numpy(), tpos.numpy()
+        if tpos.numel():  # value gradients over the forward layout (no look-ups), input gradients gathered over Wᵀ
+            def task(q: int, c0: int, c1: int) -> None:
+                if want_dv:
+                    knm.backward_scatter(p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf, partials[q], False, True)
+                if want_dx:
+                    knm.backward_transposed(tp, p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf, partials[q], True,
+                                            False)
+            tasks = [lambda q=q, c0=c0, c1=c1: task(q, c0, c1) for q, (c0, c1) in enumerate(parts)]
+        else:
+            tasks = [lambda q=q, c0=c0, c1=c1: knm.backward_scatter(p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf,
+                                                                    partials[q], want_dx, want_dv)
+                     for q, (c0, c1) in enumerate(parts)]
+        POOL.run(tasks, ctx.threads, key=(id(values), "nm-backward", want_dx, want_dv, batch))
+        if want_dv:
+            for part in partials[1:]:
+                np.add(partials[0], part, out=partials[0])
+            dvalues = torch.from_numpy(partials[0])
+        if want_dx:
+            dx = rows_view(dxf, n_in, ld, batch).t()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            dbias = rows_view(dz, n_out, ld, batch).sum(1)
+        if ctx.capture is not None:  # for gradient-based growth (RigL): dL/dW = dyt @ xtᵀ, formed by blocks of rows
+            ctx.capture["xt"] = rows_view(xf, n_in, ld, batch)
+            ctx.capture["dyt"] = rows_view(dz, n_out, ld, batch)
+        return dx, dvalues, dbias, None, None, None, None, None, None
+
+
+def nm_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, pos: torch.Tensor,
+              tpos: torch.Tensor, n: int, m: int, in_features: int, capture: dict | None = None) -> torch.Tensor:
+    """``y = x Wᵀ + b`` for ``W`` in the N:M layout (``values``, ``pos``; ``tpos`` the transposed blocks of a
+    transposable layer or an empty tensor). ``x (..., in)`` float32/float64 on the CPU → ``(..., out)``.
+    ``capture``: if a dict, backward stores the feature-major ``xt (in, B)`` and ``dyt (out, B)`` in it."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have shape (..., {in_features}), got {tuple(x.shape)}")
+    if x.dtype != values.dtype:
+        raise TypeError(f"x must have dtype {values.dtype} like the layer's values, got {x.dtype}")
+    if not x.is_cpu or not values.is_cpu:
+        raise NotImplementedError("NMLinear has CPU kernels only")
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, in_features)
+    yt = NMLinearFunction.apply(x2d, values, bias, pos, tpos, n, m, in_features, capture)
+    y = yt[:, :x2d.shape[0]].t()
+    return y if x.dim() == 2 else y.reshape(*lead, yt.shape[0])
+
+
+class NMLinear(nn.Module):
+    """Linear layer ``y = x Wᵀ + b`` with an N:M sparse ``W (out × in)``: in every block of ``m`` consecutive
+    inputs of every row exactly ``n`` connections (the last block may be narrower when ``m`` does not divide
+    ``in``). With ``transposable=True`` the mask is N:M along the columns too (per ``m × m`` block, ``n`` per
+    row and per column; ``m`` must divide both sizes) and input gradients gather over the transposed blocks.
+
+    State: ``values`` — ``nn.Parameter (out · G · n,)`` (``G = ceil(in / m)``), in row-major order; ``bias``
+    ``(out,)`` or None; buffers ``pos`` (uint8, the in-block position of each connection) and ``tpos`` (uint8
+    ``(in · out / m · n,)``, the transposed blocks; empty unless transposable).
+
+    Args:
+        in_features: input size, as for ``nn.Linear``.
+        out_features: output size, as for ``nn.Linear``.
+        n: kept connections per block (``1 ≤ n < m``); or give ``pattern="n:m"``.
+        m: block length (``m ≤ 256``).
+        transposable: keep the mask N:M along the columns too.
+        bias: learn an additive bias.
+        init: ``"uniform"`` (U(±1/√fan_in) with the fan-in ``G · n``) or another of ``sparta.nn.init.INITS``
+            that only depends on the fan-in and fan-out.
+        generator: torch generator for the random mask and values.
+
+    Input ``(..., in_features)`` → output ``(..., out_features)``; CPU only.
+    """
+
+    pos: torch.Tensor
+    tpos: torch.Tensor
+
+    def __init__(self, in_features: int, out_features: int, n: int | None = None, m: int | None = None, *,
+                 pattern: str | None = None, transposable: bool = False, bias: bool = True, init: str = "uniform",
+                 dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if pattern is not None:
+            if n is not None or m is not None:
+                raise ValueError("give the pattern either as n, m or as pattern='n:m', not both")
+            n, m = parse_pattern(pattern)
+        elif n is None or m is None:
+            raise ValueError("give the pattern as n, m or pattern='n:m'")
+        else:
+            n, m = parse_pattern((n, m))
+        check_shape(in_features, out_features, n, m, transposable)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        dtype = dtype or torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.in_features, self.out_features, self.n, self.m = in_features, out_features, n, m
+        self.transposable = bool(transposable)
+        self.init = init
+        self.capture: dict | None = None  # set to a dict to keep the last backward's inputs (RigL's grow score)
+        mask = random_mask(out_features, in_features, n, m, transposable, generator)
+        self.register_buffer("pos", mask_to_pos(mask, n, m))
+        self.register_buffer("tpos", self._tpos(self.pos))
+        self.values = nn.Parameter(torch.empty(self.pos.numel(), dtype=dtype))
+        self.register_parameter("bias", nn.Parameter(torch.empty(out_features, dtype=dtype)) if bias else None)
+        self.reset_parameters(generator)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def pattern(self) -> str:
+        """``"n:m"``."""
+        return f"{self.n}:{self.m}"
+
+    @property
+    def blocks(self) -> int:
+        """Blocks per row, ``G = ceil(in / m)``."""
+        return blocks(self.in_features, self.m)
+
+    @property
+    def nnz(self) -> int:
+        """Number of connections, ``out · G · n``."""
+        return self.pos.numel()
+
+    @property
+    def density(self) -> float:
+        """``nnz / (in · out)`` (``n / m`` when ``m`` divides ``in``)."""
+        return self.nnz / (self.in_features * self.out_features)
+
+    def fan_in(self) -> torch.Tensor:
+        """Connections into each output neuron, int64 ``(out,)`` (all ``G · n``)."""
+        return torch.full((self.out_features,), self.blocks * self.n, dtype=torch.int64)
+
+    def rows(self) -> torch.Tensor:
+        """Row of every connection, int64 ``(nnz,)``."""
+        return torch.arange(self.nnz) // (self.blocks * self.n)
+
+    def cols(self) -> torch.Tensor:
+        """Column of every connection, int64 ``(nnz,)``."""
+        j = torch.arange(self.nnz)
+        return (j % (self.blocks * self.n)) // self.n * self.m + self.pos.long()
+
+    def keys(self) -> torch.Tensor:
+        """Flat key ``row · in + col`` of every connection, int64 ``(nnz,)``, ascending."""
+        return self.rows() * self.in_features + self.cols()
+
+    def _tpos(self, pos: torch.Tensor) -> torch.Tensor:
+        if not self.transposable:
+            return torch.empty(0, dtype=torch.uint8)
+        return transposed_pos(pos, self.n, self.m, self.out_features, self.in_features)
+
+    def bytes_per_connection(self) -> float:
+        """Bytes the layer's weight structure holds per connection: value, position and transposed position."""
+        return (self.values.numel() * self.values.element_size() + self.pos.numel() + self.tpos.numel()) / self.nnz
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Re-draw values and bias U(±1/√fan_in) (``init="uniform"``) on the current mask; other schemes
+        through :func:`sparta.nn.init.init_values` on the equivalent CSR."""
+        fan = self.blocks * self.n
+        if self.init == "uniform":
+            u = torch.rand(self.nnz, generator=generator, dtype=torch.float64) * 2 - 1
+            self.values.copy_(u * bias_bound(torch.tensor(float(fan))))
+        else:
+            from sparta.nn.init import init_values
+            indptr = torch.arange(self.out_features + 1, dtype=torch.int64) * fan
+            self.values.copy_(init_values(indptr, self.cols().to(torch.int32), self.in_features, self.init,
+                                          self.values.dtype, generator))
+        if self.bias is not None:
+            u = torch.rand(self.out_features, generator=generator, dtype=torch.float64) * 2 - 1
+            self.bias.copy_(u * bias_bound(torch.tensor(float(fan))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in) → (..., out)``: ``x · Wᵀ + bias`` with the N:M weights."""
+        return nm_linear(x, self.values, self.bias, self.pos, self.tpos, self.n, self.m, self.in_features, self.capture)
+
+    def extra_repr(self) -> str:
+        """Sizes, pattern and whether the mask is transposable, for ``repr``."""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern}"
+                f"{' transposable' if self.transposable else ''}, nnz={self.nnz}, density={self.density:.4g}, "
+                f"bias={self.bias is not None}")
+
+    # ------------------------------------------------------------- conversions
+    @torch.no_grad()
+    def to_dense(self) -> torch.Tensor:
+        """The weight as a dense ``(out, in)`` tensor (for inspection and tests)."""
+        w = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype)
+        w[self.rows(), self.cols()] = self.values.detach()
+        return w
+
+    def mask(self) -> torch.Tensor:
+        """Boolean ``(out, in)`` connectivity."""
+        mk = torch.zeros(self.out_features, self.in_features, dtype=torch.bool)
+        mk[self.rows(), self.cols()] = True
+        return mk
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless the stored layout is a valid N:M mask (and transposable N:M when the layer
+        is): positions ascending and inside their blocks, and the transposed blocks match."""
+        m, n = self.m, self.n
+        pos = self.pos.long().reshape(self.out_features, self.blocks, n)
+        width = torch.full((self.blocks,), m, dtype=torch.int64)
+        width[-1] = self.in_features - (self.blocks - 1) * m
+        if bool((pos >= width[None, :, None]).any()):
+            raise ValueError("a position lies outside its block")
+        if n > 1 and bool((pos[..., 1:] <= pos[..., :-1]).any()):
+            raise ValueError("positions are not strictly ascending within a block")
+        if self.transposable and not torch.equal(self.tpos, self._tpos(self.pos)):
+            raise ValueError("the transposed blocks do not match the mask")
+
+    @classmethod
+    @torch.no_grad()
+    def from_dense(cls, weight: torch.Tensor | nn.Module, n: int, m: int, *, transposable: bool = False,
+                   bias: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> NMLinear:
+        """An ``NMLinear`` holding the weights of ``weight`` (a ``(out, in)`` tensor, an ``nn.Linear``, a
+        ``SparseLinear`` or anything with ``to_dense()``) at the N:M mask of largest magnitude
+        (:func:`magnitude_mask`; transposable: the greedy 2-approximation), or at ``mask`` if given; the bias
+        is copied from the module (or ``bias``)."""
+        if isinstance(weight, nn.Module):
+            if bias is None and getattr(weight, "bias", None) is not None:
+                bias = weight.bias
+            weight = weight.weight if isinstance(weight, nn.Linear) else weight.to_dense()  # type: ignore[operator]
+        w = torch.as_tensor(weight).detach().cpu()
+        if w.dim() != 2:
+            raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(w.shape)}")
+        n, m = parse_pattern((n, m))
+        out_f, in_f = w.shape
+        if mask is None:
+            mask = magnitude_mask(w.abs(), n, m, transposable)
+        layer = cls(in_f, out_f, n, m, transposable=transposable, bias=bias is not None, dtype=w.dtype)
+        layer.set_mask(mask.bool(), w[mask.bool()])
+        if bias is not None:
+            layer.bias.copy_(bias.detach())  # type: ignore[union-attr]
+        return layer
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor, values: torch.Tensor) -> None:
+        """Replace the mask (bool ``(out, in)``, N:M, transposable if the layer is) and the values (``(nnz,)``,
+        in row-major order of the mask's positions). ``ValueError`` if the mask breaks the pattern."""
+        if tuple(mask.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"mask must have shape {(self.out_features, self.in_features)}, got {tuple(mask.shape)}")
+        pos = mask_to_pos(mask, self.n, self.m)
+        tpos = self._tpos(pos)
+        self.pos, self.tpos = pos, tpos
+        set_param_data(self.values, values.to(self.values.dtype).reshape(-1).clone())
+
+    # ---------------------------------------------------------- state dicts
+    def get_extra_state(self) -> dict:
+        """Sizes and pattern, saved in the state dict so that loading checks them."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "n": self.n, "m": self.m,
+                "transposable": self.transposable}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Refuse (``ValueError``) a state dict saved from a layer of other sizes or pattern."""
+        mine = self.get_extra_state()
+        if not isinstance(state, dict) or any(state.get(k) != v for k, v in mine.items()):
+            raise ValueError(f"state_dict is for an NMLinear {state!r}, this layer is {mine}")
+
+
+# ------------------------------------------------------------------------------------------------ N:M MLPs
+def _activation(name: str, alpha: float, j: int) -> nn.Module:
+    from sparta.nn.activations import AllReLU
+
+    if name == "allrelu":
+        return AllReLU(alpha, j)
+    mods = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+    if name not in mods:
+        raise ValueError(f"activation must be one of {('allrelu', *mods)}, got {name!r}")
+    return mods[name]()
+
+
+class NMMLP(nn.Sequential):
+    """``sizes = [in, h1, ..., out]``: ``NMLinear`` layers at the pattern ``n:m`` (transposable or not) with an
+    activation (and dropout) after each hidden layer; the output layer is a dense ``nn.Linear`` (its width is the
+    number of classes, rarely a multiple of ``m``, and it holds a negligible share of the weights — as the
+    SET-MLP, whose Erdős–Rényi output layer is dense at ε = 20). An ``nn.Sequential``: the supervised loop
+    trains it through autograd; :class:`~sparta.topology.nm.NMSET` / :class:`~sparta.topology.nm.NMRigL` evolve
+    its masks.
+
+    Args:
+        sizes: layer widths; every N:M layer's input width must fit the pattern (:func:`check_shape`).
+        pattern: ``"n:m"``. transposable: transposable masks (``m`` must divide every hidden width and the input).
+        activation: ``"allrelu"`` (All-ReLU, sign alternating per hidden layer), ``"relu"``, ``"tanh"``,
+            ``"sigmoid"``. alpha: All-ReLU's slope. dropout: probability after each hidden activation.
+        init: value initialisation of the N:M layers. generator: masks and values.
+    """
+
+    def __init__(self, sizes: list[int], pattern: str, *, transposable: bool = False, activation: str = "allrelu",
+                 alpha: float = 0.6, dropout: float = 0.0, init: str = "uniform",
+                 generator: torch.Generator | None = None) -> None:
+        from sparta.nn.activations import Dropout
+
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 3:
+            raise ValueError(f"an N:M MLP needs at least one hidden layer, got sizes {sizes}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        n, m = parse_pattern(pattern)
+        for j, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
+            try:
+                check_shape(a, b, n, m, transposable)
+            except ValueError as e:
+                raise ValueError(f"layer {j + 1} ({a} → {b}): {e}") from None
+        mods: list[nn.Module] = []
+        for j, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
+            mods.append(NMLinear(a, b, n, m, transposable=transposable, init=init, generator=generator))
+            mods.append(_activation(activation, alpha, j + 1))
+            if dropout:
+                mods.append(Dropout(dropout))
+        mods.append(nn.Linear(sizes[-2], sizes[-1]))
+        super().__init__(*mods)
+        self.pattern, self.transposable = f"{n}:{m}", bool(transposable)
+
+    def layer_densities(self) -> list[tuple[str, float]]:
+        """``(description, density)`` of every weight layer, input to output."""
+        out = []
+        for mod in self:
+            if isinstance(mod, NMLinear):
+                out.append((f"{mod.in_features}→{mod.out_features} {mod.pattern}"
+                            f"{' T' if mod.transposable else ''}", mod.density))
+            elif isinstance(mod, nn.Linear):
+                out.append((f"{mod.in_features}→{mod.out_features} dense", 1.0))
+        return out
+
+
+@torch.no_grad()
+def to_nm(model: nn.Module, pattern: str, *, transposable: bool = False) -> nn.Sequential:
+    """A trained MLP as an N:M one (magnitude conversion; fine-tune it afterwards if wanted): every weight layer
+    but the last of ``model`` — an ``nn.Sequential`` of ``SparseLinear``/``nn.Linear``/``NMLinear`` and
+    activation modules, or a :class:`~sparta.nn.SparseMLP` — becomes an ``NMLinear`` holding its largest
+    weights at the pattern (:meth:`NMLinear.from_dense`; transposable: the greedy 2-approximation); the last
+    becomes a dense ``nn.Linear`` with the same weights. Activations and dropout are kept (a ``SparseMLP``'s are
+    rebuilt as modules). The result's weights are copies; ``model`` is unchanged."""
+    from sparta.nn.activations import Dropout
+    from sparta.nn.mlp import SparseMLP
+
+    n, m = parse_pattern(pattern)
+    if isinstance(model, SparseMLP):
+        mods: list[nn.Module] = []
+        for j, layer in enumerate(model.layers):
+            mods.append(layer)
+            if j < len(model.layers) - 1:
+                mods.append(_activation(model.activation, model.alpha, j + 1))
+                if model.p:
+                    mods.append(Dropout(model.p))
+    elif isinstance(model, nn.Sequential):
+        mods = list(model)
+    else:
+        raise TypeError(f"model must be an nn.Sequential or a SparseMLP, got {type(model).__name__}")
+    weights = [i for i, mod in enumerate(mods) if isinstance(mod, nn.Linear | NMLinear) or hasattr(mod, "to_dense")]
+    if len(weights) < 2:
+        raise ValueError("to_nm needs at least two weight layers (the last stays dense)")
+    out: list[nn.Module] = []
+    for i, mod in enumerate(mods):
+        if i not in weights:
+            out.append(mod)
+            continue
+        w = mod.weight.detach() if isinstance(mod, nn.Linear) else mod.to_dense()
+        b = getattr(mod, "bias", None)
+        if i == weights[-1]:
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype)
+            lin.weight.copy_(w)
+            if b is not None:
+                lin.bias.copy_(b.detach())
+            out.append(lin)
+        else:
+            out.append(NMLinear.from_dense(w, n, m, transposable=transposable, bias=b))
+    return nn.Sequential(*out)

@@ -1,0 +1,137 @@
+"""N:M masks and dynamic N:M sparse training on the topology contract.
+
+Masks (``scores (out, in)``, e.g. ``|W|``; bool ``(out, in)`` results):
+
+* :func:`sparta.nn.nm.magnitude_mask` — the top ``N`` of every block (exact for plain N:M); for transposable
+  masks the greedy 2-approximation (Hubara et al., NeurIPS 2021) completed by augmenting paths;
+* :func:`transposable_exact` — the best transposable mask, per ``M × M`` block a min-cost flow (networkx; a
+  reference for tests and the mask-quality benchmark, ``pip install networkx``);
+* :func:`kept_fraction` — the share of the total score a mask keeps.
+
+Dynamic training: :class:`NMSET` and :class:`NMRigL` are SET and RigL (same drop scores, same schedules) whose
+regrowth stays inside the blocks the drops emptied, so the layer is N:M (and transposable N:M) after every
+update. Their only new piece is :meth:`NMGrowth.grow_score`: random (SET) or ``|∂L/∂W|`` (RigL). Each update
+ranks, per block, the kept connections first, then the absent positions by grow score, then the connections
+just dropped (taken back, with their values and optimizer state, only where a block has no other room), and keeps
+the best ``N`` per block (transposable: greedy on the ``M × M`` block, completed by augmenting paths; where an
+augmenting path removes a kept connection it is dropped too). An update forms one dense ``(out, in)`` score
+matrix per layer: ``O(in · out)`` time and memory, cheap at the SET-MLP's sizes.
+
+:class:`~sparta.topology.layers.NMView` is the :class:`~sparta.topology.layers.LayerView` of
+:class:`~sparta.nn.nm.NMLinear`, so GMP-free
+algorithms that only drop and grow (``Static`` too) see N:M layers like any other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparta.nn.nm import NMLinear, check_shape, magnitude_mask
+from sparta.topology.layers import LayerView, NMView
+from sparta.topology.rigl import RigL
+from sparta.topology.set import SET
+
+
+def transposable_exact(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The transposable N:M mask of largest total ``scores (out, in)`` (``m`` divides both sizes), exactly: per
+    ``M × M`` block a min-cost flow source → rows (capacity ``n``) → columns (capacity 1, cost ``-score``) →
+    sink (capacity ``n``), solved by networkx's network simplex on integer costs (scores scaled by 10⁹ / max).
+    ``O(blocks · M³)`` or worse: a reference, not a training-time method. Returns bool ``(out, in)``."""
+    import networkx as nx
+
+    out_f, in_f = scores.shape
+    check_shape(in_f, out_f, n, m, True)
+    s = scores.detach().to(torch.float64).cpu()
+    scale = 1e9 / max(float(s.abs().max()), 1e-300)
+    mask = torch.zeros(out_f, in_f, dtype=torch.bool)
+    for bo in range(out_f // m):
+        for bi in range(in_f // m):
+            blk = s[bo * m:(bo + 1) * m, bi * m:(bi + 1) * m]
+            g = nx.DiGraph()
+            g.add_node("s", demand=-m * n)
+            g.add_node("t", demand=m * n)
+            for r in range(m):
+                g.add_edge("s", ("r", r), capacity=n, weight=0)
+                g.add_edge(("c", r), "t", capacity=n, weight=0)
+                for c in range(m):
+                    g.add_edge(("r", r), ("c", c), capacity=1, weight=-int(round(float(blk[r, c]) * scale)))
+            flow = nx.min_cost_flow(g)
+            for r in range(m):
+                for c, f in flow[("r", r)].items():
+                    if f:
+                        mask[bo * m + r, bi * m + c[1]] = True
+    return mask
+
+
+def kept_fraction(scores: torch.Tensor, mask: torch.Tensor) -> float:
+    """``Σ scores[mask] / Σ scores``: the share of the magnitude a mask keeps (``scores ≥ 0``)."""
+    total = float(scores.sum())
+    return float(scores[mask].sum()) / total if total else 1.0
+
+
+class NMGrowth:
+    """Mixin for a drop-and-grow algorithm on N:M layers: regrowth inside the blocks the drops emptied, ranked by
+    :meth:`grow_score`. Put it before the algorithm class (``class NMSET(NMGrowth, SET)``)."""
+
+    def grow_score(self, view: LayerView) -> torch.Tensor:
+        """Score of every position, float64 ``(out, in)`` (higher grows first); only absent ones matter."""
+        raise NotImplementedError
+
+    def grow_from_kept(self, view: LayerView, n: int, keep: torch.Tensor) -> torch.Tensor:
+        """Keys of ``n`` new connections of an N:M layer, grown inside the blocks the drops emptied (other layers:
+        the base algorithm's rule)."""
+        if not isinstance(view, NMView):
+            return super().grow_from_kept(view, n, keep)  # type: ignore[misc]
+        m = view.module
+        keys = view.keys()
+        score = self.grow_score(view).to(torch.float64).reshape(-1)
+        lo, hi = float(score.min()), float(score.max())
+        score = (score - lo) / (hi - lo) * 0.5 if hi > lo else torch.zeros_like(score)  # absent: [0, 0.5]
+        score[keys[keep]] = 2.0  # kept first
+        score[keys[~keep]] -= 1.0  # just dropped: last, taken back only where a block has no other room
+        final = magnitude_mask(score.reshape(view.n_out, view.n_in), m.n, m.m, m.transposable).reshape(-1)
+        # a connection in the final mask stays (a dropped one taken back keeps its value and optimizer state); an
+        # augmenting path of a transposable block may give up a kept one
+        keep.copy_(final[keys])
+        chosen = final.clone()
+        chosen[keys] = False
+        return torch.nonzero(chosen).reshape(-1)
+
+
+class NMSET(NMGrowth, SET):
+    """SET on N:M layers (Mocanu et al. 2018's drop rule and schedule; random regrowth inside the emptied blocks).
+    Arguments as :class:`~sparta.topology.SET`; other sparse layers of the model evolve as under SET."""
+
+    def grow_score(self, view: LayerView) -> torch.Tensor:
+        """Random ``(out, in)`` float64 scores (SET's random regrowth)."""
+        return torch.rand(view.n_out, view.n_in, generator=self.generator, dtype=torch.float64)
+
+
+class NMRigL(NMGrowth, RigL):
+    """RigL on N:M layers (Evci et al. 2020's drop rule and cosine schedule; regrowth by ``|∂L/∂W|`` inside the
+    emptied blocks, new weights at zero). Arguments as :class:`~sparta.topology.RigL`."""
+
+    def grow_score(self, view: LayerView) -> torch.Tensor:
+        """``|∂L/∂W|`` as ``(out, in)`` float64 scores from the captured gradient (RigL's regrowth)."""
+        out = torch.empty(view.n_out, view.n_in, dtype=torch.float64)
+        for r0, g in view.dense_grad_blocks():
+            out[r0:r0 + g.shape[0]] = g.abs()
+        return out
+
+
+def check_nm(model: nn.Module) -> None:
+    """Raise ``ValueError`` unless every :class:`~sparta.nn.nm.NMLinear` of ``model`` holds a valid N:M (and, if
+    transposable, column-wise N:M) mask: counts per block of rows and columns recomputed from the mask."""
+    for name, mod in model.named_modules():
+        if not isinstance(mod, NMLinear):
+            continue
+        mod.check()
+        mk = mod.mask()
+        g = mod.blocks
+        padded = torch.zeros(mod.out_features, g * mod.m, dtype=torch.bool)
+        padded[:, :mod.in_features] = mk
+        if bool((padded.reshape(mod.out_features, g, mod.m).sum(-1) != mod.n).any()):
+            raise ValueError(f"{name}: a block of a row does not hold {mod.n} connections")
+        if mod.transposable and bool((mk.t().reshape(mod.in_features, -1, mod.m).sum(-1) != mod.n).any()):
+            raise ValueError(f"{name}: a block of a column does not hold {mod.n} connections")
