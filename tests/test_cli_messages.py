@@ -67,3 +67,35 @@ def test_a_quick_scale_run_leaves_the_documentations_figure_alone(quick, given, 
     scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
     assert scale.plot_path(quick, given) == Path(expected)
+
+
+def _header(capsys, monkeypatch, argv: list[str]) -> str:
+    """What ``sparta train`` prints before training (training itself is interrupted at once)."""
+    import sparta.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sparta.cli, "_train", interrupted)
+    assert main(["train", *argv]) == 130
+    return capsys.readouterr().out
+
+
+def test_a_workers_header_warns_about_importance_pruning_by_wasap_sgds_rule(tmp_path, capsys, monkeypatch):
+    """WASAP-SGD's server prunes in phase 1 only: 6 epochs, first pruning after epoch 5, phase 1 = 70 % = 4 epochs
+    never prune, which one process (pruning after epoch 5 of 6) would."""
+    from sparta.parallel.config import from_run_config
+    from sparta.train.config import resolve
+
+    args = [*TINY, "--epochs", "6", "--importance-pruning", "--ip-start", "5"]
+    assert from_run_config(resolve(None, None, {"epochs": 6, "importance_pruning": True, "ip_start": 5,
+                                                "workers": 2})).ip_epochs() == []  # what the server will do
+    out = _header(capsys, monkeypatch, [*args, "--workers", "2", "--out", str(tmp_path / "w")])
+    assert out.count("warning:") == 1
+    assert ("warning: importance_pruning never runs: it first prunes after epoch 5, but phase 1 (where the server "
+            "prunes) ends after epoch 4 of 6; prune earlier (--ip-start) or train more epochs\n") in out
+    assert "warning:" not in _header(capsys, monkeypatch, [*args, "--out", str(tmp_path / "one")])
+    # a pruning phase 1 reaches: no warning, although one process's rule (ip_start < epochs) is the same
+    out = _header(capsys, monkeypatch, [*TINY, "--epochs", "6", "--importance-pruning", "--ip-start", "4",
+                                        "--workers", "2", "--out", str(tmp_path / "w4")])
+    assert "warning:" not in out

@@ -42,7 +42,6 @@ from sparta.console import (
     percent,
     run,
     short_speed_note,
-    summary_table,
     table,
 )
 
@@ -272,6 +271,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from sparta.train import runs
     from sparta.train.config import resolve
+    from sparta.train.console import checkpoint_epochs, summary
 
     stop_after = getattr(args, "stop_after", None)
     if stop_after is not None and stop_after < 1:
@@ -329,7 +329,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", runs.ScheduleWarning)  # the header said it
             results = _train(config, out, resume, stop_after, ProgressDisplay(getattr(args, "quiet", False)), data)
     except KeyboardInterrupt:
-        at = _checkpoint_epochs(out, config.workers)
+        at = checkpoint_epochs(out, config.workers)
         if not at:
             print(f"\ninterrupted before the first checkpoint of {out}; start the run again (with --overwrite)", file=sys.stderr)
         else:
@@ -352,37 +352,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config.compare_dense and config.algo != "dense" and (out / runs.DENSE_DIR / runs.SUMMARY).is_file():
         if all(s["label"] != "dense" for s in summaries):
             summaries.append(json.loads((out / runs.DENSE_DIR / runs.SUMMARY).read_text()))
-    print()
-    print(summary_table(summaries))
-    for note in (runs.dense_layer_note(config, sizes), short_speed_note(summaries)):
-        if note:
-            print(f"note: {note}")
-    print()
-    if all(r.finished for r in results) and (not config.compare_dense or config.algo == "dense" or len(results) == 2):
-        print(f"done in {wall:.1f} s. run: {out}")
-        print(f"  sparta eval {out}      # test metrics of the saved model(s)")
-        print(f"  sparta report {out}    # plots: learning curves, connections, degrees, input connectivity")
-    else:
-        print(f"stopped after {wall:.1f} s. continue with: sparta train --resume {out}")
+    finished = all(r.finished for r in results) and (not config.compare_dense or config.algo == "dense"
+                                                       or len(results) == 2)
+    print("\n".join(summary(summaries, config, sizes, out, wall, finished)))
     return 0
-
-
-def _checkpoint_epochs(out: Path, workers: int | None) -> str:
-    """Where a run restarts from: ``epoch 6``, or ``epoch 6 (dense: epoch 5)`` when its dense twin's checkpoint is
-    elsewhere; empty when it has no readable checkpoint."""
-    from sparta.rundir import CHECKPOINT, RunError
-    from sparta.train.runs import DENSE_DIR, load_checkpoint
-
-    epochs = []
-    for d, w in ((out, workers), (out / DENSE_DIR, None)):
-        if (d / CHECKPOINT).is_file():
-            try:
-                epochs.append(int(load_checkpoint(d, workers=w)["epoch"]))
-            except RunError:
-                pass
-    if not epochs:
-        return ""
-    return f"epoch {epochs[0]}" + (f" (dense: epoch {epochs[1]})" if len(epochs) > 1 and epochs[1] != epochs[0] else "")
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
@@ -428,48 +401,13 @@ def _train(config, out: Path, resume: bool, stop_after: int | None, progress: Pr
 
 
 def _print_header(config, data, out: Path, resume: bool, sizes: list[int]) -> None:
-    from sparta.kernels.threads import get_num_threads
-    from sparta.train.runs import dense_layer_note, gmp_distribution, schedule_warnings, target_density
-
-    if config.algo == "dense":
-        what = "dense"
-    else:
-        sparsity = f"density {config.density:g}" if config.density is not None else f"epsilon {config.epsilon:g}"
-        if config.algo == "gmp":
-            sparsity += f", pruned {gmp_distribution(config)}"
-        elif config.algo in ("set", "rigl"):
-            sparsity += f", zeta {config.zeta:g}"
-        what = f"{config.algo.upper()} ({sparsity}; {percent(target_density(config, sizes))} of the connections)"
-        if config.activation_storage != "float32":
-            what += f", {config.activation_storage} activations"
-    if config.nm is not None:  # N:M runs (issue 33)
-        from sparta.train.nm import describe
-
-        what = describe(config, sizes)
-    print(f"resuming: {out} from {_checkpoint_epochs(out, config.workers)} of {config.epochs} (its last checkpoint)"
-          if resume else f"run: {out}")
-    print(f"data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test samples, {data.n_features} "
-          f"features, {data.n_classes} classes")
-    print(f"model: {'-'.join(map(str, sizes))} {config.activation}"
-          f"{f' α={config.alpha:g}' if config.activation == 'allrelu' else ''}, {what}"
-          f"{', vs dense' if config.compare_dense and config.algo != 'dense' else ''}")
+    """The header of ``sparta train`` (:func:`sparta.train.console.header`; a WASAP-SGD run's with its
+    ``parallel:`` line and warnings, :func:`sparta.parallel.console.header`)."""
     if config.workers is not None:
-        mode = "synchronous" if config.parallel.get("sync") else "asynchronous"
-        print(f"parallel: WASAP-SGD, a server and {config.workers} worker processes, {mode}")
-    if config.workers:
-        threads = f"{config.threads or 1} thread(s) per process"
-    else:  # the count runs.set_threads settled on (sparse models: sparta's workers, torch itself kept at one)
-        n = get_num_threads()
-        threads = f"{n} thread{'s' if n > 1 else ''}"
-    lr = f"lr {config.lr:g}" + (f" (x {config.lr_fan_in:g}/fan-in where fan-in > {config.lr_fan_in:g})"
-                                if config.lr_fan_in is not None else "")
-    print(f"training: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} {lr}, "
-          f"seed {config.seed}, {threads}", flush=True)
-    note = dense_layer_note(config, sizes) if config.nm is None else None
-    if note:
-        print(f"note: {note}")
-    for message in schedule_warnings(config, len(data.x_train)):
-        print(f"warning: {message}", flush=True)
+        from sparta.parallel.console import header
+    else:
+        from sparta.train.console import header
+    print("\n".join(header(config, data, out, sizes, resume=resume)), flush=True)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

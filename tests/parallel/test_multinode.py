@@ -116,7 +116,9 @@ def test_a_killed_worker_node_stops_the_server_within_30_s_and_the_run_resumes(t
     codes = [p.wait(timeout=180) for p in procs]
     server, worker = (log.read_text() for log in logs)
     assert codes == [0, 0], (server, worker)
-    assert server.startswith(f"resuming: {out}\n") and f"[sparse] epoch {epoch + 1}/{epoch + 1} loss=" in server
+    # the header sparta train --resume prints, naming the checkpoint it continues from
+    assert server.startswith(f"resuming: {out} from epoch {epoch} of {epoch + 1} (its last checkpoint)\n")
+    assert f"[sparse] epoch {epoch + 1}/{epoch + 1} loss=" in server
     assert "done in " in server and "| SET (sparse, 1 workers) |" in server
     assert worker == "", worker
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == epoch + 1

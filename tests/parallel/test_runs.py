@@ -179,3 +179,27 @@ def test_command_line_runs_one_worker_loading_the_data_by_name(tmp_path, capsys)
     rows = read_metrics(out)
     assert [(r["epoch"], r["phase"]) for r in rows] == [(1, 1), (2, 2)]
     assert rows[0]["invariant_checks"]["1"] > 0
+
+
+def test_the_command_line_prints_the_header_sparta_train_workers_prints(tmp_path, capsys, monkeypatch):
+    """``python -m sparta.parallel`` and ``sparta train --workers`` share one header (sparta.train.console); the
+    settings here are the same run (no dense twin), so every line but the run directory is the same."""
+    import sparta.parallel
+    import sparta.parallel.__main__ as entry
+    from sparta.cli import main as sparta_main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "train_run", interrupted)
+    monkeypatch.setattr(sparta.parallel, "train_run", interrupted)
+    settings = ["--dataset", "digits", "--hidden", "32", "16", "--epochs", "3", "--importance-pruning", "--ip-start",
+                "3", "--sync", "--threads", "1"]
+    assert main([*settings, "--workers", "2", "--out", str(tmp_path / "a")]) == 130
+    ours = capsys.readouterr().out.splitlines()
+    assert sparta_main(["train", *settings, "--workers", "2", "--no-compare-dense", "--out", str(tmp_path / "b")]) == 130
+    theirs = capsys.readouterr().out.splitlines()
+    assert ours[0] == f"run: {tmp_path / 'a'}" and theirs[0] == f"run: {tmp_path / 'b'}"
+    assert ours[1:] == theirs[1:]
+    assert "parallel: WASAP-SGD, a server and 2 worker processes, synchronous" in ours
+    assert ours[-1].startswith("warning: importance_pruning never runs: it first prunes after epoch 3, but phase 1")

@@ -36,13 +36,15 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import sparta  # noqa: E402, F401  (before torch: sets the OpenMP wait policy)
-from sparta.parallel import console  # noqa: E402
+from sparta.console import ProgressDisplay  # noqa: E402
 from sparta.parallel.config import WasapConfig, from_run_config, layer_sizes, load_data, to_run_config  # noqa: E402
+from sparta.parallel.console import header  # noqa: E402
 from sparta.parallel.launch import WorkerFailure, open_run, run_process, train_run  # noqa: E402
 from sparta.parallel.watchdog import DEFAULT_TIMEOUT_S, abort_job  # noqa: E402
 from sparta.rundir import CONFIG, SUMMARY  # noqa: E402
 from sparta.rundir.files import read_json  # noqa: E402
 from sparta.train.config import OPTIMIZERS, RunConfig  # noqa: E402
+from sparta.train.console import summary  # noqa: E402
 from sparta.train.runs import resume_config  # noqa: E402
 
 DEFAULTS = WasapConfig()
@@ -197,13 +199,14 @@ def _torchrun(args: argparse.Namespace) -> int:
         abort_job(f"the server (rank 0) refused the run: {e}", timeout_s=args.timeout)
         _report(str(e))
         return 2
-    print(console.header(RunConfig.load(run_dir / CONFIG), config, data, run_dir, args.resume is not None, sizes,
-                         nodes=int(os.environ.get("GROUP_WORLD_SIZE", "1"))), flush=True)
+    run_config = RunConfig.load(run_dir / CONFIG)
+    print("\n".join(header(run_config, data, run_dir, sizes, resume=args.resume is not None,
+                           nodes=int(os.environ.get("GROUP_WORLD_SIZE", "1")))), flush=True)
     t0 = time.perf_counter()
     run_process(0, world, init_method="env://", backend=config.backend, device=config.device, config=config,
                 run_dir=run_dir, resume=args.resume is not None, data=data, timeout_s=args.timeout,
-                resume_command=resume_command, report=_report, progress=console.ConsoleProgress())
-    print(console.summary(read_json(run_dir / SUMMARY), run_dir, time.perf_counter() - t0))
+                resume_command=resume_command, report=_report, progress=ProgressDisplay(quiet=False))
+    print("\n".join(summary([read_json(run_dir / SUMMARY)], run_config, sizes, run_dir, time.perf_counter() - t0)))
     return 0
 
 
@@ -219,16 +222,16 @@ def _local(args: argparse.Namespace) -> int:
         from sparta.train.runs import prepare_run_dir
 
         prepare_run_dir(out, args.overwrite)  # refused before anything is announced
-    print(console.header(run_config, config, data, out, resuming, sizes), flush=True)
+    print("\n".join(header(run_config, data, out, sizes, resume=resuming)), flush=True)
     t0 = time.perf_counter()
     try:
-        train_run(run_config, out, resume=resuming, overwrite=args.overwrite, progress=console.ConsoleProgress(), data=data,
-                  timeout_s=args.timeout)
+        train_run(run_config, out, resume=resuming, overwrite=args.overwrite, progress=ProgressDisplay(quiet=False),
+                  data=data, timeout_s=args.timeout)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue from the last checkpoint with: python -m sparta.parallel --workers "
               f"{args.workers} --resume {out}", file=sys.stderr)
         return 130
-    print(console.summary(read_json(Path(out) / SUMMARY), out, time.perf_counter() - t0))
+    print("\n".join(summary([read_json(Path(out) / SUMMARY)], run_config, sizes, out, time.perf_counter() - t0)))
     return 0
 
 

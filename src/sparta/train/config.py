@@ -56,7 +56,8 @@ class RunConfig:
     :class:`sparta.nn.SparseMLP`; the dense twin stays float32); ``eval_batch_size`` the evaluation's batch (None:
     up to 1024, smaller when a batch's activations would exceed 1 GB); ``importance_pruning`` removes the
     hidden neurons at or below the ``ip_percentile``-th percentile of importance after epoch ``ip_start``
-    (None: ``ip_every``) and every ``ip_every`` epochs after it (not after the last epoch; under WASAP-SGD in phase 1 only).
+    (None: ``ip_every``) and every ``ip_every`` epochs after it (not after the last epoch; with WASAP-SGD,
+    ``workers``, the server prunes in phase 1 only: :meth:`sparta.parallel.WasapConfig.ip_epochs`).
 
     N:M: ``nm`` (``"N:M"``, e.g. ``"2:4"``) builds the hidden layers as N:M sparse layers (the output layer dense)
     and evolves them with SET/RigL inside their blocks (``static``: fixed masks); ``transposable`` makes the masks
