@@ -41,6 +41,7 @@ from torch import nn
 
 from sparta.nn import MaskedConv2d, MaskedLinear, SparseLinear
 from sparta.rl import SparsityConfig, dqn, sac, td3
+from sparta.rl import sparsity as sp
 from sparta.rl.envs import make_env
 from sparta.rl.report import bootstrap_ci, score_iqm, write_plots
 from sparta.rl.runs import SUMMARY, find_runs, read_metrics
@@ -290,6 +291,120 @@ def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats
     return "\n".join(lines)
 
 
+LUNAR_TIMING = dict(learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=1000, train_frequency=1,
+                    target_network_frequency=250, exploration_fraction=0.12, end_e=0.1, hidden=(256, 256))
+BREAKDOWN_METHODS = ["dense", "static:0.95x5", "densex5"]
+
+
+def breakdown(task: str, spec: dict, methods: list[str], updates: int = 300, repeats: int = 3) -> str:
+    """Where one DQN update step's time goes: each phase timed alone over ``updates`` steps (median over
+    ``repeats`` rounds, methods interleaved, one thread): replay sample, TD target (target/online forwards on
+    the next observations), forward on the batch (+ gather), loss, zero_grad + backward, optimizer step, target
+    update (one Polyak/hard copy), acting at batch 1, one environment step; "Python" is the rest of a timed
+    whole step (act + env + store + update) beyond the phases' sum."""
+    import time
+
+    from sparta.rl.buffers import ReplayBuffer
+
+    torch.set_num_threads(1)
+    algo, env_id = task.split(":", 1)
+    rows = []
+    phases = ["sample", "td_target", "forward", "loss", "backward", "optimizer", "target_update", "act", "env"]
+    acc: dict[str, dict[str, list[float]]] = {m: {p: [] for p in phases + ["fast_update", "whole"]} for m in methods}
+    built = {}
+    for method in methods:
+        name = method.replace("densex", "dense:0x")
+        cfg = make_config(task, spec, "dense" if name.startswith("dense") else name, 0, 10_000, False)
+        if name.startswith("dense:0x"):
+            cfg.sparsity.width = float(name.split("x")[1])
+        env = make_env(env_id)
+        nets = dqn.build(cfg, env)
+        rb = ReplayBuffer(cfg.buffer_size, env.observation_space.shape, seed=0)
+        obs, _ = env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        for i in range(5000):
+            a = int(rng.integers(env.action_space.n))
+            nxt, r, term, trunc, _ = env.step(a)
+            rb.add(obs, a, r, nxt, term, trunc)
+            obs = nxt if not (term or trunc) else env.reset(seed=i)[0]
+        built[method] = (cfg, env, nets, rb, obs)
+    for _ in range(repeats):
+        for method in methods:
+            cfg, env, nets, rb, obs = built[method]
+            q, opt, target = nets["q"], nets["opt"], nets["target"]
+            loss_fn = torch.nn.functional.mse_loss if cfg.loss == "mse" else torch.nn.functional.smooth_l1_loss
+            t = {p: 0.0 for p in phases}
+            t0 = time.perf_counter()
+            for _ in range(updates):
+                a = time.perf_counter()
+                b = rb.sample(cfg.batch_size)
+                c = time.perf_counter()
+                with torch.no_grad():
+                    if cfg.double:
+                        next_a = q(b.next_obs).argmax(1, keepdim=True)
+                        next_q = target(b.next_obs).gather(1, next_a).squeeze(1)
+                    else:
+                        next_q = target(b.next_obs).max(1).values
+                    y = b.rewards + b.discounts * (1 - b.dones) * next_q
+                d = time.perf_counter()
+                pred = q(b.obs).gather(1, b.actions.long().unsqueeze(1)).squeeze(1)
+                e = time.perf_counter()
+                loss = loss_fn(pred, y)
+                f = time.perf_counter()
+                opt.zero_grad()
+                loss.backward()
+                g = time.perf_counter()
+                opt.step()
+                h = time.perf_counter()
+                sp.polyak(q, target, cfg.tau)
+                i = time.perf_counter()
+                with torch.no_grad():
+                    q(torch.as_tensor(obs[None], dtype=torch.float32)).argmax(1).numpy()
+                j = time.perf_counter()
+                nxt, r, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
+                k = time.perf_counter()
+                obs = nxt if not (term or trunc) else env.reset(seed=0)[0]
+                for p, dt in zip(phases, (c - a, d - c, e - d, f - e, g - f, h - g, i - h, j - i, k - j), strict=True):
+                    t[p] += dt
+            for p in phases:
+                acc[method][p].append(t[p] / updates)
+            # the whole agent step as dqn.train runs it (no per-phase timers), excluding the target update
+            step_fn = getattr(dqn, "td_update", None)
+            greedy = dqn.eval_policy(q)
+            t0 = time.perf_counter()
+            for _ in range(updates):
+                action = int(greedy(obs[None])[0])
+                nxt, r, term, trunc, _ = env.step(action)
+                rb.add(obs, action, r, nxt, term, trunc)
+                obs = nxt if not (term or trunc) else env.reset(seed=0)[0]
+                b = rb.sample(cfg.batch_size)
+                if step_fn is not None:
+                    step_fn(cfg, nets, b)
+                else:
+                    with torch.no_grad():
+                        y = b.rewards + b.discounts * (1 - b.dones) * target(b.next_obs).max(1).values
+                    loss = loss_fn(q(b.obs).gather(1, b.actions.long().unsqueeze(1)).squeeze(1), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            acc[method]["whole"].append((time.perf_counter() - t0) / updates)
+    header = ["phase"] + methods
+    for p in phases + ["python/other", "whole step"]:
+        row = [p]
+        for m in methods:
+            med = {k: float(np.median(v)) if v else float("nan") for k, v in acc[m].items()}
+            if p == "whole step":
+                val = med["whole"]
+            elif p == "python/other":
+                val = med["whole"] - sum(med[x] for x in phases if x != "target_update")
+            else:
+                val = med[p]
+            row.append(f"{1e6 * val:.0f}")
+        rows.append(row)
+    from _common import markdown_table
+    return f"µs per update step, {task}, batch {built[methods[0]][0].batch_size}, 1 thread\n" + markdown_table(header, rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CartPole-v1 DQN and Pendulum-v1 SAC, short runs, 2 seeds")
@@ -305,6 +420,9 @@ def main() -> None:
     ap.add_argument("--timing", action="store_true",
                     help="only time the training loop per step, methods alone and interleaved (default methods: "
                          + " ".join(TIMING_METHODS) + ")")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only: where a DQN update step's time goes, phase by phase (default methods: "
+                         + " ".join(BREAKDOWN_METHODS) + ")")
     ap.add_argument("--eval-speed", action="store_true",
                     help="only time one evaluation: 1 environment vs one copy per episode in lockstep")
     args = ap.parse_args()
@@ -318,6 +436,11 @@ def main() -> None:
         parse_method(m)
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     out = Path(args.out)
+    if args.breakdown:
+        for t in args.tasks or ["dqn:LunarLander-v3"]:
+            spec = dict(specs[t], config=dict(specs[t]["config"], **LUNAR_TIMING)) if "Lunar" in t else specs[t]
+            print(breakdown(t, spec, args.methods or BREAKDOWN_METHODS))
+        return
     if args.eval_speed:
         print(eval_speed(tasks, specs, methods))
         return

@@ -88,15 +88,16 @@ def check_positive(cfg: Any, names: tuple[str, ...]) -> None:
 
 
 class QNetwork(nn.Module):
-    """MLP over flat observations, or MinAtar's conv torso (16 3×3 filters) + MLP over ``(C, H, W)`` ones."""
+    """MLP over flat observations, or MinAtar's conv torso (``channels`` 3×3 filters, 16 at width ×1) + MLP over
+    ``(C, H, W)`` ones."""
 
-    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden: list[int]) -> None:
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden: list[int], channels: int = 16) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         if len(obs_shape) == 3:
             c, h, w = obs_shape
-            layers += [nn.Conv2d(c, 16, 3), nn.ReLU(), nn.Flatten()]
-            n_in = 16 * (h - 2) * (w - 2)
+            layers += [nn.Conv2d(c, channels, 3), nn.ReLU(), nn.Flatten()]
+            n_in = channels * (h - 2) * (w - 2)
         else:
             n_in = int(np.prod(obs_shape))
         # built dense; make_sparse turns its layers sparse, after which its training step runs fused
@@ -105,6 +106,14 @@ class QNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def obs_storage(env) -> type:
+    """The replay buffer's observation dtype: uint8 for MinAtar's 0/1 channels (a quarter of the memory, the same
+    float32 batches), float32 otherwise."""
+    space = env.observation_space
+    binary = len(space.shape) == 3 and float(np.min(space.low)) == 0.0 and float(np.max(space.high)) == 1.0
+    return np.uint8 if binary and getattr(env, "binary_obs", False) else np.float32
 
 
 def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
@@ -121,7 +130,9 @@ def build(cfg: DQNConfig, env) -> dict[str, Any]:
     """Q-network (sparse per ``cfg.sparsity``), its optimizer, topology algorithm and target network."""
     n_actions = int(env.action_space.n)
     grad_steps = max(1, gradient_steps(cfg)["q"])
-    q = QNetwork(env.observation_space.shape, n_actions, cfg.sparsity.hidden(cfg.hidden))
+    # width scales the hidden layers and the conv torso's channels alike (Obando-Ceron et al., 2024)
+    q = QNetwork(env.observation_space.shape, n_actions, cfg.sparsity.hidden(cfg.hidden),
+                 channels=cfg.sparsity.hidden((16,))[0])
     sp.make_sparse(q, cfg.sparsity, grad_steps, cfg.seed)
     opt = sp.optimizers(cfg.sparsity).Adam(q.parameters(), lr=cfg.learning_rate)
     algo = sp.make_algorithm(q, opt, cfg.sparsity, grad_steps, cfg.seed)
@@ -149,7 +160,8 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
               total_steps=cfg.total_steps)
     nets = build(cfg, env)
     q, opt, algo, target = nets["q"], nets["opt"], nets["algo"], nets["target"]
-    rb = ReplayBuffer(cfg.buffer_size, env.observation_space.shape, n_step=cfg.n_step, gamma=cfg.gamma, seed=cfg.seed)
+    rb = ReplayBuffer(cfg.buffer_size, env.observation_space.shape, n_step=cfg.n_step, gamma=cfg.gamma, seed=cfg.seed,
+                      obs_dtype=obs_storage(env))
     rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # ε-greedy coin flips and random actions
     step = episode = grad_step = 0
     next_checkpoint = cfg.checkpoint_every

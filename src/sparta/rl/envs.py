@@ -93,6 +93,7 @@ class MinAtarEnv:
                 self.observation_space = gym.spaces.Box(0.0, 1.0, (c, h, w), np.float32)
                 self.action_space = gym.spaces.Discrete(self.game.num_actions())
                 self.spec_id = env_id
+                self.binary_obs = True  # every observation entry is exactly 0 or 1
                 self.max_steps = 108_000 // 4 * 4  # MinAtar's customary cap, in agent steps
                 self.t = 0
 
