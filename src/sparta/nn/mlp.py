@@ -364,6 +364,78 @@ class SparseMLP(nn.Module):
                 self.zero_grad(set_to_none=True)
         return _loss_and_right(stats, batch)
 
+    # ---- begin: fast paths for agents (issue 32; used by sparta.rl.fast) --------------------------------------
+    def loss_step(self, x: torch.Tensor, loss_grad: Callable[[np.ndarray, np.ndarray], float], *,
+                  input_grad: bool = False) -> tuple[float, torch.Tensor | None] | None:
+        """Forward and backward for any loss of the outputs, with no autograd graph: ``loss_grad(out, gy)`` gets
+        the outputs ``out (B, out)`` as a numpy array, writes ``∂loss/∂out`` into ``gy (B, out)`` and returns the
+        loss. Each parameter's ``.grad`` is then what ``zero_grad(set_to_none=True)`` and ``loss.backward()``
+        leave (the caller runs its optimizer). ``input_grad``: also return ``∂loss/∂x (B, in)``.
+
+        Returns ``(loss, ∂loss/∂x or None)``, or None (nothing done) where the fused path does not apply: a layer
+        that is not ``SparseLinear``, dropout, hooks, gradient capture, grad mode off, big networks (layer mode).
+        ``x (B, in)`` float, as :meth:`forward`.
+        """
+        st = self._fused_structure(x)
+        if st is None or st.layer_mode or self.p > 0 or x.dim() != 2 or x.shape[1] != st.sizes[0] \
+                or not self._plain_step(st, x):
+            return None
+        batch = x.shape[0]
+        parts, threads = st.split(batch)
+        runner: _FusedRunner = self._runner
+        ws = runner.workspace(st.sizes, batch, st.dtype, parts, True, st.leaky, True, st.half)
+        k1s, k2s, thr = st.dropout_keys(None)
+        xn = x.detach().contiguous().numpy()
+        out = np.empty((batch, st.sizes[-1]), st.dtype)
+        grads: list[torch.Tensor | None] = [torch.empty_like(v) for v in st.values]
+        gsets = _grad_sets(st, ws, parts, grads)
+        csc = st.transposed()
+        ip, ix, vals, _ = st.arrays
+        dx = torch.empty(batch, st.sizes[0], dtype=x.dtype) if input_grad else None
+        dxn = dx.numpy() if dx is not None else np.empty((0, st.sizes[0]), st.dtype)
+        try:
+            POOL.run([lambda c0=c0, c1=c1: fused.forward_pass(*st.arrays, ws.acts, ws.ds, ws.codes, xn, out, c0, c1,
+                                                              fused.MODE_TRAIN, st.act, st.slopes, thr, st.scale, k1s,
+                                                              k2s) for c0, c1 in parts], threads,
+                     key=(id(runner), fused.MODE_TRAIN, batch))
+            gy = np.empty_like(out)
+            loss = float(loss_grad(out, gy))
+            POOL.run([lambda p=p, c0=c0, c1=c1: fused.backward_pass(
+                ip, ix, vals, *csc, ws.acts, ws.ds, ws.codes, gy, gsets[p], ws.bias_parts[p], st.no_caps,
+                *ws.scratch[p], dxn, c0, c1, st.luts1, st.luts2, st.need_v, input_grad, st.use_csc)
+                for p, (c0, c1) in enumerate(parts)], threads, key=(id(runner), -1, batch))
+        finally:
+            ws.generation += 1
+            runner.free.append(ws)
+        dbias = _reduce_grads(st, ws, parts, grads, gsets, st.has_bias)
+        for j, m in enumerate(st.layers):
+            m.values.grad = grads[j]
+            if m.bias is not None:
+                m.bias.grad = dbias[j]
+        return loss, dx
+
+    def infer_numpy(self, x: np.ndarray) -> np.ndarray | None:
+        """Outputs ``(B, out)`` for a few samples ``x (B, in)`` (float32 numpy, ``B`` ≤ 16) with the least
+        overhead: no tensors, no autograd, sample-major (:func:`sparta.kernels.fused.infer`, the values the
+        forward computes). None where that path does not apply (see :meth:`loss_step`)."""
+        runner, layers = self._runner, self.layers
+        cached, checked = runner.arrays, runner.checked
+        st = cached[1] if cached is not None and cached[1].dtype == x.dtype else None
+        # the structure was checked since any topology edit (they call release_arrays), load or module swap
+        if st is None or checked is None or checked[0] is not cached or len(checked[1]) != len(layers) \
+                or any(a is not b for a, b in zip(checked[1], layers, strict=False)):
+            st = _structure(self, torch.float32 if x.dtype == np.float32 else torch.float64)
+            runner.checked = (runner.arrays, list(layers))
+        if st is None or st.layer_mode or not self.fused:
+            return None
+        out = np.empty((x.shape[0], st.sizes[-1]), st.dtype)
+        h = self._runner.infer_scratch
+        if h is None or h[0].shape[0] < max(st.sizes[1:]) or h[0].dtype != st.dtype:
+            h = self._runner.infer_scratch = (np.empty(max(st.sizes[1:]), st.dtype), np.empty(max(st.sizes[1:]), st.dtype))
+        fused.infer(*st.arrays, x, out, st.act, st.slopes, h[0], h[1])
+        return out
+    # ---- end: fast paths for agents --------------------------------------------------------------------------
+
     def _plain_step(self, st: _Structure, x: torch.Tensor) -> bool:
         """Whether :meth:`train_step` may run its fused passes: grad mode on, every parameter trainable,
         no gradient capture and no hooks that autograd or the module call would run."""
@@ -501,17 +573,20 @@ class _FusedRunner:
         self.free: list[_Workspace] = []
         self.done: list[weakref.ref] = []  # big workspaces whose graph is alive but has run its backward
         self.arrays: tuple | None = None  # (key, _Structure) — see _structure
+        self.checked: tuple | None = None  # (arrays, layers) SparseMLP.infer_numpy checked last (issue 32)
+        self.infer_scratch: tuple | None = None  # its two hidden-layer buffers
 
     def clear(self) -> None:
         self.free = []
         self.done = []
         self.arrays = None
+        self.checked = None
 
     def __deepcopy__(self, memo: dict) -> _FusedRunner:  # a copy of the module starts with empty caches
         return _FusedRunner()
 
     def __getstate__(self) -> dict:
-        return {"free": [], "done": [], "arrays": None}
+        return {"free": [], "done": [], "arrays": None, "checked": None, "infer_scratch": None}
 
     def release(self, ws: _Workspace, generation: int) -> None:
         """A graph was freed: its buffers are free unless a later forward already took them."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparta.nn import SparseMLP
+from sparta.rl import fast
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.envs import make_env
@@ -53,12 +54,16 @@ class DQNConfig:
     eval_episodes: int = 5
     checkpoint_every: int = 50_000
     threads: int | None = None
+    fast: bool = True                     # sparta.rl.fast's update, acting and target-update paths (same numbers
+    #                                       up to float rounding in the loss gradient); False: plain autograd
     sparsity: sp.SparsityConfig = field(default_factory=sp.SparsityConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, dict):
             self.sparsity = sp.SparsityConfig.from_dict(self.sparsity)
         self.hidden = tuple(self.hidden)
+        if not isinstance(self.fast, bool):
+            raise ValueError(f"fast must be True or False, got {self.fast!r}")
         check_positive(self, ("total_steps", "buffer_size", "target_network_frequency", "batch_size",
                               "train_frequency", "n_step", "eval_every", "eval_episodes", "checkpoint_every"))
         if not 0 <= self.learning_starts:
@@ -166,7 +171,7 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     step = episode = grad_step = 0
     next_checkpoint = cfg.checkpoint_every
 
-    greedy = eval_policy(q)
+    greedy = fast.greedy_policy(q) if cfg.fast else eval_policy(q)
 
     def checkpoint() -> None:
         run.save({"step": step, "episode": episode, "grad_step": grad_step, "next_checkpoint": next_checkpoint,
@@ -210,24 +215,16 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         # learn
         if step > cfg.learning_starts and step % cfg.train_frequency == 0:
             b = rb.sample(cfg.batch_size)
-            with torch.no_grad():
-                if cfg.double:  # online net picks the action, target net values it
-                    next_a = q(b.next_obs).argmax(1, keepdim=True)
-                    next_q = target(b.next_obs).gather(1, next_a).squeeze(1)
-                else:
-                    next_q = target(b.next_obs).max(1).values
-                td_target = b.rewards + b.discounts * (1 - b.dones) * next_q
-            q_pred = q(b.obs).gather(1, b.actions.long().unsqueeze(1)).squeeze(1)
-            loss = F.mse_loss(q_pred, td_target) if cfg.loss == "mse" else F.smooth_l1_loss(q_pred, td_target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            if cfg.fast:
+                fast.dqn_update(q, target, opt, b, double=cfg.double, loss=cfg.loss)
+            else:
+                td_update(cfg, q, target, opt, b)
             grad_step += 1
             # topology update of the online net; the target net follows its topology
             if algo is not None and algo.step():
                 sp.sync_target(q, target, cfg.sparsity.new_values)
             if grad_step % cfg.target_network_frequency == 0:
-                sp.polyak(q, target, cfg.tau)
+                (fast.polyak if cfg.fast else sp.polyak)(q, target, cfg.tau)
 
         if step % cfg.eval_every == 0:
             run.log(eval_row(step, evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6), sp.density(q)))
@@ -251,6 +248,24 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     checkpoint()
     final = evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6)
     return summarize(run, "dqn", cfg, step, final, [q], t_start, env, *test_envs)
+
+
+def td_update(cfg: DQNConfig, q: nn.Module, target: nn.Module, opt: torch.optim.Optimizer, b) -> float:
+    """One gradient step through autograd (``cfg.fast=False``; :func:`sparta.rl.fast.dqn_update` is the fast
+    path): TD target under ``no_grad``, MSE/Huber on the chosen action's Q value, ``backward``, ``opt.step()``."""
+    with torch.no_grad():
+        if cfg.double:  # online net picks the action, target net values it
+            next_a = q(b.next_obs).argmax(1, keepdim=True)
+            next_q = target(b.next_obs).gather(1, next_a).squeeze(1)
+        else:
+            next_q = target(b.next_obs).max(1).values
+        td_target = b.rewards + b.discounts * (1 - b.dones) * next_q
+    q_pred = q(b.obs).gather(1, b.actions.long().unsqueeze(1)).squeeze(1)
+    loss = F.mse_loss(q_pred, td_target) if cfg.loss == "mse" else F.smooth_l1_loss(q_pred, td_target)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def eval_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

@@ -1,0 +1,149 @@
+"""Fast paths of an agent's hot loop (issue 32): the DQN TD update without an autograd graph over the sparse MLP,
+greedy acting with the least overhead, and target-network updates in one call over all parameters.
+
+Where a path does not apply (dense or masked layers — GMP's dense phase —, dropout, hooks, RigL's gradient
+capture) each function falls back to the plain PyTorch sequence it replaces, with the same numbers:
+
+* :func:`dqn_update` — the TD target exactly as the autograd path computes it (torch ops under ``no_grad`` on
+  the target network's outputs), then :meth:`sparta.nn.SparseMLP.loss_step`: the MLP's fused forward, the TD
+  loss's output gradient by a numba kernel (:func:`td_grad`: MSE or Huber on the chosen action's Q value), the
+  fused backward; a conv torso (MinAtar) runs through torch autograd from the MLP's input gradient; then one
+  optimizer step.
+* :func:`greedy_policy` — argmax of the Q-values for a few observations through
+  :meth:`sparta.nn.SparseMLP.infer_numpy` (numpy in, numpy out, no tensors) for an MLP-only network.
+* :func:`polyak` — ``θ' ← θ' + τ (θ − θ')`` (or a copy at ``τ = 1``) with ``torch._foreach_lerp_`` /
+  ``torch._foreach_copy_``: one call for every parameter, the numbers of ``Tensor.lerp_`` / ``copy_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numba
+import numpy as np
+import torch
+from torch import nn
+
+from sparta.nn import SparseMLP
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def td_grad(out, actions, targets, huber, gy):  # pragma: no cover - compiled by numba
+    """``out (B, A)`` Q-values, ``actions (B,)`` int64, ``targets (B,)``: writes ``∂loss/∂out`` into ``gy (B, A)``
+    (non-zero only at the chosen actions) and returns the batch's mean loss: ``mean((q − y)²)`` (``huber``
+    False, ``F.mse_loss``) or ``mean(smooth_l1(q − y))`` with β = 1 (``F.smooth_l1_loss``)."""
+    batch = out.shape[0]
+    gy[:] = 0
+    inv = out.dtype.type(1.0 / batch)
+    two = out.dtype.type(2.0)
+    total = 0.0
+    for s in range(batch):
+        a = actions[s]
+        d = out[s, a] - targets[s]
+        if huber:
+            if abs(d) < 1:
+                total += 0.5 * float(d) * float(d)
+                gy[s, a] = d * inv
+            else:
+                total += abs(float(d)) - 0.5
+                gy[s, a] = (out.dtype.type(1.0) if d > 0 else out.dtype.type(-1.0)) * inv
+        else:
+            total += float(d) * float(d)
+            gy[s, a] = two * d * inv
+    return total / batch
+
+
+def split_q(q: nn.Module) -> tuple[nn.Module | None, SparseMLP | None]:
+    """``(torso or None, SparseMLP head)`` of a Q-network whose ``net`` is a ``Sequential`` ending in a
+    ``SparseMLP`` (``sparta.rl.dqn.QNetwork``); ``(None, None)`` for any other network."""
+    net = getattr(q, "net", None)
+    if not isinstance(net, nn.Sequential) or not len(net) or not isinstance(net[-1], SparseMLP):
+        return None, None
+    return (net[:-1] if len(net) > 1 else None), net[-1]
+
+
+def td_targets(q: nn.Module, target: nn.Module, batch, double: bool) -> torch.Tensor:
+    """``y = r + γⁿ (1 − done) · Q'(s', a*)``: ``a* = argmax Q'`` or, ``double``, ``argmax Q`` (van Hasselt et al.);
+    the same torch ops as the autograd path, under ``no_grad``."""
+    with torch.no_grad():
+        if double:
+            next_a = q(batch.next_obs).argmax(1, keepdim=True)
+            next_q = target(batch.next_obs).gather(1, next_a).squeeze(1)
+        else:
+            next_q = target(batch.next_obs).max(1).values
+        return batch.rewards + batch.discounts * (1 - batch.dones) * next_q
+
+
+def dqn_update(q: nn.Module, target: nn.Module, opt: torch.optim.Optimizer, batch, *, double: bool = False,
+               loss: str = "mse") -> float:
+    """One DQN gradient step on ``batch`` (a :class:`sparta.rl.buffers.Batch`); returns the loss.
+
+    The numbers of ``opt.zero_grad(); F.mse_loss(q(obs)[a], y).backward(); opt.step()`` (or
+    ``smooth_l1_loss`` for ``loss="huber"``) up to the order of float additions in the loss's gradient; the
+    sparse MLP's forward and backward run as fused passes with no autograd graph where they apply.
+    """
+    y = td_targets(q, target, batch, double)
+    torso, mlp = split_q(q)
+    if mlp is not None and mlp.fused_path(batch.obs):
+        actions = batch.actions.long()
+        feats = torso(batch.obs) if torso is not None else batch.obs
+        x = feats.detach() if torso is not None else feats
+        an, yn, huber = actions.numpy(), y.numpy(), loss == "huber"
+
+        def grad(out: np.ndarray, gy: np.ndarray) -> float:
+            return td_grad(out, an, yn, huber, gy)
+
+        opt.zero_grad(set_to_none=True)
+        done = mlp.loss_step(x, grad, input_grad=torso is not None)
+        if done is not None:
+            value, dx = done
+            if torso is not None:
+                feats.backward(dx)
+            opt.step()
+            return value
+    # the plain PyTorch step (dense or masked layers)
+    pred = q(batch.obs).gather(1, batch.actions.long().unsqueeze(1)).squeeze(1)
+    fn = nn.functional.mse_loss if loss == "mse" else nn.functional.smooth_l1_loss
+    value_t = fn(pred, y)
+    opt.zero_grad()
+    value_t.backward()
+    opt.step()
+    return float(value_t.detach())
+
+
+def greedy_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """The greedy policy of Q-network ``q``: observations ``(k, *obs_shape)`` → ``k`` int64 actions. An MLP-only
+    sparse network at up to 16 observations takes :meth:`SparseMLP.infer_numpy`; anything else the torch forward."""
+    torso, mlp = split_q(q)
+
+    @torch.no_grad()
+    def slow(o: np.ndarray) -> np.ndarray:
+        return q(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
+
+    if mlp is None or torso is not None:
+        return slow
+
+    def greedy(o: np.ndarray) -> np.ndarray:
+        if o.dtype == np.float32 and o.ndim == 2 and o.shape[0] <= 16 and o.flags.c_contiguous and mlp.fused:
+            out = mlp.infer_numpy(o)
+            if out is not None:
+                return out.argmax(1)
+        return slow(o)
+
+    return greedy
+
+
+@torch.no_grad()
+def polyak(online: nn.Module, target: nn.Module, tau: float) -> None:
+    """``θ' ← τ θ + (1 − τ) θ'`` for every parameter at once (``tau = 1``: a copy); online and target must share
+    their topology (:func:`sparta.rl.sparsity.sync_target` after each topology update)."""
+    src, dst = list(online.parameters()), list(target.parameters())
+    if len(src) != len(dst) or any(p.shape != t.shape for p, t in zip(src, dst, strict=True)):
+        names = [(n, tuple(p.shape)) for n, p in online.named_parameters()]
+        raise RuntimeError(f"online and target networks differ ({names} vs "
+                           f"{[(n, tuple(p.shape)) for n, p in target.named_parameters()]}); call sync_target after "
+                           "each topology update")
+    if tau == 1.0:
+        torch._foreach_copy_(dst, src)
+    else:
+        torch._foreach_lerp_(dst, src, tau)
