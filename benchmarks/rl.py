@@ -255,10 +255,42 @@ def eval_speed(tasks: list[str], specs: dict, methods: dict[str, list[str]], rep
     return "\n".join(lines)
 
 
-TIMING_METHODS = ["dense", "set:0.9", "set:0.95", "static:0.95x3"]
+TIMING_METHODS = ["dense", "static:0.95x5", "static:0.95x5/autograd", "dense:x5"]
+ACT_METHODS = ["dense", "static:0.95", "static:0.9", "static:0.95x5"]
 
 
-def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats: int = 3) -> str:
+def act_speed(task: str, spec: dict, methods: list[str], calls: int = 3000, repeats: int = 5) -> str:
+    """Microseconds per greedy action at batch 1 (an observation from the environment), the fast path
+    (``sparta.rl.fast.greedy_policy``) and the torch forward (``dqn.eval_policy``), interleaved, one thread."""
+    import time
+
+    from sparta.rl import fast
+
+    torch.set_num_threads(1)
+    env = make_env(task.split(":", 1)[1])
+    obs = np.asarray(env.reset(seed=0)[0], np.float32)[None]
+    rows = []
+    pols = {}
+    for method in methods:
+        q = dqn.build(make_config(task, spec, method, 0, 100_000, False), env)["q"]
+        pols[method] = (fast.greedy_policy(q), dqn.eval_policy(q))
+    res: dict[tuple[str, int], list[float]] = {}
+    for _ in range(repeats):
+        for method in methods:
+            for k, pol in enumerate(pols[method]):
+                pol(obs)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    pol(obs)
+                res.setdefault((method, k), []).append((time.perf_counter() - t0) / calls)
+    for method in methods:
+        f, t = (1e6 * float(np.median(res[(method, k)])) for k in (0, 1))
+        rows.append(f"| {task} | {method} | {f:.1f} | {t:.1f} |")
+    return "\n".join(["| task | network | fast path (µs/action) | torch forward (µs/action) |", "|---|---|---|---|", *rows])
+
+
+def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats: int = 3,
+           learn_steps: int = 4000) -> str:
     """Wall-clock per environment step of each agent's training loop (acting, replay, updates, topology
     updates), measured alone, one thread, methods interleaved, median of ``repeats``: 1000 steps of random
     actions to fill the buffer, then a fixed number of learning steps, no evaluation.
@@ -266,7 +298,7 @@ def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats
     import time
 
     torch.set_num_threads(1)
-    learn = {"dqn": 4000, "td3": 1500, "sac": 1500}
+    learn = {"dqn": learn_steps, "td3": 1500, "sac": 1500}
     lines = ["| task | method | ms/step | × dense | steps timed |", "|---|---|---|---|---|"]
     for task in tasks:
         algo = task.split(":", 1)[0]
@@ -275,7 +307,10 @@ def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats
         times: dict[str, list[float]] = {m: [] for m in methods[task]}
         for _ in range(repeats):
             for method in methods[task]:
-                cfg = make_config(task, spec, method, 0, steps, False)
+                name, _, path = method.partition("/")  # "static:0.95x5/autograd": the plain autograd update
+                cfg = make_config(task, spec, name, 0, steps, False)
+                if algo == "dqn":
+                    cfg.fast = path != "autograd"
                 cfg.learning_starts, cfg.eval_every, cfg.eval_episodes = 1000, steps + 1, 1
                 cfg.sparsity.every = 500  # a few topology updates inside the timed window
                 if algo == "dqn":
@@ -288,12 +323,20 @@ def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats
             ms = 1e3 * float(np.median(ts))
             ratio = "–" if dense is None else f"{ms / 1e3 / dense:.2f}"
             lines.append(f"| {task} | {method} | {ms:.3f} | {ratio} | {steps} |")
+        for a, b in (("dense", "static:0.95x5"), ("dense:x5", "static:0.95x5")):
+            if a in times and b in times:
+                lines.append(f"| {task} | {a} ÷ {b} | | {np.median(times[a]) / np.median(times[b]):.2f} | |")
     return "\n".join(lines)
 
 
 LUNAR_TIMING = dict(learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=1000, train_frequency=1,
                     target_network_frequency=250, exploration_fraction=0.12, end_e=0.1, hidden=(256, 256))
-BREAKDOWN_METHODS = ["dense", "static:0.95x5", "densex5"]
+BREAKDOWN_METHODS = ["dense", "static:0.95x5", "dense:x5"]
+
+
+def lunar(task: str, specs: dict) -> dict:
+    """The task's spec, for LunarLander with the issue's timing settings (one update per step, batch 128)."""
+    return dict(specs[task], config=dict(specs[task]["config"], **LUNAR_TIMING)) if "Lunar" in task else specs[task]
 
 
 def breakdown(task: str, spec: dict, methods: list[str], updates: int = 300, repeats: int = 3) -> str:
@@ -310,13 +353,12 @@ def breakdown(task: str, spec: dict, methods: list[str], updates: int = 300, rep
     algo, env_id = task.split(":", 1)
     rows = []
     phases = ["sample", "td_target", "forward", "loss", "backward", "optimizer", "target_update", "act", "env"]
-    acc: dict[str, dict[str, list[float]]] = {m: {p: [] for p in phases + ["fast_update", "whole"]} for m in methods}
+    acc: dict[str, dict[str, list[float]]] = {m: {p: [] for p in phases + ["fast_update", "whole", "fast_whole",
+                                                                             "torso"]}
+                                              for m in methods}
     built = {}
     for method in methods:
-        name = method.replace("densex", "dense:0x")
-        cfg = make_config(task, spec, "dense" if name.startswith("dense") else name, 0, 10_000, False)
-        if name.startswith("dense:0x"):
-            cfg.sparsity.width = float(name.split("x")[1])
+        cfg = make_config(task, spec, method, 0, 10_000, False)
         env = make_env(env_id)
         nets = dqn.build(cfg, env)
         rb = ReplayBuffer(cfg.buffer_size, env.observation_space.shape, seed=0)
@@ -363,38 +405,56 @@ def breakdown(task: str, spec: dict, methods: list[str], updates: int = 300, rep
                 j = time.perf_counter()
                 nxt, r, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
                 k = time.perf_counter()
+                if len(q.net) > 1:  # the conv torso alone: forward on the batch and backward (in the phases above)
+                    feats = q.net[:-1](b.obs)
+                    feats.backward(torch.ones_like(feats))
+                    acc[method]["torso"].append(time.perf_counter() - k)
+                    k = time.perf_counter()
                 obs = nxt if not (term or trunc) else env.reset(seed=0)[0]
                 for p, dt in zip(phases, (c - a, d - c, e - d, f - e, g - f, h - g, i - h, j - i, k - j), strict=True):
                     t[p] += dt
             for p in phases:
                 acc[method][p].append(t[p] / updates)
-            # the whole agent step as dqn.train runs it (no per-phase timers), excluding the target update
-            step_fn = getattr(dqn, "td_update", None)
-            greedy = dqn.eval_policy(q)
-            t0 = time.perf_counter()
-            for _ in range(updates):
-                action = int(greedy(obs[None])[0])
-                nxt, r, term, trunc, _ = env.step(action)
-                rb.add(obs, action, r, nxt, term, trunc)
-                obs = nxt if not (term or trunc) else env.reset(seed=0)[0]
-                b = rb.sample(cfg.batch_size)
-                if step_fn is not None:
-                    step_fn(cfg, nets, b)
-                else:
-                    with torch.no_grad():
-                        y = b.rewards + b.discounts * (1 - b.dones) * target(b.next_obs).max(1).values
-                    loss = loss_fn(q(b.obs).gather(1, b.actions.long().unsqueeze(1)).squeeze(1), y)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            acc[method]["whole"].append((time.perf_counter() - t0) / updates)
+            # the whole agent step as dqn.train runs it (act, env, store, sample, update; no target update), with
+            # the autograd update and with the fast path (fast.greedy_policy + fast.dqn_update)
+            from sparta.rl import fast
+
+            def slow_update(b, cfg=cfg, q=q, target=target, opt=opt):
+                return dqn.td_update(cfg, q, target, opt, b)
+
+            def fast_update(b, cfg=cfg, q=q, target=target, opt=opt):
+                return fast.dqn_update(q, target, opt, b, double=cfg.double, loss=cfg.loss)
+
+            for key, act, update in (("whole", dqn.eval_policy(q), slow_update),
+                                     ("fast_whole", fast.greedy_policy(q), fast_update)):
+                t0 = time.perf_counter()
+                tu = 0.0
+                for _ in range(updates):
+                    action = int(act(obs[None])[0])
+                    nxt, r, term, trunc, _ = env.step(action)
+                    rb.add(obs, action, r, nxt, term, trunc)
+                    obs = nxt if not (term or trunc) else env.reset(seed=0)[0]
+                    b = rb.sample(cfg.batch_size)
+                    t1 = time.perf_counter()
+                    update(b)
+                    tu += time.perf_counter() - t1
+                acc[method][key].append((time.perf_counter() - t0) / updates)
+                if key == "fast_whole":
+                    acc[method]["fast_update"].append(tu / updates)
+            built[method] = (cfg, env, nets, rb, obs)
     header = ["phase"] + methods
-    for p in phases + ["python/other", "whole step"]:
+    for p in phases + ["python/other", "whole step", "fast: update", "fast: whole step", "conv torso fwd+bwd"]:
         row = [p]
         for m in methods:
             med = {k: float(np.median(v)) if v else float("nan") for k, v in acc[m].items()}
             if p == "whole step":
                 val = med["whole"]
+            elif p == "fast: update":
+                val = med["fast_update"]
+            elif p == "fast: whole step":
+                val = med["fast_whole"]
+            elif p == "conv torso fwd+bwd":
+                val = med["torso"]
             elif p == "python/other":
                 val = med["whole"] - sum(med[x] for x in phases if x != "target_update")
             else:
@@ -423,6 +483,12 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true",
                     help="only: where a DQN update step's time goes, phase by phase (default methods: "
                          + " ".join(BREAKDOWN_METHODS) + ")")
+    ap.add_argument("--act-speed", action="store_true",
+                    help="only: µs per greedy action at batch 1, fast path vs torch forward (default methods: "
+                         + " ".join(ACT_METHODS) + ")")
+    ap.add_argument("--repeats", type=int, default=3, help="--timing: rounds, methods interleaved (default 3)")
+    ap.add_argument("--learn-steps", type=int, default=4000,
+                    help="--timing: DQN learning steps timed after 1000 random ones (default 4000)")
     ap.add_argument("--eval-speed", action="store_true",
                     help="only time one evaluation: 1 environment vs one copy per episode in lockstep")
     args = ap.parse_args()
@@ -433,19 +499,25 @@ def main() -> None:
             raise SystemExit(f"--tasks: unknown task {t!r}; known: {', '.join(specs)}")
     methods = {t: args.methods or (QUICK_METHODS if args.quick else specs[t].get("methods", METHODS)) for t in tasks}
     for m in sum(methods.values(), []):
-        parse_method(m)
+        parse_method(m.partition("/")[0])
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     out = Path(args.out)
     if args.breakdown:
         for t in args.tasks or ["dqn:LunarLander-v3"]:
-            spec = dict(specs[t], config=dict(specs[t]["config"], **LUNAR_TIMING)) if "Lunar" in t else specs[t]
-            print(breakdown(t, spec, args.methods or BREAKDOWN_METHODS))
+            print(breakdown(t, lunar(t, specs), args.methods or BREAKDOWN_METHODS))
         return
     if args.eval_speed:
         print(eval_speed(tasks, specs, methods))
         return
+    if args.act_speed:
+        for t in args.tasks or ["dqn:LunarLander-v3"]:
+            print(act_speed(t, lunar(t, specs), args.methods or ACT_METHODS))
+        return
     if args.timing:
-        print(timing(tasks, specs, {t: args.methods or TIMING_METHODS for t in tasks}))
+        tasks = args.tasks or ["dqn:LunarLander-v3", "dqn:MinAtar/Breakout-v1"]
+        print("one thread; LunarLander: hidden 256-256, batch 128, one update per environment step")
+        print(timing(tasks, {t: lunar(t, specs) for t in tasks}, {t: args.methods or TIMING_METHODS for t in tasks},
+                     repeats=args.repeats, learn_steps=args.learn_steps))
         return
     if not args.report:
         jobs = [(t, specs[t], m, s, args.steps or specs[t]["steps"], args.quick, str(out))

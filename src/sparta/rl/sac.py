@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparta.nn import SparseMLP
+from sparta.rl import fast
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
@@ -304,7 +305,7 @@ def update(n: dict[str, Any], b, cfg: SACConfig, step: int, alpha: float, target
                 alpha = float(log_alpha.detach().exp())
 
     if step % cfg.target_network_frequency == 0:
-        sp.polyak(qf, qf_target, cfg.tau)
+        fast.polyak(qf, qf_target, cfg.tau)
     return alpha
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparta.rl import fast
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
@@ -144,8 +145,8 @@ def update(n: dict[str, Any], b, cfg: TD3Config, step: int) -> None:
         n["actor_opt"].step()
         if n["actor_algo"] is not None and n["actor_algo"].step():
             sp.sync_target(actor, actor_target, cfg.sparsity.new_values)
-        sp.polyak(actor, actor_target, cfg.tau)
-        sp.polyak(qf, qf_target, cfg.tau)
+        fast.polyak(actor, actor_target, cfg.tau)
+        fast.polyak(qf, qf_target, cfg.tau)
 
 
 def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool = False,
