@@ -418,15 +418,19 @@ class SparseMLP(nn.Module):
         """Outputs ``(B, out)`` for a few samples ``x (B, in)`` (float32 numpy, ``B`` ≤ 16) with the least
         overhead: no tensors, no autograd, sample-major (:func:`sparta.kernels.fused.infer`, the values the
         forward computes). None where that path does not apply (see :meth:`loss_step`)."""
-        runner, layers = self._runner, self.layers
-        cached, checked = runner.arrays, runner.checked
-        st = cached[1] if cached is not None and cached[1].dtype == x.dtype else None
-        # the structure was checked since any topology edit (they call release_arrays), load or module swap
-        if st is None or checked is None or checked[0] is not cached or len(checked[1]) != len(layers) \
-                or any(a is not b for a, b in zip(checked[1], layers, strict=False)):
+        runner = self._runner
+        layers = tuple(self.layers._modules.values())
+        checked = runner.checked
+        # checked since any topology edit (they call release_arrays), load or layer swap: reuse the verdict
+        mode = (x.dtype, self.fused, self.p > 0 and self.training)
+        if checked is not None and checked[0] is runner.arrays and checked[2] == mode and checked[1] == layers:
+            st = checked[3]
+        else:
             st = _structure(self, torch.float32 if x.dtype == np.float32 else torch.float64)
-            runner.checked = (runner.arrays, list(layers))
-        if st is None or st.layer_mode or not self.fused:
+            if st is not None and (st.layer_mode or not mode[1] or mode[2]):
+                st = None
+            runner.checked = (runner.arrays, layers, mode, st)
+        if st is None:
             return None
         out = np.empty((x.shape[0], st.sizes[-1]), st.dtype)
         h = self._runner.infer_scratch
@@ -573,7 +577,7 @@ class _FusedRunner:
         self.free: list[_Workspace] = []
         self.done: list[weakref.ref] = []  # big workspaces whose graph is alive but has run its backward
         self.arrays: tuple | None = None  # (key, _Structure) — see _structure
-        self.checked: tuple | None = None  # (arrays, layers) SparseMLP.infer_numpy checked last (issue 32)
+        self.checked: tuple | None = None  # (arrays, layers, mode, structure) infer_numpy checked (issue 32)
         self.infer_scratch: tuple | None = None  # its two hidden-layer buffers
 
     def clear(self) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparta.nn import SparseLinear, SparseMLP
+from sparta.nn import SparseMLP
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -123,11 +123,8 @@ def greedy_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     if mlp is None or torso is not None:
         return slow
 
-    layers = mlp.layers
-
     def greedy(o: np.ndarray) -> np.ndarray:
-        if o.dtype == np.float32 and o.ndim == 2 and o.shape[0] <= 16 and o.flags.c_contiguous and mlp.fused \
-                and all(type(m) is SparseLinear for m in layers):
+        if o.dtype == np.float32 and o.ndim == 2 and o.shape[0] <= 16 and o.flags.c_contiguous:
             out = mlp.infer_numpy(o)
             if out is not None:
                 return out.argmax(1)
