@@ -68,8 +68,7 @@ def make_config(game: str, method: str, width: int, seed: int, frames: int, eval
                         gmp_start=0.2, gmp_end=0.8)
     return dqn.DQNConfig(env_id=f"MinAtar/{game}-v1", total_steps=frames, seed=seed, threads=1,
                          exploration_fraction=min(1.0, EXPLORATION_FRAMES / frames), eval_every=max(frames // evals, 1),
-                         eval_episodes=EVAL_EPISODES, checkpoint_every=max(frames // 8, 1), sparsity=sc,
-                         fast=False, **CONFIG)  # the autograd update: the sweep started before the fast path
+                         eval_episodes=EVAL_EPISODES, checkpoint_every=max(frames // 8, 1), sparsity=sc, **CONFIG)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

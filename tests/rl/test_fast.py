@@ -1,5 +1,6 @@
-"""sparta.rl.fast: the fused DQN update against autograd (float32) and a float64 dense reference, the acting
-path against the torch forward, target updates exact, topology shared after SET/GMP with the fast path on."""
+"""sparta.rl.fast: the fused DQN and critic updates bit for bit the autograd updates, their gradients against a
+float64 dense reference, the acting path against the torch forward, target updates exact, topology shared after
+SET/GMP with the fast path on."""
 
 from __future__ import annotations
 
@@ -57,9 +58,9 @@ def test_dqn_update_matches_autograd(seed, loss, double, conv):
         b = make_batch(obs_shape, n_actions, batch, 100 * seed + step)
         v1 = fast.dqn_update(q, target, opt, b, double=double, loss=loss)
         v2 = dqn.td_update(cfg, q2, target2, opt2, b)
-        assert v1 == pytest.approx(v2, rel=1e-5, abs=1e-7)
+        assert v1 == pytest.approx(v2, rel=1e-5, abs=1e-7)  # the loss is summed in float64 here
         for (n, p1), p2 in zip(q.named_parameters(), q2.parameters(), strict=True):
-            torch.testing.assert_close(p1, p2, rtol=2e-5, atol=2e-6, msg=n)
+            assert torch.equal(p1, p2), n  # the same gradients bit for bit: the same kernels, the same ∂loss/∂q
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert s1.keys() == s2.keys() and all(float(s1[k]["step"]) == 3 for k in s1)
 
@@ -167,3 +168,31 @@ def test_topology_shared_after_updates_with_fast_path(method, tmp_path):
 def test_fast_flag_is_checked():
     with pytest.raises(ValueError, match="fast"):
         dqn.DQNConfig(fast="yes")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_critic_update_is_bit_for_bit_the_autograd_step(seed):
+    from sparta.rl.sac import TwinQ
+
+    rng = np.random.default_rng(seed)
+    obs_dim, act_dim, batch = int(rng.integers(2, 12)), int(rng.integers(1, 4)), int(rng.integers(3, 90))
+    torch.manual_seed(seed)
+    qf = TwinQ(obs_dim, act_dim, [int(rng.integers(8, 40)), int(rng.integers(8, 40))])
+    sparsify(qf, 0.3, distribution="erk")
+    qf2 = copy.deepcopy(qf)
+    opt, opt2 = sparta_optim.Adam(qf.parameters(), lr=1e-2), sparta_optim.Adam(qf2.parameters(), lr=1e-2)
+    for step in range(4):
+        g = torch.Generator().manual_seed(10 * seed + step)
+        obs, act, y = (torch.randn(batch, obs_dim, generator=g), torch.rand(batch, act_dim, generator=g),
+                       torch.randn(batch, generator=g))
+        loss = fast.critic_update(qf, opt, obs, act, y)
+        q1, q2 = qf2(obs, act)
+        ref = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        opt2.zero_grad()
+        ref.backward()
+        opt2.step()
+        assert loss == pytest.approx(float(ref.detach()), rel=1e-5)
+        for (n, p1), p2 in zip(qf.named_parameters(), qf2.parameters(), strict=True):
+            assert torch.equal(p1, p2), n
+    dense = TwinQ(obs_dim, act_dim, [16])  # nn.Linear layers: the autograd step
+    assert fast.critic_update(dense, torch.optim.Adam(dense.parameters()), obs, act, y) > 0

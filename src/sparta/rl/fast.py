@@ -9,6 +9,7 @@ capture) each function falls back to the plain PyTorch sequence it replaces, wit
   loss's output gradient by a numba kernel (:func:`td_grad`: MSE or Huber on the chosen action's Q value), the
   fused backward; a conv torso (MinAtar) runs through torch autograd from the MLP's input gradient; then one
   optimizer step.
+* :func:`critic_update` — SAC's and TD3's twin-critic step the same way (MSE towards the TD target).
 * :func:`greedy_policy` — argmax of the Q-values for a few observations through
   :meth:`sparta.nn.SparseMLP.infer_numpy` (numpy in, numpy out, no tensors) for an MLP-only network.
 * :func:`polyak` — ``θ' ← θ' + τ (θ − θ')`` (or a copy at ``τ = 1``) with ``torch._foreach_lerp_`` /
@@ -109,6 +110,38 @@ def dqn_update(q: nn.Module, target: nn.Module, opt: torch.optim.Optimizer, batc
     value_t.backward()
     opt.step()
     return float(value_t.detach())
+
+
+def critic_update(qf: nn.Module, q_opt: torch.optim.Optimizer, obs: torch.Tensor, actions: torch.Tensor,
+                  td_target: torch.Tensor) -> float:
+    """One step of twin critics ``qf`` (``qf.q1``, ``qf.q2``: ``SparseMLP`` over ``[obs, action]``, one output)
+    towards ``td_target (B,)``: ``mse(q1, y) + mse(q2, y)``, ``zero_grad``, ``backward``, ``q_opt.step()`` — with
+    each critic's forward and backward as one fused pass where they apply (the same gradients bit for bit), else
+    through autograd. Returns the loss."""
+    x = torch.cat([obs, actions], 1)
+    q_opt.zero_grad(set_to_none=True)
+    heads = [getattr(qf, "q1", None), getattr(qf, "q2", None)]
+    if all(isinstance(h, SparseMLP) and h.fused_path(x) for h in heads):
+        yn, zeros = td_target.numpy(), np.zeros(x.shape[0], np.int64)
+
+        def grad(out: np.ndarray, gy: np.ndarray) -> float:
+            return td_grad(out, zeros, yn, False, gy)
+
+        total = 0.0
+        for h in heads:
+            done = h.loss_step(x, grad)
+            if done is None:
+                break
+            total += done[0]
+        else:
+            q_opt.step()
+            return total
+        q_opt.zero_grad(set_to_none=True)
+    q1, q2 = qf(obs, actions)
+    q_loss = nn.functional.mse_loss(q1, td_target) + nn.functional.mse_loss(q2, td_target)
+    q_loss.backward()
+    q_opt.step()
+    return float(q_loss.detach())
 
 
 def greedy_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

@@ -260,11 +260,7 @@ def critic_step(qf: TwinQ, qf_target: TwinQ, q_opt: torch.optim.Optimizer, q_alg
                 new_values: str) -> None:
     """One step of both critics towards ``td_target (batch,)`` on the batch ``b``; when the critics' topology
     algorithm changed their connections, the target critics take the new topology (SAC and TD3 alike)."""
-    q1, q2 = qf(b.obs, b.actions)
-    q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
-    q_opt.zero_grad()
-    q_loss.backward()
-    q_opt.step()
+    fast.critic_update(qf, q_opt, b.obs, b.actions, td_target)  # fused where it applies, bit for bit autograd's
     if q_algo is not None and q_algo.step():
         sp.sync_target(qf, qf_target, new_values)
 
