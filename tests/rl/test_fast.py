@@ -111,6 +111,16 @@ def test_loss_step_declines_where_it_does_not_apply():
     assert drop.loss_step(torch.randn(3, 4), lambda o, g: 0.0) is None
 
 
+@pytest.mark.parametrize("batch", [1, 5, 16])
+def test_greedy_policy_with_a_conv_torso_matches_the_torch_forward(batch):
+    q = make_q((4, 10, 10), 3, [32], 0.1, 0)
+    obs = (np.random.default_rng(batch).random((batch, 4, 10, 10)) < 0.3).astype(np.float32)
+    with torch.no_grad():
+        feats = q.net[:-1](torch.from_numpy(obs)).numpy()
+        np.testing.assert_array_equal(q.net[-1].infer_numpy(feats), q(torch.from_numpy(obs)).numpy())
+    np.testing.assert_array_equal(fast.greedy_policy(q)(obs), dqn.eval_policy(q)(obs))
+
+
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_greedy_policy_matches_the_torch_forward(batch):
     q = make_q((8,), 4, [64, 64], 0.1, 0)

@@ -10,8 +10,8 @@ capture) each function falls back to the plain PyTorch sequence it replaces, wit
   fused backward; a conv torso (MinAtar) runs through torch autograd from the MLP's input gradient; then one
   optimizer step.
 * :func:`critic_update` — SAC's and TD3's twin-critic step the same way (MSE towards the TD target).
-* :func:`greedy_policy` — argmax of the Q-values for a few observations through
-  :meth:`sparta.nn.SparseMLP.infer_numpy` (numpy in, numpy out, no tensors) for an MLP-only network.
+* :func:`greedy_policy` — argmax of the Q-values for a few observations, the sparse MLP through
+  :meth:`sparta.nn.SparseMLP.infer_numpy` (numpy in, numpy out, no tensors; a conv torso runs in torch first).
 * :func:`polyak` — ``θ' ← θ' + τ (θ − θ')`` (or a copy at ``τ = 1``) with ``torch._foreach_lerp_`` /
   ``torch._foreach_copy_``: one call for every parameter, the numbers of ``Tensor.lerp_`` / ``copy_``.
 """
@@ -145,22 +145,29 @@ def critic_update(qf: nn.Module, q_opt: torch.optim.Optimizer, obs: torch.Tensor
 
 
 def greedy_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """The greedy policy of Q-network ``q``: observations ``(k, *obs_shape)`` → ``k`` int64 actions. An MLP-only
-    sparse network at up to 16 observations takes :meth:`SparseMLP.infer_numpy`; anything else the torch forward."""
+    """The greedy policy of Q-network ``q``: observations ``(k, *obs_shape)`` → ``k`` int64 actions. A sparse MLP
+    head at up to 16 float32 observations takes :meth:`SparseMLP.infer_numpy` (after the torso, if any, in torch);
+    anything else the torch forward. The actions are those of :func:`sparta.rl.dqn.eval_policy`."""
     torso, mlp = split_q(q)
 
     @torch.no_grad()
     def slow(o: np.ndarray) -> np.ndarray:
         return q(torch.as_tensor(o, dtype=torch.float32)).argmax(1).numpy()
 
-    if mlp is None or torso is not None:
+    if mlp is None:
         return slow
 
     def greedy(o: np.ndarray) -> np.ndarray:
-        if o.dtype == np.float32 and o.ndim == 2 and o.shape[0] <= 16 and o.flags.c_contiguous:
-            out = mlp.infer_numpy(o)
-            if out is not None:
-                return out.argmax(1)
+        if o.dtype == np.float32 and o.shape[0] <= 16 and o.flags.c_contiguous:
+            if torso is not None:  # the conv torso through torch, the MLP through infer_numpy
+                with torch.no_grad():
+                    x = torso(torch.from_numpy(o)).numpy()
+            else:
+                x = o
+            if x.ndim == 2:
+                out = mlp.infer_numpy(x)
+                if out is not None:
+                    return out.argmax(1)
         return slow(o)
 
     return greedy
