@@ -334,6 +334,52 @@ LUNAR_TIMING = dict(learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, le
 BREAKDOWN_METHODS = ["dense", "static:0.95x5", "dense:x5"]
 
 
+def kernel_speed(batch: int = 128, calls: int = 50, repeats: int = 7) -> str:
+    """The MLP's arithmetic alone at one thread: forward (no grad) and forward + backward of the LunarLander
+    Q-network, dense ×1 (``nn.Linear``, MKL) against 95 % sparse ×5 (ERK; fused passes: ``SparseMLP.forward`` and
+    ``SparseMLP.loss_step``), interleaved; best and median of ``repeats`` rounds of ``calls`` calls (µs)."""
+    import time
+
+    from sparta.rl import fast
+    from sparta.topology import sparsify
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    dense = dqn.QNetwork((8,), 4, [256, 256])
+    sparse = dqn.QNetwork((8,), 4, [1280, 1280])
+    sparsify(sparse, 0.05, distribution="erk")
+    mlp = sparse.net[-1]
+    x = torch.randn(batch, 8)
+    a, y = np.random.default_rng(0).integers(0, 4, batch), np.zeros(batch, np.float32)
+
+    def dense_step() -> None:
+        dense.zero_grad()
+        dense(x).sum().backward()
+
+    cases = {
+        "dense ×1 forward": lambda: dense(x),
+        "sparse ×5 forward": lambda: mlp(x),
+        "dense ×1 forward + backward": dense_step,
+        "sparse ×5 forward + backward": lambda: mlp.loss_step(x, lambda o, g: fast.td_grad(o, a, y, False, g)),
+    }
+    res: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for k, f in cases.items():
+            grad = "backward" in k
+            with torch.set_grad_enabled(grad):
+                f()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    f()
+                res[k].append((time.perf_counter() - t0) / calls)
+    conns = [m.nnz for m in mlp.layers]
+    lines = [f"batch {batch}, one thread; sparse ×5 connections per layer {conns} ({sum(conns)}), dense ×1 "
+             f"{sum(m.weight.numel() for m in dense.net[-1].layers)}",
+             "| case | best (µs) | median (µs) |", "|---|---|---|"]
+    lines += [f"| {k} | {1e6 * min(v):.0f} | {1e6 * float(np.median(v)):.0f} |" for k, v in res.items()]
+    return "\n".join(lines)
+
+
 def lunar(task: str, specs: dict) -> dict:
     """The task's spec, for LunarLander with the issue's timing settings (one update per step, batch 128)."""
     return dict(specs[task], config=dict(specs[task]["config"], **LUNAR_TIMING)) if "Lunar" in task else specs[task]
@@ -483,6 +529,8 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true",
                     help="only: where a DQN update step's time goes, phase by phase (default methods: "
                          + " ".join(BREAKDOWN_METHODS) + ")")
+    ap.add_argument("--kernel-speed", action="store_true",
+                    help="only: the MLP's forward and forward + backward, dense ×1 against 95 %% sparse ×5")
     ap.add_argument("--act-speed", action="store_true",
                     help="only: µs per greedy action at batch 1, fast path vs torch forward (default methods: "
                          + " ".join(ACT_METHODS) + ")")
@@ -508,6 +556,9 @@ def main() -> None:
         return
     if args.eval_speed:
         print(eval_speed(tasks, specs, methods))
+        return
+    if args.kernel_speed:
+        print(kernel_speed())
         return
     if args.act_speed:
         for t in args.tasks or ["dqn:LunarLander-v3"]:
