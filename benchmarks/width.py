@@ -194,6 +194,7 @@ def report(results: Path, plots: Path, games: list[str], widths: list[int], meth
              "CPU per run (min) | frames |", "|---|---|---|---|---|---|---|---|---|---|"]
     fig, axes = plt.subplots(1, len(games) + 1, figsize=(4.2 * (len(games) + 1), 3.6))
     colours = {"dense": "tab:blue", "gmp": "tab:orange", "set": "tab:green"}
+    labelled: set[tuple[str, str]] = set()
     for gi, game in enumerate(games):
         ax = axes[gi]
         for method in methods:
@@ -213,24 +214,32 @@ def report(results: Path, plots: Path, games: list[str], widths: list[int], meth
                              f"{np.mean([r['density'] for r in runs]):.3f} | "
                              f"{np.median([r['wall_seconds'] for r in runs]) / 60:.0f} | "
                              f"{np.median([r['cpu_seconds'] for r in runs]) / 60:.0f} | {runs[0]['frames']} |")
+                label = f"{method} {game}" if (method, game) not in labelled else None
+                labelled.add((method, game))
                 axes[-1].scatter([w + (0.1 if method == "gmp" else -0.1)] * len(runs),
                                  [r["wall_seconds"] / 60 for r in runs], color=colours.get(method, "k"),
-                                 marker="o" if game == games[0] else "s", s=14,
-                                 label=f"{method} {game}" if w == widths[0] else None)
+                                 marker="o" if game == games[0] else "s", s=14, label=label)
             if xs:
                 label = "dense" if method == "dense" else f"{method.upper()} 95 %"
                 ax.plot(xs, mids, "-o", color=colours.get(method, "k"), label=label)
                 ax.fill_between(xs, los, his, color=colours.get(method, "k"), alpha=0.2)
-        ax.set_title(f"MinAtar {game}")
+                if method == "dense" and xs[0] == 1:
+                    ax.axhline(mids[0], color="grey", ls="--", lw=0.8, label="dense ×1")
+        n_runs = [r for r in rows if r["game"] == game]
+        frames = sorted({r["frames"] for r in n_runs})
+        ax.set_title(f"MinAtar {game} ({len(n_runs)} runs, {'/'.join(f'{f / 1e6:g}' for f in frames) or '–'} M frames)",
+                     fontsize=9)
         ax.set_xlabel("width multiplier")
         ax.set_xticks(widths)
         ax.set_ylabel("IQM return (95 % CI)")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     axes[-1].set_title("wall-clock per run")
     axes[-1].set_xlabel("width multiplier")
     axes[-1].set_xticks(widths)
     axes[-1].set_ylabel("minutes (one core, shared machine)")
-    axes[-1].legend(fontsize=7)
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7)
     fig.tight_layout()
     plots.mkdir(parents=True, exist_ok=True)
     path = plots / "width_sweep.png"
