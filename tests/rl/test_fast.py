@@ -206,3 +206,33 @@ def test_critic_update_is_bit_for_bit_the_autograd_step(seed):
             assert torch.equal(p1, p2), n
     dense = TwinQ(obs_dim, act_dim, [16])  # nn.Linear layers: the autograd step
     assert fast.critic_update(dense, torch.optim.Adam(dense.parameters()), obs, act, y) > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_td3_actor_update_is_bit_for_bit_the_autograd_step(seed):
+    from sparta.rl.td3 import Actor, TwinQ
+
+    rng = np.random.default_rng(seed)
+    obs_dim, act_dim, batch = int(rng.integers(2, 12)), int(rng.integers(1, 4)), int(rng.integers(3, 90))
+    hidden = [int(rng.integers(8, 40)), int(rng.integers(8, 40))]
+    torch.manual_seed(seed)
+    low, high = -rng.random(act_dim) - 0.5, rng.random(act_dim) + 0.5
+    actor, qf = Actor(obs_dim, act_dim, hidden, low, high), TwinQ(obs_dim, act_dim, hidden)
+    sparsify(actor, 0.3, distribution="erk")
+    sparsify(qf, 0.3, distribution="erk")
+    actor2, qf2 = copy.deepcopy(actor), copy.deepcopy(qf)
+    opt, opt2 = sparta_optim.Adam(actor.parameters(), lr=1e-2), sparta_optim.Adam(actor2.parameters(), lr=1e-2)
+    for step in range(4):
+        obs = torch.randn(batch, obs_dim, generator=torch.Generator().manual_seed(10 * seed + step))
+        qf.zero_grad()  # as TD3's critic step does before each of its steps
+        qf2.zero_grad()
+        loss = fast.td3_actor_update(actor, qf, opt, obs)
+        ref = -qf2(obs, actor2(obs))[0].mean()
+        opt2.zero_grad()
+        ref.backward()
+        opt2.step()
+        assert loss == pytest.approx(float(ref.detach()), rel=1e-5, abs=1e-6)
+        for (n, p1), p2 in zip(actor.named_parameters(), actor2.parameters(), strict=True):
+            assert torch.equal(p1, p2), n
+        for (n, p1), p2 in zip(qf.q1.named_parameters(), qf2.q1.parameters(), strict=True):
+            assert torch.equal(p1.grad, p2.grad), n  # the critic's gradients as autograd leaves them

@@ -9,7 +9,8 @@ capture) each function falls back to the plain PyTorch sequence it replaces, wit
   loss's output gradient by a numba kernel (:func:`td_grad`: MSE or Huber on the chosen action's Q value), the
   fused backward; a conv torso (MinAtar) runs through torch autograd from the MLP's input gradient; then one
   optimizer step.
-* :func:`critic_update` — SAC's and TD3's twin-critic step the same way (MSE towards the TD target).
+* :func:`critic_update` — SAC's and TD3's twin-critic step the same way (MSE towards the TD target);
+  :func:`td3_actor_update` — TD3's actor step, the critic's input gradient carried into the actor's backward.
 * :func:`greedy_policy` — argmax of the Q-values for a few observations, the sparse MLP through
   :meth:`sparta.nn.SparseMLP.infer_numpy` (numpy in, numpy out, no tensors; a conv torso runs in torch first).
 * :func:`polyak` — ``θ' ← θ' + τ (θ − θ')`` (or a copy at ``τ = 1``) with ``torch._foreach_lerp_`` /
@@ -142,6 +143,57 @@ def critic_update(qf: nn.Module, q_opt: torch.optim.Optimizer, obs: torch.Tensor
     q_loss.backward()
     q_opt.step()
     return float(q_loss.detach())
+
+
+def td3_actor_update(actor: nn.Module, qf: nn.Module, actor_opt: torch.optim.Optimizer, obs: torch.Tensor) -> float:
+    """TD3's actor step: ``loss = −mean(Q₁(s, μ(s)))``, ``zero_grad``, ``backward``, ``actor_opt.step()``, for an
+    actor ``μ(s) = tanh(MLP(s)) · scale + bias`` (``actor.net``, ``actor.scale``, ``actor.bias``) and twin critics
+    ``qf`` (``qf.q1``). Where the fused passes apply, the actor's forward and backward and the critic's are each one
+    pass, the critic's input gradient carried to the actor through torch's own tanh backward (the same numbers as
+    autograd bit for bit; the critic's gradients of this loss are left in its ``.grad``, set rather than added to
+    what was there — TD3 zeroes them before each critic step); else
+    the autograd step. Returns the loss."""
+    net, q1 = getattr(actor, "net", None), getattr(qf, "q1", None)
+    obs_dim = obs.shape[1]
+    if isinstance(net, SparseMLP) and isinstance(q1, SparseMLP) and net.fused_path(obs) and q1.fused_path(obs):
+        scale, bias = actor.scale, actor.bias
+        value = [0.0]
+
+        def grad(z: np.ndarray, gz: np.ndarray) -> float:
+            y = torch.tanh(torch.from_numpy(z))
+            a = y * scale + bias
+            x = torch.cat([obs, a], 1)
+            inv = np.float32(-1.0 / x.shape[0])
+
+            def qgrad(out: np.ndarray, gy: np.ndarray) -> float:
+                gy[:] = inv
+                value[0] = -float(out[:, 0].mean(dtype=np.float64))
+                return value[0]
+
+            done = q1.loss_step(x, qgrad, input_grad=True)
+            if done is None:
+                raise _NotFused
+            da = done[1][:, obs_dim:]
+            gz[:] = torch.ops.aten.tanh_backward(da * scale, y).numpy()
+            return value[0]
+
+        actor_opt.zero_grad(set_to_none=True)
+        try:
+            done = net.loss_step(obs, grad)
+        except _NotFused:
+            done = None
+        if done is not None:
+            actor_opt.step()
+            return done[0]
+    loss = -qf(obs, actor(obs))[0].mean()
+    actor_opt.zero_grad()
+    loss.backward()
+    actor_opt.step()
+    return float(loss.detach())
+
+
+class _NotFused(Exception):
+    """The critic's fused pass did not apply inside the actor's (the autograd step runs instead)."""
 
 
 def greedy_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
