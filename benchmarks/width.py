@@ -51,9 +51,10 @@ EVAL_EPISODES = 10
 CONFIG = dict(learning_rate=2.5e-4, batch_size=32, buffer_size=100_000, learning_starts=5000, train_frequency=4,
               target_network_frequency=250, start_e=1.0, end_e=0.1, hidden=(128,), loss="huber", gamma=0.99)
 EXPLORATION_FRAMES = 100_000
-# rough cost per frame on one core (seconds) by width, from this machine's MinAtar timings; only used by
-# --stop-by before any run of a cell has finished
-FRAME_SECONDS = {1: 6e-4, 3: 1.0e-3, 5: 1.5e-3}
+# rough cost per frame (seconds) by width on one core of the shared 2-core machine of 2026-12-07 (dense ×1
+# Breakout: 2.4 ms per frame; ×5 frames 5.6× that in --timing); only for --stop-by, before any run of the same
+# game and width has finished
+FRAME_SECONDS = {1: 2.5e-3, 3: 7e-3, 5: 1.3e-2}
 
 
 def run_name(game: str, method: str, width: int, seed: int) -> str:
@@ -134,12 +135,14 @@ def plan(games: list[str], widths: list[int], methods: list[str], seeds: list[in
 
 
 def estimate(results: Path, game: str, method: str, width: int, frames: int) -> float:
-    """Expected wall-clock seconds of one run: the median of this cell's finished runs, else FRAME_SECONDS."""
-    done = [json.loads(p.read_text()) for p in results.glob(f"{game}_{method}_x{width}_seed*.json")]
-    done = [d for d in done if d["frames"] == frames]
-    if done:
-        return float(np.median([d["wall_seconds"] for d in done]))
-    return FRAME_SECONDS.get(width, 1.5e-3) * frames
+    """Expected wall-clock seconds of one run: the median of this cell's finished runs, else of the same game and
+    width's (either method), else FRAME_SECONDS."""
+    for pattern in (f"{game}_{method}_x{width}_seed*.json", f"{game}_*_x{width}_seed*.json"):
+        done = [json.loads(p.read_text()) for p in results.glob(pattern)]
+        done = [d for d in done if d["frames"] == frames]
+        if done:
+            return float(np.median([d["wall_seconds"] for d in done]))
+    return FRAME_SECONDS.get(width, 1.3e-2) * frames
 
 
 def parse_stop_by(text: str | None) -> float | None:
