@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparta.nn import MaskedConv2d, MaskedLinear, SparseLinear
+from sparta.nn import MaskedConv2d, MaskedLinear, SparseLinear, small
 from sparta.rl import SparsityConfig, dqn, sac, td3
+from sparta.rl import sparsity as sp
 from sparta.rl.envs import make_env
 from sparta.rl.report import bootstrap_ci, score_iqm, write_plots
 from sparta.rl.runs import SUMMARY, find_runs, read_metrics
@@ -254,10 +255,45 @@ def eval_speed(tasks: list[str], specs: dict, methods: dict[str, list[str]], rep
     return "\n".join(lines)
 
 
-TIMING_METHODS = ["dense", "set:0.9", "set:0.95", "static:0.95x3"]
+TIMING_METHODS = ["dense", "static:0.95x5", "static:0.95x5/autograd", "dense:x5"]
+ACT_METHODS = ["dense", "static:0.95", "static:0.9", "static:0.95x5"]
 
 
-def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats: int = 3) -> str:
+def act_speed(task: str, spec: dict, methods: list[str], calls: int = 1000, repeats: int = 20) -> str:
+    """Microseconds per greedy action at batch 1 (an observation from the environment), the fast path
+    (``sparta.rl.fast.greedy_policy``) and the torch forward (``dqn.eval_policy``), one thread: medians of
+    ``repeats`` rounds of ``calls`` calls, networks interleaved, the two paths' order alternating by round."""
+    import time
+
+    from sparta.rl import fast
+
+    torch.set_num_threads(1)
+    env = make_env(task.split(":", 1)[1])
+    obs = np.asarray(env.reset(seed=0)[0], np.float32)[None]
+    rows = []
+    pols = {}
+    for method in methods:
+        q = dqn.build(make_config(task, spec, method, 0, 100_000, False), env)["q"]
+        pols[method] = (fast.greedy_policy(q), dqn.eval_policy(q))
+    res: dict[tuple[str, int], list[float]] = {}
+    for r in range(repeats):
+        for method in methods:
+            for k in ((0, 1) if r % 2 == 0 else (1, 0)):  # alternate which path goes first
+                pol = pols[method][k]
+                pol(obs)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    pol(obs)
+                res.setdefault((method, k), []).append((time.perf_counter() - t0) / calls)
+    for method in methods:
+        f, t = (f"{1e6 * float(np.median(res[(method, k)])):.1f} ({1e6 * min(res[(method, k)]):.1f})" for k in (0, 1))
+        rows.append(f"| {task} | {method} | {f} | {t} |")
+    return "\n".join(["| task | network | fast path: median (best), µs/action | torch forward: median (best) |",
+                      "|---|---|---|---|", *rows])
+
+
+def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats: int = 3,
+           learn_steps: int = 4000) -> str:
     """Wall-clock per environment step of each agent's training loop (acting, replay, updates, topology
     updates), measured alone, one thread, methods interleaved, median of ``repeats``: 1000 steps of random
     actions to fill the buffer, then a fixed number of learning steps, no evaluation.
@@ -265,7 +301,7 @@ def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats
     import time
 
     torch.set_num_threads(1)
-    learn = {"dqn": 4000, "td3": 1500, "sac": 1500}
+    learn = {"dqn": learn_steps, "td3": 1500, "sac": 1500}
     lines = ["| task | method | ms/step | × dense | steps timed |", "|---|---|---|---|---|"]
     for task in tasks:
         algo = task.split(":", 1)[0]
@@ -274,7 +310,10 @@ def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats
         times: dict[str, list[float]] = {m: [] for m in methods[task]}
         for _ in range(repeats):
             for method in methods[task]:
-                cfg = make_config(task, spec, method, 0, steps, False)
+                name, _, path = method.partition("/")  # "static:0.95x5/autograd": the plain autograd update
+                cfg = make_config(task, spec, name, 0, steps, False)
+                if algo == "dqn":
+                    cfg.fast = path != "autograd"
                 cfg.learning_starts, cfg.eval_every, cfg.eval_episodes = 1000, steps + 1, 1
                 cfg.sparsity.every = 500  # a few topology updates inside the timed window
                 if algo == "dqn":
@@ -287,7 +326,192 @@ def timing(tasks: list[str], specs: dict, methods: dict[str, list[str]], repeats
             ms = 1e3 * float(np.median(ts))
             ratio = "–" if dense is None else f"{ms / 1e3 / dense:.2f}"
             lines.append(f"| {task} | {method} | {ms:.3f} | {ratio} | {steps} |")
+        for a, b in (("dense", "static:0.95x5"), ("dense:x5", "static:0.95x5")):
+            if a in times and b in times:
+                lines.append(f"| {task} | {a} ÷ {b} | | {np.median(times[a]) / np.median(times[b]):.2f} | |")
     return "\n".join(lines)
+
+
+LUNAR_TIMING = dict(learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=1000, train_frequency=1,
+                    target_network_frequency=250, exploration_fraction=0.12, end_e=0.1, hidden=(256, 256))
+BREAKDOWN_METHODS = ["dense", "static:0.95x5", "dense:x5"]
+
+
+def kernel_speed(batch: int = 128, calls: int = 50, repeats: int = 7) -> str:
+    """The MLP's arithmetic alone at one thread: forward (no grad) and forward + backward of the LunarLander
+    Q-network, dense ×1 (``nn.Linear``, MKL) against 95 % sparse ×5 (ERK; fused passes: ``SparseMLP.forward`` and
+    ``sparta.nn.small.loss_step``), interleaved; best and median of ``repeats`` rounds of ``calls`` calls (µs)."""
+    import time
+
+    from sparta.rl import fast
+    from sparta.topology import sparsify
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    dense = dqn.QNetwork((8,), 4, [256, 256])
+    sparse = dqn.QNetwork((8,), 4, [1280, 1280])
+    sparsify(sparse, 0.05, distribution="erk")
+    mlp = sparse.net[-1]
+    x = torch.randn(batch, 8)
+    a, y = np.random.default_rng(0).integers(0, 4, batch), np.zeros(batch, np.float32)
+
+    def dense_step() -> None:
+        dense.zero_grad()
+        dense(x).sum().backward()
+
+    cases = {
+        "dense ×1 forward": lambda: dense(x),
+        "sparse ×5 forward": lambda: mlp(x),
+        "dense ×1 forward + backward": dense_step,
+        "sparse ×5 forward + backward": lambda: small.loss_step(mlp, x, lambda o, g: fast.td_grad(o, a, y, False, g)),
+    }
+    res: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for k, f in cases.items():
+            grad = "backward" in k
+            with torch.set_grad_enabled(grad):
+                f()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    f()
+                res[k].append((time.perf_counter() - t0) / calls)
+    conns = [m.nnz for m in mlp.layers]
+    lines = [f"batch {batch}, one thread; sparse ×5 connections per layer {conns} ({sum(conns)}), dense ×1 "
+             f"{sum(m.weight.numel() for m in dense.net[-1].layers)}",
+             "| case | best (µs) | median (µs) |", "|---|---|---|"]
+    lines += [f"| {k} | {1e6 * min(v):.0f} | {1e6 * float(np.median(v)):.0f} |" for k, v in res.items()]
+    return "\n".join(lines)
+
+
+def lunar(task: str, specs: dict) -> dict:
+    """The task's spec, for LunarLander with the issue's timing settings (one update per step, batch 128)."""
+    return dict(specs[task], config=dict(specs[task]["config"], **LUNAR_TIMING)) if "Lunar" in task else specs[task]
+
+
+def breakdown(task: str, spec: dict, methods: list[str], updates: int = 300, repeats: int = 3) -> str:
+    """Where one DQN update step's time goes: each phase timed alone over ``updates`` steps (median over
+    ``repeats`` rounds, methods interleaved, one thread): replay sample, TD target (target/online forwards on
+    the next observations), forward on the batch (+ gather), loss, zero_grad + backward, optimizer step, target
+    update (one Polyak/hard copy), acting at batch 1, one environment step; "Python" is the rest of a timed
+    whole step (act + env + store + update) beyond the phases' sum."""
+    import time
+
+    from sparta.rl.buffers import ReplayBuffer
+
+    torch.set_num_threads(1)
+    algo, env_id = task.split(":", 1)
+    rows = []
+    phases = ["sample", "td_target", "forward", "loss", "backward", "optimizer", "target_update", "act", "env"]
+    acc: dict[str, dict[str, list[float]]] = {m: {p: [] for p in phases + ["fast_update", "whole", "fast_whole",
+                                                                             "torso"]}
+                                              for m in methods}
+    built = {}
+    for method in methods:
+        cfg = make_config(task, spec, method, 0, 10_000, False)
+        env = make_env(env_id)
+        nets = dqn.build(cfg, env)
+        rb = ReplayBuffer(cfg.buffer_size, env.observation_space.shape, seed=0)
+        obs, _ = env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        for i in range(5000):
+            a = int(rng.integers(env.action_space.n))
+            nxt, r, term, trunc, _ = env.step(a)
+            rb.add(obs, a, r, nxt, term, trunc)
+            obs = nxt if not (term or trunc) else env.reset(seed=i)[0]
+        built[method] = (cfg, env, nets, rb, obs)
+    for _ in range(repeats):
+        for method in methods:
+            cfg, env, nets, rb, obs = built[method]
+            q, opt, target = nets["q"], nets["opt"], nets["target"]
+            loss_fn = torch.nn.functional.mse_loss if cfg.loss == "mse" else torch.nn.functional.smooth_l1_loss
+            t = {p: 0.0 for p in phases}
+            t0 = time.perf_counter()
+            for _ in range(updates):
+                a = time.perf_counter()
+                b = rb.sample(cfg.batch_size)
+                c = time.perf_counter()
+                with torch.no_grad():
+                    if cfg.double:
+                        next_a = q(b.next_obs).argmax(1, keepdim=True)
+                        next_q = target(b.next_obs).gather(1, next_a).squeeze(1)
+                    else:
+                        next_q = target(b.next_obs).max(1).values
+                    y = b.rewards + b.discounts * (1 - b.dones) * next_q
+                d = time.perf_counter()
+                pred = q(b.obs).gather(1, b.actions.long().unsqueeze(1)).squeeze(1)
+                e = time.perf_counter()
+                loss = loss_fn(pred, y)
+                f = time.perf_counter()
+                opt.zero_grad()
+                loss.backward()
+                g = time.perf_counter()
+                opt.step()
+                h = time.perf_counter()
+                sp.polyak(q, target, cfg.tau)
+                i = time.perf_counter()
+                with torch.no_grad():
+                    q(torch.as_tensor(obs[None], dtype=torch.float32)).argmax(1).numpy()
+                j = time.perf_counter()
+                nxt, r, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
+                k = time.perf_counter()
+                if len(q.net) > 1:  # the conv torso alone: forward on the batch and backward (in the phases above)
+                    feats = q.net[:-1](b.obs)
+                    feats.backward(torch.ones_like(feats))
+                    acc[method]["torso"].append(time.perf_counter() - k)
+                    k = time.perf_counter()
+                obs = nxt if not (term or trunc) else env.reset(seed=0)[0]
+                for p, dt in zip(phases, (c - a, d - c, e - d, f - e, g - f, h - g, i - h, j - i, k - j), strict=True):
+                    t[p] += dt
+            for p in phases:
+                acc[method][p].append(t[p] / updates)
+            # the whole agent step as dqn.train runs it (act, env, store, sample, update; no target update), with
+            # the autograd update and with the fast path (fast.greedy_policy + fast.dqn_update)
+            from sparta.rl import fast
+
+            def slow_update(b, cfg=cfg, q=q, target=target, opt=opt):
+                return dqn.td_update(cfg, q, target, opt, b)
+
+            def fast_update(b, cfg=cfg, q=q, target=target, opt=opt):
+                return fast.dqn_update(q, target, opt, b, double=cfg.double, loss=cfg.loss)
+
+            for key, act, update in (("whole", dqn.eval_policy(q), slow_update),
+                                     ("fast_whole", fast.greedy_policy(q), fast_update)):
+                t0 = time.perf_counter()
+                tu = 0.0
+                for _ in range(updates):
+                    action = int(act(obs[None])[0])
+                    nxt, r, term, trunc, _ = env.step(action)
+                    rb.add(obs, action, r, nxt, term, trunc)
+                    obs = nxt if not (term or trunc) else env.reset(seed=0)[0]
+                    b = rb.sample(cfg.batch_size)
+                    t1 = time.perf_counter()
+                    update(b)
+                    tu += time.perf_counter() - t1
+                acc[method][key].append((time.perf_counter() - t0) / updates)
+                if key == "fast_whole":
+                    acc[method]["fast_update"].append(tu / updates)
+            built[method] = (cfg, env, nets, rb, obs)
+    header = ["phase"] + methods
+    for p in phases + ["python/other", "whole step", "fast: update", "fast: whole step", "conv torso fwd+bwd"]:
+        row = [p]
+        for m in methods:
+            med = {k: float(np.median(v)) if v else float("nan") for k, v in acc[m].items()}
+            if p == "whole step":
+                val = med["whole"]
+            elif p == "fast: update":
+                val = med["fast_update"]
+            elif p == "fast: whole step":
+                val = med["fast_whole"]
+            elif p == "conv torso fwd+bwd":
+                val = med["torso"]
+            elif p == "python/other":
+                val = med["whole"] - sum(med[x] for x in phases if x != "target_update")
+            else:
+                val = med[p]
+            row.append(f"{1e6 * val:.0f}")
+        rows.append(row)
+    from _common import markdown_table
+    return f"µs per update step, {task}, batch {built[methods[0]][0].batch_size}, 1 thread\n" + markdown_table(header, rows)
 
 
 def main() -> None:
@@ -305,6 +529,17 @@ def main() -> None:
     ap.add_argument("--timing", action="store_true",
                     help="only time the training loop per step, methods alone and interleaved (default methods: "
                          + " ".join(TIMING_METHODS) + ")")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only: where a DQN update step's time goes, phase by phase (default methods: "
+                         + " ".join(BREAKDOWN_METHODS) + ")")
+    ap.add_argument("--kernel-speed", action="store_true",
+                    help="only: the MLP's forward and forward + backward, dense ×1 against 95 %% sparse ×5")
+    ap.add_argument("--act-speed", action="store_true",
+                    help="only: µs per greedy action at batch 1, fast path vs torch forward (default methods: "
+                         + " ".join(ACT_METHODS) + ")")
+    ap.add_argument("--repeats", type=int, default=3, help="--timing: rounds, methods interleaved (default 3)")
+    ap.add_argument("--learn-steps", type=int, default=4000,
+                    help="--timing: DQN learning steps timed after 1000 random ones (default 4000)")
     ap.add_argument("--eval-speed", action="store_true",
                     help="only time one evaluation: 1 environment vs one copy per episode in lockstep")
     args = ap.parse_args()
@@ -315,14 +550,28 @@ def main() -> None:
             raise SystemExit(f"--tasks: unknown task {t!r}; known: {', '.join(specs)}")
     methods = {t: args.methods or (QUICK_METHODS if args.quick else specs[t].get("methods", METHODS)) for t in tasks}
     for m in sum(methods.values(), []):
-        parse_method(m)
+        parse_method(m.partition("/")[0])
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     out = Path(args.out)
+    if args.breakdown:
+        for t in args.tasks or ["dqn:LunarLander-v3"]:
+            print(breakdown(t, lunar(t, specs), args.methods or BREAKDOWN_METHODS))
+        return
     if args.eval_speed:
         print(eval_speed(tasks, specs, methods))
         return
+    if args.kernel_speed:
+        print(kernel_speed())
+        return
+    if args.act_speed:
+        for t in args.tasks or ["dqn:LunarLander-v3"]:
+            print(act_speed(t, lunar(t, specs), args.methods or ACT_METHODS))
+        return
     if args.timing:
-        print(timing(tasks, specs, {t: args.methods or TIMING_METHODS for t in tasks}))
+        tasks = args.tasks or ["dqn:LunarLander-v3", "dqn:MinAtar/Breakout-v1"]
+        print("one thread; LunarLander: hidden 256-256, batch 128, one update per environment step")
+        print(timing(tasks, {t: lunar(t, specs) for t in tasks}, {t: args.methods or TIMING_METHODS for t in tasks},
+                     repeats=args.repeats, learn_steps=args.learn_steps))
         return
     if not args.report:
         jobs = [(t, specs[t], m, s, args.steps or specs[t]["steps"], args.quick, str(out))

@@ -108,17 +108,20 @@ class _FusedRunner:
         self.free: list[_Workspace] = []
         self.done: list[weakref.ref] = []  # big workspaces whose graph is alive but has run its backward
         self.arrays: tuple | None = None  # (key, _Structure) — see _structure
+        self.checked: tuple | None = None  # (arrays, layers, mode, structure) sparta.nn.small.infer_numpy checked
+        self.infer_scratch: tuple | None = None  # its two hidden-layer buffers
 
     def clear(self) -> None:
         self.free = []
         self.done = []
         self.arrays = None
+        self.checked = None
 
     def __deepcopy__(self, memo: dict) -> _FusedRunner:  # a copy of the module starts with empty caches
         return _FusedRunner()
 
     def __getstate__(self) -> dict:
-        return {"free": [], "done": [], "arrays": None}
+        return {"free": [], "done": [], "arrays": None, "checked": None, "infer_scratch": None}
 
     def release(self, ws: _Workspace, generation: int) -> None:
         """A graph was freed: its buffers are free unless a later forward already took them."""

@@ -374,6 +374,7 @@ class SparseMLP(nn.Module):
                 self.zero_grad(set_to_none=True)
         return _loss_and_right(stats, batch)
 
+
     def _plain_step(self, st: _Structure, x: torch.Tensor) -> bool:
         """Whether :meth:`train_step` may run its fused passes: grad mode on, every parameter trainable,
         no gradient capture and no hooks that autograd or the module call would run."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparta.nn import SparseMLP
+from sparta.rl import fast
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.envs import make_env
@@ -55,12 +56,16 @@ class DQNConfig:
     eval_episodes: int = 5
     checkpoint_every: int = 50_000
     threads: int | None = None
+    fast: bool = True                     # sparta.rl.fast's update, acting and target-update paths (same numbers
+    #                                       up to float rounding in the loss gradient); False: plain autograd
     sparsity: sp.SparsityConfig = field(default_factory=sp.SparsityConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, dict):
             self.sparsity = sp.SparsityConfig.from_dict(self.sparsity)
         self.hidden = tuple(self.hidden)
+        if not isinstance(self.fast, bool):
+            raise ValueError(f"fast must be True or False, got {self.fast!r}")
         check_positive(self, ("total_steps", "buffer_size", "target_network_frequency", "batch_size",
                               "train_frequency", "n_step", "eval_every", "eval_episodes", "checkpoint_every"))
         if not 0 <= self.learning_starts:
@@ -92,15 +97,16 @@ def check_positive(cfg: Any, names: tuple[str, ...]) -> None:
 
 
 class QNetwork(nn.Module):
-    """MLP over flat observations, or MinAtar's conv torso (16 3×3 filters) + MLP over ``(C, H, W)`` ones."""
+    """MLP over flat observations, or MinAtar's conv torso (``channels`` 3×3 filters, 16 at width ×1) + MLP over
+    ``(C, H, W)`` ones."""
 
-    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden: list[int]) -> None:
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden: list[int], channels: int = 16) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         if len(obs_shape) == 3:
             c, h, w = obs_shape
-            layers += [nn.Conv2d(c, 16, 3), nn.ReLU(), nn.Flatten()]
-            n_in = 16 * (h - 2) * (w - 2)
+            layers += [nn.Conv2d(c, channels, 3), nn.ReLU(), nn.Flatten()]
+            n_in = channels * (h - 2) * (w - 2)
         else:
             n_in = int(np.prod(obs_shape))
         # built dense; make_sparse turns its layers sparse, after which its training step runs fused
@@ -110,6 +116,14 @@ class QNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Q-values ``(batch, n_actions)`` of observations ``(batch, *obs_shape)``."""
         return self.net(x)
+
+
+def obs_storage(env) -> type:
+    """The replay buffer's observation dtype: uint8 for MinAtar's 0/1 channels (a quarter of the memory, the same
+    float32 batches), float32 otherwise."""
+    space = env.observation_space
+    binary = len(space.shape) == 3 and float(np.min(space.low)) == 0.0 and float(np.max(space.high)) == 1.0
+    return np.uint8 if binary and getattr(env, "binary_obs", False) else np.float32
 
 
 def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
@@ -127,7 +141,9 @@ def build(cfg: DQNConfig, env) -> dict[str, Any]:
     """Q-network (sparse per ``cfg.sparsity``), its optimizer, topology algorithm and target network."""
     n_actions = int(env.action_space.n)
     grad_steps = max(1, gradient_steps(cfg)["q"])
-    q = QNetwork(env.observation_space.shape, n_actions, cfg.sparsity.hidden(cfg.hidden))
+    # width scales the hidden layers and the conv torso's channels alike (Obando-Ceron et al., 2024)
+    q = QNetwork(env.observation_space.shape, n_actions, cfg.sparsity.hidden(cfg.hidden),
+                 channels=cfg.sparsity.hidden((16,))[0])
     sp.make_sparse(q, cfg.sparsity, grad_steps, cfg.seed)
     opt = sp.optimizers(cfg.sparsity).Adam(q.parameters(), lr=cfg.learning_rate)
     algo = sp.make_algorithm(q, opt, cfg.sparsity, grad_steps, cfg.seed)
@@ -155,12 +171,13 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
               total_steps=cfg.total_steps)
     nets = build(cfg, env)
     q, opt, algo, target = nets["q"], nets["opt"], nets["algo"], nets["target"]
-    rb = ReplayBuffer(cfg.buffer_size, env.observation_space.shape, n_step=cfg.n_step, gamma=cfg.gamma, seed=cfg.seed)
+    rb = ReplayBuffer(cfg.buffer_size, env.observation_space.shape, n_step=cfg.n_step, gamma=cfg.gamma, seed=cfg.seed,
+                      obs_dtype=obs_storage(env))
     rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # ε-greedy coin flips and random actions
     step = episode = grad_step = 0
     next_checkpoint = cfg.checkpoint_every
 
-    greedy = eval_policy(q)
+    greedy = fast.greedy_policy(q) if cfg.fast else eval_policy(q)
 
     def checkpoint() -> None:
         run.save({"step": step, "episode": episode, "grad_step": grad_step, "next_checkpoint": next_checkpoint,
@@ -204,24 +221,16 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         # learn
         if step > cfg.learning_starts and step % cfg.train_frequency == 0:
             b = rb.sample(cfg.batch_size)
-            with torch.no_grad():
-                if cfg.double:  # online net picks the action, target net values it
-                    next_a = q(b.next_obs).argmax(1, keepdim=True)
-                    next_q = target(b.next_obs).gather(1, next_a).squeeze(1)
-                else:
-                    next_q = target(b.next_obs).max(1).values
-                td_target = b.rewards + b.discounts * (1 - b.dones) * next_q
-            q_pred = q(b.obs).gather(1, b.actions.long().unsqueeze(1)).squeeze(1)
-            loss = F.mse_loss(q_pred, td_target) if cfg.loss == "mse" else F.smooth_l1_loss(q_pred, td_target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            if cfg.fast:
+                fast.dqn_update(q, target, opt, b, double=cfg.double, loss=cfg.loss)
+            else:
+                td_update(cfg, q, target, opt, b)
             grad_step += 1
             # topology update of the online net; the target net follows its topology
             if algo is not None and algo.step():
                 sp.sync_target(q, target, cfg.sparsity.new_values)
             if grad_step % cfg.target_network_frequency == 0:
-                sp.polyak(q, target, cfg.tau)
+                (fast.polyak if cfg.fast else sp.polyak)(q, target, cfg.tau)
 
         if step % cfg.eval_every == 0:
             run.log(eval_row(step, evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6), sp.density(q)))
@@ -245,6 +254,24 @@ def train(cfg: DQNConfig, run_dir=None, *, resume: bool = False, overwrite: bool
     checkpoint()
     final = evaluate(test_envs, greedy, cfg.eval_episodes, cfg.seed + 10**6)
     return summarize(run, "dqn", cfg, step, final, [q], t_start, env, *test_envs)
+
+
+def td_update(cfg: DQNConfig, q: nn.Module, target: nn.Module, opt: torch.optim.Optimizer, b) -> float:
+    """One gradient step through autograd (``cfg.fast=False``; :func:`sparta.rl.fast.dqn_update` is the fast
+    path): TD target under ``no_grad``, MSE/Huber on the chosen action's Q value, ``backward``, ``opt.step()``."""
+    with torch.no_grad():
+        if cfg.double:  # online net picks the action, target net values it
+            next_a = q(b.next_obs).argmax(1, keepdim=True)
+            next_q = target(b.next_obs).gather(1, next_a).squeeze(1)
+        else:
+            next_q = target(b.next_obs).max(1).values
+        td_target = b.rewards + b.discounts * (1 - b.dones) * next_q
+    q_pred = q(b.obs).gather(1, b.actions.long().unsqueeze(1)).squeeze(1)
+    loss = F.mse_loss(q_pred, td_target) if cfg.loss == "mse" else F.smooth_l1_loss(q_pred, td_target)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def eval_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

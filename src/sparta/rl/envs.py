@@ -2,7 +2,7 @@
 
 ``make_env("CartPole-v1")`` (core ``rl`` extra: gymnasium), ``"LunarLander-v3"`` (``box2d``), ``"Hopper-v5"``,
 ``"HalfCheetah-v5"``, ``"Walker2d-v5"`` (``mujoco``), ``"MinAtar/Breakout-v1"`` and the other MinAtar games
-(MinAtar: ``pip install --no-deps MinAtar``; observations channel-first ``(C, 10, 10)`` float32).
+(``minatar``, or ``pip install --no-deps minatar``; observations channel-first ``(C, 10, 10)`` float32).
 
 Seeding: agents reset every episode with ``seed + episode_index``, so a run restored at an episode boundary
 sees exactly the episodes an uninterrupted run would.
@@ -30,8 +30,8 @@ def _require(module: str, extra: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        how = ("pip install --no-deps MinAtar  (MinAtar pins old dependencies, so it has no extra)"
-               if extra == "minatar" else f'pip install "sparta[{extra}]"')
+        how = (f'pip install "sparta[{extra}]"' + ("  (or: pip install --no-deps minatar, which needs only numpy at "
+                                                   "run time)" if extra == "minatar" else ""))
         raise MissingExtraError(f"{what} needs the optional dependency {module!r} ({e}); install it with: {how}") from None
 
 
@@ -72,7 +72,7 @@ class MinAtarEnv:
     """A MinAtar game (Young & Tian 2019) as a Gymnasium environment with ``(C, 10, 10)`` float observations.
 
     ``MinAtar/Breakout-v1``, ``MinAtar/Asterix-v1``, ``MinAtar/Freeway-v1``, ``MinAtar/Seaquest-v1``,
-    ``MinAtar/SpaceInvaders-v1``. Needs ``pip install --no-deps MinAtar``.
+    ``MinAtar/SpaceInvaders-v1``. Needs the ``minatar`` extra (or ``pip install --no-deps minatar``).
     """
 
     def __new__(cls, env_id: str):
@@ -93,6 +93,7 @@ class MinAtarEnv:
                 self.observation_space = gym.spaces.Box(0.0, 1.0, (c, h, w), np.float32)
                 self.action_space = gym.spaces.Discrete(self.game.num_actions())
                 self.spec_id = env_id
+                self.binary_obs = True  # every observation entry is exactly 0 or 1
                 self.max_steps = 108_000 // 4 * 4  # MinAtar's customary cap, in agent steps
                 self.t = 0
 

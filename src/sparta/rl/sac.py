@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparta.nn import SparseMLP
+from sparta.rl import fast
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
@@ -265,11 +266,7 @@ def critic_step(qf: TwinQ, qf_target: TwinQ, q_opt: torch.optim.Optimizer, q_alg
                 new_values: str) -> None:
     """One step of both critics towards ``td_target (batch,)`` on the batch ``b``; when the critics' topology
     algorithm changed their connections, the target critics take the new topology (SAC and TD3 alike)."""
-    q1, q2 = qf(b.obs, b.actions)
-    q_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
-    q_opt.zero_grad()
-    q_loss.backward()
-    q_opt.step()
+    fast.critic_update(qf, q_opt, b.obs, b.actions, td_target)  # fused where it applies, bit for bit autograd's
     if q_algo is not None and q_algo.step():
         sp.sync_target(qf, qf_target, new_values)
 
@@ -310,7 +307,7 @@ def update(n: dict[str, Any], b, cfg: SACConfig, step: int, alpha: float, target
                 alpha = float(log_alpha.detach().exp())
 
     if step % cfg.target_network_frequency == 0:
-        sp.polyak(qf, qf_target, cfg.tau)
+        fast.polyak(qf, qf_target, cfg.tau)
     return alpha
 
 

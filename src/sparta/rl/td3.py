@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparta.rl import fast
 from sparta.rl import sparsity as sp
 from sparta.rl.buffers import ReplayBuffer, rng_state, set_rng_state
 from sparta.rl.dqn import check_positive
@@ -142,14 +143,11 @@ def update(n: dict[str, Any], b, cfg: TD3Config, step: int) -> None:
         td_target = b.rewards + b.discounts * (1 - b.dones) * torch.min(q1_t, q2_t)
     critic_step(qf, qf_target, n["q_opt"], n["q_algo"], b, td_target, cfg.sparsity.new_values)
     if step % cfg.policy_frequency == 0:
-        actor_loss = -qf(b.obs, actor(b.obs))[0].mean()
-        n["actor_opt"].zero_grad()
-        actor_loss.backward()
-        n["actor_opt"].step()
+        fast.td3_actor_update(actor, qf, n["actor_opt"], b.obs)  # −mean Q₁(s, μ(s)); fused where it applies
         if n["actor_algo"] is not None and n["actor_algo"].step():
             sp.sync_target(actor, actor_target, cfg.sparsity.new_values)
-        sp.polyak(actor, actor_target, cfg.tau)
-        sp.polyak(qf, qf_target, cfg.tau)
+        fast.polyak(actor, actor_target, cfg.tau)
+        fast.polyak(qf, qf_target, cfg.tau)
 
 
 def train(cfg: TD3Config, run_dir=None, *, resume: bool = False, overwrite: bool = False,
