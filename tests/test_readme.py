@@ -212,15 +212,15 @@ def test_the_readme_and_the_help_quote_the_same_time_for_sparta_train(capsys):
 
 
 def test_the_layout_names_the_packages_and_files_there_are():
-    """The README's source layout lists every sub-package of src/sparta, and each file it names exists there."""
+    """The code layout page lists every sub-package of src/sparta, and each file it names exists there."""
     src = README.parent / "src" / "sparta"
-    layout = README.read_text().split("\nsrc/sparta/\n", 1)[1].split("\nbenchmarks/", 1)[0]
+    layout = (README.parent / "docs" / "layout.md").read_text().split("\nsrc/sparta/\n", 1)[1].split("\nbenchmarks/", 1)[0]
     listed = dict(re.findall(r"^  (\w+)/\s+(.*(?:\n {13}.*)*)", layout, re.M))
     packages = {d.name for d in src.iterdir() if (d / "__init__.py").is_file()}
     assert set(listed) == packages, (sorted(listed), sorted(packages))
     for package, text in listed.items():
         for name in re.findall(r"\b(\w+\.py)\b", text):
-            assert (src / package / name).is_file(), f"README's layout names {package}/{name}, which does not exist"
+            assert (src / package / name).is_file(), f"docs/layout.md names {package}/{name}, which does not exist"
 
 
 def test_ci_runs_the_readmes_install_test_and_docs_commands():
