@@ -203,8 +203,11 @@ def write_result(path: Path, body: dict) -> None:
 
 
 def _commit() -> str | None:
+    import os
     import subprocess
 
+    if os.environ.get("SPARTA_COMMIT"):  # a sweep running from a copy of the code names the commit it copied
+        return os.environ["SPARTA_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True).stdout.strip()
