@@ -159,3 +159,25 @@ def test_cli_protocol_flags_are_checked(capsys):
     assert "--mode features" in capsys.readouterr().err
     assert main(["grid", "train", "--protocol", "challenge-2022", "--episode-days", "3", "--out", "x"]) == 2
     assert "drop --episode-days" in capsys.readouterr().err
+
+
+def test_cli_protocol_train_and_eval(tmp_path, capsys, monkeypatch):
+    """`--protocol` end to end, on a protocol shrunk to two days (the real ones take the whole year)."""
+    small = P.Protocol("challenge-2022", ("Building_1", "Building_2"), 0, 2, 2, 2,
+                       groups={"training": ("Building_1", "Building_2"), "validation": ("Building_6",),
+                               "test": ("Building_11", "Building_12")})
+    monkeypatch.setitem(P.PROTOCOLS, "challenge-2022", small)
+    out = tmp_path / "c22"
+    assert main(["grid", "train", "--protocol", "challenge-2022", "--episodes", "1", "--hidden", "32", "32",
+                 "--learning-starts", "10", "--batch-size", "32", "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "| test" in text and "| weighted" in text and "(C+G+D)/3" in text
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["mode"] == "features" and saved["buildings"] == ["Building_1", "Building_2"]
+    assert saved["batteries"] == "challenge-2022" and saved["protocol"] == "challenge-2022"
+    assert main(["grid", "eval", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["protocol"] == "challenge-2022" and r["window"] == {"start_day": 2, "days": 2}
+    assert set(r["challenge"]) == {"training", "validation", "test", "district", "weighted"}
+    assert len(r["buildings"]) == 5
+    assert (out / "eval" / "d2-2-challenge-2022.json").is_file()
