@@ -181,3 +181,8 @@ def test_cli_protocol_train_and_eval(tmp_path, capsys, monkeypatch):
     assert set(r["challenge"]) == {"training", "validation", "test", "district", "weighted"}
     assert len(r["buildings"]) == 5
     assert (out / "eval" / "d2-2-challenge-2022.json").is_file()
+    rule = tmp_path / "rule"
+    assert main(["grid", "train", "--protocol", "challenge-2022", "--agent", "self-consumption", "--out", str(rule),
+                 "-q"]) == 0
+    assert "| weighted" in capsys.readouterr().out
+    assert json.loads((rule / "config.json").read_text())["config"]["batteries"] == "challenge-2022"

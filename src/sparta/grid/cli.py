@@ -151,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     proto = _apply_protocol(a)
     if agent not in LEARNERS:
         extra = [f"--{k.replace('_', '-')}" for k in (*SPARSITY_FLAGS, *SAC_FLAGS) if k in a
-                 and k not in ("episode_days", "start_day", "reward", "seed", "episodes")]
+                 and k not in ("episode_days", "start_day", "reward", "seed", "episodes", "batteries")]
         if extra:
             raise ValueError(f"--agent {agent} is a fixed controller; {', '.join(extra)} apply to --agent sac or td3 "
                              "only")
