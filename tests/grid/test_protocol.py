@@ -186,3 +186,12 @@ def test_cli_protocol_train_and_eval(tmp_path, capsys, monkeypatch):
                  "-q"]) == 0
     assert "| weighted" in capsys.readouterr().out
     assert json.loads((rule / "config.json").read_text())["config"]["batteries"] == "challenge-2022"
+
+
+def test_raw_observations_are_citylearns_current_ones():
+    env = GridEnv(days=1, buildings=["Building_1", "Building_2"], kpis_at_end=False)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        np.testing.assert_allclose(np.array(env.raw_observations(), float), np.array(env.citylearn.observations, float))
+        env.step({a: rng.uniform(-1, 1, 1).astype(np.float32) for a in env.agents})

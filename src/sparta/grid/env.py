@@ -222,6 +222,7 @@ class GridEnv(_ParallelEnv):
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode at the window's first step: ``(observations, infos)`` dicts keyed by agent."""
         raw, _ = self.citylearn.reset(seed=seed)
+        self._raw = raw
         for space in self._act_spaces.values():
             if seed is not None:
                 space.seed(seed)
@@ -239,6 +240,7 @@ class GridEnv(_ParallelEnv):
             raise ValueError(f"actions must hold one action per live agent; missing {missing}")
         acts = [np.asarray(actions[a], dtype=np.float64).reshape(-1).tolist() for a in self.possible_agents]
         raw, rewards, terminated, truncated, _ = self.citylearn.step(acts)
+        self._raw = raw
         obs = self._observations(raw)
         done = bool(terminated or truncated)
         rew = {a: float(r) for a, r in zip(self.possible_agents, rewards, strict=True)}
@@ -298,8 +300,10 @@ class GridEnv(_ParallelEnv):
                 "buildings": np.asarray(self.possible_agents)}
 
     def raw_observations(self) -> list[list[float]]:
-        """CityLearn's un-normalised observations of the current step (what its rule-based controllers read)."""
-        return self.citylearn.observations
+        """CityLearn's un-normalised observations of the current step (what its rule-based controllers read): those
+        the last ``reset``/``step`` returned (CityLearn computes them anew on every ``observations`` access)."""
+        raw = getattr(self, "_raw", None)
+        return self.citylearn.observations if raw is None else raw
 
     def render(self) -> None:
         return None
