@@ -207,8 +207,7 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> list[Pa
             for ax in axes[:, c]:
                 ax.grid(alpha=0.3)
         axes[0, 0].legend(fontsize=7)
-        fig.suptitle("Deterministic evaluations (eval d<first day>-<days> of each run; the evaluation's buildings)",
-                     fontsize=10)
+        fig.suptitle("Deterministic evaluations (legend: eval/d<first day>-<days>)", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / "weeks.png", dpi=120)
         plt.close(fig)
