@@ -300,6 +300,9 @@ def protocol_report(args: argparse.Namespace, methods: list[str]) -> str:
     rows, scores = [], {}
     for method in methods:
         res = load_results(args.protocol, method)
+        if not res and method == "none":  # every metric of no control is 1 by definition (each is a ratio to it)
+            rows.append(["none", "definition", *["1.000"] * 6, "–", "–", "–"])
+            continue
         if not res:
             continue
         test = [r["challenge"]["test"]["score"] for r in res]
