@@ -51,6 +51,7 @@ class BuildingFeatures:
         self.solars: list[np.ndarray] = []
 
     def __call__(self, raw: list[list[float]]) -> np.ndarray:
+        """Record this step's raw observations (one list per building) and return ``(n_buildings, N_FEATURES)``."""
         load = np.array([o[i] for o, i in zip(raw, self.load_at, strict=True)], np.float64)
         solar = np.array([o[i] for o, i in zip(raw, self.solar_at, strict=True)], np.float64)
         self.loads = [*self.loads[-(HISTORY - 1):], load]

@@ -236,10 +236,12 @@ class Observer:
         self.features = BuildingFeatures(env) if mode == "features" else None
 
     def reset(self) -> None:
+        """Start an episode (forget the features' history)."""
         if self.features is not None:
             self.features.reset()
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """``(n_buildings, obs_dim [+ N_FEATURES])`` float32 learner inputs of this step's observations."""
         x = stack(obs, self.agents)
         if self.features is None:
             return x
@@ -397,6 +399,8 @@ class Policy:
         self.trained_on = sum(len(n["buildings"]) for n in learners)
 
     def reset(self, env: GridEnv) -> None:
+        """Attach to ``env`` (after ``env.reset()``); a one-hot or independent policy refuses a district of another
+        size."""
         if self.mode != "features" and len(env.possible_agents) != self.trained_on:
             raise ValueError(f"a policy trained in {self.mode} mode acts for the {self.trained_on} buildings it "
                              f"trained on, not {len(env.possible_agents)}; train with --mode features to evaluate "
@@ -406,6 +410,7 @@ class Policy:
                          for n in self.learners]
 
     def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Mean actions ``{agent: (1,) array}`` for this step's observations."""
         if self.observe is None:
             raise RuntimeError("call reset(env) before asking a Policy for actions")
         x = self.observe(obs)
