@@ -186,6 +186,8 @@ def test_cli_protocol_train_and_eval(tmp_path, capsys, monkeypatch):
                  "-q"]) == 0
     assert "| weighted" in capsys.readouterr().out
     assert json.loads((rule / "config.json").read_text())["config"]["batteries"] == "challenge-2022"
+    assert main(["grid", "report", str(tmp_path), "--out", str(tmp_path / "plots")]) == 0
+    assert "challenge.png" in capsys.readouterr().out  # the protocol's per-group scores
 
 
 def test_raw_observations_are_citylearns_current_ones():

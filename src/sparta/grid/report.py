@@ -169,6 +169,10 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> list[Pa
     plt.close(fig)
     written.append(out / "kpis.png")
 
+    protocol_plot = _protocol_plot(g, out, plt)
+    if protocol_plot is not None:
+        written.append(protocol_plot)
+
     traces, sources = {}, {}
     for label, runs in g.items():
         for run in runs:
@@ -213,3 +217,46 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> list[Pa
         plt.close(fig)
         written.append(out / "weeks.png")
     return written
+
+
+def _protocol_plot(g: dict[str, list[Path]], out: Path, plt) -> Path | None:
+    """``challenge.png``: each group of runs' ``(C+G+D)/3`` per building group of its protocol evaluation
+    (``eval/*-<protocol>.json``, written by ``sparta grid train/eval --protocol``); None when no run has one."""
+    found: dict[str, dict[str, list[float]]] = {}
+    protocols = set()
+    for label, runs in g.items():
+        for run in runs:
+            for f in sorted((run / "eval").glob("*.json")):
+                body = json.loads(f.read_text())
+                if not body.get("protocol") or not body.get("challenge"):
+                    continue
+                protocols.add(body["protocol"])
+                for group, m in body["challenge"].items():
+                    if group != "district" and m.get("score") is not None:
+                        found.setdefault(label, {}).setdefault(group, []).append(float(m["score"]))
+    if not found:
+        return None
+    names = [k for k in ("training", "validation", "test", "weighted") if any(k in v for v in found.values())]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(names) * max(1, len(found)) / 2), 4.5))
+    width = 0.8 / len(found)
+    for j, (label, per) in enumerate(found.items()):
+        xs = [i + (j - (len(found) - 1) / 2) * width for i, k in enumerate(names) if k in per]
+        vals = [np.asarray(per[k]) for k in names if k in per]
+        several = all(v.size > 1 for v in vals)
+        err = None
+        if several:
+            cis = [bootstrap_ci(v) for v in vals]
+            err = np.array([[v.mean() - lo, hi - v.mean()] for v, (lo, hi) in zip(vals, cis, strict=True)]).T
+        ax.bar(xs, [v.mean() for v in vals], width, yerr=err, capsize=2 if several else 0,
+               label=f"{label} (n={max(v.size for v in vals)})")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("(C+G+D)/3 relative to no control (lower is better)")
+    ax.set_title(f"Protocol {', '.join(sorted(protocols))}: the 2022 challenge's score per building group "
+                 "(whole-year evaluation)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "challenge.png", dpi=120)
+    plt.close(fig)
+    return out / "challenge.png"
