@@ -259,9 +259,12 @@ def protocol_run(method: str, seed: int, args: argparse.Namespace) -> dict | Non
         result["kpis"] = {"district": {}}
     else:
         run_dir = Path(args.out) / args.protocol / method.replace(":", "-") / f"seed_{seed}"
-        resume = (run_dir / "checkpoint.pt").is_file() and not (run_dir / SUMMARY).is_file()
         cfg = protocol_config(method, seed, args, proto)
-        summary = sac.train(cfg, run_dir, resume=resume, overwrite=not resume, final_eval=False)
+        if (run_dir / SUMMARY).is_file():  # trained, stopped before its evaluation was written: evaluate it
+            summary = json.loads((run_dir / SUMMARY).read_text())
+        else:
+            resume = (run_dir / "checkpoint.pt").is_file()
+            summary = sac.train(cfg, run_dir, resume=resume, overwrite=not resume, final_eval=False)
         c1 = time.process_time()
         _, learners, _ = sac.load(run_dir)
         result = protocols.evaluate(sac.policy(learners, cfg.mode), proto)
