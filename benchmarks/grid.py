@@ -11,6 +11,15 @@ short still compares every method on the same seeds. ``--report`` only aggregate
     python benchmarks/grid.py --speed                         # env steps/s: shared vs independent networks, 17 buildings
     python benchmarks/grid.py --episode-days 365 --episodes 20 --out runs/grid-year   # the year, a longer budget
     python benchmarks/grid.py --agent td3 --methods dense gmp:0.95                # TD3 instead of SAC (runs td3-<method>)
+    python benchmarks/grid.py --protocol challenge-2022            # the 2022 challenge's protocol: every method, 5 seeds
+    python benchmarks/grid.py --protocol challenge-2022 --report   # its table, from benchmarks/results/grid/
+
+With ``--protocol`` (:mod:`sparta.grid.protocol`) every method trains on the protocol's training buildings and days
+and is evaluated deterministically, without further training, on its evaluation groups, scored by the 2022
+challenge's metrics (:mod:`sparta.grid.challenge`); ``lp`` is the perfect-foresight bound (:mod:`sparta.grid.lp`),
+``self-consumption`` the rule ``clip((pv − load)/capacity, −1, 1)``. Each finished run leaves a small JSON in
+``benchmarks/results/grid/<protocol>/<method>/seed_<n>.json`` (committed: the sweep resumes from them and skips
+what is there); checkpoints of unfinished runs stay under ``--out`` (runs/, not kept).
 
 Methods are ``none`` (no control), ``rbc`` (CityLearn's BasicBatteryRBC), ``optimized-rbc``, ``dense``,
 ``set:0.95``, ``gmp:0.99``, ``set:0.95x4.5`` (method:sparsity, ×width; the wide agent's width ×4.5 gives a 95 %-sparse
@@ -156,22 +165,218 @@ def report(args: argparse.Namespace, methods: list[str]) -> str:
 
 
 def speed(args: argparse.Namespace) -> str:
-    """Environment steps per CPU second of training (one thread) with one shared network vs 17 independent ones
-    (a ``--speed-days`` episode, learning after its first day)."""
+    """Environment steps per CPU second of training (one thread): one shared network vs 17 independent ones, like
+    for like. Independent learners make 17 SAC updates per environment step (one each); the shared network is
+    timed at 1 update per step (its default: the same updates per learner) and at 17 (the same updates per
+    environment step as the independent learners). A ``--speed-days`` episode, learning after its first day."""
     rows = []
     for method in args.speed_methods:
         rate = {}
-        for mode in ("shared", "independent"):
+        for mode, ups in (("shared", 1), ("shared", 17), ("independent", 1)):
             cfg = make_config(method, 0, args, mode=mode)
-            cfg.episode_days, cfg.episodes, cfg.learning_starts = args.speed_days, 1, 24
+            cfg.episode_days, cfg.episodes, cfg.learning_starts, cfg.updates_per_step = args.speed_days, 1, 24, ups
             t0 = time.perf_counter()
-            s = sac.train(cfg, None)
-            rate[mode] = s["env_steps_per_cpu_second"]
-            print(f"{method} {mode}: {rate[mode]:.2f} env steps/s ({time.perf_counter() - t0:.0f} s)", flush=True)
-        rows.append([method, f"{rate['shared']:.2f}", f"{rate['independent']:.2f}",
-                     f"{rate['shared'] / rate['independent']:.1f}×"])
-    return _common.markdown_table(["method", "shared steps/CPU s", "independent steps/CPU s", "shared ÷ independent"],
-                                  rows)
+            s = sac.train(cfg, None, final_eval=False)
+            rate[mode, ups] = s["env_steps_per_cpu_second"]
+            print(f"{method} {mode} ×{ups}: {rate[mode, ups]:.2f} env steps/s ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        ind = rate["independent", 1]
+        rows.append([method, f"{rate['shared', 1]:.2f}", f"{rate['shared', 17]:.2f}", f"{ind:.2f}",
+                     f"{rate['shared', 1] / ind:.1f}×", f"{rate['shared', 17] / ind:.2f}×"])
+    return _common.markdown_table(["method", "shared, 1 update/step", "shared, 17 updates/step",
+                                   "independent (17 × 1 update/step)", "shared×1 ÷ independent",
+                                   "shared×17 ÷ independent (same updates per step)"], rows)
+
+
+# ---------------------------------------------------------------- the challenge protocol
+
+RESULTS = Path(__file__).resolve().parent / "results" / "grid"
+RULES = ["none", "rbc", "optimized-rbc", "self-consumption"]
+# in the order a sweep runs them (the targets' methods first; `none` last: every metric of it is 1 by definition)
+PROTOCOL_METHODS = ["rbc", "optimized-rbc", "self-consumption", "lp", "dense", "set:0.95", "gmp:0.95", "set:0.9",
+                    "gmp:0.9", "set:0.99", "gmp:0.99", "none"]
+DETERMINISTIC = {*RULES, "lp"}  # one run each: seeds change nothing
+_SERIES: dict = {}  # the last evaluation's series: the loads without batteries the LP needs, whatever the control
+
+
+def result_path(protocol: str, method: str, seed: int) -> Path:
+    return RESULTS / protocol / method.replace(":", "-") / f"seed_{seed}.json"
+
+
+def write_result(path: Path, body: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=1, default=lambda x: None) + "\n")
+    tmp.replace(path)
+
+
+def _commit() -> str | None:
+    import os
+    import subprocess
+
+    if os.environ.get("SPARTA_COMMIT"):  # a sweep running from a copy of the code names the commit it copied
+        return os.environ["SPARTA_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def protocol_config(method: str, seed: int, args: argparse.Namespace, proto) -> sac.GridSACConfig:
+    from sparta.grid.protocol import train_settings
+
+    name, sparsity, width = parse_method(method)
+    sc = SparsityConfig(method=name, sparsity=sparsity if name != "dense" else 0.95, width=width, every=250)
+    return sac.GridSACConfig(**train_settings(proto), episodes=args.episodes, mode="features", seed=seed, threads=1,
+                             sparsity=sc, agent=args.agent, updates_per_step=args.updates_per_step)
+
+
+def protocol_run(method: str, seed: int, args: argparse.Namespace) -> dict | None:
+    """Train (learners) and evaluate one method on the protocol; writes and returns its result JSON (None when
+    it already exists)."""
+    from sparta.grid import lp
+    from sparta.grid import protocol as protocols
+    from sparta.grid.baselines import Controller
+
+    path = result_path(args.protocol, method, seed)
+    if path.is_file():
+        return None
+    proto = protocols.get(args.protocol)
+    c0 = time.process_time()
+    body = {"protocol": proto.name, "method": method, "seed": seed,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()}
+    if method in CONTROLLERS:
+        result = protocols.evaluate(Controller(method), proto)
+        _SERIES[proto.name] = result["series"]
+    elif method == "lp":  # the bound needs the loads without batteries (the same under any control)
+        if proto.name not in _SERIES:
+            _SERIES[proto.name] = protocols.evaluate(Controller("none"), proto)["series"]
+        result = {"series": _SERIES[proto.name], "kpis": {}}
+        env = GridEnv(None, proto.eval_start_day, proto.eval_days, kpis_at_end=False,
+                      buildings=list(proto.eval_buildings), batteries=proto.batteries)
+        result["challenge"] = lp.group_bounds(result["series"], lp.battery_limits(env), proto.groups)
+        result["kpis"] = {"district": {}}
+    else:
+        run_dir = Path(args.out) / args.protocol / method.replace(":", "-") / f"seed_{seed}"
+        cfg = protocol_config(method, seed, args, proto)
+        if (run_dir / SUMMARY).is_file():  # trained, stopped before its evaluation was written: evaluate it
+            summary = json.loads((run_dir / SUMMARY).read_text())
+        else:
+            resume = (run_dir / "checkpoint.pt").is_file()
+            summary = sac.train(cfg, run_dir, resume=resume, overwrite=not resume, final_eval=False)
+        c1 = time.process_time()
+        _, learners, _ = sac.load(run_dir)
+        result = protocols.evaluate(sac.policy(learners, cfg.mode), proto)
+        body.update({k: summary.get(k) for k in ("episodes", "env_steps", "train_seconds", "train_cpu_seconds",
+                                                 "env_steps_per_cpu_second", "density", "size")})
+        body["eval_cpu_seconds"] = time.process_time() - c1
+        body["config"] = cfg.to_dict()
+    body["challenge"] = result["challenge"]
+    body["kpis"] = result["kpis"].get("district", {})
+    body["cpu_seconds"] = time.process_time() - c0
+    write_result(path, body)
+    print(f"{method} seed {seed}: {body['cpu_seconds']:.0f} CPU s, test (C+G+D)/3 "
+          f"{body['challenge']['test']['score']:.3f} → {path}", flush=True)
+    return body
+
+
+def load_results(protocol: str, method: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((RESULTS / protocol / method.replace(":", "-")).glob("seed_*.json"))]
+
+
+def iqm_ci(values: list[float]) -> str:
+    """IQM over seeds with its 95 % percentile-bootstrap interval (rliable's definitions); one value: itself."""
+    from sparta.rl.report import bootstrap_ci, score_iqm
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 1:
+        return f"{v[0]:.3f}"
+    lo, hi = bootstrap_ci(v)
+    return f"{score_iqm(v):.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def protocol_report(args: argparse.Namespace, methods: list[str]) -> str:
+    """The table of finished protocol runs (from the result JSONs) and the targets' verdicts."""
+    from sparta.rl.report import bootstrap_ci, score_iqm
+
+    rows, scores = [], {}
+    for method in methods:
+        res = load_results(args.protocol, method)
+        if not res and method == "none":  # every metric of no control is 1 by definition (each is a ratio to it)
+            rows.append(["none", "definition", *["1.000"] * 6, "–", "–", "–"])
+            continue
+        if not res:
+            continue
+        test = [r["challenge"]["test"]["score"] for r in res]
+        scores[method] = (test, res)
+        size = res[0].get("size")
+        cpu = [r.get("train_cpu_seconds") or 0.0 for r in res]
+        rows.append([method, "det." if method in DETERMINISTIC else len(res), iqm_ci(test),
+                     iqm_ci([r["challenge"]["test"]["average_score"] for r in res]),
+                     iqm_ci([r["challenge"]["test"]["D"] for r in res]),
+                     iqm_ci([r["challenge"]["validation"]["score"] for r in res]),
+                     iqm_ci([r["challenge"]["training"]["score"] for r in res]),
+                     iqm_ci([r["challenge"]["weighted"]["score"] for r in res]),
+                     "–" if not size else f"{size['actor_params']:,}",
+                     "–" if not size else f"{size['train_bytes'] / 2**20:.2f}",
+                     "–" if not size else f"{np.mean(cpu):.0f}"])
+    headers = ["method", "seeds", "test (C+G+D)/3", "test (C+G)/2", "test D", "validation (C+G+D)/3",
+               "training (C+G+D)/3", "weighted 20/30/50 (C+G+D)/3", "actor params", "train MB", "train CPU s"]
+    out = [_common.markdown_table(headers, rows), ""]
+
+    def stat(m):
+        v = np.asarray(scores[m][0])
+        return score_iqm(v), *(bootstrap_ci(v) if v.size > 1 else (v[0], v[0]))
+
+    if "lp" in scores:
+        lp_test = scores["lp"][1][0]["challenge"]["test"]["average_score"]
+        out.append(f"- perfect-foresight bound on the test buildings: (C+G)/2 ≥ {lp_test:.3f} (the LP bounds C and G, "
+                   "not D)")
+    for sparse in ("set:0.95", "gmp:0.95"):
+        if sparse not in scores:
+            continue
+        m, lo, hi = stat(sparse)
+        line = f"- SAC {sparse} ({len(scores[sparse][0])} seeds): test (C+G+D)/3 IQM {m:.3f} [{lo:.3f}, {hi:.3f}]"
+        if "dense" in scores:
+            dm, dlo, dhi = stat("dense")
+            ok = m <= dm or lo <= dhi
+            line += f"; vs dense {dm:.3f} [{dlo:.3f}, {dhi:.3f}]: {'met' if ok else 'missed'}"
+        rules = {"none": 1.0, **{r: scores[r][0][0] for r in RULES if r in scores}}  # none: 1 by definition
+        if rules:
+            beaten = [r for r, v in rules.items() if hi < v]
+            missed = [r for r in rules if r not in beaten]
+            line += (f"; below every rule ({', '.join(f'{r} {v:.3f}' for r, v in rules.items())}): "
+                     f"{'met' if not missed else 'missed (not below ' + ', '.join(missed) + ')'}")
+        if "lp" in scores:
+            avg = score_iqm(np.asarray([r["challenge"]["test"]["average_score"] for r in scores[sparse][1]]))
+            line += f"; (C+G)/2 {avg:.3f}, {avg - lp_test:+.3f} above the bound"
+        if "dense" in scores and scores[sparse][1][0].get("size") and scores["dense"][1][0].get("size"):
+            a, b = scores[sparse][1][0]["size"], scores["dense"][1][0]["size"]
+            cs = np.mean([r.get("train_cpu_seconds") or 0 for r in scores[sparse][1]])
+            cd = np.mean([r.get("train_cpu_seconds") or 0 for r in scores["dense"][1]])
+            line += (f"; params {a['actor_params'] / b['actor_params']:.3f}× dense, training memory "
+                     f"{a['train_bytes'] / b['train_bytes']:.3f}× dense, training CPU {cs:.0f} s vs dense {cd:.0f} s")
+        out.append(line)
+    return "\n".join(out)
+
+
+def protocol_main(args: argparse.Namespace, methods: list[str], seeds: list[int]) -> int:
+    if not args.report:
+        learned = [m for m in methods if m not in DETERMINISTIC]
+        for m in methods:
+            if m in DETERMINISTIC and m != "none":
+                protocol_run(m, 0, args)
+        for seed in seeds:
+            for m in learned:
+                protocol_run(m, seed, args)
+        if "none" in methods:
+            protocol_run("none", 0, args)
+    print(f"\nprotocol {args.protocol}: {args.episodes} training episode(s) of the whole year on Building_1-5, "
+          "deterministic evaluation on the year; the 2022 challenge's metrics relative to no control (lower is "
+          "better); IQM over seeds [95 % percentile bootstrap]\n")
+    print(protocol_report(args, methods))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +394,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", action="store_true", help="env steps/s of shared vs independent networks")
     p.add_argument("--speed-methods", dest="speed_methods", nargs="+", default=["dense", "set:0.95"])
     p.add_argument("--speed-days", dest="speed_days", type=int, default=3, help="episode length of --speed (days)")
+    p.add_argument("--protocol", choices=("challenge-2022", "time-split"), help="the protocol sweep (see above)")
+    p.add_argument("--updates-per-step", dest="updates_per_step", type=int, default=1,
+                   help="--protocol: SAC updates per environment step (default 1)")
     args = p.parse_args(argv)
+    if args.protocol:
+        methods = args.methods or PROTOCOL_METHODS
+        for m in methods:
+            if m != "lp":
+                parse_method(m)
+        args.episodes = args.episodes or 1
+        if args.out == "runs/bench-grid":
+            args.out = "runs/bench-grid-protocol"
+        return protocol_main(args, methods, args.seeds or [0, 1, 2, 3, 4])
     methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
     for m in methods:
         parse_method(m)

@@ -36,6 +36,13 @@ INSTALL = ("pip install pettingzoo pandas simplejson pyyaml platformdirs request
            "pip install --no-deps citylearn==3.0.2")
 REWARDS = {"default": "RewardFunction", "solar_penalty": "SolarPenaltyReward", "marl": "MARL",
            "independent_sac": "IndependentSACReward"}
+# CityLearn 1.3.x's fixed battery curves (its Battery defaults; the 2022 challenge schemas set none), which
+# CityLearn 3 replaces by random draws when a schema leaves them out: `batteries="challenge-2022"` writes them into
+# every battery's attributes (source: CityLearn v1.3.6, citylearn/energy_model.py, Battery.power_efficiency_curve
+# and Battery.capacity_power_curve setters)
+POWER_EFFICIENCY_CURVE_2022 = ((0.0, 0.83), (0.3, 0.83), (0.7, 0.9), (0.8, 0.9), (1.0, 0.85))
+CAPACITY_POWER_CURVE_2022 = ((0.0, 1.0), (0.8, 1.0), (1.0, 0.2))
+BATTERIES = ("drawn", "challenge-2022")
 DISTRICT_KPIS = ("cost_total", "carbon_emissions_total", "daily_peak_average", "all_time_peak_average",
                  "ramping_average", "daily_one_minus_load_factor_average", "monthly_one_minus_load_factor_average",
                  "electricity_consumption_total", "zero_net_energy")
@@ -93,9 +100,33 @@ def window(start_day: int = 0, days: int | None = None, total_steps: int = 8760)
     return first, last
 
 
+def schema_dict(schema: str | Path | None = None, batteries: str = "drawn") -> dict[str, Any]:
+    """The CityLearn schema at ``schema`` as a dict whose ``root_directory`` is its folder; with
+    ``batteries="challenge-2022"`` every battery gets CityLearn 1.3's fixed efficiency and capacity-power curves
+    (:data:`POWER_EFFICIENCY_CURVE_2022`, :data:`CAPACITY_POWER_CURVE_2022`) in its ``attributes``, so CityLearn 3
+    draws none (``"drawn"``: the schema as it is)."""
+    import json
+
+    if batteries not in BATTERIES:
+        raise ValueError(f"batteries must be one of {BATTERIES}, got {batteries!r}")
+    path = Path(schema) if schema is not None else DEFAULT_SCHEMA
+    if not path.is_file():
+        raise ValueError(f"schema must be a CityLearn schema.json file, got {str(path)!r} (not found)")
+    d = json.loads(path.read_text())
+    d["root_directory"] = str(path.resolve().parent)
+    if batteries == "challenge-2022":
+        for b in d["buildings"].values():
+            storage = b.get("electrical_storage")
+            if storage:
+                storage.setdefault("attributes", {})
+                storage["attributes"]["power_efficiency_curve"] = [list(p) for p in POWER_EFFICIENCY_CURVE_2022]
+                storage["attributes"]["capacity_power_curve"] = [list(p) for p in CAPACITY_POWER_CURVE_2022]
+    return d
+
+
 class GridEnv(_ParallelEnv):
     """``GridEnv(schema=DEFAULT_SCHEMA, start_day=0, days=None, normalize=True, reward="default", kpis_at_end=True,
-    district_seed=0)``
+    district_seed=0, buildings=None, batteries="drawn")``
 
     A PettingZoo ``ParallelEnv`` over ``CityLearnEnv(schema, central_agent=False)``.
 
@@ -111,6 +142,9 @@ class GridEnv(_ParallelEnv):
         district_seed: CityLearn draws each battery's efficiency and power curves when it builds the district;
             this seed fixes them, so every ``GridEnv`` of a schema is the same district (CityLearn's default
             draws a new one per instance, and a resumed run would then train on different batteries).
+        buildings: names of the buildings to simulate (default: all the schema's), e.g. ``["Building_1", …]``.
+        batteries: ``"drawn"`` (CityLearn 3's random efficiency and power curves, fixed by ``district_seed``) or
+            ``"challenge-2022"`` (CityLearn 1.3's fixed curves, written into the schema by :func:`schema_dict`).
 
     Observations: ``float32`` arrays ``(obs_dim,)`` (31 normalised / 28 raw values for the 2022 set);
     actions: ``(1,)`` arrays in [−1, 1] (battery charge > 0, discharge < 0, as a fraction of capacity).
@@ -120,13 +154,20 @@ class GridEnv(_ParallelEnv):
 
     def __init__(self, schema: str | Path | None = None, start_day: int = 0, days: int | None = None, *,
                  normalize: bool = True, reward: str = "default", kpis_at_end: bool = True,
-                 district_seed: int = 0) -> None:
+                 district_seed: int = 0, buildings: list[str] | tuple[str, ...] | None = None,
+                 batteries: str = "drawn") -> None:
         cl = citylearn()
         if _ParallelEnv is object:
             raise MissingCityLearnError(f"sparta grid needs PettingZoo; install it with: {INSTALL}")
         schema = Path(schema) if schema is not None else DEFAULT_SCHEMA
-        if not schema.is_file():
-            raise ValueError(f"schema must be a CityLearn schema.json file, got {str(schema)!r} (not found)")
+        schema_data = schema_dict(schema, batteries)
+        if buildings is not None:
+            known = list(schema_data["buildings"])
+            unknown = [b for b in buildings if b not in known]
+            if unknown or not buildings:
+                raise ValueError(f"buildings must be names from the schema ({known[0]} … {known[-1]}), got "
+                                 f"{list(buildings)!r}")
+            buildings = sorted(set(buildings), key=known.index)
         if isinstance(district_seed, bool) or not isinstance(district_seed, int) or district_seed < 0:
             raise ValueError(f"district_seed must be an int ≥ 0, got {district_seed!r}")
         if reward not in REWARDS:
@@ -136,13 +177,15 @@ class GridEnv(_ParallelEnv):
         level = root.level
         try:
             self.citylearn = cl.citylearn.CityLearnEnv(
-                str(schema), central_agent=False, simulation_start_time_step=first, simulation_end_time_step=last,
+                schema_data, central_agent=False, buildings=None if buildings is None else list(buildings),
+                simulation_start_time_step=first, simulation_end_time_step=last,
                 reward_function=f"citylearn.reward_function.{REWARDS[reward]}", offline=True,
                 random_seed=district_seed)
         finally:
             root.setLevel(level)
         self.schema, self.start_day, self.days, self.normalize, self.reward = schema, start_day, days, normalize, reward
         self.kpis_at_end = kpis_at_end
+        self.batteries = batteries
         self.first_step, self.last_step = first, last
         self.normalizer = cl.wrappers.NormalizedObservationWrapper(self.citylearn) if normalize else None
         source = self.normalizer if normalize else self.citylearn
@@ -180,6 +223,7 @@ class GridEnv(_ParallelEnv):
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode at the window's first step: ``(observations, infos)`` dicts keyed by agent."""
         raw, _ = self.citylearn.reset(seed=seed)
+        self._raw = raw
         for space in self._act_spaces.values():
             if seed is not None:
                 space.seed(seed)
@@ -197,6 +241,7 @@ class GridEnv(_ParallelEnv):
             raise ValueError(f"actions must hold one action per live agent; missing {missing}")
         acts = [np.asarray(actions[a], dtype=np.float64).reshape(-1).tolist() for a in self.possible_agents]
         raw, rewards, terminated, truncated, _ = self.citylearn.step(acts)
+        self._raw = raw
         obs = self._observations(raw)
         done = bool(terminated or truncated)
         rew = {a: float(r) for a, r in zip(self.possible_agents, rewards, strict=True)}
@@ -240,9 +285,26 @@ class GridEnv(_ParallelEnv):
                                                        dtype=np.float32),
                 "first_step": np.asarray(self.first_step)}
 
+    def series(self) -> dict[str, np.ndarray]:
+        """Per-building time series of the episode so far, what the 2022 challenge's metrics
+        (:mod:`sparta.grid.challenge`) are computed from: ``net (n_buildings, T)`` and ``net_without_storage
+        (n_buildings, T)`` net electricity consumption in kWh (negative: export), ``price (T,)`` in $/kWh and
+        ``carbon (T,)`` in kg CO2/kWh, plus ``buildings`` (names)."""
+        env = self.citylearn
+        t = len(env.buildings[0].net_electricity_consumption)
+        b0 = env.buildings[0]
+        return {"net": np.stack([np.asarray(b.net_electricity_consumption[:t], np.float64) for b in env.buildings]),
+                "net_without_storage": np.stack([np.asarray(b.net_electricity_consumption_without_storage[:t],
+                                                            np.float64) for b in env.buildings]),
+                "price": np.asarray(b0.pricing.electricity_pricing[:t], np.float64),
+                "carbon": np.asarray(b0.carbon_intensity.carbon_intensity[:t], np.float64),
+                "buildings": np.asarray(self.possible_agents)}
+
     def raw_observations(self) -> list[list[float]]:
-        """CityLearn's un-normalised observations of the current step (what its rule-based controllers read)."""
-        return self.citylearn.observations
+        """CityLearn's un-normalised observations of the current step (what its rule-based controllers read): those
+        the last ``reset``/``step`` returned (CityLearn computes them anew on every ``observations`` access)."""
+        raw = getattr(self, "_raw", None)
+        return self.citylearn.observations if raw is None else raw
 
     def render(self) -> None:
         """Nothing to draw: the KPIs and ``sparta grid report`` show what the batteries did."""

@@ -10,6 +10,9 @@ action depends only on its own observation. Two modes:
 * ``shared``: one learner for all buildings (parameter sharing, as in Terry et al.'s PettingZoo baselines).
   Each observation gets the building's identity appended (one-hot), the buildings act in one batched forward
   pass, all their transitions go into one replay buffer and each step costs ``updates_per_step`` SAC updates.
+* ``features``: as ``shared``, but each observation gets the building's observable features
+  (:mod:`sparta.grid.features`: battery and PV ratings, PV surplus, recent load) instead of an id, so the policy
+  acts for buildings it never trained on (the ``challenge-2022`` protocol's validation and test buildings).
 
 Checkpoints are written at every episode end (networks, optimizers, topology algorithms, replay buffers, every
 RNG, counters) and episodes are reset with ``seed + episode``; CityLearn is deterministic, so a resumed run is
@@ -34,7 +37,7 @@ from sparta.rl.dqn import check_positive
 from sparta.rl.runs import Run
 from sparta.rundir.runtime import set_threads
 
-MODES = ("shared", "independent")
+MODES = ("shared", "independent", "features")
 AGENTS = ("sac", "td3")
 ALGO = "grid-sac"  # the run directories' algorithm name (SAC or TD3: the config's `agent`)
 
@@ -53,6 +56,9 @@ class GridSACConfig:
     # independent_sac
     reward: str = "solar_penalty"
     schema: str | None = None          # a CityLearn 3.0.2 schema.json (default: the shipped 2022 set)
+    buildings: tuple[str, ...] | None = None  # the buildings trained on (default: all the schema's)
+    batteries: str = "drawn"           # drawn (CityLearn 3's random curves) or challenge-2022 (1.3's fixed curves)
+    protocol: str | None = None        # the evaluation protocol (sparta.grid.protocol) the run was set up for
     # the agents
     agent: str = "sac"                 # sac, or td3 (deterministic actor + Gaussian acting noise; one learning rate,
     #                                    policy_lr, for actor and critics as in sparta.rl.td3)
@@ -81,6 +87,8 @@ class GridSACConfig:
         if isinstance(self.sparsity, dict):
             self.sparsity = sp.SparsityConfig.from_dict(self.sparsity)
         self.hidden = tuple(self.hidden)
+        if self.buildings is not None:
+            self.buildings = tuple(self.buildings)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.agent not in AGENTS:
@@ -121,7 +129,8 @@ class GridSACConfig:
 
 def make_env(cfg: GridSACConfig, **kwargs: Any) -> GridEnv:
     """The district of ``cfg`` (its schema, window and reward)."""
-    return GridEnv(cfg.schema, cfg.start_day, cfg.episode_days, reward=cfg.reward, **kwargs)
+    return GridEnv(cfg.schema, cfg.start_day, cfg.episode_days, reward=cfg.reward, buildings=cfg.buildings,
+                   batteries=cfg.batteries, **kwargs)
 
 
 class _Spaces:
@@ -133,8 +142,11 @@ class _Spaces:
 
 def learner_spaces(env: GridEnv, mode: str) -> list[tuple[list[int], _Spaces]]:
     """``[(building indices, spaces)]``: one learner over all buildings (``shared``; observations get a one-hot
-    building identity, so their size is ``obs_dim + n_buildings``) or one per building (``independent``)."""
+    building identity, so their size is ``obs_dim + n_buildings``; ``features``: ``obs_dim + N_FEATURES``) or one
+    per building (``independent``)."""
     from gymnasium import spaces
+
+    from sparta.grid import features as ft
 
     agents = env.possible_agents
     act = env.action_space(agents[0])
@@ -145,6 +157,10 @@ def learner_spaces(env: GridEnv, mode: str) -> list[tuple[list[int], _Spaces]]:
         raise ValueError(f"mode 'shared' needs the same observation and action sizes for every building, got {dims}")
     o = env.observation_space(agents[0])
     n = len(agents)
+    if mode == "features":
+        box = spaces.Box(np.concatenate([o.low, np.full(ft.N_FEATURES, -ft.BOUND, np.float32)]),
+                         np.concatenate([o.high, np.full(ft.N_FEATURES, ft.BOUND, np.float32)]), dtype=np.float32)
+        return [(list(range(n)), _Spaces(box, act))]
     box = spaces.Box(np.concatenate([o.low, np.zeros(n, np.float32)]),
                      np.concatenate([o.high, np.ones(n, np.float32)]), dtype=np.float32)
     return [(list(range(n)), _Spaces(box, act))]
@@ -179,7 +195,8 @@ def build_learners(cfg: GridSACConfig, env: GridEnv) -> list[dict[str, Any]]:
 
 def learner_inputs(obs: np.ndarray, buildings: list[int], mode: str, n_buildings: int) -> np.ndarray:
     """A learner's network inputs ``(len(buildings), obs_dim [+ n_buildings])`` from all observations
-    ``(n_buildings, obs_dim)``: its buildings' rows, with the one-hot building identity in shared mode."""
+    ``(n_buildings, obs_dim)``: its buildings' rows, with the one-hot building identity in shared mode (in
+    features mode the observations already carry the features: see :class:`Observer`)."""
     x = obs[buildings]
     if mode == "shared":
         x = np.concatenate([x, np.eye(n_buildings, dtype=np.float32)[buildings]], axis=1)
@@ -207,8 +224,32 @@ def act(learners: list[dict[str, Any]], obs: np.ndarray, mode: str, deterministi
 
 
 def stack(d: dict[str, np.ndarray], agents: list[str]) -> np.ndarray:
-    """The agents' entries of ``d`` stacked in the order of ``agents``: float32 ``(n_agents, …)``."""
+    """``(n_agents, obs_dim)`` float32 rows of ``d`` in ``agents``' order."""
     return np.stack([np.asarray(d[a], dtype=np.float32) for a in agents])
+
+
+class Observer:
+    """``Observer(env, mode)``: observations dict → the array the learners read ``(n_buildings, obs_dim [+
+    N_FEATURES])``; in ``features`` mode it appends :class:`sparta.grid.features.BuildingFeatures` of the env's raw
+    observations. Call :meth:`reset` at each episode's start and the observer once per step (it keeps history)."""
+
+    def __init__(self, env: GridEnv, mode: str) -> None:
+        from sparta.grid.features import BuildingFeatures
+
+        self.env, self.agents = env, env.possible_agents
+        self.features = BuildingFeatures(env) if mode == "features" else None
+
+    def reset(self) -> None:
+        """Start an episode (forget the features' history)."""
+        if self.features is not None:
+            self.features.reset()
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """``(n_buildings, obs_dim [+ N_FEATURES])`` float32 learner inputs of this step's observations."""
+        x = stack(obs, self.agents)
+        if self.features is None:
+            return x
+        return np.concatenate([x, self.features(self.env.raw_observations())], axis=1)
 
 
 _NETS = {"sac": ("actor", "qf", "qf_target", "actor_opt", "q_opt", "a_opt", "rb"),
@@ -249,9 +290,11 @@ def density(learners: list[dict[str, Any]]) -> float:
 
 
 def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
-          stop_after: int | None = None, quiet: bool = True, episodes: int | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, quiet: bool = True, episodes: int | None = None,
+          final_eval: bool = True) -> dict[str, Any]:
     """Train for ``cfg.episodes`` episodes (``episodes`` raises the total on resume); ``stop_after`` stops after that
-    many episodes of this call, checkpointed. Returns the summary (KPIs of a final deterministic episode)."""
+    many episodes of this call, checkpointed. Returns the summary (KPIs of a final deterministic episode on the
+    training window; ``final_eval=False`` skips that episode, for callers that evaluate elsewhere)."""
     if not isinstance(cfg, GridSACConfig):
         raise TypeError(f"cfg must be a GridSACConfig, got {type(cfg).__name__}")
     if episodes is not None:
@@ -260,6 +303,7 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
     set_threads(cfg.threads, sparse=cfg.sparsity.method != "dense")
     env = make_env(cfg, kpis_at_end=False)
     agents, T = env.possible_agents, env.episode_steps
+    observe = Observer(env, cfg.mode)
     if gradient_steps(cfg, T) < 1:  # refused before anything is written: it would report an untrained policy
         raise ValueError(f"{cfg.episodes} episode(s) of {T} steps leave {cfg.agent.upper()} no gradient step: it learns "
                          f"after learning_starts = {cfg.learning_starts} steps; give more --episodes or --episode-days, "
@@ -267,6 +311,7 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
     run = Run(run_dir, ALGO, cfg.to_dict(), resume=resume, overwrite=overwrite, quiet=quiet,
               total_steps=cfg.episodes * T)
     learners = build_learners(cfg, env)
+    run.last["density"] = density(learners)  # the progress line's density before the first episode ends
     lcfg = cfg.learner_config(gradient_steps(cfg, T))
     target_entropy = -float(np.prod(env.action_space(agents[0]).shape))
     rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))  # warm-up actions (and TD3's acting noise)
@@ -289,7 +334,8 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
     done_now = 0
     while episode < cfg.episodes:
         t0, c0 = time.perf_counter(), time.process_time()
-        obs = stack(env.reset(seed=cfg.seed + episode)[0], agents)
+        observe.reset()
+        obs = observe(env.reset(seed=cfg.seed + episode)[0])
         ep_return = np.zeros(len(agents))
         while env.agents:
             # act: uniform random during warm-up, then a sample of each learner's policy
@@ -298,7 +344,7 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
             else:
                 actions = act(learners, obs, cfg.mode, rng=rng, noise=cfg.exploration_noise)
             next_obs, rewards, terms, truncs, _ = env.step(dict(zip(agents, actions, strict=True)))
-            next_obs, r = stack(next_obs, agents), np.array([rewards[a] for a in agents], dtype=np.float32)
+            next_obs, r = observe(next_obs), np.array([rewards[a] for a in agents], dtype=np.float32)
             term, trunc = terms[agents[0]], truncs[agents[0]]
             # store: one transition per building, in its learner's buffer
             for n in learners:
@@ -332,25 +378,63 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
         if stop_after is not None and done_now >= stop_after and episode < cfg.episodes:
             return {"stopped_at": step, "episode": episode}
 
-    result = evaluate(env, policy(learners, cfg.mode, agents))
+    if final_eval:
+        result = evaluate(env, policy(learners, cfg.mode, agents))
+        result["challenge"] = challenge_metrics(env)
+    else:
+        result = {"kpis": {}, "challenge": None, "traces": None}
     summary = {"agent": cfg.agent, "mode": cfg.mode, "method": cfg.sparsity.method,
                "sparsity": cfg.sparsity.sparsity if cfg.sparsity.method != "dense" else 0.0,
                "width": cfg.sparsity.width, "seed": cfg.seed, "episodes": episode, "env_steps": step,
                "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
                "env_steps_per_second": step / max(train_seconds, 1e-9),
                "env_steps_per_cpu_second": step / max(train_cpu_seconds, 1e-9),
-               "density": density(learners), "size": agent_size(learners[0]), **result["kpis"]}
+               "density": density(learners), "size": agent_size(learners[0]), **result["kpis"],
+               "challenge": result["challenge"]}
     run.finish(summary)
     return {**summary, "traces": result["traces"]}
 
 
-def policy(learners: list[dict[str, Any]], mode: str, agents: list[str]):
-    """The deterministic (mean-action) policy: observations dict → actions dict."""
+class Policy:
+    """``Policy(learners, mode)``: the deterministic (mean-action) policy of trained learners as a controller
+    (``reset(env)`` after ``env.reset()``, then observations dict → actions dict). In ``features`` mode it acts
+    for any buildings; in ``shared`` and ``independent`` modes only for as many buildings as it trained on."""
 
-    def deterministic(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(agents, act(learners, stack(obs, agents), mode, deterministic=True), strict=True))
+    def __init__(self, learners: list[dict[str, Any]], mode: str) -> None:
+        self.learners, self.mode = learners, mode
+        self.observe: Observer | None = None
+        self.trained_on = sum(len(n["buildings"]) for n in learners)
 
-    return deterministic
+    def reset(self, env: GridEnv) -> None:
+        """Attach to ``env`` (after ``env.reset()``); a one-hot or independent policy refuses a district of another
+        size."""
+        if self.mode != "features" and len(env.possible_agents) != self.trained_on:
+            raise ValueError(f"a policy trained in {self.mode} mode acts for the {self.trained_on} buildings it "
+                             f"trained on, not {len(env.possible_agents)}; train with --mode features to evaluate "
+                             "on other buildings")
+        self.observe = Observer(env, self.mode)
+        self.learners = [{**n, "buildings": list(range(len(env.possible_agents)))} if self.mode == "features" else n
+                         for n in self.learners]
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Mean actions ``{agent: (1,) array}`` for this step's observations."""
+        if self.observe is None:
+            raise RuntimeError("call reset(env) before asking a Policy for actions")
+        x = self.observe(obs)
+        return dict(zip(self.observe.agents, act(self.learners, x, self.mode, deterministic=True), strict=True))
+
+
+def policy(learners: list[dict[str, Any]], mode: str, agents: list[str] | None = None) -> Policy:
+    """The deterministic (mean-action) policy of ``learners`` (a :class:`Policy`; ``agents`` is unused, kept for
+    callers of the former signature)."""
+    return Policy(learners, mode)
+
+
+def challenge_metrics(env: GridEnv, groups: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, float]]:
+    """The 2022 challenge's metrics (:func:`sparta.grid.challenge.group_metrics`) of the episode ``env`` just ran."""
+    from sparta.grid.challenge import group_metrics
+
+    return group_metrics(env.series(), groups)
 
 
 def evaluate(env: GridEnv, pol) -> dict[str, Any]:

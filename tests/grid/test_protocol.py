@@ -1,0 +1,199 @@
+"""The challenge protocol: held-out buildings and days never reach training; features agent; baselines; CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+citylearn = pytest.importorskip("citylearn")
+pytest.importorskip("pettingzoo")
+
+from sparta.cli import main  # noqa: E402
+from sparta.grid import features as ft  # noqa: E402
+from sparta.grid import protocol as P  # noqa: E402
+from sparta.grid import sac  # noqa: E402
+from sparta.grid.baselines import Controller, self_consumption  # noqa: E402
+from sparta.grid.env import CAPACITY_POWER_CURVE_2022, POWER_EFFICIENCY_CURVE_2022, GridEnv  # noqa: E402
+
+TINY = P.Protocol("tiny", ("Building_1", "Building_2"), 0, 2, 2, 2,
+                  groups={"training": ("Building_1", "Building_2"), "test": ("Building_11", "Building_12")},
+                  weights={"training": 0.4, "test": 0.6})
+
+
+def tiny_config(**kw) -> sac.GridSACConfig:
+    base = {**P.train_settings(TINY), "protocol": None, "mode": "features", "episodes": 2, "learning_starts": 24,
+            "batch_size": 32, "hidden": (32, 32), "buffer_size": 2000, "seed": 3,
+            "sparsity": {"method": "set", "sparsity": 0.9, "every": 10}}
+    return sac.GridSACConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """Every (building, data step) a GridEnv steps while the fixture is active."""
+    record: set[tuple[str, int]] = set()
+    step = GridEnv.step
+
+    def recording(self, actions):
+        t = self.first_step + self.citylearn.time_step
+        record.update((a, t) for a in self.possible_agents)
+        return step(self, actions)
+
+    monkeypatch.setattr(GridEnv, "step", recording)
+    return record
+
+
+def test_training_never_sees_held_out_buildings_or_days(seen, tmp_path):
+    sac.train(tiny_config(), tmp_path / "run")
+    buildings = {b for b, _ in seen}
+    steps = {t for _, t in seen}
+    assert buildings == set(TINY.train_buildings)
+    held_out = {b for g in TINY.held_out().values() for b in g}
+    assert held_out == {"Building_11", "Building_12"} and not buildings & held_out
+    first, last = TINY.eval_start_day * 24, (TINY.eval_start_day + TINY.eval_days) * 24 - 1
+    assert max(steps) < first  # training days end before the evaluation days start
+    seen.clear()
+    _, learners, _ = sac.load(tmp_path / "run")
+    result = P.evaluate(sac.policy(learners, "features"), TINY)
+    assert {b for b, _ in seen} == set(TINY.eval_buildings) and min(t for _, t in seen) == first
+    assert max(t for _, t in seen) < last
+    assert set(result["challenge"]) == {"training", "test", "district", "weighted"}
+
+
+def test_the_real_protocols_training_districts():
+    c = P.get("challenge-2022")
+    assert c.train_buildings == tuple(f"Building_{i}" for i in range(1, 6))
+    assert set(c.held_out()) == {"validation", "test"} and c.eval_days is None and c.train_days is None
+    env = sac.make_env(tiny_config(**P.train_settings(c)), kpis_at_end=False)
+    assert env.possible_agents == list(c.train_buildings) and env.episode_steps == 8759
+    t = P.get("time-split")
+    assert (t.train_start_day + t.train_days) * 24 <= t.eval_start_day * 24  # months apart, no shared step
+    assert t.eval_start_day + t.eval_days == 365
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        P.get("phase-4")
+
+
+def test_batteries_pinned_to_citylearn_1_3():
+    pinned = GridEnv(days=1, buildings=["Building_1", "Building_7"], batteries="challenge-2022", kpis_at_end=False)
+    other = GridEnv(days=1, buildings=["Building_1", "Building_7"], batteries="challenge-2022", district_seed=5,
+                    kpis_at_end=False)
+    for env in (pinned, other):
+        for b in env.citylearn.buildings:
+            np.testing.assert_allclose(b.electrical_storage.power_efficiency_curve, np.array(POWER_EFFICIENCY_CURVE_2022).T)
+            np.testing.assert_allclose(b.electrical_storage.capacity_power_curve, np.array(CAPACITY_POWER_CURVE_2022).T)
+    drawn = GridEnv(days=1, buildings=["Building_1"], kpis_at_end=False)
+    assert not np.allclose(drawn.citylearn.buildings[0].electrical_storage.capacity_power_curve,
+                           np.array(CAPACITY_POWER_CURVE_2022).T)
+    with pytest.raises(ValueError, match="buildings must be names"):
+        GridEnv(days=1, buildings=["Building_99"])
+    with pytest.raises(ValueError, match="batteries must be one of"):
+        GridEnv(days=1, batteries="1.3")
+
+
+def test_features_and_self_consumption_rule():
+    env = GridEnv(days=2, normalize=False, buildings=["Building_1", "Building_4"], kpis_at_end=False)
+    env.reset(seed=0)
+    f = ft.BuildingFeatures(env)
+    names = env.citylearn.observation_names[0]
+    loads, solars = [], []
+    for _ in range(30):
+        raw = env.raw_observations()
+        x = f(raw)
+        loads.append([o[names.index("non_shiftable_load")] for o in raw])
+        solars.append([o[names.index("solar_generation")] for o in raw])
+        env.step({a: np.zeros(1, np.float32) for a in env.agents})
+    L, S = np.array(loads[-24:]), np.array(solars[-24:])
+    cap = np.array([6.4, 6.4])
+    assert x.shape == (2, ft.N_FEATURES) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 0], cap / 10, rtol=1e-6)
+    np.testing.assert_allclose(x[:, 1], [0.4, 0.5], rtol=1e-6)  # PV 4 kW and 5 kW in the 2022 schema
+    np.testing.assert_allclose(x[:, 2], (S[-1] - L[-1]) / cap, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x[:, 3], L.mean(0) / cap, rtol=1e-5)
+    np.testing.assert_allclose(x[:, 4], L.max(0) / cap, rtol=1e-5)
+    np.testing.assert_allclose(x[:, 5], S.mean(0) / cap, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(self_consumption([3.0, 0.0, 20.0], [1.0, 3.2, 0.0], [4.0, 6.4, 6.4]), [0.5, -0.5, 1.0])
+    # the controller reads the same raw observations
+    env.reset(seed=0)
+    ctl = Controller("self-consumption")
+    ctl.reset(env)
+    raw = env.raw_observations()
+    a = ctl({})
+    want = self_consumption([o[names.index("solar_generation")] for o in raw],
+                            [o[names.index("non_shiftable_load")] for o in raw], cap)
+    np.testing.assert_allclose([a["Building_1"][0], a["Building_4"][0]], want, rtol=1e-6)
+
+
+def test_features_policy_acts_for_unseen_buildings_and_one_hot_refuses(tmp_path):
+    sac.train(tiny_config(episodes=1, learning_starts=10), tmp_path / "f")
+    _, learners, _ = sac.load(tmp_path / "f")
+    unseen = GridEnv(days=1, buildings=["Building_11", "Building_12", "Building_13"], kpis_at_end=False)
+    out = sac.evaluate(unseen, sac.policy(learners, "features"))
+    assert set(out["kpis"]["buildings"]) == {"Building_11", "Building_12", "Building_13"}
+    sac.train(tiny_config(episodes=1, learning_starts=10, mode="shared"), tmp_path / "s")
+    _, learners, _ = sac.load(tmp_path / "s")
+    with pytest.raises(ValueError, match="--mode features"):
+        sac.evaluate(unseen, sac.policy(learners, "shared"))
+
+
+def test_progress_shows_the_sparse_density_before_the_first_episode_ends(capsys):
+    sac.train(tiny_config(episodes=1, learning_starts=10), None, quiet=False)
+    first = capsys.readouterr().out.split("\r")[1]
+    assert "density 1.000" not in first and "density 0.1" in first
+
+
+def test_cli_eval_json_has_the_challenge_metrics_and_start_day_keeps_the_length(tmp_path, capsys):
+    out = tmp_path / "rule"
+    assert main(["grid", "train", "--agent", "self-consumption", "--episode-days", "2", "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["grid", "eval", str(out), "--start-day", "5", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["window"] == {"start_day": 5, "days": 2}  # the run's episode length, not to the end of the data
+    assert {"C", "G", "D", "score", "average_score"} <= set(r["challenge"]["district"])
+    assert r["challenge"]["district"]["average_score"] < 1.0
+    assert "cost_total" in r["district"]
+    assert main(["grid", "eval", str(out), "--start-day", "364", "--json"]) == 0  # 2 days would pass the end
+    assert json.loads(capsys.readouterr().out)["window"] == {"start_day": 364, "days": None}
+
+
+def test_cli_protocol_flags_are_checked(capsys):
+    assert main(["grid", "train", "--protocol", "challenge-2022", "--mode", "shared", "--out", "x"]) == 2
+    assert "--mode features" in capsys.readouterr().err
+    assert main(["grid", "train", "--protocol", "challenge-2022", "--episode-days", "3", "--out", "x"]) == 2
+    assert "drop --episode-days" in capsys.readouterr().err
+
+
+def test_cli_protocol_train_and_eval(tmp_path, capsys, monkeypatch):
+    """`--protocol` end to end, on a protocol shrunk to two days (the real ones take the whole year)."""
+    small = P.Protocol("challenge-2022", ("Building_1", "Building_2"), 0, 2, 2, 2,
+                       groups={"training": ("Building_1", "Building_2"), "validation": ("Building_6",),
+                               "test": ("Building_11", "Building_12")})
+    monkeypatch.setitem(P.PROTOCOLS, "challenge-2022", small)
+    out = tmp_path / "c22"
+    assert main(["grid", "train", "--protocol", "challenge-2022", "--episodes", "1", "--hidden", "32", "32",
+                 "--learning-starts", "10", "--batch-size", "32", "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "| test" in text and "| weighted" in text and "(C+G+D)/3" in text
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["mode"] == "features" and saved["buildings"] == ["Building_1", "Building_2"]
+    assert saved["batteries"] == "challenge-2022" and saved["protocol"] == "challenge-2022"
+    assert main(["grid", "eval", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["protocol"] == "challenge-2022" and r["window"] == {"start_day": 2, "days": 2}
+    assert set(r["challenge"]) == {"training", "validation", "test", "district", "weighted"}
+    assert len(r["buildings"]) == 5
+    assert (out / "eval" / "d2-2-challenge-2022.json").is_file()
+    rule = tmp_path / "rule"
+    assert main(["grid", "train", "--protocol", "challenge-2022", "--agent", "self-consumption", "--out", str(rule),
+                 "-q"]) == 0
+    assert "| weighted" in capsys.readouterr().out
+    assert json.loads((rule / "config.json").read_text())["config"]["batteries"] == "challenge-2022"
+    assert main(["grid", "report", str(tmp_path), "--out", str(tmp_path / "plots")]) == 0
+    assert "challenge.png" in capsys.readouterr().out  # the protocol's per-group scores
+
+
+def test_raw_observations_are_citylearns_current_ones():
+    env = GridEnv(days=1, buildings=["Building_1", "Building_2"], kpis_at_end=False)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        np.testing.assert_allclose(np.array(env.raw_observations(), float), np.array(env.citylearn.observations, float))
+        env.step({a: rng.uniform(-1, 1, 1).astype(np.float32) for a in env.agents})
