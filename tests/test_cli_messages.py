@@ -99,3 +99,16 @@ def test_a_workers_header_warns_about_importance_pruning_by_wasap_sgds_rule(tmp_
     out = _header(capsys, monkeypatch, [*TINY, "--epochs", "6", "--importance-pruning", "--ip-start", "4",
                                         "--workers", "2", "--out", str(tmp_path / "w4")])
     assert "warning:" not in out
+
+
+@pytest.mark.parametrize("command", [["report"], ["eval"], ["rl", "eval"], ["rl", "report"]])
+def test_commands_for_other_run_kinds_name_the_grid_commands_for_a_grid_run(tmp_path, capsys, command):
+    """A `sparta grid train` run given to `sparta report/eval` or `sparta rl eval/report`: one line naming the grid
+    commands, exit 2 (it used to advise `sparta rl eval`, which then failed with a KeyError)."""
+    run = tmp_path / "grid-run"
+    run.mkdir()
+    (run / "config.json").write_text('{"algo": "grid-sac", "config": {"method": "gmp"}}')
+    assert main([*command, str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sparta: error: {run} is a smart-grid run (written by `sparta grid train`); use sparta grid eval / "
+                   "sparta grid report / sparta grid train --resume with it"]

@@ -63,7 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--protocol", choices=PROTOCOL_NAMES, help="challenge-2022: train on Building_1-5 over the whole "
                    "year with CityLearn 1.3's battery curves (evaluate with `sparta grid eval RUN`: groups 1-5, 6-10, "
                    "11-17 and their 20/30/50 total); time-split: train on all buildings August-March, evaluate on "
-                   "April-July")
+                   "April-July (default: none, the buildings and days --episode-days/--start-day give)")
     t.add_argument("--batteries", choices=("drawn", "challenge-2022"), help="battery curves: CityLearn 3's random "
                    "draws (default) or CityLearn 1.3's fixed curves (the protocols' choice)")
     t.add_argument("--method", choices=("dense", "static", "set", "rigl", "gmp"), help="sparse method (default dense)")

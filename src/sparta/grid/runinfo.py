@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-GRID_ALGOS = ("grid-sac", "grid-controller")  # the `algo` a `sparta grid train` run's config.json records
+from sparta.rundir import GRID_ALGOS  # the `algo` a `sparta grid train` run's config.json records
+
 COMMANDS = "sparta grid eval / sparta grid report / sparta grid train --resume"
 
 

@@ -39,23 +39,32 @@ def is_run(path: str | Path) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+GRID_ALGOS = ("grid-sac", "grid-controller")  # the ``algo`` a ``sparta grid train`` run's config.json records
+
+
 def run_kind(path: str | Path) -> str:
-    """``"rl"`` for a ``sparta rl train`` run directory (its config is ``{"algo": ..., "config": {...}}``), else
-    ``"train"`` (``sparta train``, one process or WASAP-SGD)."""
+    """``"grid"`` for a ``sparta grid train`` run directory (its config is ``{"algo": "grid-…", "config": {...}}``),
+    ``"rl"`` for a ``sparta rl train`` one (``{"algo": ..., "config": {...}}``), else ``"train"`` (``sparta train``,
+    one process or WASAP-SGD)."""
     try:
         saved = json.loads((Path(path) / CONFIG).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return "train"  # whatever reads it next names the damage
-    return "rl" if isinstance(saved, dict) and set(saved) == {"algo", "config"} else "train"
+    if not isinstance(saved, dict) or set(saved) != {"algo", "config"}:
+        return "train"
+    return "grid" if saved["algo"] in GRID_ALGOS else "rl"
 
 
 _COMMANDS = {"train": "sparta eval / sparta report / sparta train --resume",
-             "rl": "sparta rl eval / sparta rl report / sparta rl train --resume"}
+             "rl": "sparta rl eval / sparta rl report / sparta rl train --resume",
+             "grid": "sparta grid eval / sparta grid report / sparta grid train --resume"}
+_WHAT = {"train": "a `sparta train` run", "rl": "an RL run (written by `sparta rl train`)",
+         "grid": "a smart-grid run (written by `sparta grid train`)"}
 
 
 def check_run(path: str | Path, written_by: str = "sparta train --out DIR", kind: str = "train") -> Path:
-    """``path`` as an existing run directory of ``kind`` (``"train"`` or ``"rl"``), or :class:`RunError` saying
-    what is missing, or which commands take it."""
+    """``path`` as an existing run directory of ``kind`` (``"train"``, ``"rl"`` or ``"grid"``), or
+    :class:`RunError` saying what is missing, or which commands take it."""
     p = Path(path)
     if not p.exists():
         raise RunError(f"run directory {p} does not exist")
@@ -65,8 +74,7 @@ def check_run(path: str | Path, written_by: str = "sparta train --out DIR", kind
         raise RunError(f"{p} is not a run directory: it has no {CONFIG} (runs are written by `{written_by}`)")
     found = run_kind(p)
     if found != kind:
-        what = "an RL run (written by `sparta rl train`)" if found == "rl" else "a `sparta train` run"
-        raise RunError(f"{p} is {what}; use {_COMMANDS[found]} with it")
+        raise RunError(f"{p} is {_WHAT[found]}; use {_COMMANDS[found]} with it")
     return p
 
 
@@ -117,5 +125,5 @@ def clear_run(path: Path) -> None:
 
 
 __all__ = ["CHECKPOINT", "CONFIG", "FILES", "METRICS_CSV", "METRICS_JSONL", "RL_FORMAT", "SUMMARY", "TRAIN_FORMAT",
-           "WASAP_FORMAT", "RunError", "check_new_run_dir", "check_resumable", "run_kind",
+           "WASAP_FORMAT", "GRID_ALGOS", "RunError", "check_new_run_dir", "check_resumable", "run_kind",
            "check_run", "clear_run", "is_run", "prepare_run_dir"]
