@@ -189,6 +189,16 @@ def _restride(xf: np.ndarray, ld_x: int, n: int, batch: int, ld: int) -> tuple[n
     return out, ld
 
 
+def check_input(x: torch.Tensor, values: torch.Tensor, in_features: int) -> None:
+    """Refuse (``TypeError``/``ValueError``) a layer input that is not a tensor of shape ``(..., in_features)`` and
+    the dtype of the layer's ``values``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have shape (..., {in_features}), got {tuple(x.shape)}")
+    if x.dtype != values.dtype:
+        raise TypeError(f"x must have dtype {values.dtype} like the layer's values, got {x.dtype}")
+
 def sparse_linear(
     x: torch.Tensor,
     indptr: torch.Tensor,
@@ -217,12 +227,7 @@ def sparse_linear(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[-1] != in_features:
-        raise ValueError(f"x must have shape (..., {in_features}), got {tuple(x.shape)}")
-    if x.dtype != values.dtype:
-        raise TypeError(f"x must have dtype {values.dtype} like the layer's values, got {x.dtype}")
+    check_input(x, values, in_features)
     if x.dtype not in _FLOATS:
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if x.device != values.device:

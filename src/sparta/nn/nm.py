@@ -19,7 +19,7 @@ from torch import nn
 from sparta.kernels import fused
 from sparta.kernels import nm as knm
 from sparta.kernels.threads import POOL, get_num_threads
-from sparta.nn.functional import MIN_WORK_PER_THREAD, feature_major, rows_view
+from sparta.nn.functional import MIN_WORK_PER_THREAD, check_input, feature_major, rows_view
 from sparta.nn.init import INITS, bias_bound
 from sparta.nn.linear import set_param_data
 
@@ -206,12 +206,7 @@ def nm_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, 
     """``y = x Wᵀ + b`` for ``W`` in the N:M layout (``values``, ``pos``; ``tpos`` the transposed blocks of a
     transposable layer or an empty tensor). ``x (..., in)`` float32/float64 on the CPU → ``(..., out)``.
     ``capture``: if a dict, backward stores the feature-major ``xt (in, B)`` and ``dyt (out, B)`` in it."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[-1] != in_features:
-        raise ValueError(f"x must have shape (..., {in_features}), got {tuple(x.shape)}")
-    if x.dtype != values.dtype:
-        raise TypeError(f"x must have dtype {values.dtype} like the layer's values, got {x.dtype}")
+    check_input(x, values, in_features)
     if not x.is_cpu or not values.is_cpu:
         raise NotImplementedError("NMLinear has CPU kernels only")
     lead = x.shape[:-1]

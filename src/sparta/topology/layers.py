@@ -134,21 +134,8 @@ class LayerView:
         return torch.sort(best_k[ok]).values
 
 
-class SparseView(LayerView):
-    """A :class:`~sparta.nn.SparseLinear`: edits are CSR edits."""
-
-    module: SparseLinear
-
-    @property
-    def n_out(self) -> int:  # read from the module: ImportancePruning changes it
-        return self.module.out_features
-
-    @property
-    def n_in(self) -> int:
-        return self.module.in_features
-
-    def keys(self) -> torch.Tensor:
-        return csr_keys(self.module.indptr, self.module.indices, self.n_in)
+class _ValuesView(LayerView):
+    """A layer whose connections are one value each in ``module.values`` (:class:`SparseView`, :class:`NMView`)."""
 
     @property
     def nnz(self) -> int:
@@ -163,6 +150,23 @@ class SparseView(LayerView):
     def grads(self) -> torch.Tensor | None:
         g = self.module.values.grad
         return None if g is None else g.detach()
+
+
+class SparseView(_ValuesView):
+    """A :class:`~sparta.nn.SparseLinear`: edits are CSR edits."""
+
+    module: SparseLinear
+
+    @property
+    def n_out(self) -> int:  # read from the module: ImportancePruning changes it
+        return self.module.out_features
+
+    @property
+    def n_in(self) -> int:
+        return self.module.in_features
+
+    def keys(self) -> torch.Tensor:
+        return csr_keys(self.module.indptr, self.module.indices, self.n_in)
 
     def kept_keys(self, keep: torch.Tensor) -> torch.Tensor:
         m = self.module
@@ -337,7 +341,7 @@ class MaskedView(LayerView):
         yield 0, cap["grad"].reshape(self.n_out, self.n_in)
 
 
-class NMView(LayerView):
+class NMView(_ValuesView):
     """An :class:`~sparta.nn.nm.NMLinear`: edits rebuild its positions (and transposed blocks) and check that the
     result is still N:M (transposable N:M for a transposable layer); ``ValueError`` otherwise."""
 
@@ -353,20 +357,6 @@ class NMView(LayerView):
 
     def keys(self) -> torch.Tensor:
         return self.module.keys()
-
-    @property
-    def nnz(self) -> int:
-        return self.module.nnz
-
-    def fan_in(self) -> torch.Tensor:
-        return self.module.fan_in()
-
-    def weights(self) -> torch.Tensor:
-        return self.module.values.detach()
-
-    def grads(self) -> torch.Tensor | None:
-        g = self.module.values.grad
-        return None if g is None else g.detach()
 
     def key_mask(self, keys: torch.Tensor) -> torch.Tensor:
         """Bool ``(out, in)`` with ``keys`` set."""
