@@ -201,7 +201,7 @@ def _resume(a: dict[str, Any], quiet: bool, stop_after: int | None) -> int:
     from sparta.rl.runs import read_config
 
     out = Path(a["resume"])
-    saved = read_config(out)
+    saved = read_config(out, kind="grid")
     if saved.get("algo") != sac.ALGO:
         raise ValueError(f"{out} is not a `sparta grid train --agent sac|td3` run (a {saved.get('algo')} run); "
                          "nothing to resume")
@@ -277,7 +277,7 @@ def _train_controller(agent: str, a: dict[str, Any], quiet: bool, proto=None) ->
 def _window_of(run: Path) -> tuple[int, int | None]:
     from sparta.rl.runs import read_config
 
-    c = read_config(run)["config"]
+    c = read_config(run, kind="grid")["config"]
     return c.get("start_day", 0), c.get("episode_days")
 
 
@@ -344,7 +344,7 @@ def evaluate_run(run: str | Path, start_day: int | None = None, days: int | None
 
     citylearn()
     run = Path(run)
-    saved = read_config(run)
+    saved = read_config(run, kind="grid")
     c = saved["config"]
     if saved["algo"] not in (ALGO, RBC_ALGO):
         raise ValueError(f"{run} is a {saved['algo']} run, not a `sparta grid train` run")

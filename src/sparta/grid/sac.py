@@ -494,7 +494,7 @@ def load(run_dir: str | Path) -> tuple[GridSACConfig, list[dict[str, Any]], dict
     """``(config, learners, checkpoint)`` of a saved run (networks restored from its last checkpoint)."""
     from sparta.rl.runs import load_checkpoint, read_config
 
-    saved = read_config(run_dir)
+    saved = read_config(run_dir, kind="grid")
     cfg = GridSACConfig(**saved["config"])
     env = make_env(cfg, kpis_at_end=False)
     learners = build_learners(cfg, env)

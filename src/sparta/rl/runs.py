@@ -27,7 +27,17 @@ import numpy as np
 import torch
 
 from sparta.rl.sparsity import schedule_warnings
-from sparta.rundir import CHECKPOINT, CONFIG, METRICS_JSONL, RL_FORMAT, SUMMARY, RunError, check_run, prepare_run_dir
+from sparta.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    GRID_ALGOS,
+    METRICS_JSONL,
+    RL_FORMAT,
+    SUMMARY,
+    RunError,
+    check_run,
+    prepare_run_dir,
+)
 from sparta.rundir.checkpoint import load_checkpoint as _load_checkpoint
 from sparta.rundir.checkpoint import save_checkpoint
 from sparta.rundir.files import append_metrics, read_json, read_metrics, write_json, write_metrics
@@ -39,12 +49,14 @@ __all__ = ["CHECKPOINT", "CONFIG", "METRICS", "SUMMARY", "Run", "RunError", "eva
            "find_runs", "load_checkpoint", "read_config", "read_metrics", "restore_network", "summarize"]
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """``{"algo": ..., "config": {...}}`` of an RL run directory."""
+def read_config(run_dir: str | Path, kind: str = "rl") -> dict[str, Any]:
+    """``{"algo": ..., "config": {...}}`` of an agent run directory: ``kind`` ``"rl"`` (``sparta rl train``) or
+    ``"grid"`` (``sparta grid train``, the same format); another kind of run is a one-line :class:`RunError`
+    naming the commands that take it."""
     p = Path(run_dir) / CONFIG
     if not p.is_file():
         raise RunError(f"{run_dir} is not an RL run directory (no {CONFIG}); start one with `sparta rl train`")
-    check_run(run_dir, "sparta rl train --out DIR", kind="rl")
+    check_run(run_dir, f"sparta {kind} train --out DIR", kind=kind)
     saved = read_json(p)
     if not isinstance(saved, dict) or "algo" not in saved or "config" not in saved:
         raise RunError(f"{p} is not the config of an RL run (runs are written by `sparta rl train`)")
@@ -115,7 +127,7 @@ class Run:
         if self.dir is None:
             return
         if resume:
-            saved = read_config(self.dir)
+            saved = read_config(self.dir, kind="grid" if algo in GRID_ALGOS else "rl")
             if saved["algo"] != algo:
                 raise RunError(f"{self.dir} is a {saved['algo']} run, not {algo}")
             load_checkpoint(self.dir)  # present and readable, before anything is written
