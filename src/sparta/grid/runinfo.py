@@ -1,24 +1,17 @@
 """What a folder holds, for the commands that meet grid runs: :func:`is_grid_run` and :func:`advice` (the commands
-that take a grid run, for ``sparta eval``/``sparta report``/``sparta rl …`` to print instead of failing). Reads
-``config.json`` only; imports nothing heavy."""
+that take a grid run). Both read the run kind :func:`sparta.rundir.run_kind` gives, which ``sparta eval``/``report``
+and ``sparta rl …`` use for their own one-line refusals; nothing heavy is imported."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from sparta.rundir import GRID_ALGOS  # the `algo` a `sparta grid train` run's config.json records
-
-COMMANDS = "sparta grid eval / sparta grid report / sparta grid train --resume"
+from sparta.rundir import GRID_COMMANDS, is_run, run_kind
 
 
 def is_grid_run(path: str | Path) -> bool:
     """Whether ``path`` is a ``sparta grid train`` run directory (its ``config.json`` names a grid algorithm)."""
-    try:
-        saved = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(saved, dict) and saved.get("algo") in GRID_ALGOS
+    return is_run(path) and run_kind(path) == "grid"
 
 
 def advice(path: str | Path) -> str | None:
@@ -26,4 +19,4 @@ def advice(path: str | Path) -> str | None:
     None (for another command's one-line error)."""
     if not is_grid_run(path):
         return None
-    return f"{Path(path)} is a `sparta grid train` run; use {COMMANDS} with it"
+    return f"{Path(path)} is a `sparta grid train` run; use {GRID_COMMANDS} with it"

@@ -58,6 +58,7 @@ def run_kind(path: str | Path) -> str:
 _COMMANDS = {"train": "sparta eval / sparta report / sparta train --resume",
              "rl": "sparta rl eval / sparta rl report / sparta rl train --resume",
              "grid": "sparta grid eval / sparta grid report / sparta grid train --resume"}
+GRID_COMMANDS = _COMMANDS["grid"]
 _WHAT = {"train": "a `sparta train` run", "rl": "an RL run (written by `sparta rl train`)",
          "grid": "a smart-grid run (written by `sparta grid train`)"}
 
@@ -125,5 +126,5 @@ def clear_run(path: Path) -> None:
 
 
 __all__ = ["CHECKPOINT", "CONFIG", "FILES", "METRICS_CSV", "METRICS_JSONL", "RL_FORMAT", "SUMMARY", "TRAIN_FORMAT",
-           "WASAP_FORMAT", "GRID_ALGOS", "RunError", "check_new_run_dir", "check_resumable", "run_kind",
+           "WASAP_FORMAT", "GRID_ALGOS", "GRID_COMMANDS", "RunError", "check_new_run_dir", "check_resumable", "run_kind",
            "check_run", "clear_run", "is_run", "prepare_run_dir"]

@@ -80,7 +80,3 @@ def check_sizes(config: RunConfig, sizes: list[int]) -> None:
                               f"({a} → {b}): {e}") from None
 
 
-def algo_label(config: RunConfig) -> str:
-    """How tables name an N:M run's algorithm, e.g. ``"set N:M 2:4 T"`` (shown upper-cased: ``SET N:M 2:4 T``;
-    ``T``: transposable)."""
-    return config.algo_label
