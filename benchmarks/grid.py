@@ -229,7 +229,8 @@ def protocol_config(method: str, seed: int, args: argparse.Namespace, proto) -> 
     name, sparsity, width = parse_method(method)
     sc = SparsityConfig(method=name, sparsity=sparsity if name != "dense" else 0.95, width=width, every=250)
     return sac.GridSACConfig(**train_settings(proto), episodes=args.episodes, mode="features", seed=seed, threads=1,
-                             sparsity=sc, agent=args.agent, updates_per_step=args.updates_per_step)
+                             sparsity=sc, agent=args.agent, updates_per_step=args.updates_per_step,
+                             reward=args.reward, residual=args.residual)
 
 
 def protocol_run(method: str, seed: int, args: argparse.Namespace) -> dict | None:
@@ -267,7 +268,7 @@ def protocol_run(method: str, seed: int, args: argparse.Namespace) -> dict | Non
             summary = sac.train(cfg, run_dir, resume=resume, overwrite=not resume, final_eval=False)
         c1 = time.process_time()
         _, learners, _ = sac.load(run_dir)
-        result = protocols.evaluate(sac.policy(learners, cfg.mode), proto)
+        result = protocols.evaluate(sac.policy(learners, cfg.mode, residual=cfg.residual), proto)
         body.update({k: summary.get(k) for k in ("episodes", "env_steps", "train_seconds", "train_cpu_seconds",
                                                  "env_steps_per_cpu_second", "density", "size")})
         body["eval_cpu_seconds"] = time.process_time() - c1
@@ -397,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=("challenge-2022", "time-split"), help="the protocol sweep (see above)")
     p.add_argument("--updates-per-step", dest="updates_per_step", type=int, default=1,
                    help="--protocol: SAC updates per environment step (default 1)")
+    p.add_argument("--reward", default="solar_penalty", help="--protocol: the learners' reward (default solar_penalty)")
+    p.add_argument("--residual", action="store_true", help="--protocol: learners correct the self-consumption rule")
     args = p.parse_args(argv)
     if args.protocol:
         methods = args.methods or PROTOCOL_METHODS

@@ -197,3 +197,65 @@ def test_raw_observations_are_citylearns_current_ones():
     for _ in range(4):
         np.testing.assert_allclose(np.array(env.raw_observations(), float), np.array(env.citylearn.observations, float))
         env.step({a: rng.uniform(-1, 1, 1).astype(np.float32) for a in env.agents})
+
+
+def test_challenge_reward_weighs_each_buildings_imports_by_price_and_carbon():
+    env = GridEnv(None, 10, 2, reward="challenge", kpis_at_end=False, buildings=["Building_1", "Building_4"],
+                  batteries="challenge-2022")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    got = []
+    while env.agents:
+        got.append(list(env.step({a: rng.uniform(-1, 1, 1).astype(np.float32) for a in env.agents})[1].values()))
+    s = env.series()
+    b = env.citylearn.buildings[0]
+    p_ref, c_ref = np.mean(b.pricing.electricity_pricing), np.mean(b.carbon_intensity.carbon_intensity)
+    cap = np.array([x.electrical_storage.capacity for x in env.citylearn.buildings])
+    e, p, c = s["net"], s["price"] / p_ref, s["carbon"] / c_ref
+    want = -(p + c) * np.maximum(e, 0) / cap[:, None]
+    np.testing.assert_allclose(np.array(got).T, want, rtol=1e-9, atol=1e-12)
+    assert (e < 0).any() and (np.array(got).T[e < 0] == 0).all()  # an export earns nothing
+
+
+def test_residual_agent_adds_its_action_to_the_self_consumption_rule():
+    env = GridEnv(None, 200, 1, kpis_at_end=False, buildings=["Building_1", "Building_2"],
+                  batteries="challenge-2022")
+    obs, _ = env.reset(seed=0)
+    observe = sac.Observer(env, "features")
+    x = observe(obs)
+    raw = env.raw_observations()
+    names = env.citylearn.observation_names
+    rule = self_consumption([o[n.index("solar_generation")] for o, n in zip(raw, names, strict=True)],
+                            [o[n.index("non_shiftable_load")] for o, n in zip(raw, names, strict=True)],
+                            [b.electrical_storage.capacity for b in env.citylearn.buildings])
+    zero = np.zeros((2, 1), np.float32)
+    np.testing.assert_allclose(sac.executed(zero, x, True)[:, 0], rule, atol=1e-6)
+    a = np.array([[0.5], [-2.0]], np.float32)
+    np.testing.assert_allclose(sac.executed(a, x, True)[:, 0], np.clip(rule + a[:, 0], -1, 1), atol=1e-6)
+    assert sac.executed(a, x, False) is a
+    with pytest.raises(ValueError, match="residual needs mode 'features'"):
+        tiny_config(mode="shared", residual=True)
+
+
+def test_residual_run_trains_stores_its_own_actions_and_evaluates(tmp_path, monkeypatch):
+    from sparta.rl.buffers import ReplayBuffer
+
+    sent, stored = [], []
+    step, add = GridEnv.step, ReplayBuffer.add
+    monkeypatch.setattr(GridEnv, "step", lambda self, acts: (sent.append(np.concatenate(list(acts.values()))),
+                                                             step(self, acts))[1])
+    monkeypatch.setattr(ReplayBuffer, "add", lambda self, o, a, *r: (stored.append((o, np.asarray(a).copy())),
+                                                                     add(self, o, a, *r))[1])
+    cfg = tiny_config(residual=True, reward="challenge", episodes=1)
+    sac.train(cfg, tmp_path / "run", final_eval=False)
+    n = len(cfg.buildings)
+    assert len(stored) == n * len(sent)
+    x = np.stack([o for o, _ in stored])
+    a = np.stack([a for _, a in stored])
+    rule = np.clip(x[:, -ft.N_FEATURES + ft.NAMES.index("surplus")], -1, 1)
+    np.testing.assert_allclose(np.concatenate(sent), np.clip(rule + a[:, 0], -1, 1), atol=1e-6)
+    assert np.abs(a[:, 0] - np.concatenate(sent)).max() > 0.1  # the buffer holds the agent's action, not the battery's
+    saved, learners, _ = sac.load(tmp_path / "run")
+    assert saved.residual and saved.reward == "challenge"
+    result = P.evaluate(sac.policy(learners, "features", residual=True), TINY)
+    assert np.isfinite(result["challenge"]["test"]["score"])

@@ -29,7 +29,7 @@ SPARSITY_FLAGS = ("method", "sparsity", "distribution", "width", "every", "zeta"
 SAC_FLAGS = {"mode": "mode", "episodes": "episodes", "episode_days": "episode_days", "start_day": "start_day",
              "reward": "reward", "seed": "seed", "threads": "threads", "hidden": "hidden",
              "learning_starts": "learning_starts", "updates_per_step": "updates_per_step", "batch_size": "batch_size",
-             "batteries": "batteries"}
+             "batteries": "batteries", "residual": "residual"}
 PROTOCOL_NAMES = ("challenge-2022", "time-split")
 RBC_ALGO = "grid-controller"
 KPI_COLUMNS = ("cost_total", "carbon_emissions_total", "daily_peak_average", "all_time_peak_average",
@@ -77,9 +77,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--episode-days", dest="episode_days", type=int, help="days per episode (default: the whole year)")
     t.add_argument("--start-day", dest="start_day", type=int, help="first day of the episode in the data (default 0, "
                                                                    "1 August)")
-    t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac"),
-                   help="CityLearn reward function for --agent sac/td3 (default solar_penalty, the reward of "
-                        "CityLearn's SAC examples; 'default' is −max(net consumption, 0))")
+    t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac", "challenge"),
+                   help="reward for --agent sac/td3: a CityLearn reward function (default solar_penalty, the reward of "
+                        "CityLearn's SAC examples; 'default' is −max(net consumption, 0)) or challenge (each "
+                        "building's imports weighted by price and carbon intensity, in battery capacities)")
+    t.add_argument("--residual", action="store_true", help="with --mode features: the agent corrects the "
+                   "self-consumption rule (the battery gets clip(rule + action, -1, 1)) instead of acting alone")
     t.add_argument("--learning-starts", dest="learning_starts", type=int, help="random-action steps first (default 72)")
     t.add_argument("--updates-per-step", dest="updates_per_step", type=int,
                    help="SAC/TD3 updates per learner per step (default 1)")
@@ -352,7 +355,7 @@ def evaluate_run(run: str | Path, start_day: int | None = None, days: int | None
         protocol = c.get("protocol")
     if saved["algo"] == ALGO:
         cfg, learners, _ = load(run)
-        pol = policy(learners, cfg.mode)
+        pol = policy(learners, cfg.mode, residual=cfg.residual)
         agent, method, schema, reward, batteries = cfg.agent, cfg.sparsity.method, cfg.schema, cfg.reward, cfg.batteries
     else:
         pol, agent, method = Controller(c["controller"]), c["controller"], c["controller"]

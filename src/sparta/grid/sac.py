@@ -14,6 +14,12 @@ action depends only on its own observation. Two modes:
   (:mod:`sparta.grid.features`: battery and PV ratings, PV surplus, recent load) instead of an id, so the policy
   acts for buildings it never trained on (the ``challenge-2022`` protocol's validation and test buildings).
 
+``residual=True`` (features mode) makes the learner a correction to the self-consumption rule (residual policy
+learning, Silver et al. 2018 / Johannink et al. 2019): the battery receives ``clip(rule + a, −1, 1)``, where ``rule =
+clip((solar − load)/capacity, −1, 1)`` is :func:`sparta.grid.baselines.self_consumption` read from the building's
+own features and ``a`` the learner's action; the replay buffer stores ``a``. A policy that outputs 0 is the rule, so
+learning starts from the strongest simple controller instead of from random batteries.
+
 Checkpoints are written at every episode end (networks, optimizers, topology algorithms, replay buffers, every
 RNG, counters) and episodes are reset with ``seed + episode``; CityLearn is deterministic, so a resumed run is
 bit-identical to an uninterrupted one (same thread count).
@@ -55,6 +61,7 @@ class GridSACConfig:
     # than the PV surplus), default (−max(net consumption, 0): learns to leave the batteries empty), marl,
     # independent_sac
     reward: str = "solar_penalty"
+    residual: bool = False             # features mode: the learner corrects the self-consumption rule (module doc)
     schema: str | None = None          # a CityLearn 3.0.2 schema.json (default: the shipped 2022 set)
     buildings: tuple[str, ...] | None = None  # the buildings trained on (default: all the schema's)
     batteries: str = "drawn"           # drawn (CityLearn 3's random curves) or challenge-2022 (1.3's fixed curves)
@@ -93,6 +100,8 @@ class GridSACConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.agent not in AGENTS:
             raise ValueError(f"agent must be one of {AGENTS}, got {self.agent!r}")
+        if self.residual and self.mode != "features":
+            raise ValueError(f"residual needs mode 'features' (the rule reads the building features), got {self.mode!r}")
         check_positive(self, ("episodes", "buffer_size", "batch_size", "updates_per_step"))
         if isinstance(self.learning_starts, bool) or not isinstance(self.learning_starts, int) or self.learning_starts < 0:
             raise ValueError(f"learning_starts must be an int ≥ 0, got {self.learning_starts!r}")
@@ -223,6 +232,18 @@ def act(learners: list[dict[str, Any]], obs: np.ndarray, mode: str, deterministi
     return out
 
 
+def executed(actions: np.ndarray, x: np.ndarray, residual: bool) -> np.ndarray:
+    """The batteries' actions ``(n_buildings, 1)`` for the learners' ``actions`` ``(n_buildings, 1)`` and their inputs
+    ``x`` ``(n_buildings, obs_dim + N_FEATURES)``: the actions themselves, or with ``residual`` the self-consumption
+    rule's action (from the surplus feature) plus them, clipped to [−1, 1]."""
+    if not residual:
+        return actions
+    from sparta.grid import features as ft
+
+    rule = np.clip(x[:, x.shape[1] - ft.N_FEATURES + ft.NAMES.index("surplus")], -1.0, 1.0)
+    return np.clip(rule[:, None] + actions, -1.0, 1.0).astype(np.float32)
+
+
 def stack(d: dict[str, np.ndarray], agents: list[str]) -> np.ndarray:
     """``(n_agents, obs_dim)`` float32 rows of ``d`` in ``agents``' order."""
     return np.stack([np.asarray(d[a], dtype=np.float32) for a in agents])
@@ -343,7 +364,8 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
                 actions = rng.uniform(-1.0, 1.0, size=(len(agents), 1)).astype(np.float32)
             else:
                 actions = act(learners, obs, cfg.mode, rng=rng, noise=cfg.exploration_noise)
-            next_obs, rewards, terms, truncs, _ = env.step(dict(zip(agents, actions, strict=True)))
+            battery = executed(actions, obs, cfg.residual)
+            next_obs, rewards, terms, truncs, _ = env.step(dict(zip(agents, battery, strict=True)))
             next_obs, r = observe(next_obs), np.array([rewards[a] for a in agents], dtype=np.float32)
             term, trunc = terms[agents[0]], truncs[agents[0]]
             # store: one transition per building, in its learner's buffer
@@ -379,7 +401,7 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
             return {"stopped_at": step, "episode": episode}
 
     if final_eval:
-        result = evaluate(env, policy(learners, cfg.mode, agents))
+        result = evaluate(env, policy(learners, cfg.mode, agents, residual=cfg.residual))
         result["challenge"] = challenge_metrics(env)
     else:
         result = {"kpis": {}, "challenge": None, "traces": None}
@@ -396,12 +418,13 @@ def train(cfg: GridSACConfig, run_dir: str | Path | None = None, *, resume: bool
 
 
 class Policy:
-    """``Policy(learners, mode)``: the deterministic (mean-action) policy of trained learners as a controller
-    (``reset(env)`` after ``env.reset()``, then observations dict → actions dict). In ``features`` mode it acts
-    for any buildings; in ``shared`` and ``independent`` modes only for as many buildings as it trained on."""
+    """``Policy(learners, mode, residual=False)``: the deterministic (mean-action) policy of trained learners as a
+    controller (``reset(env)`` after ``env.reset()``, then observations dict → actions dict). In ``features`` mode it
+    acts for any buildings; in ``shared`` and ``independent`` modes only for as many buildings as it trained on.
+    ``residual``: the learners correct the self-consumption rule (:func:`executed`)."""
 
-    def __init__(self, learners: list[dict[str, Any]], mode: str) -> None:
-        self.learners, self.mode = learners, mode
+    def __init__(self, learners: list[dict[str, Any]], mode: str, residual: bool = False) -> None:
+        self.learners, self.mode, self.residual = learners, mode, residual
         self.observe: Observer | None = None
         self.trained_on = sum(len(n["buildings"]) for n in learners)
 
@@ -421,13 +444,14 @@ class Policy:
         if self.observe is None:
             raise RuntimeError("call reset(env) before asking a Policy for actions")
         x = self.observe(obs)
-        return dict(zip(self.observe.agents, act(self.learners, x, self.mode, deterministic=True), strict=True))
+        a = executed(act(self.learners, x, self.mode, deterministic=True), x, self.residual)
+        return dict(zip(self.observe.agents, a, strict=True))
 
 
-def policy(learners: list[dict[str, Any]], mode: str, agents: list[str] | None = None) -> Policy:
+def policy(learners: list[dict[str, Any]], mode: str, agents: list[str] | None = None, residual: bool = False) -> Policy:
     """The deterministic (mean-action) policy of ``learners`` (a :class:`Policy`; ``agents`` is unused, kept for
     callers of the former signature)."""
-    return Policy(learners, mode)
+    return Policy(learners, mode, residual)
 
 
 def challenge_metrics(env: GridEnv, groups: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, float]]:
