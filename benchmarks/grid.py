@@ -191,9 +191,9 @@ def speed(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- the challenge protocol
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grid"
-RULES = ["none", "rbc", "optimized-rbc", "self-consumption"]
+RULES = ["none", "rbc", "optimized-rbc", "self-consumption", "tou"]
 # in the order a sweep runs them (the targets' methods first; `none` last: every metric of it is 1 by definition)
-PROTOCOL_METHODS = ["rbc", "optimized-rbc", "self-consumption", "lp", "dense", "set:0.95", "gmp:0.95", "set:0.9",
+PROTOCOL_METHODS = ["rbc", "optimized-rbc", "self-consumption", "tou", "lp", "dense", "set:0.95", "gmp:0.95", "set:0.9",
                     "gmp:0.9", "set:0.99", "gmp:0.99", "none"]
 DETERMINISTIC = {*RULES, "lp"}  # one run each: seeds change nothing
 _SERIES: dict = {}  # the last evaluation's series: the loads without batteries the LP needs, whatever the control

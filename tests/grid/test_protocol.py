@@ -199,22 +199,24 @@ def test_raw_observations_are_citylearns_current_ones():
         env.step({a: rng.uniform(-1, 1, 1).astype(np.float32) for a in env.agents})
 
 
-def test_challenge_reward_weighs_each_buildings_imports_by_price_and_carbon():
-    env = GridEnv(None, 10, 2, reward="challenge", kpis_at_end=False, buildings=["Building_1", "Building_4"],
+def test_score_reward_is_each_buildings_share_of_the_challenge_score():
+    env = GridEnv(None, 10, 2, reward="score", kpis_at_end=False, buildings=["Building_1", "Building_4"],
                   batteries="challenge-2022")
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     got = []
     while env.agents:
         got.append(list(env.step({a: rng.uniform(-1, 1, 1).astype(np.float32) for a in env.agents})[1].values()))
+    got = np.array(got).T
+    T = got.shape[1]
+    assert T == env.episode_steps == 47
     s = env.series()
-    b = env.citylearn.buildings[0]
-    p_ref, c_ref = np.mean(b.pricing.electricity_pricing), np.mean(b.carbon_intensity.carbon_intensity)
-    cap = np.array([x.electrical_storage.capacity for x in env.citylearn.buildings])
-    e, p, c = s["net"], s["price"] / p_ref, s["carbon"] / c_ref
-    want = -(p + c) * np.maximum(e, 0) / cap[:, None]
-    np.testing.assert_allclose(np.array(got).T, want, rtol=1e-9, atol=1e-12)
-    assert (e < 0).any() and (np.array(got).T[e < 0] == 0).all()  # an export earns nothing
+    e, e0, p, c = (s[k][..., :T] for k in ("net", "net_without_storage", "price", "carbon"))
+    E0 = e0.sum(0)
+    c0, g0, r0 = (p * np.maximum(E0, 0)).sum(), (c * np.maximum(e0, 0)).sum(), np.abs(np.diff(E0)).sum()
+    ramp = np.abs(np.diff(e, axis=1, prepend=e[:, :1]))
+    want = -(T * 2 / 3) * (p * np.maximum(e, 0) / c0 + c * np.maximum(e, 0) / g0 + 0.5 * ramp / r0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
 def test_residual_agent_adds_its_action_to_the_self_consumption_rule():
@@ -246,7 +248,7 @@ def test_residual_run_trains_stores_its_own_actions_and_evaluates(tmp_path, monk
                                                              step(self, acts))[1])
     monkeypatch.setattr(ReplayBuffer, "add", lambda self, o, a, *r: (stored.append((o, np.asarray(a).copy())),
                                                                      add(self, o, a, *r))[1])
-    cfg = tiny_config(residual=True, reward="challenge", episodes=1)
+    cfg = tiny_config(residual=True, reward="score", episodes=1)
     sac.train(cfg, tmp_path / "run", final_eval=False)
     n = len(cfg.buildings)
     assert len(stored) == n * len(sent)
@@ -256,6 +258,32 @@ def test_residual_run_trains_stores_its_own_actions_and_evaluates(tmp_path, monk
     np.testing.assert_allclose(np.concatenate(sent), np.clip(rule + a[:, 0], -1, 1), atol=1e-6)
     assert np.abs(a[:, 0] - np.concatenate(sent)).max() > 0.1  # the buffer holds the agent's action, not the battery's
     saved, learners, _ = sac.load(tmp_path / "run")
-    assert saved.residual and saved.reward == "challenge"
+    assert saved.residual and saved.reward == "score"
     result = P.evaluate(sac.policy(learners, "features", residual=True), TINY)
     assert np.isfinite(result["challenge"]["test"]["score"])
+
+
+def test_tou_rule_fills_the_battery_before_dear_hours_and_is_self_consumption_otherwise():
+    from sparta.grid.baselines import tou
+
+    solar, load, cap = np.array([0.0, 3.0, 0.0]), np.array([1.0, 1.0, 0.5]), np.array([4.0, 4.0, 4.0])
+    soc = np.array([0.1, 0.1, 0.95])
+    rule = self_consumption(solar, load, cap)
+    np.testing.assert_allclose(tou(solar, load, cap, soc, 0.54, 0.22, 0.3), rule)  # dear now: the rule
+    np.testing.assert_allclose(tou(solar, load, cap, soc, 0.22, 0.22, 0.3), rule)  # cheap, nothing dearer ahead
+    got = tou(solar, load, cap, soc, 0.22, 0.54, 0.3)  # cheap now, dear in 6 hours: charge
+    np.testing.assert_allclose(got, [1 / 6, 0.5, 0.05])  # ≥ 1/6 per hour, never past full, a larger surplus kept
+    env = GridEnv(None, 0, 2, kpis_at_end=False, buildings=["Building_1"], batteries="challenge-2022")
+    obs, _ = env.reset(seed=0)
+    ctl = Controller("tou")
+    ctl.reset(env)
+    charged = []
+    while env.agents:
+        a = ctl(obs)["Building_1"][0]
+        raw, names = env.raw_observations()[0], env.citylearn.observation_names[0]
+        dear_ahead = raw[names.index("electricity_pricing_predicted_1")] > raw[names.index("electricity_pricing")]
+        charged.append((dear_ahead, a, raw[names.index("electrical_storage_soc")]))
+        obs = env.step({"Building_1": np.array([a], np.float32)})[0]
+    day2 = charged[24:]  # a day of price history behind it: the first day's mean is the cheap price itself
+    assert sum(d for d, _, _ in day2) == 5  # steps 10-14 of a day see the dear steps 16-20 six hours ahead
+    assert all(a >= min(1 / 6, 1 - soc) - 1e-6 for d, a, soc in day2 if d)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-AGENTS = ("sac", "td3", "rbc", "optimized-rbc", "basic-rbc", "self-consumption", "none")
+AGENTS = ("sac", "td3", "rbc", "optimized-rbc", "basic-rbc", "self-consumption", "tou", "none")
 LEARNERS = ("sac", "td3")
 SPARSITY_FLAGS = ("method", "sparsity", "distribution", "width", "every", "zeta")
 SAC_FLAGS = {"mode": "mode", "episodes": "episodes", "episode_days": "episode_days", "start_day": "start_day",
@@ -55,7 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                    "checkpoint.pt (every episode), summary.json and eval/ to --out.")
     t.add_argument("--agent", choices=AGENTS, help="sac (default), td3, or a fixed controller: rbc "
                    "(CityLearn's BasicBatteryRBC), optimized-rbc, basic-rbc, self-consumption (store the PV surplus, "
-                   "cover the deficit), none (no control)")
+                   "cover the deficit), tou (the same, covering deficits only in the dear hours), none (no control)")
     t.add_argument("--mode", choices=("shared", "independent", "features"), help="one network for all buildings with "
                    "the building's identity in its input (default), one per building, or one network whose input "
                    "carries observable building features instead of an identity (acts for unseen buildings; the "
@@ -77,10 +77,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--episode-days", dest="episode_days", type=int, help="days per episode (default: the whole year)")
     t.add_argument("--start-day", dest="start_day", type=int, help="first day of the episode in the data (default 0, "
                                                                    "1 August)")
-    t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac", "challenge"),
+    t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac", "score"),
                    help="reward for --agent sac/td3: a CityLearn reward function (default solar_penalty, the reward of "
-                        "CityLearn's SAC examples; 'default' is −max(net consumption, 0)) or challenge (each "
-                        "building's imports weighted by price and carbon intensity, in battery capacities)")
+                        "CityLearn's SAC examples; 'default' is −max(net consumption, 0)) or score (each "
+                        "building's share of the 2022 challenge's score: cost, emissions and ramping)")
     t.add_argument("--residual", action="store_true", help="with --mode features: the agent corrects the "
                    "self-consumption rule (the battery gets clip(rule + action, -1, 1)) instead of acting alone")
     t.add_argument("--learning-starts", dest="learning_starts", type=int, help="random-action steps first (default 72)")

@@ -35,9 +35,9 @@ STEPS_PER_DAY = 24
 INSTALL = ("pip install pettingzoo pandas simplejson pyyaml platformdirs requests && "
            "pip install --no-deps citylearn==3.0.2")
 REWARDS = {"default": "RewardFunction", "solar_penalty": "SolarPenaltyReward", "marl": "MARL",
-           "independent_sac": "IndependentSACReward", "challenge": "RewardFunction"}
-# `challenge` is sparta's, computed in GridEnv.step (CityLearn's default reward is computed and discarded): see
-# GridEnv.challenge_rewards
+           "independent_sac": "IndependentSACReward", "score": "RewardFunction"}
+# `score` is sparta's, computed in GridEnv.step (CityLearn's default reward is computed and discarded): see
+# GridEnv.score_rewards
 # CityLearn 1.3.x's fixed battery curves (its Battery defaults; the 2022 challenge schemas set none), which
 # CityLearn 3 replaces by random draws when a schema leaves them out: `batteries="challenge-2022"` writes them into
 # every battery's attributes (source: CityLearn v1.3.6, citylearn/energy_model.py, Battery.power_efficiency_curve
@@ -138,8 +138,8 @@ class GridEnv(_ParallelEnv):
         days: the episode is ``days`` days long (None: to the end of the data).
         normalize: CityLearn's periodic + min-max normalisation (else raw observations, and raw bounds).
         reward: one of CityLearn's reward functions: ``default`` (−max(net consumption, 0) per building),
-            ``solar_penalty``, ``marl``, ``independent_sac``; or ``challenge``, sparta's per-building share of the
-            2022 challenge's cost and emissions terms (:meth:`challenge_rewards`).
+            ``solar_penalty``, ``marl``, ``independent_sac``; or ``score``, sparta's per-building share of the
+            2022 challenge's score (:meth:`score_rewards`).
         kpis_at_end: put CityLearn's KPIs into the last step's infos (``"kpis"``: the building's,
             ``"district_kpis"``: the district's; ~1 s of ``CityLearnEnv.evaluate``).
         district_seed: CityLearn draws each battery's efficiency and power curves when it builds the district;
@@ -201,10 +201,7 @@ class GridEnv(_ParallelEnv):
         self._low = np.stack([s.low for s in self._obs_spaces.values()]) if self._same_obs_dims() else None
         self._high = np.stack([s.high for s in self._obs_spaces.values()]) if self._same_obs_dims() else None
         self.episode_steps = last - first  # steps until the episode ends (CityLearn ends one before the last row)
-        b0 = self.citylearn.buildings[0]  # the challenge reward's reference price and carbon intensity: the data's means
-        self._price_ref = max(float(np.mean(b0.pricing.electricity_pricing)), 1e-9)
-        self._carbon_ref = max(float(np.mean(b0.carbon_intensity.carbon_intensity)), 1e-9)
-        self._capacity = np.array([max(float(b.electrical_storage.capacity), 1e-6) for b in self.citylearn.buildings])
+        self._score_scale = self._score_normalisers() if reward == "score" else None
 
     # ------------------------------------------------------------------ spaces
     def observation_space(self, agent: str):
@@ -251,8 +248,8 @@ class GridEnv(_ParallelEnv):
         self._raw = raw
         obs = self._observations(raw)
         done = bool(terminated or truncated)
-        if self.reward == "challenge":
-            rewards = self.challenge_rewards()
+        if self.reward == "score":
+            rewards = self.score_rewards()
         rew = {a: float(r) for a, r in zip(self.possible_agents, rewards, strict=True)}
         terms = dict.fromkeys(self.possible_agents, bool(terminated))
         truncs = dict.fromkeys(self.possible_agents, bool(truncated) and not terminated)
@@ -265,19 +262,36 @@ class GridEnv(_ParallelEnv):
                     infos[a] = {"kpis": k["buildings"][a], "district_kpis": k["district"]}
         return obs, rew, terms, truncs, infos
 
-    def challenge_rewards(self) -> np.ndarray:
-        """``(n_buildings,)`` rewards of the step just taken, each building's imports weighted by the 2022
-        challenge's cost and emissions terms (:mod:`sparta.grid.challenge`): ``−(p / p̄ + c / c̄) · max(0, e) /
-        capacity``, with ``e`` the building's net consumption (kWh, negative when it exports), ``p``/``c`` this
-        hour's price and carbon intensity, ``p̄``/``c̄`` their means over the data and ``capacity`` the building's
-        battery (kWh), so the buildings' rewards are on one scale. An export earns nothing: with export credit
-        (``−p·e``) SAC learned to trade with the grid, which lowered C but raised G and D above no control."""
+    def _score_normalisers(self) -> tuple[float, float, float]:
+        """``(C⁰, G⁰, R⁰)``: cost, emissions and ramping of this env's district without batteries over the steps of
+        an episode, from the data (net load without storage = non-shiftable load − PV generation)."""
+        bs, T = self.citylearn.buildings, self.episode_steps
+        e0 = np.stack([np.asarray(b.energy_simulation.non_shiftable_load, np.float64)[:T]
+                       - np.asarray(b.pv.get_generation(b.energy_simulation.solar_generation), np.float64)[:T]
+                       for b in bs])
+        p = np.asarray(bs[0].pricing.electricity_pricing, np.float64)[:T]
+        c = np.asarray(bs[0].carbon_intensity.carbon_intensity, np.float64)[:T]
+        total = e0.sum(0)
+        return (max(float((p * np.maximum(total, 0)).sum()), 1e-9), max(float((c * np.maximum(e0, 0)).sum()), 1e-9),
+                max(float(np.abs(np.diff(total)).sum()), 1e-9))
+
+    def score_rewards(self) -> np.ndarray:
+        """``(n_buildings,)`` rewards of the step just taken: each building's share of the 2022 challenge's score
+        (:mod:`sparta.grid.challenge`), ``−(T·n/3) · (p·max(0, e)/C⁰ + c·max(0, e)/G⁰ + ½ |e − e₋₁|/R⁰)``, with ``e``
+        and ``e₋₁`` the building's net consumption this hour and the last (kWh), ``p``/``c`` this hour's price and
+        carbon intensity, ``C⁰``/``G⁰``/``R⁰`` the district's cost, emissions and ramping without batteries over an
+        episode (:meth:`_score_normalisers`), ``T`` the episode's steps and ``n`` the buildings, so a district with no
+        batteries earns about −1 per building and step. Summed over buildings and steps it is −T·n/3 times an upper
+        bound of ``C + G + ramping/2`` (cost and ramping taken per building, where the score takes them on the
+        district); the load-factor half of ``D`` is left out (not a sum over hours)."""
         t = self.citylearn.time_step - 1
-        b0 = self.citylearn.buildings[0]
-        w = float(b0.pricing.electricity_pricing[t]) / self._price_ref \
-            + float(b0.carbon_intensity.carbon_intensity[t]) / self._carbon_ref
-        e = np.array([b.net_electricity_consumption[t] for b in self.citylearn.buildings], np.float64)
-        return -w * np.maximum(e, 0.0) / self._capacity
+        bs = self.citylearn.buildings
+        c0, g0, r0 = self._score_scale
+        e = np.array([b.net_electricity_consumption[t] for b in bs], np.float64)
+        before = np.array([b.net_electricity_consumption[t - 1] for b in bs], np.float64) if t > 0 else e
+        p, c = float(bs[0].pricing.electricity_pricing[t]), float(bs[0].carbon_intensity.carbon_intensity[t])
+        scale = self.episode_steps * len(bs) / 3
+        return -scale * (p * np.maximum(e, 0) / c0 + c * np.maximum(e, 0) / g0 + 0.5 * np.abs(e - before) / r0)
 
     # ------------------------------------------------------------------ results
     def kpis(self) -> dict[str, Any]:
