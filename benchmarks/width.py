@@ -86,6 +86,7 @@ def train_one(game: str, method: str, width: int, seed: int, frames: int, runs: 
     import torch
 
     from sparta.rl import dqn
+    from sparta.rl.diagnostics import diagnose_run
     from sparta.rl.runs import read_metrics
 
     torch.set_num_threads(1)
@@ -123,6 +124,7 @@ def train_one(game: str, method: str, width: int, seed: int, frames: int, runs: 
         "train_returns": [[r["step"], r["return"]] for r in episodes[::-(-len(episodes) // 500) or 1]],
         "density": result["density"], "nnz": result["nnz"], "dense_size": result["dense_size"],
         "wall_seconds": spent["wall"], "cpu_seconds": spent["cpu"], "sessions": spent["sessions"],
+        "diagnostics": diagnose_run(run_dir),
         "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     write_json_atomic(out, data)
@@ -193,8 +195,9 @@ def report(results: Path, plots: Path, games: list[str], widths: list[int], meth
     import matplotlib.pyplot as plt
 
     rows = load_results(results)
-    table = ["| game | method | width | runs | IQM return | 95 % CI | density | wall-clock per run (min) | "
-             "CPU per run (min) | frames |", "|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| game | method | width | runs | IQM return | 95 % CI | density | dormant (τ = 0.1, last hidden) | "
+             "srank | wall-clock per run (min) | CPU per run (min) | frames |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fig, axes = plt.subplots(1, len(games) + 1, figsize=(4.2 * (len(games) + 1), 3.6))
     colours = {"dense": "tab:blue", "gmp": "tab:orange", "set": "tab:green"}
     labelled: set[tuple[str, str]] = set()
@@ -213,8 +216,12 @@ def report(results: Path, plots: Path, games: list[str], widths: list[int], meth
                 mids.append(mid)
                 los.append(lo)
                 his.append(hi)
+                # network diagnostics (sparta.rl.diagnostics); results written before 2026-12-07 14:30 UTC have none
+                diag = [r["diagnostics"] for r in runs if r.get("diagnostics")]
+                dormant = f"{np.mean([d['dormant']['0.1'][-1] for d in diag]):.3f}" if diag else "–"
+                srank = f"{np.mean([d['effective_rank'] for d in diag]):.0f} / {diag[0]['width']}" if diag else "–"
                 table.append(f"| {game} | {method} | ×{w} | {len(runs)} | {mid:.2f} | [{lo:.2f}, {hi:.2f}] | "
-                             f"{np.mean([r['density'] for r in runs]):.3f} | "
+                             f"{np.mean([r['density'] for r in runs]):.3f} | {dormant} | {srank} | "
                              f"{np.median([r['wall_seconds'] for r in runs]) / 60:.0f} | "
                              f"{np.median([r['cpu_seconds'] for r in runs]) / 60:.0f} | {runs[0]['frames']} |")
                 label = f"{method} {game}" if (method, game) not in labelled else None

@@ -391,18 +391,29 @@ class SparseMLP(nn.Module):
                 return False
         return True
 
+    def _activate(self, h: torch.Tensor, j: int) -> torch.Tensor:
+        """The activation after hidden layer ``j`` (1-based)."""
+        if self.activation in ("allrelu", "relu"):
+            return F.leaky_relu(h, self.slope(j)) if self.activation == "allrelu" else F.relu(h)
+        return torch.tanh(h) if self.activation == "tanh" else torch.sigmoid(h)
+
+    @torch.no_grad()
+    def hidden_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every hidden layer's output after its activation, ``[(batch, h_j)]`` for ``x (batch, in)``, without
+        dropout (what the network computes at evaluation; for diagnostics such as dormant neurons)."""
+        out, h = [], x
+        for j, layer in enumerate(self.layers[:-1]):
+            h = self._activate(layer(h), j + 1)
+            out.append(h)
+        return out
+
     def _forward_unfused(self, h: torch.Tensor, rng: tuple[int, int] | None) -> torch.Tensor:
         last = len(self.layers) - 1
         for j, layer in enumerate(self.layers):
             h = layer(h)
             if j == last:
                 break
-            if self.activation in ("allrelu", "relu"):
-                h = F.leaky_relu(h, self.slope(j + 1)) if self.activation == "allrelu" else F.relu(h)
-            elif self.activation == "tanh":
-                h = torch.tanh(h)
-            else:
-                h = torch.sigmoid(h)
+            h = self._activate(h, j + 1)
             if rng is not None:
                 keep = hashrng.keep_mask(rng[0], rng[1], j + 1, self.p, h.shape[1], h.shape[0], device=h.device)
                 h = h * keep * (1.0 / (1.0 - self.p))
