@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="result files, one per finished run (default benchmarks/results/width)")
     ap.add_argument("--stop-by", help="HH:MM (UTC): start no run whose expected duration ends later")
     ap.add_argument("--report", action="store_true", help="only draw the figure and print the table")
+    ap.add_argument("--diagnose", action="store_true", help="only add network diagnostics to finished runs' result "
+                    "files that lack them (from their run directories under --runs, where those still exist)")
     ap.add_argument("--plots", default="docs/rl", help="folder of the figure (default docs/rl)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -286,6 +288,17 @@ def main(argv: list[str] | None = None) -> None:
         if g not in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders"):
             raise SystemExit(f"sparta: error: --games: unknown MinAtar game {g!r}")
     results, plots = Path(args.results), Path(args.plots)
+    if args.diagnose:
+        from sparta.rl.diagnostics import diagnose_run
+
+        for path in sorted(results.glob("*.json")):
+            data = json.loads(path.read_text())
+            run_dir = Path(args.runs) / path.stem
+            if not data.get("diagnostics") and (run_dir / "checkpoint.pt").is_file():
+                data["diagnostics"] = diagnose_run(run_dir)
+                write_json_atomic(path, data)
+                print(f"diagnosed {path.stem}", file=sys.stderr)
+        return
     if args.report:
         print(f"results: {results}; IQM over runs of each run's mean return over its last {LAST} evaluations")
         print(report(results, plots, args.games, args.widths, args.methods))
