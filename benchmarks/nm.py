@@ -11,7 +11,7 @@ Run from the repository root::
 
 Speed: every measurement alternates the models side by side in one process (sparta's thread count and
 torch's set to 1 or 2), ``--repeats`` times, and reports medians; the machine this ran on was shared, so the
-spread is printed too. The N:M model is :class:`sparta.nn.nm.NMMLP` trained through autograd with
+spread is printed too. The N:M model is :class:`sparta.nn.nm_mlp.NMMLP` trained through autograd with
 ``torch.optim.SGD`` (what ``sparta train --nm`` runs); the unstructured one is sparta's fused ``SparseMLP`` with
 ``sparta.optim.SGD`` (what ``sparta train`` runs) and, for the kernels, ``SparseLinear`` through autograd.
 
@@ -118,7 +118,7 @@ def kernels(args) -> None:
 # ------------------------------------------------------------------------------------------------- epoch
 def build(kind: str, sizes: list[int], seed: int):
     import sparta
-    from sparta.nn.nm import NMMLP
+    from sparta.nn.nm_mlp import NMMLP
     from sparta.train.models import mlp
 
     gen = torch.Generator().manual_seed(seed)
@@ -211,7 +211,8 @@ def memory(args) -> None:
 
 # ------------------------------------------------------------------------------------------------- masks
 def masks(args) -> None:
-    from sparta.nn.nm import NMMLP, magnitude_mask
+    from sparta.nn.nm import magnitude_mask
+    from sparta.nn.nm_mlp import NMMLP
     from sparta.topology.nm import NMSET, kept_fraction, transposable_exact
 
     gen = torch.Generator().manual_seed(0)
@@ -257,7 +258,7 @@ def masks(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- accuracy
 def accuracy(args) -> None:
-    from sparta.nn.nm import NMMLP
+    from sparta.nn.nm_mlp import NMMLP
     from sparta.topology import SET
     from sparta.topology.nm import NMSET
     from sparta.train import digits

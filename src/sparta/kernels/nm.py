@@ -32,72 +32,130 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sparta.kernels.fused import _NJIT, _W, _W4, T, _lane_sum4, _stack_empty
+from sparta.kernels.fused import (
+    _NJIT,
+    _W,
+    _W4,
+    ACT_LEAKY,
+    MODE_LINEAR,
+    T,
+    _epilogue,
+    _lane_sum4,
+    _ptr,
+    _stack_empty,
+)
+from sparta.kernels.hashrng import unit_key
 from sparta.kernels.vectors import prefer_wide
 
 MAX_M = 256  # positions are one byte
 
 
 _U1 = np.uint64(1)
+_U2 = np.uint64(2)
+
+
+@numba.njit(inline="always", **_NJIT)
+def _row_sums(pos, values, j, n, m, g_count, x, ldu, cb, acc0, acc1, w):  # pragma: no cover - compiled by numba
+    """``acc0[:w] + acc1[:w]`` += the row's ``g_count · n`` connections (from ``j``) times the input rows
+    ``x[col · ld + cb : … + w]``: two connections at a time, one into each set of sums, so every multiply-add
+    stands on its own chain (fixed widths: for ``n = 1`` the pair spans two blocks)."""
+    mu = np.uint64(m)
+    base = np.uint64(0)
+    if n == 1:
+        g = 0
+        while g + 1 < g_count:
+            v0 = values[j]
+            v1 = values[j + _U1]
+            b0 = (base + np.uint64(pos[j])) * ldu + cb
+            b1 = (base + mu + np.uint64(pos[j + _U1])) * ldu + cb
+            for t in range(w):
+                acc0[t] += v0 * x[b0 + np.uint64(t)]
+                acc1[t] += v1 * x[b1 + np.uint64(t)]
+            j += _U2
+            base += mu + mu
+            g += 2
+        if g < g_count:
+            v0 = values[j]
+            b0 = (base + np.uint64(pos[j])) * ldu + cb
+            for t in range(w):
+                acc0[t] += v0 * x[b0 + np.uint64(t)]
+        return
+    for _ in range(g_count):
+        k = 0
+        while k + 1 < n:
+            v0 = values[j]
+            v1 = values[j + _U1]
+            b0 = (base + np.uint64(pos[j])) * ldu + cb
+            b1 = (base + np.uint64(pos[j + _U1])) * ldu + cb
+            for t in range(w):
+                acc0[t] += v0 * x[b0 + np.uint64(t)]
+                acc1[t] += v1 * x[b1 + np.uint64(t)]
+            j += _U2
+            k += 2
+        if k < n:
+            v0 = values[j]
+            b0 = (base + np.uint64(pos[j])) * ldu + cb
+            for t in range(w):
+                acc0[t] += v0 * x[b0 + np.uint64(t)]
+            j += _U1
+        base += mu
+
+
+@numba.njit(**_NJIT)
+def forward_act(pos, values, bias, n, m, x, ld, c0, c1, a, d, code, mode, act, slope, thr, scale, k1, k2,
+                cg):  # pragma: no cover - compiled by numba
+    """Columns ``[c0, c1)`` of ``a = W x + b`` through the epilogue ``mode`` of
+    :func:`sparta.kernels.fused.forward` (activation, hash dropout, and the derivative ``d`` or leaky ``code``
+    that backward needs; ``MODE_LINEAR``: the sums only): ``pos``/``values`` the N:M layout (module
+    docstring), ``bias (out,)``, ``x`` flat ``(in · ld)``, ``a``, ``d``, ``code`` flat ``(out · ld)`` (``d`` and
+    ``code`` may be empty where the mode does not write them); column ``c`` is sample ``cg + c`` for the dropout
+    hash. A full tile of ``T`` samples keeps its sums in registers, in two sets (:func:`_row_sums`)."""
+    prefer_wide()
+    n_out = bias.shape[0]
+    per_row = np.uint64(pos.shape[0] // max(n_out, 1))
+    g_count = pos.shape[0] // max(n_out, 1) // n
+    ldu = np.uint64(ld)
+    acc0 = numba.carray(_stack_empty(T, values.dtype), T)
+    acc1 = numba.carray(_stack_empty(T, values.dtype), T)
+    ap, dp, cp = _ptr(a), _ptr(d), _ptr(code)
+    zero = values.dtype.type(0)
+    nfull = (c1 - c0) // T
+    ctail = c0 + nfull * T
+    ntail = c1 - ctail
+    for o in range(n_out):
+        r0 = np.uint64(o) * per_row
+        bi = bias[o]
+        row = np.uint64(o) * ldu
+        ku = unit_key(o, k1, k2)
+        for tile in range(nfull + (1 if ntail > 0 else 0)):
+            cb = np.uint64(c0 + tile * T)
+            w = T if tile < nfull else ntail
+            dst = row + cb
+            if w == T:
+                for t in range(T):
+                    acc0[t] = bi
+                    acc1[t] = zero
+                _row_sums(pos, values, r0, n, m, g_count, x, ldu, cb, acc0, acc1, T)
+                for t in range(T):
+                    a[dst + np.uint64(t)] = acc0[t] + acc1[t]
+            else:
+                for t in range(w):
+                    acc0[t] = bi
+                    acc1[t] = zero
+                _row_sums(pos, values, r0, n, m, g_count, x, ldu, cb, acc0, acc1, w)
+                for t in range(w):
+                    a[dst + np.uint64(t)] = acc0[t] + acc1[t]
+            _epilogue(w, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
 
 
 @numba.njit(**_NJIT)
 def forward(pos, values, bias, n, m, x, ld, c0, c1, y):  # pragma: no cover - compiled by numba
     """Columns ``[c0, c1)`` of ``y = W x + b``: ``pos``/``values`` the N:M layout (module docstring), ``bias (out,)``,
-    ``x`` flat ``(in · ld)``, ``y`` flat ``(out · ld)``. Indices are unsigned (no wrap-around code in the loops)."""
-    prefer_wide()
-    n_out = bias.shape[0]
-    per_row = np.uint64(pos.shape[0] // max(n_out, 1))
-    g_count = pos.shape[0] // max(n_out, 1) // n
-    ldu, mu = np.uint64(ld), np.uint64(m)
-    accb = _stack_empty(T, values.dtype)
-    acc = numba.carray(accb, T)
-    nfull = (c1 - c0) // T
-    ctail = np.uint64(c0 + nfull * T)
-    ntail = c1 - c0 - nfull * T
-    for o in range(n_out):
-        r0 = np.uint64(o) * per_row
-        bi = bias[o]
-        row = np.uint64(o) * ldu
-        for tile in range(nfull):
-            cb = np.uint64(c0 + tile * T)
-            for t in range(T):
-                acc[t] = bi
-            j = r0
-            base = np.uint64(0)
-            for _ in range(g_count):
-                for _ in range(n):
-                    v = values[j]
-                    xb = (base + np.uint64(pos[j])) * ldu + cb
-                    for t in range(T):
-                        acc[t] += v * x[xb + np.uint64(t)]
-                    j += _U1
-                base += mu
-            dst = row + cb
-            for t in range(T):
-                y[dst + np.uint64(t)] = acc[t]
-        if ntail > 0:
-            for t in range(ntail):
-                acc[t] = bi
-            j = r0
-            base = np.uint64(0)
-            for _ in range(g_count):
-                for _ in range(n):
-                    v = values[j]
-                    xb = (base + np.uint64(pos[j])) * ldu + ctail
-                    for t in range(ntail):
-                        acc[t] += v * x[xb + np.uint64(t)]
-                    j += _U1
-                base += mu
-            dst = row + ctail
-            for t in range(ntail):
-                y[dst + np.uint64(t)] = acc[t]
-
-
-@numba.njit(inline="always", **_NJIT)
-def _col(pos, j, j0, n, mu):  # pragma: no cover - compiled by numba
-    """Column of connection ``j`` of the row whose first connection is ``j0``."""
-    return (np.uint64((j - j0) // np.uint64(n))) * mu + np.uint64(pos[j])
+    ``x`` flat ``(in · ld)``, ``y`` flat ``(out · ld)`` (:func:`forward_act` without an epilogue)."""
+    one = values.dtype.type(1)
+    z = np.uint32(0)
+    forward_act(pos, values, bias, n, m, x, ld, c0, c1, y, y[:0], np.empty(0, np.uint8), MODE_LINEAR, ACT_LEAKY, one,
+                z, one, z, z, 0)
 
 
 @numba.njit(inline="always", **_NJIT)
@@ -137,67 +195,68 @@ def _dot1(a, ra, b, b0, c0, c1):  # pragma: no cover - compiled by numba
 
 
 @numba.njit(**_NJIT)
-def backward_scatter(pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx, want_dv):  # pragma: no cover
-    """Columns ``[c0, c1)`` of the value gradients ``dv (nnz,)`` (written, summed over the range only) and the
-    input gradients ``dx`` flat ``(in · ld)`` (the range written) from the output gradients ``dz`` flat
-    ``(out · ld)`` and the input ``x`` flat ``(in · ld)``, over the forward layout: value gradients four
-    connections at a time (lane sums folded together), then ``dx`` scattered a tile of ``T`` samples at a time
-    with the row's output gradients in registers."""
+def backward_rows(pos, values, n, m, n_in, dz, x, ld, c0, c1, dx, dv, want_dx, want_dv,
+                  accumulate):  # pragma: no cover - compiled by numba
+    """Columns ``[c0, c1)`` of the value gradients ``dv[j] = Σ_c dz[o, c] · x[col, c]`` (added to ``dv`` when
+    ``accumulate``) and the input gradients ``dx = Wᵀ dz`` flat ``(in · ld)`` (the range written), in one pass
+    over the forward layout: each output row's gradients, a tile of ``T`` samples, stay in registers while
+    every connection of the row reads its input row ``x[col]`` for its value gradient and adds into
+    ``dx[col]`` (the same row of the other buffer)."""
     prefer_wide()
+    n_out = dz.shape[0] // ld
     nnz = pos.shape[0]
     per_row = np.uint64(nnz // max(n_out, 1))
     g_count = nnz // max(n_out, 1) // n
     ldu, mu = np.uint64(ld), np.uint64(m)
-    lbuf = _stack_empty(_W4, values.dtype)
-    lanes = numba.carray(lbuf, _W4)
-    if want_dv:
+    if want_dx:
+        for i in range(n_in):
+            for c in range(c0, c1):
+                dx[np.uint64(i) * ldu + np.uint64(c)] = 0
+    dzr = numba.carray(_stack_empty(T, values.dtype), T)
+    zero = values.dtype.type(0)
+    nfull = (c1 - c0) // T
+    ntail = c1 - c0 - nfull * T
+    for tile in range(nfull + (1 if ntail > 0 else 0)):
+        cb = np.uint64(c0 + tile * T)
+        w = T if tile < nfull else ntail
+        add = accumulate or tile > 0
         for o in range(n_out):
-            row = np.uint64(o) * ldu
-            j0 = np.uint64(o) * per_row
-            j = j0
-            end = j0 + per_row
-            while j + np.uint64(3) < end:
-                s0, s1, s2, s3 = _dot4(dz, row, x, _col(pos, j, j0, n, mu) * ldu,
-                                       _col(pos, j + _U1, j0, n, mu) * ldu, _col(pos, j + np.uint64(2), j0, n, mu) * ldu,
-                                       _col(pos, j + np.uint64(3), j0, n, mu) * ldu, c0, c1, lanes, lbuf)
-                dv[j] = s0
-                dv[j + _U1] = s1
-                dv[j + np.uint64(2)] = s2
-                dv[j + np.uint64(3)] = s3
-                j += np.uint64(4)
-            while j < end:
-                dv[j] = _dot1(dz, row, x, _col(pos, j, j0, n, mu) * ldu, c0, c1)
-                j += _U1
-    if not want_dx:
-        return
-    for i in range(n_in):
-        for c in range(c0, c1):
-            dx[np.uint64(i) * ldu + np.uint64(c)] = 0
-    accb = _stack_empty(T, values.dtype)
-    acc = numba.carray(accb, T)
-    c = c0
-    while c < c1:
-        w = min(T, c1 - c)
-        cu = np.uint64(c)
-        for o in range(n_out):
-            src = np.uint64(o) * ldu + cu
+            src = np.uint64(o) * ldu + cb
             for t in range(w):
-                acc[t] = dz[src + np.uint64(t)]
+                dzr[t] = dz[src + np.uint64(t)]
             j = np.uint64(o) * per_row
             base = np.uint64(0)
             for _ in range(g_count):
                 for _ in range(n):
-                    xb = (base + np.uint64(pos[j])) * ldu + cu
-                    v = values[j]
-                    if w == T:
-                        for t in range(T):
-                            dx[xb + np.uint64(t)] += v * acc[t]
-                    else:
-                        for t in range(w):
-                            dx[xb + np.uint64(t)] += v * acc[t]
+                    b = (base + np.uint64(pos[j])) * ldu + cb
+                    if want_dv:
+                        s = zero
+                        if w == T:
+                            for t in range(T):
+                                s += dzr[t] * x[b + np.uint64(t)]
+                        else:
+                            for t in range(w):
+                                s += dzr[t] * x[b + np.uint64(t)]
+                        dv[j] = dv[j] + s if add else s
+                    if want_dx:
+                        v = values[j]
+                        if w == T:
+                            for t in range(T):
+                                dx[b + np.uint64(t)] += v * dzr[t]
+                        else:
+                            for t in range(w):
+                                dx[b + np.uint64(t)] += v * dzr[t]
                     j += _U1
                 base += mu
-        c += w
+
+
+@numba.njit(**_NJIT)
+def backward_scatter(pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx, want_dv):  # pragma: no cover
+    """Columns ``[c0, c1)`` of the value gradients ``dv (nnz,)`` (written, summed over the range only) and the
+    input gradients ``dx`` flat ``(in · ld)`` (the range written) from the output gradients ``dz`` flat
+    ``(out · ld)`` and the input ``x`` flat ``(in · ld)``: :func:`backward_rows` over the forward layout."""
+    backward_rows(pos, values, n, m, n_in, dz[:np.uint64(n_out) * np.uint64(ld)], x, ld, c0, c1, dx, dv, want_dx,
+                  want_dv, False)
 
 
 @numba.njit(inline="always", **_NJIT)
