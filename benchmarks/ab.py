@@ -9,7 +9,8 @@ first compiles into its own empty numba cache and the timed processes load from 
 is the one ``threads.py`` times (784-1000-1000-1000-10, ε = 20, All-ReLU α = 0.6, dropout 0.3, SGD momentum
 0.9, weight decay 2e-4, batch 128; ``fused``: ``SparseMLP.train_step(..., keep_grad=False)``), or any layer
 sizes with ``--sizes``; ``--kind nm-layer``: one ``NMLinear``'s forward and backward (``--nm``, the layer
-``--sizes``' first two), ``nm-mlp``: ``NMMLP.train_step`` (only in revisions that have it). Both processes use ``--threads`` threads; run nothing else meanwhile.
+``--sizes``' first two), ``nm-mlp``: ``NMMLP.train_step`` (only in revisions that have it). Both processes use ``--threads``
+threads; run nothing else meanwhile.
 
     python benchmarks/ab.py --against HEAD~1
     python benchmarks/ab.py --against 029c702 --threads 2
