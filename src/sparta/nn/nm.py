@@ -174,14 +174,10 @@ class NMLinearFunction(torch.autograd.Function):
         partials = [np.empty(values.numel(), dtype) for _ in parts] if want_dv else [np.empty(0, dtype)] * len(parts)
         dxf = fused.aligned_empty(n_in * ld, dtype) if want_dx else np.empty(0, dtype)
         v, p, tp = values.detach().numpy(), pos.numpy(), tpos.numpy()
-        if tpos.numel():  # value gradients over the forward layout (no look-ups), input gradients gathered over Wᵀ
-            def task(q: int, c0: int, c1: int) -> None:
-                if want_dv:
-                    knm.backward_scatter(p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf, partials[q], False, True)
-                if want_dx:
-                    knm.backward_transposed(tp, p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf, partials[q], True,
-                                            False)
-            tasks = [lambda q=q, c0=c0, c1=c1: task(q, c0, c1) for q, (c0, c1) in enumerate(parts)]
+        if tpos.numel():  # both gradients in one pass over the transposed blocks (dz rows read once)
+            tasks = [lambda q=q, c0=c0, c1=c1: knm.backward_transposed(tp, p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1,
+                                                                       dxf, partials[q], want_dx, want_dv)
+                     for q, (c0, c1) in enumerate(parts)]
         else:
             tasks = [lambda q=q, c0=c0, c1=c1: knm.backward_scatter(p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf,
                                                                     partials[q], want_dx, want_dv)
