@@ -30,7 +30,7 @@ from sparta.kernels.fused import (
     softmax_xent,
     to_feature_major,
 )
-from sparta.kernels.nm import backward_rows, forward_act
+from sparta.kernels.nm import backward_gather, backward_rows, forward_act
 from sparta.kernels.vectors import prefer_wide
 
 
@@ -43,13 +43,15 @@ def full_structure(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(**_NJIT)
-def train_pass(poss, valuess, biases, n, m, ip, ix, w, wb, colptr, rowidx, perm, acts, ds, codes, dz0, dz1, x, y, out,
+def train_pass(poss, tposs, valuess, biases, n, m, ip, ix, w, wb, colptr, rowidx, perm, acts, ds, codes, dz0, dz1, x, y, out,
                gy, grads, dbs, c0, c1, act, slopes, thr, scale, k1s, k2s, lut1s, lut2s, inv_batch,
                stats):  # pragma: no cover - compiled by numba
     """Samples ``[c0, c1)`` of one training step of an N:M MLP with softmax cross-entropy, a tile at a time.
 
     Hidden layers ``j = 0 … L−1``: ``poss[j]`` (uint8) and ``valuess[j]`` in the N:M layout of
-    :mod:`sparta.kernels.nm` (pattern ``n:m``), ``biases[j] (out_j,)``. Output layer: ``w`` flat ``(C · in_L,)``
+    :mod:`sparta.kernels.nm` (pattern ``n:m``), ``biases[j] (out_j,)``; ``tposs[j]`` the transposed blocks of a
+    transposable layer (its gradients then gathered over them, :func:`sparta.kernels.nm.backward_gather`; an
+    empty array for a plain layer: a scatter over the forward layout, :func:`sparta.kernels.nm.backward_rows`). Output layer: ``w`` flat ``(C · in_L,)``
     on the full CSR ``ip``, ``ix`` (:func:`full_structure`) and its CSC ``colptr``, ``rowidx``, ``perm``
     (:func:`sparta.kernels.fused.csc`), bias ``wb (C,)``. Buffers of one tile, feature-major with row stride
     ``T``: ``acts[j]`` ``(n_j · T,)`` (``acts[0]`` the input, ``acts[L+1]`` the logits), ``ds``/``codes`` what
@@ -90,6 +92,11 @@ def train_pass(poss, valuess, biases, n, m, ip, ix, w, wb, colptr, rowidx, perm,
             nxt = tmp
             n_in = acts[j].shape[0] // T
             n_out = biases[j].shape[0]
+            if tposs[j].shape[0] > 0:  # transposable: both gradients gathered over the transposed blocks
+                backward_gather(tposs[j], poss[j], valuess[j], n, m, n_in, n_out, cur, acts[j], T, 0, nc, nxt,
+                                grads[j], j > 0, True, more, ds[j], codes[j], lut1s[j], lut2s[j], dbs[max(j - 1, 0)],
+                                j > 0)
+                continue
             backward_rows(poss[j], valuess[j], n, m, n_in, cur[:n_out * T], acts[j], T, 0, nc, nxt, grads[j], j > 0,
                           True, more)
             if j > 0:

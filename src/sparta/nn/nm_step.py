@@ -41,6 +41,7 @@ class _NMStructure:
         self.n, self.m = hidden[0].n, hidden[0].m
         self.sizes = [hidden[0].in_features] + [h.out_features for h in hidden] + [last.out_features]
         self.poss = tuple(h.pos.numpy() for h in hidden)
+        self.tposs = tuple(h.tpos.numpy() for h in hidden)
         self.valuess = tuple(h.values.detach().numpy() for h in hidden)
         self.biases = tuple(h.bias.detach().numpy() for h in hidden)  # type: ignore[union-attr]
         self.w = last.weight.detach().numpy().reshape(-1)
@@ -111,7 +112,7 @@ def structure(model: NMMLP, x: torch.Tensor) -> _NMStructure | None:
             return None
         key += [w.data_ptr(), mod.bias.data_ptr()]
         if isinstance(mod, NMLinear):
-            key += [mod.pos.data_ptr(), mod.pos._version, mod.pos.numel()]
+            key += [mod.pos.data_ptr(), mod.pos._version, mod.pos.numel(), mod.tpos.data_ptr()]
     cached = model._step_cache
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -172,9 +173,9 @@ def train_step(model: NMMLP, st: _NMStructure, x: torch.Tensor, y: torch.Tensor,
             update.start()
         ok = False
         try:
-            knm_step.train_pass(st.poss, st.valuess, st.biases, st.n, st.m, st.ip, st.ix, st.w, st.wb, colptr, rowidx,
-                                perm, acts, ds, codes, dz0, dz1, xn, yn, out, gy, grads, dbs, c0, c1, st.act, st.slopes,
-                                thr, st.scale, k1s, k2s, st.luts1, st.luts2, inv, stats[p])
+            knm_step.train_pass(st.poss, st.tposs, st.valuess, st.biases, st.n, st.m, st.ip, st.ix, st.w, st.wb, colptr,
+                                rowidx, perm, acts, ds, codes, dz0, dz1, xn, yn, out, gy, grads, dbs, c0, c1, st.act,
+                                st.slopes, thr, st.scale, k1s, k2s, st.luts1, st.luts2, inv, stats[p])
             ok = True
         finally:
             if update is not None:
