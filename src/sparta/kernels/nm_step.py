@@ -51,7 +51,8 @@ def train_pass(poss, tposs, valuess, biases, n, m, ip, ix, w, wb, colptr, rowidx
     Hidden layers ``j = 0 … L−1``: ``poss[j]`` (uint8) and ``valuess[j]`` in the N:M layout of
     :mod:`sparta.kernels.nm` (pattern ``n:m``), ``biases[j] (out_j,)``; ``tposs[j]`` the transposed blocks of a
     transposable layer (its gradients then gathered over them, :func:`sparta.kernels.nm.backward_gather`; an
-    empty array for a plain layer: a scatter over the forward layout, :func:`sparta.kernels.nm.backward_rows`). Output layer: ``w`` flat ``(C · in_L,)``
+    empty array for a plain layer: a scatter over the forward layout, :func:`sparta.kernels.nm.backward_rows`).
+    Output layer: ``w`` flat ``(C · in_L,)``
     on the full CSR ``ip``, ``ix`` (:func:`full_structure`) and its CSC ``colptr``, ``rowidx``, ``perm``
     (:func:`sparta.kernels.fused.csc`), bias ``wb (C,)``. Buffers of one tile, feature-major with row stride
     ``T``: ``acts[j]`` ``(n_j · T,)`` (``acts[0]`` the input, ``acts[L+1]`` the logits), ``ds``/``codes`` what
