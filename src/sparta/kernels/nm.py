@@ -18,12 +18,15 @@ for sample ``c`` is ``buf[j · ld + c]``. Every kernel works on a column range `
 threads can take parts of it; full tiles of ``T`` samples keep their sums in registers across the ``G · N``
 connections of a row.
 
-* :func:`forward` — ``y = W x + b``.
-* :func:`backward_scatter` — one pass over the forward layout: value gradients ``dv[j] = Σ_c dz[o, c] x[col, c]``
-  and input gradients ``dx = Wᵀ dz`` scattered to the connections' columns (plain N:M masks).
-* :func:`backward_transposed` — the same two gradients by a gather over the transposed blocks (transposable
-  masks): each input row's ``dx`` is summed in registers like a forward row, its connections' value gradients
-  read the same tiles.
+* :func:`forward_act` — ``y = W x + b`` with :mod:`sparta.kernels.fused`'s epilogue (activation, hash dropout,
+  what backward needs); :func:`forward` — without it.
+* :func:`backward_rows` (:func:`backward_scatter`) — one pass over the forward layout: value gradients
+  ``dv[j] = Σ_c dz[o, c] x[col, c]`` and input gradients ``dx = Wᵀ dz`` scattered to the connections' columns
+  (plain N:M masks).
+* :func:`backward_gather` (:func:`backward_transposed`) — the same two gradients in one gather over the transposed
+  blocks (transposable masks): each input row's ``dx`` is summed in registers like a forward row, every
+  output-gradient row read once for it and for the connection's value gradient; optionally the next layer's
+  derivative and bias gradient in the same pass.
 * :func:`greedy_transposable` — the 2-approximation of the best transposable mask (Hubara et al. 2021).
 """
 
