@@ -97,6 +97,51 @@ def set_mlp_step(kind: str, sizes: Sequence[int] = SET_MLP) -> Callable[[], None
     return step
 
 
+def nm_layer_step(pattern: str, sizes: Sequence[int]) -> Callable[[], None]:
+    """One N:M layer's forward and backward (input, value and bias gradients) through autograd, as a function of
+    no arguments: ``NMLinear(sizes[0], sizes[1], pattern)`` (``pattern`` ending in ``T``: transposable) on a random
+    batch of 128; what ``nm.py kernels`` times, for ``ab.py --kind nm-layer``."""
+    import torch
+
+    from sparta.nn.nm import NMLinear
+
+    torch.manual_seed(0)
+    transposable = pattern.endswith("T")
+    n, m = (int(v) for v in pattern.rstrip("T").split(":"))
+    layer = NMLinear(sizes[0], sizes[1], n, m, transposable=transposable)
+    x = torch.randn(128, sizes[0], requires_grad=True)
+    gy = torch.randn(128, sizes[1])
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x).backward(gy)
+
+    return step
+
+
+def nm_mlp_step(pattern: str, sizes: Sequence[int]) -> Callable[[], None]:
+    """One fused training step of an ``NMMLP`` at ``pattern`` (the SET-MLP's settings: All-ReLU α = 0.6, dropout
+    0.3, ``sparta.optim.SGD`` lr 0.01 momentum 0.9 weight decay 2e-4, batch 128 of 2048 fixed samples), for
+    ``ab.py --kind nm-mlp``."""
+    import torch
+
+    import sparta
+    from sparta.nn.nm_mlp import NMMLP
+
+    torch.manual_seed(0)
+    model = NMMLP(list(sizes), pattern, alpha=0.6, dropout=0.3)
+    opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    x, y = torch.randn(2048, sizes[0]), torch.randint(0, sizes[-1], (2048,))
+    g = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        idx = torch.randint(0, 2048, (128,), generator=g)
+        model.train_step(x.index_select(0, idx), y.index_select(0, idx), opt, keep_grad=False)
+
+    return step
+
+
 # -------------------------------------------------------------- environment
 
 

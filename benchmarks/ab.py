@@ -8,11 +8,14 @@ first compiles into its own empty numba cache and the timed processes load from 
 (a step compiled in the process that runs it and the same step loaded from the cache differed by ~10 %). The step
 is the one ``threads.py`` times (784-1000-1000-1000-10, ε = 20, All-ReLU α = 0.6, dropout 0.3, SGD momentum
 0.9, weight decay 2e-4, batch 128; ``fused``: ``SparseMLP.train_step(..., keep_grad=False)``), or any layer
-sizes with ``--sizes``. Both processes use ``--threads`` threads; run nothing else meanwhile.
+sizes with ``--sizes``; ``--kind nm-layer``: one ``NMLinear``'s forward and backward (``--nm``, the layer
+``--sizes``' first two), ``nm-mlp``: ``NMMLP.train_step`` (only in revisions that have it). Both processes use ``--threads``
+threads; run nothing else meanwhile.
 
     python benchmarks/ab.py --against HEAD~1
     python benchmarks/ab.py --against 029c702 --threads 2
     python benchmarks/ab.py --against 029c702 --sizes 784,10000,10000,10000,10 --block 3 --blocks 16
+    python benchmarks/ab.py --against main --kind nm-layer --nm 2:32 --sizes 1000,1000   # one N:M layer, fwd+bwd
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ import tempfile
 from pathlib import Path
 
 import _common  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
-from _common import load_average, markdown_table, set_mlp_step
+from _common import load_average, markdown_table, nm_layer_step, nm_mlp_step, set_mlp_step
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("fused", "fused-autograd", "dropin")
+KINDS = ("fused", "fused-autograd", "dropin", "nm-layer", "nm-mlp")
 
 
-def child(kind: str, sizes: list[int], threads: int, block: int) -> None:
+def child(kind: str, sizes: list[int], threads: int, block: int, nm: str) -> None:
     """Build the model, warm up, print ``ready`` and the source it imported; then, per line on stdin, run
     ``block`` steps and print their mean ms per step ("q" ends)."""
     import time
@@ -43,7 +46,12 @@ def child(kind: str, sizes: list[int], threads: int, block: int) -> None:
 
     configure(threads, sparse=True)
     sparta.set_num_threads(threads)
-    step = set_mlp_step(kind, sizes)
+    if kind == "nm-layer":
+        step = nm_layer_step(nm, sizes)
+    elif kind == "nm-mlp":
+        step = nm_mlp_step(nm, sizes)
+    else:
+        step = set_mlp_step(kind, sizes)
 
     for _ in range(max(10, 3 * block)):
         step()
@@ -79,13 +87,15 @@ def main() -> None:
     p.add_argument("--against", help="git revision to compare this checkout with (a commit, tag or branch)")
     p.add_argument("--kind", choices=KINDS, default="fused")
     p.add_argument("--threads", type=positive, default=1)
+    p.add_argument("--nm", default="2:32", help="nm-layer, nm-mlp: the N:M pattern (nm-layer: a trailing T for a "
+                   "transposable layer); nm-layer's layer is --sizes' first two")
     p.add_argument("--sizes", type=sizes_arg, default=[784, 1000, 1000, 1000, 10])
     p.add_argument("--block", type=positive, default=20, help="steps per timed block")
     p.add_argument("--blocks", type=positive, default=40, help="blocks per version (at least 2)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        child(a.kind, a.sizes, a.threads, a.block)
+        child(a.kind, a.sizes, a.threads, a.block, a.nm)
         return
     if a.blocks < 2:
         p.error(f"--blocks: expected at least 2 (the ratio needs neighbouring blocks), got {a.blocks}")
@@ -106,7 +116,7 @@ def main() -> None:
         try:
             versions = {"this": ROOT / "src", sha[:7]: tree / "src"}
             args = [sys.executable, __file__, "--child", "--kind", a.kind, "--threads", str(a.threads),
-                    "--sizes", ",".join(map(str, a.sizes)), "--block", str(a.block)]
+                    "--sizes", ",".join(map(str, a.sizes)), "--block", str(a.block), "--nm", a.nm]
             envs = {name: dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
                                NUMBA_CACHE_DIR=str(Path(tmp) / f"cache-{i}"))
                     for i, (name, src) in enumerate(versions.items())}
@@ -142,7 +152,8 @@ def main() -> None:
     other = names[1]
     ratios = [o / t for o, t in zip(times[other], times["this"], strict=True)]
     q1, q2, q3 = statistics.quantiles(ratios, n=4)
-    print(f"{a.kind} step, layers {'-'.join(map(str, a.sizes))}, batch 128, {a.threads} thread(s); "
+    what = f"{a.kind} {a.nm}" if a.kind.startswith("nm") else a.kind
+    print(f"{what} step, layers {'-'.join(map(str, a.sizes))}, batch 128, {a.threads} thread(s); "
           f"{a.blocks} blocks of {a.block} steps per version, alternating; load average {load_average()}")
     print(f"this checkout: {head}{' + uncommitted changes under src/' if dirty else ''}; against: {sha[:7]} "
           f"({a.against})\n")

@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/nm.py kernels            # fwd+bwd of one layer: N:M vs CSR at equal density vs dense
     python benchmarks/nm.py epoch              # a SET-MLP epoch (784-1000-1000-1000-10): N:M vs CSR vs dense
+                                               # (and the N:M model through autograd: --autograd-patterns)
     python benchmarks/nm.py memory             # bytes per stored weight, from the layers' arrays
     python benchmarks/nm.py masks              # transposable masks: greedy 2-approximation vs exact, update time
     python benchmarks/nm.py accuracy           # every pattern vs unstructured SET vs dense, 3 seeds, 2 data sets
@@ -11,9 +12,10 @@ Run from the repository root::
 
 Speed: every measurement alternates the models side by side in one process (sparta's thread count and
 torch's set to 1 or 2), ``--repeats`` times, and reports medians; the machine this ran on was shared, so the
-spread is printed too. The N:M model is :class:`sparta.nn.nm.NMMLP` trained through autograd with
-``torch.optim.SGD`` (what ``sparta train --nm`` runs); the unstructured one is sparta's fused ``SparseMLP`` with
-``sparta.optim.SGD`` (what ``sparta train`` runs) and, for the kernels, ``SparseLinear`` through autograd.
+spread is printed too. The N:M model is :class:`sparta.nn.nm_mlp.NMMLP` stepped by its fused ``train_step`` with
+``sparta.optim.SGD`` (what ``sparta train --nm`` runs); the unstructured one is sparta's fused ``SparseMLP`` with
+``sparta.optim.SGD`` (what ``sparta train`` runs); for the kernels, ``NMLinear`` and ``SparseLinear`` through
+autograd.
 
 Tables (markdown) go to stdout, progress to stderr.
 """
@@ -118,7 +120,7 @@ def kernels(args) -> None:
 # ------------------------------------------------------------------------------------------------- epoch
 def build(kind: str, sizes: list[int], seed: int):
     import sparta
-    from sparta.nn.nm import NMMLP
+    from sparta.nn.nm_mlp import NMMLP
     from sparta.train.models import mlp
 
     gen = torch.Generator().manual_seed(seed)
@@ -134,9 +136,12 @@ def build(kind: str, sizes: list[int], seed: int):
             d = density_of(kind[4:])
             model = mlp(sizes, density=d, fused=True, generator=gen, **common)
         return model, sparta.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-    transposable = kind.endswith("T")
-    model = NMMLP(sizes, kind[3:].rstrip("T"), transposable=transposable, generator=gen, **common)
-    return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    autograd = kind.endswith("-autograd")  # nm-2:32-autograd: the same model through autograd and torch.optim
+    pattern = kind[3:].removesuffix("-autograd")
+    transposable = pattern.endswith("T")
+    model = NMMLP(sizes, pattern.rstrip("T"), transposable=transposable, generator=gen, **common)
+    return model, (torch.optim if autograd else sparta.optim).SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
+                                                                  weight_decay=WD)
 
 
 def epoch(args) -> None:
@@ -147,6 +152,7 @@ def epoch(args) -> None:
     data = teacher_student(n_train=args.n_train, n_test=1000, n_features=SIZES[0], n_classes=SIZES[-1], seed=0)
     x, y = data.x_train, data.y_train
     kinds = ["dense", "csr-eps20", "csr-2:32"] + [f"nm-{p}" for p in args.epoch_patterns]
+    kinds += [f"nm-{p}-autograd" for p in args.autograd_patterns]
     rows = []
     for threads in args.threads:
         built = {}
@@ -157,17 +163,19 @@ def epoch(args) -> None:
         def make(k, threads=threads, built=built):
             model, opt = built[k]
 
+            step = autograd_step if k.endswith("-autograd") else batch_step
+
             def run() -> float:
                 set_threads(threads, sparse=k != "dense")
                 order = torch.randperm(args.n_train, generator=torch.Generator().manual_seed(1))
                 t0 = time.perf_counter()
                 for s in range(0, args.n_train, BATCH):
                     idx = order[s:s + BATCH]
-                    batch_step(model, opt, x.index_select(0, idx), y.index_select(0, idx), keep_grad=False)
+                    step(model, opt, x.index_select(0, idx), y.index_select(0, idx), keep_grad=False)
                 return time.perf_counter() - t0
             for s in range(0, 4 * BATCH, BATCH):  # warm-up: kernels compiled or loaded, pools started
                 idx = torch.arange(s, s + BATCH)
-                batch_step(model, opt, x.index_select(0, idx), y.index_select(0, idx), keep_grad=False)
+                step(model, opt, x.index_select(0, idx), y.index_select(0, idx), keep_grad=False)
             return run
         fns = {k: make(k) for k in kinds}
         log(f"epoch: {args.n_train} samples at {threads} thread(s), {args.repeats} rounds of {len(kinds)} models")
@@ -176,12 +184,21 @@ def epoch(args) -> None:
         for k in kinds:
             med = statistics.median(res[k])
             model = built[k][0]
-            kind = "fused SparseMLP" if isinstance(model, SparseMLP) else ("NMMLP (autograd)" if k.startswith("nm")
-                                                                          else "nn.Linear")
+            kind = ("fused SparseMLP" if isinstance(model, SparseMLP) else "nn.Linear" if k == "dense"
+                    else "NMMLP, autograd" if k.endswith("-autograd") else "fused NMMLP")
             rows.append([threads, k, kind, fmt(med), f"{fmt(min(res[k]))}–{fmt(max(res[k]))}", fmt(dense / med)])
     print(f"\n### SET-MLP epoch ({'-'.join(map(str, SIZES))}, batch {BATCH}, {args.n_train} teacher–student samples, "
           f"All-ReLU, dropout {DROPOUT}, SGD momentum + weight decay), median of {args.repeats}, seconds\n")
     print(markdown_table(["threads", "model", "implementation", "s / epoch", "range", "× dense"], rows))
+
+
+def autograd_step(model, opt, xb: torch.Tensor, yb: torch.Tensor, keep_grad: bool = False) -> None:
+    """The step through autograd (what ``sparta train --nm`` ran before the fused step): forward, loss,
+    ``backward``, ``torch.optim.SGD``."""
+    loss = torch.nn.functional.cross_entropy(model(xb), yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -211,7 +228,8 @@ def memory(args) -> None:
 
 # ------------------------------------------------------------------------------------------------- masks
 def masks(args) -> None:
-    from sparta.nn.nm import NMMLP, magnitude_mask
+    from sparta.nn.nm import magnitude_mask
+    from sparta.nn.nm_mlp import NMMLP
     from sparta.topology.nm import NMSET, kept_fraction, transposable_exact
 
     gen = torch.Generator().manual_seed(0)
@@ -257,7 +275,7 @@ def masks(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- accuracy
 def accuracy(args) -> None:
-    from sparta.nn.nm import NMMLP
+    from sparta.nn.nm_mlp import NMMLP
     from sparta.topology import SET
     from sparta.topology.nm import NMSET
     from sparta.train import digits
@@ -319,6 +337,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--patterns", nargs="+", default=list(SPEED_PATTERNS))
     ap.add_argument("--epoch-patterns", nargs="+", default=["2:32", "1:16", "2:4"])
+    ap.add_argument("--autograd-patterns", nargs="*", default=["2:32"],
+                    help="epoch: patterns also timed through autograd (the step before the fused one)")
     ap.add_argument("--acc-patterns", nargs="+", default=list(ACC_PATTERNS))
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--inner", type=int, default=20)
@@ -335,6 +355,7 @@ def main() -> None:
         args.repeats, args.inner, args.n_train, args.acc_train = 2, 2, 2048, 1024
         args.epochs, args.epochs_large, args.seeds, args.exact_blocks = 1, 1, 2, 4
         args.patterns, args.epoch_patterns, args.acc_patterns = ["2:32", "2:4"], ["2:32"], ["2:4"]
+        args.autograd_patterns = ["2:32"]
     info = machine_info()
     print(f"sparta N:M benchmark `{' '.join(sys.argv[1:])}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
           f"{info.get('cpu', '?')}; load {info.get('load_average', '?')}; a shared machine: medians, ranges beside them")

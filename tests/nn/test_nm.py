@@ -131,7 +131,7 @@ def test_state_dict_round_trip_and_memory():
 
 
 def test_nm_mlp_shapes_and_errors():
-    from sparta.nn.nm import NMMLP
+    from sparta.nn.nm_mlp import NMMLP
 
     model = NMMLP([32, 16, 16, 3], "2:8", dropout=0.2, generator=torch.Generator().manual_seed(0))
     assert [d for _, d in model.layer_densities()] == [0.25, 0.25, 1.0]
@@ -146,7 +146,7 @@ def test_nm_mlp_shapes_and_errors():
 def test_to_nm_magnitude_conversion(kind):
     from sparta.nn.activations import AllReLU
     from sparta.nn.mlp import SparseMLP
-    from sparta.nn.nm import to_nm
+    from sparta.nn.nm_mlp import to_nm
 
     torch.manual_seed(0)
     if kind == "sequential":
@@ -174,7 +174,7 @@ def test_to_nm_sparse_mlp_matches_masked_reference():
     import torch.nn.functional as F
 
     from sparta.nn.mlp import SparseMLP
-    from sparta.nn.nm import to_nm
+    from sparta.nn.nm_mlp import to_nm
 
     torch.manual_seed(1)
     model = SparseMLP([32, 16, 16, 4], density=0.7, activation="allrelu", alpha=0.6).eval()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparta.cli import main
-from sparta.nn.nm import NMMLP
+from sparta.nn.nm_mlp import NMMLP
 from sparta.topology.nm import check_nm
 from sparta.train.runs import load_checkpoint
 
@@ -79,7 +79,7 @@ def test_convert_trained_model_and_fine_tune():
     """A trained unstructured SET-MLP converted to 2:4 by magnitude keeps most of its accuracy; a short fine-tune
     (static masks) keeps the masks N:M and does not lose accuracy."""
     from sparta.nn.mlp import SparseMLP
-    from sparta.nn.nm import to_nm
+    from sparta.nn.nm_mlp import to_nm
     from sparta.topology import Static
     from sparta.train import digits
     from sparta.train.loop import evaluate, fit
@@ -99,3 +99,28 @@ def test_convert_trained_model_and_fine_tune():
     check_nm(conv)
     tuned = evaluate(conv, data.x_test, data.y_test)[1]
     assert tuned >= converted - 0.01 and tuned > 0.85, (base, converted, tuned)
+
+
+def test_runs_take_the_fused_step_and_every_parameter_is_optimised(monkeypatch):
+    """`sparta train --nm` builds an NMMLP with a sparta.optim optimizer whose groups hold every parameter (with
+    per-layer learning rates too), and the loop steps it through NMMLP.train_step's fused pass."""
+    import sparta
+    from sparta.nn import nm_step
+    from sparta.train.config import RunConfig
+    from sparta.train.loop import batch_step
+    from sparta.train.nm import build_nm
+
+    for lr_fan_in in (None, 4.0):
+        config = RunConfig(dataset="digits", hidden=[64, 32], nm="2:8", lr_fan_in=lr_fan_in)
+        model, opt, _, _ = build_nm(config, [64, 64, 32, 10], 1000)
+        assert isinstance(opt, sparta.optim.SGD)
+        held = {id(p) for g in opt.param_groups for p in g["params"]}
+        assert held == {id(p) for p in model.parameters()}
+    calls = []
+    real = nm_step.train_step
+    monkeypatch.setattr(nm_step, "train_step", lambda *a: calls.append(1) or real(*a))
+    x, y = torch.randn(50, 64), torch.randint(0, 10, (50,))
+    before = model[0].values.detach().clone()
+    loss, right = batch_step(model, opt, x, y, keep_grad=False)
+    assert calls and loss > 0 and 0 <= right <= 50
+    assert not torch.equal(before, model[0].values) and model[0].values.grad is None

@@ -18,12 +18,15 @@ for sample ``c`` is ``buf[j · ld + c]``. Every kernel works on a column range `
 threads can take parts of it; full tiles of ``T`` samples keep their sums in registers across the ``G · N``
 connections of a row.
 
-* :func:`forward` — ``y = W x + b``.
-* :func:`backward_scatter` — one pass over the forward layout: value gradients ``dv[j] = Σ_c dz[o, c] x[col, c]``
-  and input gradients ``dx = Wᵀ dz`` scattered to the connections' columns (plain N:M masks).
-* :func:`backward_transposed` — the same two gradients by a gather over the transposed blocks (transposable
-  masks): each input row's ``dx`` is summed in registers like a forward row, its connections' value gradients
-  read the same tiles.
+* :func:`forward_act` — ``y = W x + b`` with :mod:`sparta.kernels.fused`'s epilogue (activation, hash dropout,
+  what backward needs); :func:`forward` — without it.
+* :func:`backward_rows` (:func:`backward_scatter`) — one pass over the forward layout: value gradients
+  ``dv[j] = Σ_c dz[o, c] x[col, c]`` and input gradients ``dx = Wᵀ dz`` scattered to the connections' columns
+  (plain N:M masks).
+* :func:`backward_gather` (:func:`backward_transposed`) — the same two gradients in one gather over the transposed
+  blocks (transposable masks): each input row's ``dx`` is summed in registers like a forward row, every
+  output-gradient row read once for it and for the connection's value gradient; optionally the next layer's
+  derivative and bias gradient in the same pass.
 * :func:`greedy_transposable` — the 2-approximation of the best transposable mask (Hubara et al. 2021).
 """
 
@@ -32,202 +35,249 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sparta.kernels.fused import _NJIT, _W, _W4, T, _lane_sum4, _stack_empty
+from sparta.kernels.fused import (
+    _NJIT,
+    ACT_LEAKY,
+    MODE_LINEAR,
+    T,
+    _epilogue,
+    _grad_epilogue,
+    _ptr,
+    _stack_empty,
+)
+from sparta.kernels.hashrng import unit_key
 from sparta.kernels.vectors import prefer_wide
 
 MAX_M = 256  # positions are one byte
 
 
 _U1 = np.uint64(1)
+_U2 = np.uint64(2)
+
+
+@numba.njit(inline="always", **_NJIT)
+def _row_full(pos, values, j, n, m, g_count, x, ldu, cb, acc0, acc1):  # pragma: no cover - compiled by numba
+    """``acc0 + acc1`` (``T`` sums each, in registers) += the row's ``g_count · n`` connections (from ``j``) times
+    their input rows ``x[col · ld + cb : … + T]``: two connections at a time, one into each set of sums, so every
+    multiply-add stands on its own chain (for ``n = 1`` a pair spans two blocks)."""
+    mu = np.uint64(m)
+    base = np.uint64(0)
+    if n == 1:
+        g = 0
+        while g + 1 < g_count:
+            v0 = values[j]
+            v1 = values[j + _U1]
+            b0 = (base + np.uint64(pos[j])) * ldu + cb
+            b1 = (base + mu + np.uint64(pos[j + _U1])) * ldu + cb
+            for t in range(T):
+                acc0[t] += v0 * x[b0 + np.uint64(t)]
+                acc1[t] += v1 * x[b1 + np.uint64(t)]
+            j += _U2
+            base += mu + mu
+            g += 2
+        if g < g_count:
+            v0 = values[j]
+            b0 = (base + np.uint64(pos[j])) * ldu + cb
+            for t in range(T):
+                acc0[t] += v0 * x[b0 + np.uint64(t)]
+        return
+    for _ in range(g_count):
+        k = 0
+        while k + 1 < n:
+            v0 = values[j]
+            v1 = values[j + _U1]
+            b0 = (base + np.uint64(pos[j])) * ldu + cb
+            b1 = (base + np.uint64(pos[j + _U1])) * ldu + cb
+            for t in range(T):
+                acc0[t] += v0 * x[b0 + np.uint64(t)]
+                acc1[t] += v1 * x[b1 + np.uint64(t)]
+            j += _U2
+            k += 2
+        if k < n:
+            v0 = values[j]
+            b0 = (base + np.uint64(pos[j])) * ldu + cb
+            for t in range(T):
+                acc0[t] += v0 * x[b0 + np.uint64(t)]
+            j += _U1
+        base += mu
 
 
 @numba.njit(**_NJIT)
-def forward(pos, values, bias, n, m, x, ld, c0, c1, y):  # pragma: no cover - compiled by numba
-    """Columns ``[c0, c1)`` of ``y = W x + b``: ``pos``/``values`` the N:M layout (module docstring), ``bias (out,)``,
-    ``x`` flat ``(in · ld)``, ``y`` flat ``(out · ld)``. Indices are unsigned (no wrap-around code in the loops)."""
+def forward_act(pos, values, bias, n, m, x, ld, c0, c1, a, d, code, mode, act, slope, thr, scale, k1, k2,
+                cg):  # pragma: no cover - compiled by numba
+    """Columns ``[c0, c1)`` of ``a = W x + b`` through the epilogue ``mode`` of
+    :func:`sparta.kernels.fused.forward` (activation, hash dropout, and the derivative ``d`` or leaky ``code``
+    that backward needs; ``MODE_LINEAR``: the sums only): ``pos``/``values`` the N:M layout (module
+    docstring), ``bias (out,)``, ``x`` flat ``(in · ld)``, ``a``, ``d``, ``code`` flat ``(out · ld)`` (``d`` and
+    ``code`` may be empty where the mode does not write them); column ``c`` is sample ``cg + c`` for the dropout
+    hash. A full tile of ``T`` samples keeps its sums in registers (two sets, :func:`_row_full`); the ``< T``
+    samples left add into ``a`` (the stack arrays are only ever indexed by constants, so LLVM keeps them in
+    registers)."""
     prefer_wide()
     n_out = bias.shape[0]
     per_row = np.uint64(pos.shape[0] // max(n_out, 1))
     g_count = pos.shape[0] // max(n_out, 1) // n
     ldu, mu = np.uint64(ld), np.uint64(m)
-    accb = _stack_empty(T, values.dtype)
-    acc = numba.carray(accb, T)
+    acc0 = numba.carray(_stack_empty(T, values.dtype), T)
+    acc1 = numba.carray(_stack_empty(T, values.dtype), T)
+    ap, dp, cp = _ptr(a), _ptr(d), _ptr(code)
+    zero = values.dtype.type(0)
     nfull = (c1 - c0) // T
     ctail = np.uint64(c0 + nfull * T)
     ntail = c1 - c0 - nfull * T
     for o in range(n_out):
         r0 = np.uint64(o) * per_row
-        bi = bias[o]
         row = np.uint64(o) * ldu
+        ku = unit_key(o, k1, k2)
         for tile in range(nfull):
             cb = np.uint64(c0 + tile * T)
             for t in range(T):
-                acc[t] = bi
-            j = r0
-            base = np.uint64(0)
-            for _ in range(g_count):
-                for _ in range(n):
-                    v = values[j]
-                    xb = (base + np.uint64(pos[j])) * ldu + cb
-                    for t in range(T):
-                        acc[t] += v * x[xb + np.uint64(t)]
-                    j += _U1
-                base += mu
+                acc0[t] = bias[o]
+                acc1[t] = zero
+            _row_full(pos, values, r0, n, m, g_count, x, ldu, cb, acc0, acc1)
             dst = row + cb
             for t in range(T):
-                y[dst + np.uint64(t)] = acc[t]
+                a[dst + np.uint64(t)] = acc0[t] + acc1[t]
+            _epilogue(T, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
         if ntail > 0:
+            dst = row + ctail
             for t in range(ntail):
-                acc[t] = bi
+                a[dst + np.uint64(t)] = bias[o]
             j = r0
             base = np.uint64(0)
             for _ in range(g_count):
                 for _ in range(n):
                     v = values[j]
-                    xb = (base + np.uint64(pos[j])) * ldu + ctail
+                    b = (base + np.uint64(pos[j])) * ldu + ctail
                     for t in range(ntail):
-                        acc[t] += v * x[xb + np.uint64(t)]
+                        a[dst + np.uint64(t)] += v * x[b + np.uint64(t)]
                     j += _U1
                 base += mu
-            dst = row + ctail
-            for t in range(ntail):
-                y[dst + np.uint64(t)] = acc[t]
+            _epilogue(ntail, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, ctail + np.uint64(cg))
 
 
-@numba.njit(inline="always", **_NJIT)
-def _col(pos, j, j0, n, mu):  # pragma: no cover - compiled by numba
-    """Column of connection ``j`` of the row whose first connection is ``j0``."""
-    return (np.uint64((j - j0) // np.uint64(n))) * mu + np.uint64(pos[j])
+@numba.njit(**_NJIT)
+def forward(pos, values, bias, n, m, x, ld, c0, c1, y):  # pragma: no cover - compiled by numba
+    """Columns ``[c0, c1)`` of ``y = W x + b``: ``pos``/``values`` the N:M layout (module docstring), ``bias (out,)``,
+    ``x`` flat ``(in · ld)``, ``y`` flat ``(out · ld)`` (:func:`forward_act` without an epilogue)."""
+    one = values.dtype.type(1)
+    z = np.uint32(0)
+    forward_act(pos, values, bias, n, m, x, ld, c0, c1, y, y[:0], np.empty(0, np.uint8), MODE_LINEAR, ACT_LEAKY, one,
+                z, one, z, z, 0)
 
 
-@numba.njit(inline="always", **_NJIT)
-def _dot4(a, ra, b, b0, b1, b2, b3, c0, c1, acc, buf):  # pragma: no cover - compiled by numba
-    """The four sums ``Σ_{c ∈ [c0, c1)} a[ra + c] · b[bq + c]``, ``q = 0 … 3``: ``_W`` lanes each (``acc``, the stack
-    array at ``buf``), folded together (:func:`sparta.kernels.fused._lane_sum4`), the rest added in order."""
-    zero = acc[0] * 0
-    for lane in range(4 * _W):
-        acc[lane] = zero
-    nb = (c1 - c0) // _W
-    for blk in range(nb):
-        cb = np.uint64(c0 + blk * _W)
-        for lane in range(_W):
-            c = cb + np.uint64(lane)
-            g = a[ra + c]
-            acc[lane] += g * b[b0 + c]
-            acc[_W + lane] += g * b[b1 + c]
-            acc[2 * _W + lane] += g * b[b2 + c]
-            acc[3 * _W + lane] += g * b[b3 + c]
-    s0, s1, s2, s3 = _lane_sum4(buf, 0)
-    for t in range(c0 + nb * _W, c1):
-        c = np.uint64(t)
-        g = a[ra + c]
-        s0 += g * b[b0 + c]
-        s1 += g * b[b1 + c]
-        s2 += g * b[b2 + c]
-        s3 += g * b[b3 + c]
-    return s0, s1, s2, s3
-
-
-@numba.njit(inline="always", **_NJIT)
-def _dot1(a, ra, b, b0, c0, c1):  # pragma: no cover - compiled by numba
-    s = a[ra] * 0
-    for t in range(c0, c1):
-        s += a[ra + np.uint64(t)] * b[b0 + np.uint64(t)]
-    return s
+@numba.njit(**_NJIT)
+def backward_rows(pos, values, n, m, n_in, dz, x, ld, c0, c1, dx, dv, want_dx, want_dv,
+                  accumulate):  # pragma: no cover - compiled by numba
+    """Columns ``[c0, c1)`` of the value gradients ``dv[j] = Σ_c dz[o, c] · x[col, c]`` (added to ``dv`` when
+    ``accumulate``) and the input gradients ``dx = Wᵀ dz`` flat ``(in · ld)`` (the range written), in one pass
+    over the forward layout: each output row's gradients, a tile of ``T`` samples, stay in registers while
+    every connection of the row reads its input row ``x[col]`` for its value gradient and adds into
+    ``dx[col]`` (the same row of the other buffer); the ``< T`` samples left read ``dz`` from memory."""
+    prefer_wide()
+    n_out = dz.shape[0] // ld
+    nnz = pos.shape[0]
+    per_row = np.uint64(nnz // max(n_out, 1))
+    g_count = nnz // max(n_out, 1) // n
+    ldu, mu = np.uint64(ld), np.uint64(m)
+    if want_dx:
+        for i in range(n_in):
+            for c in range(c0, c1):
+                dx[np.uint64(i) * ldu + np.uint64(c)] = 0
+    dzr = numba.carray(_stack_empty(T, values.dtype), T)
+    zero = values.dtype.type(0)
+    nfull = (c1 - c0) // T
+    ntail = c1 - c0 - nfull * T
+    for tile in range(nfull):
+        cb = np.uint64(c0 + tile * T)
+        add = accumulate or tile > 0
+        for o in range(n_out):
+            src = np.uint64(o) * ldu + cb
+            for t in range(T):
+                dzr[t] = dz[src + np.uint64(t)]
+            j = np.uint64(o) * per_row
+            base = np.uint64(0)
+            for _ in range(g_count):
+                for _ in range(n):
+                    b = (base + np.uint64(pos[j])) * ldu + cb
+                    if want_dv:
+                        s = zero
+                        for t in range(T):
+                            s += dzr[t] * x[b + np.uint64(t)]
+                        dv[j] = dv[j] + s if add else s
+                    if want_dx:
+                        v = values[j]
+                        for t in range(T):
+                            dx[b + np.uint64(t)] += v * dzr[t]
+                    j += _U1
+                base += mu
+    if ntail > 0:
+        cb = np.uint64(c0 + nfull * T)
+        add = accumulate or nfull > 0
+        for o in range(n_out):
+            src = np.uint64(o) * ldu + cb
+            j = np.uint64(o) * per_row
+            base = np.uint64(0)
+            for _ in range(g_count):
+                for _ in range(n):
+                    b = (base + np.uint64(pos[j])) * ldu + cb
+                    if want_dv:
+                        s = zero
+                        for t in range(ntail):
+                            s += dz[src + np.uint64(t)] * x[b + np.uint64(t)]
+                        dv[j] = dv[j] + s if add else s
+                    if want_dx:
+                        v = values[j]
+                        for t in range(ntail):
+                            dx[b + np.uint64(t)] += v * dz[src + np.uint64(t)]
+                    j += _U1
+                base += mu
 
 
 @numba.njit(**_NJIT)
 def backward_scatter(pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx, want_dv):  # pragma: no cover
     """Columns ``[c0, c1)`` of the value gradients ``dv (nnz,)`` (written, summed over the range only) and the
     input gradients ``dx`` flat ``(in · ld)`` (the range written) from the output gradients ``dz`` flat
-    ``(out · ld)`` and the input ``x`` flat ``(in · ld)``, over the forward layout: value gradients four
-    connections at a time (lane sums folded together), then ``dx`` scattered a tile of ``T`` samples at a time
-    with the row's output gradients in registers."""
-    prefer_wide()
-    nnz = pos.shape[0]
-    per_row = np.uint64(nnz // max(n_out, 1))
-    g_count = nnz // max(n_out, 1) // n
-    ldu, mu = np.uint64(ld), np.uint64(m)
-    lbuf = _stack_empty(_W4, values.dtype)
-    lanes = numba.carray(lbuf, _W4)
-    if want_dv:
-        for o in range(n_out):
-            row = np.uint64(o) * ldu
-            j0 = np.uint64(o) * per_row
-            j = j0
-            end = j0 + per_row
-            while j + np.uint64(3) < end:
-                s0, s1, s2, s3 = _dot4(dz, row, x, _col(pos, j, j0, n, mu) * ldu,
-                                       _col(pos, j + _U1, j0, n, mu) * ldu, _col(pos, j + np.uint64(2), j0, n, mu) * ldu,
-                                       _col(pos, j + np.uint64(3), j0, n, mu) * ldu, c0, c1, lanes, lbuf)
-                dv[j] = s0
-                dv[j + _U1] = s1
-                dv[j + np.uint64(2)] = s2
-                dv[j + np.uint64(3)] = s3
-                j += np.uint64(4)
-            while j < end:
-                dv[j] = _dot1(dz, row, x, _col(pos, j, j0, n, mu) * ldu, c0, c1)
-                j += _U1
-    if not want_dx:
-        return
-    for i in range(n_in):
-        for c in range(c0, c1):
-            dx[np.uint64(i) * ldu + np.uint64(c)] = 0
-    accb = _stack_empty(T, values.dtype)
-    acc = numba.carray(accb, T)
-    c = c0
-    while c < c1:
-        w = min(T, c1 - c)
-        cu = np.uint64(c)
-        for o in range(n_out):
-            src = np.uint64(o) * ldu + cu
-            for t in range(w):
-                acc[t] = dz[src + np.uint64(t)]
-            j = np.uint64(o) * per_row
-            base = np.uint64(0)
-            for _ in range(g_count):
-                for _ in range(n):
-                    xb = (base + np.uint64(pos[j])) * ldu + cu
-                    v = values[j]
-                    if w == T:
-                        for t in range(T):
-                            dx[xb + np.uint64(t)] += v * acc[t]
-                    else:
-                        for t in range(w):
-                            dx[xb + np.uint64(t)] += v * acc[t]
-                    j += _U1
-                base += mu
-        c += w
+    ``(out · ld)`` and the input ``x`` flat ``(in · ld)``: :func:`backward_rows` over the forward layout."""
+    backward_rows(pos, values, n, m, n_in, dz[:np.uint64(n_out) * np.uint64(ld)], x, ld, c0, c1, dx, dv, want_dx,
+                  want_dv, False)
 
 
 @numba.njit(inline="always", **_NJIT)
 def _slot(pos, start, n, p):  # pragma: no cover - compiled by numba
-    """Index of the connection at in-block position ``p`` among the ``n`` of the block starting at ``start``
-    (``nnz`` if there is none): a look through the block's fixed ``n`` positions."""
+    """Index of the connection at in-block position ``p`` among the ``n`` of the block starting at ``start`` (the
+    block holds it): a look through the block's fixed ``n`` positions without branches (a branch per position
+    would be mispredicted about once per connection)."""
+    k_hit = np.uint64(0)
     for k in range(n):
-        if pos[start + np.uint64(k)] == p:
-            return start + np.uint64(k)
-    return np.uint64(pos.shape[0])
+        k_hit += np.uint64(k) if pos[start + np.uint64(k)] == p else np.uint64(0)
+    return start + k_hit
 
 
 @numba.njit(**_NJIT)
-def backward_transposed(tpos, pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx,
-                        want_dv):  # pragma: no cover - compiled by numba
-    """:func:`backward_scatter` for a transposable layer, over the transposed blocks ``tpos`` (uint8
-    ``(in · H · N,)``, output offsets inside blocks of ``M`` rows): input row ``i``'s gradient
-    ``dx[i] = Σ v · dz[o]`` is gathered in registers a tile at a time like a forward row (no scatter), and its
-    connections' value gradients, dot products of ``dz[o]`` with ``x[i]``, four at a time. Each connection's value
-    is found by a look through the ``N`` positions of its block in the forward layout. ``dv`` is written, summed
-    over the range only."""
+def backward_gather(tpos, pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx, want_dv, accumulate, d,
+                    code, lut1, lut2, db, with_d):  # pragma: no cover - compiled by numba
+    """The value and input gradients of a transposable layer in one pass over its transposed blocks ``tpos``
+    (uint8 ``(in · H · N,)``, output offsets inside blocks of ``M`` rows), for columns ``[c0, c1)``: for each
+    input row ``i`` and tile of ``T`` samples, ``x[i]`` and the sums of ``dx[i] = Σ v · dz[o]`` stay in registers
+    while each connection's output-gradient row ``dz[o]`` is read once, for both ``dx[i]`` and the connection's
+    value gradient ``dv[j] = Σ_c dz[o, c] · x[i, c]`` (added to ``dv`` when ``accumulate``). Each connection's
+    slot ``j`` in the forward layout is found by a look through the ``N`` positions of its block (:func:`_slot`).
+
+    ``dx`` (the range written) gets, with ``with_d``, the forward's derivative and its row sums into ``db``
+    (added when ``accumulate``), as :func:`sparta.kernels.fused.gather` (``d``, ``code``, ``lut1``, ``lut2``)."""
     prefer_wide()
     nnz = pos.shape[0]
     per_row = np.uint64(nnz // max(n_out, 1))
     per_col = np.uint64(tpos.shape[0] // max(n_in, 1))
     ldu, mu, nu = np.uint64(ld), np.uint64(m), np.uint64(n)
-    lbuf = _stack_empty(_W4, values.dtype)
-    lanes = numba.carray(lbuf, _W4)
-    accb = _stack_empty(T, values.dtype)
-    acc = numba.carray(accb, T)
+    acc = numba.carray(_stack_empty(T, values.dtype), T)
+    xr = numba.carray(_stack_empty(T, values.dtype), T)
+    dxp, dp, cp, dbp = _ptr(dx), _ptr(d), _ptr(code), _ptr(db)
+    has_code = code.shape[0] > 0
+    zero = values.dtype.type(0)
+    nfull = (c1 - c0) // T
+    ntail = c1 - c0 - nfull * T
     for i in range(n_in):
         iu = np.uint64(i)
         g = iu // mu
@@ -236,49 +286,72 @@ def backward_transposed(tpos, pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1,
         xrow = iu * ldu
         j0 = iu * per_col
         end = j0 + per_col
-        if want_dv:
-            jt = j0
-            while jt + np.uint64(3) < end:
-                o0 = (jt - j0) // nu * mu + np.uint64(tpos[jt])
-                o1 = (jt + _U1 - j0) // nu * mu + np.uint64(tpos[jt + _U1])
-                o2 = (jt + np.uint64(2) - j0) // nu * mu + np.uint64(tpos[jt + np.uint64(2)])
-                o3 = (jt + np.uint64(3) - j0) // nu * mu + np.uint64(tpos[jt + np.uint64(3)])
-                s0, s1, s2, s3 = _dot4(x, xrow, dz, o0 * ldu, o1 * ldu, o2 * ldu, o3 * ldu, c0, c1, lanes, lbuf)
-                dv[_slot(pos, o0 * per_row + goff, n, p)] = s0
-                dv[_slot(pos, o1 * per_row + goff, n, p)] = s1
-                dv[_slot(pos, o2 * per_row + goff, n, p)] = s2
-                dv[_slot(pos, o3 * per_row + goff, n, p)] = s3
-                jt += np.uint64(4)
-            while jt < end:
-                o0 = (jt - j0) // nu * mu + np.uint64(tpos[jt])
-                dv[_slot(pos, o0 * per_row + goff, n, p)] = _dot1(x, xrow, dz, o0 * ldu, c0, c1)
-                jt += _U1
-        if not want_dx:
-            continue
-        c = c0
-        while c < c1:
-            w = min(T, c1 - c)
-            cu = np.uint64(c)
+        for tile in range(nfull):
+            cb = np.uint64(c0 + tile * T)
+            add = accumulate or tile > 0
             for t in range(T):
-                acc[t] = 0
+                acc[t] = zero
+                xr[t] = x[xrow + cb + np.uint64(t)]
             jt = j0
             hb = np.uint64(0)
             while jt < end:
                 for _ in range(n):
                     o = hb + np.uint64(tpos[jt])
-                    v = values[_slot(pos, o * per_row + goff, n, p)]
-                    db = o * ldu + cu
-                    if w == T:
+                    slot = _slot(pos, o * per_row + goff, n, p)
+                    b = o * ldu + cb
+                    if want_dx:
+                        v = values[slot]
                         for t in range(T):
-                            acc[t] += v * dz[db + np.uint64(t)]
-                    else:
-                        for t in range(w):
-                            acc[t] += v * dz[db + np.uint64(t)]
+                            acc[t] += v * dz[b + np.uint64(t)]
+                    if want_dv:
+                        s = zero
+                        for t in range(T):
+                            s += xr[t] * dz[b + np.uint64(t)]
+                        dv[slot] = dv[slot] + s if add else s
                     jt += _U1
                 hb += mu
-            for t in range(w):
-                dx[xrow + cu + np.uint64(t)] = acc[t]
-            c += w
+            if want_dx:
+                dst = xrow + cb
+                for t in range(T):
+                    dx[dst + np.uint64(t)] = acc[t]
+                _grad_epilogue(T, dst, dxp, dst, dp, cp, has_code, lut1, lut2, dbp, i, with_d, not add)
+        if ntail > 0:
+            cb = np.uint64(c0 + nfull * T)
+            add = accumulate or nfull > 0
+            dst = xrow + cb
+            if want_dx:
+                for t in range(ntail):
+                    dx[dst + np.uint64(t)] = zero
+            jt = j0
+            hb = np.uint64(0)
+            while jt < end:
+                for _ in range(n):
+                    o = hb + np.uint64(tpos[jt])
+                    slot = _slot(pos, o * per_row + goff, n, p)
+                    b = o * ldu + cb
+                    if want_dx:
+                        v = values[slot]
+                        for t in range(ntail):
+                            dx[dst + np.uint64(t)] += v * dz[b + np.uint64(t)]
+                    if want_dv:
+                        s = zero
+                        for t in range(ntail):
+                            s += x[dst + np.uint64(t)] * dz[b + np.uint64(t)]
+                        dv[slot] = dv[slot] + s if add else s
+                    jt += _U1
+                hb += mu
+            if want_dx:
+                _grad_epilogue(ntail, dst, dxp, dst, dp, cp, has_code, lut1, lut2, dbp, i, with_d, not add)
+
+
+@numba.njit(**_NJIT)
+def backward_transposed(tpos, pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx,
+                        want_dv):  # pragma: no cover - compiled by numba
+    """:func:`backward_scatter` for a transposable layer: :func:`backward_gather` over its transposed blocks
+    (``dv`` written, summed over the range only; no derivative)."""
+    one = values.dtype.type(1)
+    backward_gather(tpos, pos, values, n, m, n_in, n_out, dz, x, ld, c0, c1, dx, dv, want_dx, want_dv, False, values[:0],
+                    np.empty(0, np.uint8), one, one, values[:0], False)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -174,14 +174,10 @@ class NMLinearFunction(torch.autograd.Function):
         partials = [np.empty(values.numel(), dtype) for _ in parts] if want_dv else [np.empty(0, dtype)] * len(parts)
         dxf = fused.aligned_empty(n_in * ld, dtype) if want_dx else np.empty(0, dtype)
         v, p, tp = values.detach().numpy(), pos.numpy(), tpos.numpy()
-        if tpos.numel():  # value gradients over the forward layout (no look-ups), input gradients gathered over Wᵀ
-            def task(q: int, c0: int, c1: int) -> None:
-                if want_dv:
-                    knm.backward_scatter(p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf, partials[q], False, True)
-                if want_dx:
-                    knm.backward_transposed(tp, p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf, partials[q], True,
-                                            False)
-            tasks = [lambda q=q, c0=c0, c1=c1: task(q, c0, c1) for q, (c0, c1) in enumerate(parts)]
+        if tpos.numel():  # both gradients in one pass over the transposed blocks (dz rows read once)
+            tasks = [lambda q=q, c0=c0, c1=c1: knm.backward_transposed(tp, p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1,
+                                                                       dxf, partials[q], want_dx, want_dv)
+                     for q, (c0, c1) in enumerate(parts)]
         else:
             tasks = [lambda q=q, c0=c0, c1=c1: knm.backward_scatter(p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf,
                                                                     partials[q], want_dx, want_dv)
@@ -421,114 +417,3 @@ class NMLinear(nn.Module):
         mine = self.get_extra_state()
         if not isinstance(state, dict) or any(state.get(k) != v for k, v in mine.items()):
             raise ValueError(f"state_dict is for an NMLinear {state!r}, this layer is {mine}")
-
-
-# ------------------------------------------------------------------------------------------------ N:M MLPs
-def _activation(name: str, alpha: float, j: int) -> nn.Module:
-    from sparta.nn.activations import AllReLU
-
-    if name == "allrelu":
-        return AllReLU(alpha, j)
-    mods = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-    if name not in mods:
-        raise ValueError(f"activation must be one of {('allrelu', *mods)}, got {name!r}")
-    return mods[name]()
-
-
-class NMMLP(nn.Sequential):
-    """``sizes = [in, h1, ..., out]``: ``NMLinear`` layers at the pattern ``n:m`` (transposable or not) with an
-    activation (and dropout) after each hidden layer; the output layer is a dense ``nn.Linear`` (its width is the
-    number of classes, rarely a multiple of ``m``, and it holds a negligible share of the weights — as the
-    SET-MLP, whose Erdős–Rényi output layer is dense at ε = 20). An ``nn.Sequential``: the supervised loop
-    trains it through autograd; :class:`~sparta.topology.nm.NMSET` / :class:`~sparta.topology.nm.NMRigL` evolve
-    its masks.
-
-    Args:
-        sizes: layer widths; every N:M layer's input width must fit the pattern (:func:`check_shape`).
-        pattern: ``"n:m"``. transposable: transposable masks (``m`` must divide every hidden width and the input).
-        activation: ``"allrelu"`` (All-ReLU, sign alternating per hidden layer), ``"relu"``, ``"tanh"``,
-            ``"sigmoid"``. alpha: All-ReLU's slope. dropout: probability after each hidden activation.
-        init: value initialisation of the N:M layers. generator: masks and values.
-    """
-
-    def __init__(self, sizes: list[int], pattern: str, *, transposable: bool = False, activation: str = "allrelu",
-                 alpha: float = 0.6, dropout: float = 0.0, init: str = "uniform",
-                 generator: torch.Generator | None = None) -> None:
-        from sparta.nn.activations import Dropout
-
-        sizes = [int(s) for s in sizes]
-        if len(sizes) < 3:
-            raise ValueError(f"an N:M MLP needs at least one hidden layer, got sizes {sizes}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        n, m = parse_pattern(pattern)
-        for j, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
-            try:
-                check_shape(a, b, n, m, transposable)
-            except ValueError as e:
-                raise ValueError(f"layer {j + 1} ({a} → {b}): {e}") from None
-        mods: list[nn.Module] = []
-        for j, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
-            mods.append(NMLinear(a, b, n, m, transposable=transposable, init=init, generator=generator))
-            mods.append(_activation(activation, alpha, j + 1))
-            if dropout:
-                mods.append(Dropout(dropout))
-        mods.append(nn.Linear(sizes[-2], sizes[-1]))
-        super().__init__(*mods)
-        self.pattern, self.transposable = f"{n}:{m}", bool(transposable)
-
-    def layer_densities(self) -> list[tuple[str, float]]:
-        """``(description, density)`` of every weight layer, input to output."""
-        out = []
-        for mod in self:
-            if isinstance(mod, NMLinear):
-                out.append((f"{mod.in_features}→{mod.out_features} {mod.pattern}"
-                            f"{' T' if mod.transposable else ''}", mod.density))
-            elif isinstance(mod, nn.Linear):
-                out.append((f"{mod.in_features}→{mod.out_features} dense", 1.0))
-        return out
-
-
-@torch.no_grad()
-def to_nm(model: nn.Module, pattern: str, *, transposable: bool = False) -> nn.Sequential:
-    """A trained MLP as an N:M one (magnitude conversion; fine-tune it afterwards if wanted): every weight layer
-    but the last of ``model`` — an ``nn.Sequential`` of ``SparseLinear``/``nn.Linear``/``NMLinear`` and
-    activation modules, or a :class:`~sparta.nn.SparseMLP` — becomes an ``NMLinear`` holding its largest
-    weights at the pattern (:meth:`NMLinear.from_dense`; transposable: the greedy 2-approximation); the last
-    becomes a dense ``nn.Linear`` with the same weights. Activations and dropout are kept (a ``SparseMLP``'s are
-    rebuilt as modules). The result's weights are copies; ``model`` is unchanged."""
-    from sparta.nn.activations import Dropout
-    from sparta.nn.mlp import SparseMLP
-
-    n, m = parse_pattern(pattern)
-    if isinstance(model, SparseMLP):
-        mods: list[nn.Module] = []
-        for j, layer in enumerate(model.layers):
-            mods.append(layer)
-            if j < len(model.layers) - 1:
-                mods.append(_activation(model.activation, model.alpha, j + 1))
-                if model.p:
-                    mods.append(Dropout(model.p))
-    elif isinstance(model, nn.Sequential):
-        mods = list(model)
-    else:
-        raise TypeError(f"model must be an nn.Sequential or a SparseMLP, got {type(model).__name__}")
-    weights = [i for i, mod in enumerate(mods) if isinstance(mod, nn.Linear | NMLinear) or hasattr(mod, "to_dense")]
-    if len(weights) < 2:
-        raise ValueError("to_nm needs at least two weight layers (the last stays dense)")
-    out: list[nn.Module] = []
-    for i, mod in enumerate(mods):
-        if i not in weights:
-            out.append(mod)
-            continue
-        w = mod.weight.detach() if isinstance(mod, nn.Linear) else mod.to_dense()
-        b = getattr(mod, "bias", None)
-        if i == weights[-1]:
-            lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype)
-            lin.weight.copy_(w)
-            if b is not None:
-                lin.bias.copy_(b.detach())
-            out.append(lin)
-        else:
-            out.append(NMLinear.from_dense(w, n, m, transposable=transposable, bias=b))
-    return nn.Sequential(*out)

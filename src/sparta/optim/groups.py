@@ -8,6 +8,7 @@ from torch import nn
 
 from sparta.nn.linear import SparseLinear
 from sparta.nn.masked import MaskedLinear
+from sparta.nn.nm import NMLinear
 
 
 def param_groups(model: nn.Module, lr: float, lr_fan_in: float | None) -> list[dict[str, Any]]:
@@ -23,9 +24,9 @@ def param_groups(model: nn.Module, lr: float, lr_fan_in: float | None) -> list[d
     if lr_fan_in is None:
         return [{"params": list(model.parameters())}]
     groups = []
-    for layer in (m for m in model.modules() if isinstance(m, (nn.Linear, SparseLinear, MaskedLinear))):
+    for layer in (m for m in model.modules() if isinstance(m, (nn.Linear, SparseLinear, MaskedLinear, NMLinear))):
         out = layer.out_features
-        nnz = layer.nnz if isinstance(layer, (SparseLinear, MaskedLinear)) else layer.weight.numel()
+        nnz = layer.nnz if isinstance(layer, (SparseLinear, MaskedLinear, NMLinear)) else layer.weight.numel()
         scale = min(1.0, lr_fan_in * out / max(nnz, 1))
         groups.append({"params": [p for p in layer.parameters(recurse=False)], "lr": lr * scale, "lr_scale": scale})
     return groups

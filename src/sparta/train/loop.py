@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sparta.nn.mlp import SparseMLP
+from sparta.nn.nm_mlp import NMMLP
 from sparta.topology.base import TopologyAlgorithm
 from sparta.topology.layers import connection_count
 
@@ -62,16 +63,20 @@ def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     raise ValueError(f"loss must be 'ce' or 'mse', got {name!r}")
 
 
+FUSED_STEP_MODELS = (SparseMLP, NMMLP)  # their train_step runs forward, loss, backward (and update) fused
+
+
 def batch_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, xb: torch.Tensor, yb: torch.Tensor,
                loss: str = "ce", *, keep_grad: bool = True) -> tuple[float, float]:
     """One training step on the batch ``xb (B, features)``, ``yb (B,)``: gradients set as after
     ``zero_grad(set_to_none=True)`` and ``backward``, then ``optimizer.step()`` (``optimizer=None``: the
-    gradients only). Cross-entropy on a :class:`~sparta.nn.SparseMLP` with int64 labels runs
-    :meth:`~sparta.nn.SparseMLP.train_step` (forward, loss and backward in one fused pass). ``keep_grad=False``
-    (with an optimizer): the gradients are freed after the step, and a big ``SparseMLP`` with a
-    :mod:`sparta.optim` optimizer never stores its value gradients (the update runs inside the backward).
+    gradients only). Cross-entropy with int64 labels on a model of :data:`FUSED_STEP_MODELS` (a
+    :class:`~sparta.nn.SparseMLP`, an :class:`~sparta.nn.nm_mlp.NMMLP`) runs its ``train_step`` (forward, loss and
+    backward in one fused pass). ``keep_grad=False`` (with an optimizer): the gradients are freed after the step,
+    and with a :mod:`sparta.optim` optimizer a big ``SparseMLP`` never stores its value gradients (the update runs
+    inside the backward), an ``NMMLP`` none (the update runs at the end of the pass).
     Returns the batch's mean loss and its correct predictions."""
-    if loss == "ce" and isinstance(model, SparseMLP) and yb.dtype == torch.int64:
+    if loss == "ce" and isinstance(model, FUSED_STEP_MODELS) and yb.dtype == torch.int64:
         return model.train_step(xb, yb, optimizer, keep_grad=keep_grad)
     out = model(xb)
     loss_t = loss_function(loss)(out, yb)

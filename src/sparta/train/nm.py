@@ -1,7 +1,8 @@
 """N:M runs: the model, optimizer and topology algorithm of ``sparta train --nm N:M [--transposable]``.
 
-A run with ``RunConfig.nm`` set trains a :class:`~sparta.nn.nm.NMMLP` (N:M hidden layers, dense output layer)
-through autograd with ``torch.optim`` (SGD or Adam, the config's settings), its masks evolved by
+A run with ``RunConfig.nm`` set trains a :class:`~sparta.nn.nm_mlp.NMMLP` (N:M hidden layers, dense output layer)
+with its fused training step (:meth:`~sparta.nn.nm_mlp.NMMLP.train_step`) and :mod:`sparta.optim` (SGD or
+Adam, the config's settings; the update runs inside the step), its masks evolved by
 :class:`~sparta.topology.nm.NMSET` (``algo="set"``), :class:`~sparta.topology.nm.NMRigL` (``"rigl"``) or kept
 (``"static"``) — the same schedules as the unstructured algorithms. Everything else (the loop, checkpoints,
 evaluation, reports) is the ordinary run's.
@@ -13,7 +14,8 @@ import math
 
 import torch
 
-from sparta.nn.nm import NMMLP
+from sparta import optim as sparta_optim
+from sparta.nn.nm_mlp import NMMLP
 from sparta.optim.groups import param_groups
 from sparta.topology import Static
 from sparta.topology.nm import NMSET, NMRigL
@@ -32,10 +34,10 @@ def build_nm(config: RunConfig, sizes: list[int], n_train: int):
         raise ConfigError(f"nm {config.nm}{' transposable' if config.transposable else ''}: {e}") from None
     groups = param_groups(model, config.lr, config.lr_fan_in)
     if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                                                     weight_decay=config.weight_decay)
+        opt: torch.optim.Optimizer = sparta_optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                                      weight_decay=config.weight_decay)
     else:
-        opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        opt = sparta_optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     spe = math.ceil(n_train / config.batch_size)
     every = config.every or spe
     seed = config.seed + 2
@@ -67,7 +69,7 @@ def describe(config: RunConfig, sizes: list[int]) -> str:
 
 def check_sizes(config: RunConfig, sizes: list[int]) -> None:
     """:class:`~sparta.train.config.ConfigError` naming the first layer whose widths ``sizes`` do not fit the run's
-    pattern (the checks of :class:`~sparta.nn.nm.NMMLP`, before anything is built or written)."""
+    pattern (the checks of :class:`~sparta.nn.nm_mlp.NMMLP`, before anything is built or written)."""
     assert config.nm is not None
     from sparta.nn.nm import check_shape, parse_pattern
 

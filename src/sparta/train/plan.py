@@ -80,7 +80,7 @@ def dense_layers(config: RunConfig, sizes: list[int]) -> list[str]:
 
 def dense_layer_note(config: RunConfig, sizes: list[int]) -> str | None:
     """One line saying which layers of a sparse run are dense and why (None when none is)."""
-    if config.nm is not None:  # N:M runs: the output layer is dense by design (sparta.nn.nm.NMMLP)
+    if config.nm is not None:  # N:M runs: the output layer is dense by design (sparta.nn.nm_mlp.NMMLP)
         return None
     dense = dense_layers(config, sizes)
     if not dense:
