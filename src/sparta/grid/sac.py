@@ -88,6 +88,7 @@ class GridSACConfig:
     noise_clip: float = 0.5
     hidden: tuple[int, ...] = (256, 256)
     threads: int | None = 1
+    fast: bool = True                  # SAC: the fused actor, α and sampling passes (sparta.rl.fast_sac) where they apply
     sparsity: sp.SparsityConfig = field(default_factory=sp.SparsityConfig)
 
     def __post_init__(self) -> None:
@@ -119,7 +120,7 @@ class GridSACConfig:
                              learning_starts=0, policy_lr=self.policy_lr, q_lr=self.q_lr,
                              policy_frequency=self.policy_frequency,
                              target_network_frequency=self.target_network_frequency, alpha=self.alpha,
-                             autotune=self.autotune, hidden=self.hidden, threads=self.threads,
+                             autotune=self.autotune, hidden=self.hidden, threads=self.threads, fast=self.fast,
                              sparsity=sp.SparsityConfig(**self.sparsity.to_dict()))
 
     def td3_config(self, gradient_steps: int) -> td3.TD3Config:

@@ -20,11 +20,13 @@ __all__ = ["infer_numpy", "loss_step"]
 
 
 def loss_step(mlp: SparseMLP, x: torch.Tensor, loss_grad: Callable[[np.ndarray, np.ndarray], float], *,
-              input_grad: bool = False) -> tuple[float, torch.Tensor | None] | None:
+              input_grad: bool = False, param_grads: bool = True) -> tuple[float, torch.Tensor | None] | None:
     """Forward and backward for any loss of the outputs, with no autograd graph: ``loss_grad(out, gy)`` gets
     the outputs ``out (B, out)`` as a numpy array, writes ``∂loss/∂out`` into ``gy (B, out)`` and returns the
     loss. Each parameter's ``.grad`` is then what ``zero_grad(set_to_none=True)`` and ``loss.backward()``
-    leave (the caller runs its optimizer). ``input_grad``: also return ``∂loss/∂x (B, in)``.
+    leave (the caller runs its optimizer). ``input_grad``: also return ``∂loss/∂x (B, in)``. ``param_grads=False``
+    (with ``input_grad``): only the input gradient is formed, the value gradients are skipped and no ``.grad`` is
+    touched (a critic's ``∂Q/∂a`` for an actor's loss).
 
     Returns ``(loss, ∂loss/∂x or None)``, or None (nothing done) where the fused path does not apply: a layer
     that is not ``SparseLinear``, dropout, hooks, gradient capture, grad mode off, big networks (layer mode).
@@ -41,7 +43,8 @@ def loss_step(mlp: SparseMLP, x: torch.Tensor, loss_grad: Callable[[np.ndarray, 
     k1s, k2s, thr = st.dropout_keys(None)
     xn = x.detach().contiguous().numpy()
     out = np.empty((batch, st.sizes[-1]), st.dtype)
-    grads: list[torch.Tensor | None] = [torch.empty_like(v) for v in st.values]
+    grads: list[torch.Tensor | None] = [torch.empty_like(v) if param_grads else None for v in st.values]
+    need_v = st.need_v if param_grads else np.zeros(st.n, np.bool_)
     gsets = _grad_sets(st, ws, parts, grads)
     csc = st.transposed()
     ip, ix, vals, _ = st.arrays
@@ -56,11 +59,13 @@ def loss_step(mlp: SparseMLP, x: torch.Tensor, loss_grad: Callable[[np.ndarray, 
         loss = float(loss_grad(out, gy))
         POOL.run([lambda p=p, c0=c0, c1=c1: fused.backward_pass(
             ip, ix, vals, *csc, ws.acts, ws.ds, ws.codes, gy, gsets[p], ws.bias_parts[p], st.no_caps,
-            *ws.scratch[p], dxn, c0, c1, st.luts1, st.luts2, st.need_v, input_grad, st.use_csc)
+            *ws.scratch[p], dxn, c0, c1, st.luts1, st.luts2, need_v, input_grad, st.use_csc)
             for p, (c0, c1) in enumerate(parts)], threads, key=(id(runner), -1, batch))
     finally:
         ws.generation += 1
         runner.free.append(ws)
+    if not param_grads:
+        return loss, dx
     dbias = _reduce_grads(st, ws, parts, grads, gsets, st.has_bias)
     for j, m in enumerate(st.layers):
         m.values.grad = grads[j]

@@ -11,6 +11,10 @@ capture) each function falls back to the plain PyTorch sequence it replaces, wit
   optimizer step.
 * :func:`critic_update` — SAC's and TD3's twin-critic step the same way (MSE towards the TD target);
   :func:`td3_actor_update` — TD3's actor step, the critic's input gradient carried into the actor's backward.
+* :func:`sac_actor_update`, :func:`sac_alpha_update`, :func:`sac_sample` — SAC's actor step, temperature step and
+  policy sample (:mod:`sparta.rl.fast_sac`): the torso and both heads as one fused pass, the squashed Gaussian's
+  sample, log-probability and their gradients in numba kernels, the critics' input gradients without their
+  parameter gradients.
 * :func:`greedy_policy` — argmax of the Q-values for a few observations, the sparse MLP through
   :func:`sparta.nn.small.infer_numpy` (numpy in, numpy out, no tensors; a conv torso runs in torch first).
 * :func:`polyak` — ``θ' ← θ' + τ (θ − θ')`` (or a copy at ``τ = 1``) with ``torch._foreach_lerp_`` /
@@ -27,6 +31,10 @@ import torch
 from torch import nn
 
 from sparta.nn import SparseMLP, small
+from sparta.rl.fast_sac import sac_actor_update, sac_alpha_update, sac_sample
+
+__all__ = ["critic_update", "dqn_update", "greedy_policy", "polyak", "sac_actor_update", "sac_alpha_update",
+           "sac_sample", "split_q", "td3_actor_update", "td_grad", "td_targets"]
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -194,6 +202,7 @@ def td3_actor_update(actor: nn.Module, qf: nn.Module, actor_opt: torch.optim.Opt
 
 class _NotFused(Exception):
     """The critic's fused pass did not apply inside the actor's (the autograd step runs instead)."""
+
 
 
 def greedy_policy(q: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

@@ -56,12 +56,16 @@ class SACConfig:
     eval_episodes: int = 5
     checkpoint_every: int = 50_000
     threads: int | None = None
+    fast: bool = True                  # sparta.rl.fast's fused actor, α and sampling paths (autograd's numbers to
+    #                                    float32 rounding); False: autograd (the critics' fused step is exact either way)
     sparsity: sp.SparsityConfig = field(default_factory=sp.SparsityConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, dict):
             self.sparsity = sp.SparsityConfig.from_dict(self.sparsity)
         self.hidden = tuple(self.hidden)
+        if not isinstance(self.fast, bool):
+            raise ValueError(f"fast must be True or False, got {self.fast!r}")
         check_positive(self, ("total_steps", "buffer_size", "batch_size", "policy_frequency",
                               "target_network_frequency", "eval_every", "eval_episodes", "checkpoint_every"))
         for name in ("gamma", "tau"):
@@ -227,8 +231,10 @@ def train(cfg: SACConfig, run_dir=None, *, resume: bool = False, overwrite: bool
         if step < cfg.learning_starts:
             action = rng.uniform(low, high).astype(np.float32)
         else:
+            o = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
             with torch.no_grad():
-                action = actor.sample(torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1))[0][0].numpy()
+                action = (fast.sac_sample(actor, o, (LOG_STD_MIN, LOG_STD_MAX)) if cfg.fast else actor.sample(o))[0][0]
+            action = action.numpy()
         next_obs, reward, terminated, truncated, _ = env.step(action)
         rb.add(np.asarray(obs).reshape(-1), action, reward, np.asarray(next_obs).reshape(-1), terminated, truncated)
         obs = next_obs
@@ -278,9 +284,10 @@ def update(n: dict[str, Any], b, cfg: SACConfig, step: int, alpha: float, target
     actor, qf, qf_target = n["actor"], n["qf"], n["qf_target"]
     actor_opt, q_opt, actor_algo, q_algo = n["actor_opt"], n["q_opt"], n["actor_algo"], n["q_algo"]
     log_alpha, a_opt = n["log_alpha"], n["a_opt"]
+    bounds = (LOG_STD_MIN, LOG_STD_MAX)
     # soft TD target from the target critics, actions from the current policy
     with torch.no_grad():
-        next_a, next_logp = actor.sample(b.next_obs)
+        next_a, next_logp = fast.sac_sample(actor, b.next_obs, bounds) if cfg.fast else actor.sample(b.next_obs)
         q1_t, q2_t = qf_target(b.next_obs, next_a)
         min_q = torch.min(q1_t, q2_t) - alpha * next_logp
         td_target = b.rewards + b.discounts * (1 - b.dones) * min_q
@@ -289,15 +296,20 @@ def update(n: dict[str, Any], b, cfg: SACConfig, step: int, alpha: float, target
     # delayed actor (and α) updates, repeated to keep one actor step per critic step
     if step % cfg.policy_frequency == 0:
         for _ in range(cfg.policy_frequency):
-            a, logp = actor.sample(b.obs)
-            q1_pi, q2_pi = qf(b.obs, a)
-            actor_loss = (alpha * logp - torch.min(q1_pi, q2_pi)).mean()
-            actor_opt.zero_grad()
-            actor_loss.backward()
-            actor_opt.step()
+            if cfg.fast:  # the same step fused where it applies (sparta.rl.fast.sac_actor_update)
+                fast.sac_actor_update(actor, qf, actor_opt, b.obs, alpha, bounds)
+            else:
+                a, logp = actor.sample(b.obs)
+                q1_pi, q2_pi = qf(b.obs, a)
+                actor_loss = (alpha * logp - torch.min(q1_pi, q2_pi)).mean()
+                actor_opt.zero_grad()
+                actor_loss.backward()
+                actor_opt.step()
             if actor_algo is not None:
                 actor_algo.step()
-            if cfg.autotune:
+            if cfg.autotune and cfg.fast:
+                alpha = fast.sac_alpha_update(actor, log_alpha, a_opt, b.obs, target_entropy, bounds)
+            elif cfg.autotune:
                 with torch.no_grad():
                     _, logp = actor.sample(b.obs)
                 alpha_loss = (-log_alpha.exp() * (logp + target_entropy)).mean()
