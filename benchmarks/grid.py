@@ -13,6 +13,8 @@ short still compares every method on the same seeds. ``--report`` only aggregate
     python benchmarks/grid.py --agent td3 --methods dense gmp:0.95                # TD3 instead of SAC (runs td3-<method>)
     python benchmarks/grid.py --protocol challenge-2022            # the 2022 challenge's protocol: every method, 5 seeds
     python benchmarks/grid.py --protocol challenge-2022 --report   # its table, from benchmarks/results/grid/
+    python benchmarks/grid.py --protocol challenge-2022 --agent td3 --residual   # a learner variant: its runs are
+                                        # filed as td3-residual-<method>, beside the same rules and bound
 
 With ``--protocol`` (:mod:`sparta.grid.protocol`) every method trains on the protocol's training buildings and days
 and is evaluated deterministically, without further training, on its evaluation groups, scored by the 2022
@@ -48,7 +50,7 @@ import torch
 from sparta import cli
 from sparta.grid import sac
 from sparta.grid.baselines import CONTROLLERS
-from sparta.grid.env import GridEnv
+from sparta.grid.env import REWARDS, GridEnv
 from sparta.rl import SparsityConfig
 from sparta.rl.report import bootstrap_ci
 from sparta.rl.runs import SUMMARY
@@ -199,8 +201,19 @@ DETERMINISTIC = {*RULES, "lp"}  # one run each: seeds change nothing
 _SERIES: dict = {}  # the last evaluation's series: the loads without batteries the LP needs, whatever the control
 
 
-def result_path(protocol: str, method: str, seed: int) -> Path:
-    return RESULTS / protocol / method.replace(":", "-") / f"seed_{seed}.json"
+def variant(method: str, args: argparse.Namespace) -> str:
+    """The folder name of ``method``'s protocol runs: a learner's name says which agent, reward and residual mode
+    it ran with when they are not the defaults (``td3-residual-gmp-0.95``), so variants never share results."""
+    name = method.replace(":", "-")
+    if method in CONTROLLERS or method == "lp":
+        return name
+    tags = [args.agent if args.agent != "sac" else "", "residual" if args.residual else "",
+            args.reward if args.reward != "solar_penalty" else ""]
+    return "-".join([*(t for t in tags if t), name])
+
+
+def result_path(protocol: str, name: str, seed: int) -> Path:
+    return RESULTS / protocol / name / f"seed_{seed}.json"
 
 
 def write_result(path: Path, body: dict) -> None:
@@ -240,7 +253,7 @@ def protocol_run(method: str, seed: int, args: argparse.Namespace) -> dict | Non
     from sparta.grid import protocol as protocols
     from sparta.grid.baselines import Controller
 
-    path = result_path(args.protocol, method, seed)
+    path = result_path(args.protocol, variant(method, args), seed)
     if path.is_file():
         return None
     proto = protocols.get(args.protocol)
@@ -259,7 +272,7 @@ def protocol_run(method: str, seed: int, args: argparse.Namespace) -> dict | Non
         result["challenge"] = lp.group_bounds(result["series"], lp.battery_limits(env), proto.groups)
         result["kpis"] = {"district": {}}
     else:
-        run_dir = Path(args.out) / args.protocol / method.replace(":", "-") / f"seed_{seed}"
+        run_dir = Path(args.out) / args.protocol / variant(method, args) / f"seed_{seed}"
         cfg = protocol_config(method, seed, args, proto)
         if (run_dir / SUMMARY).is_file():  # trained, stopped before its evaluation was written: evaluate it
             summary = json.loads((run_dir / SUMMARY).read_text())
@@ -282,8 +295,8 @@ def protocol_run(method: str, seed: int, args: argparse.Namespace) -> dict | Non
     return body
 
 
-def load_results(protocol: str, method: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((RESULTS / protocol / method.replace(":", "-")).glob("seed_*.json"))]
+def load_results(protocol: str, name: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((RESULTS / protocol / name).glob("seed_*.json"))]
 
 
 def iqm_ci(values: list[float]) -> str:
@@ -303,7 +316,7 @@ def protocol_report(args: argparse.Namespace, methods: list[str]) -> str:
 
     rows, scores = [], {}
     for method in methods:
-        res = load_results(args.protocol, method)
+        res = load_results(args.protocol, variant(method, args))
         if not res and method == "none":  # every metric of no control is 1 by definition (each is a ratio to it)
             rows.append(["none", "definition", *["1.000"] * 6, "–", "–", "–"])
             continue
@@ -398,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=("challenge-2022", "time-split"), help="the protocol sweep (see above)")
     p.add_argument("--updates-per-step", dest="updates_per_step", type=int, default=1,
                    help="--protocol: SAC updates per environment step (default 1)")
-    p.add_argument("--reward", default="solar_penalty", help="--protocol: the learners' reward (default solar_penalty)")
+    p.add_argument("--reward", default="solar_penalty", choices=sorted(REWARDS),
+                   help="--protocol: the learners' reward (default solar_penalty)")
     p.add_argument("--residual", action="store_true", help="--protocol: learners correct the self-consumption rule")
     args = p.parse_args(argv)
     if args.protocol:
