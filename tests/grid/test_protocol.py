@@ -219,6 +219,24 @@ def test_score_reward_is_each_buildings_share_of_the_challenge_score():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
+def test_solar_ramp_reward_is_solar_penalty_less_each_buildings_ramp():
+    kw = dict(kpis_at_end=False, buildings=["Building_1", "Building_4"], batteries="challenge-2022")
+    envs = [GridEnv(None, 10, 1, reward=r, **kw) for r in ("solar_penalty", "solar_ramp")]
+    for env in envs:
+        env.reset(seed=0)
+    rng = np.random.default_rng(1)
+    got, want = [], []
+    while envs[0].agents:
+        acts = {a: rng.uniform(-1, 1, 1).astype(np.float32) for a in envs[0].agents}
+        plain, ramped = (list(env.step(acts)[1].values()) for env in envs)
+        got.append(ramped)
+        want.append(plain)
+    e = envs[1].series()["net"][:, :len(got)]
+    ramp = np.abs(np.diff(e, axis=1, prepend=e[:, :1]))
+    assert ramp.sum() > 1.0  # random actions make ramps: the term is not vacuous
+    np.testing.assert_allclose(np.array(got).T, np.array(want).T - ramp, rtol=1e-6, atol=1e-9)
+
+
 def test_residual_agent_adds_its_action_to_the_self_consumption_rule():
     env = GridEnv(None, 200, 1, kpis_at_end=False, buildings=["Building_1", "Building_2"],
                   batteries="challenge-2022")

@@ -77,10 +77,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--episode-days", dest="episode_days", type=int, help="days per episode (default: the whole year)")
     t.add_argument("--start-day", dest="start_day", type=int, help="first day of the episode in the data (default 0, "
                                                                    "1 August)")
-    t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac", "score"),
+    t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac", "score", "solar_ramp"),
                    help="reward for --agent sac/td3: a CityLearn reward function (default solar_penalty, the reward of "
                         "CityLearn's SAC examples; 'default' is −max(net consumption, 0)) or score (each "
-                        "building's share of the 2022 challenge's score: cost, emissions and ramping)")
+                        "building's share of the 2022 challenge's score: cost, emissions and ramping) or "
+                        "solar_ramp (solar_penalty less the building's ramp |e − e₋₁|, kWh)")
     t.add_argument("--residual", action="store_true", help="with --mode features: the agent corrects the "
                    "self-consumption rule (the battery gets clip(rule + action, -1, 1)) instead of acting alone")
     t.add_argument("--learning-starts", dest="learning_starts", type=int, help="random-action steps first (default 72)")

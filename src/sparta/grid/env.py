@@ -35,9 +35,9 @@ STEPS_PER_DAY = 24
 INSTALL = ("pip install pettingzoo pandas simplejson pyyaml platformdirs requests && "
            "pip install --no-deps citylearn==3.0.2")
 REWARDS = {"default": "RewardFunction", "solar_penalty": "SolarPenaltyReward", "marl": "MARL",
-           "independent_sac": "IndependentSACReward", "score": "RewardFunction"}
+           "independent_sac": "IndependentSACReward", "score": "RewardFunction", "solar_ramp": "SolarPenaltyReward"}
 # `score` is sparta's, computed in GridEnv.step (CityLearn's default reward is computed and discarded): see
-# GridEnv.score_rewards
+# GridEnv.score_rewards; `solar_ramp` is CityLearn's solar_penalty less each building's ramp (GridEnv.ramps)
 # CityLearn 1.3.x's fixed battery curves (its Battery defaults; the 2022 challenge schemas set none), which
 # CityLearn 3 replaces by random draws when a schema leaves them out: `batteries="challenge-2022"` writes them into
 # every battery's attributes (source: CityLearn v1.3.6, citylearn/energy_model.py, Battery.power_efficiency_curve
@@ -138,8 +138,9 @@ class GridEnv(_ParallelEnv):
         days: the episode is ``days`` days long (None: to the end of the data).
         normalize: CityLearn's periodic + min-max normalisation (else raw observations, and raw bounds).
         reward: one of CityLearn's reward functions: ``default`` (−max(net consumption, 0) per building),
-            ``solar_penalty``, ``marl``, ``independent_sac``; or ``score``, sparta's per-building share of the
-            2022 challenge's score (:meth:`score_rewards`).
+            ``solar_penalty``, ``marl``, ``independent_sac``; or sparta's ``score``, each building's share of the
+            2022 challenge's score (:meth:`score_rewards`), or ``solar_ramp``, ``solar_penalty`` less the building's
+            ramp ``|e − e₋₁|`` in kWh (:meth:`ramps`; the challenge's ``D`` charges the district's ramps).
         kpis_at_end: put CityLearn's KPIs into the last step's infos (``"kpis"``: the building's,
             ``"district_kpis"``: the district's; ~1 s of ``CityLearnEnv.evaluate``).
         district_seed: CityLearn draws each battery's efficiency and power curves when it builds the district;
@@ -250,6 +251,8 @@ class GridEnv(_ParallelEnv):
         done = bool(terminated or truncated)
         if self.reward == "score":
             rewards = self.score_rewards()
+        elif self.reward == "solar_ramp":
+            rewards = np.asarray(rewards, np.float64) - self.ramps()
         rew = {a: float(r) for a, r in zip(self.possible_agents, rewards, strict=True)}
         terms = dict.fromkeys(self.possible_agents, bool(terminated))
         truncs = dict.fromkeys(self.possible_agents, bool(truncated) and not terminated)
@@ -275,6 +278,20 @@ class GridEnv(_ParallelEnv):
         return (max(float((p * np.maximum(total, 0)).sum()), 1e-9), max(float((c * np.maximum(e0, 0)).sum()), 1e-9),
                 max(float(np.abs(np.diff(total)).sum()), 1e-9))
 
+    def _net(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(e, e₋₁)``, each ``(n_buildings,)``: the buildings' net consumption (kWh) in the step just taken and the
+        step before (``e`` again at the first step)."""
+        t = self.citylearn.time_step - 1
+        bs = self.citylearn.buildings
+        e = np.array([b.net_electricity_consumption[t] for b in bs], np.float64)
+        before = np.array([b.net_electricity_consumption[t - 1] for b in bs], np.float64) if t > 0 else e
+        return e, before
+
+    def ramps(self) -> np.ndarray:
+        """``(n_buildings,)``: each building's ramp ``|e − e₋₁|`` (kWh) in the step just taken (0 at the first)."""
+        e, before = self._net()
+        return np.abs(e - before)
+
     def score_rewards(self) -> np.ndarray:
         """``(n_buildings,)`` rewards of the step just taken: each building's share of the 2022 challenge's score
         (:mod:`sparta.grid.challenge`), ``−(T·n/3) · (p·max(0, e)/C⁰ + c·max(0, e)/G⁰ + ½ |e − e₋₁|/R⁰)``, with ``e``
@@ -287,8 +304,7 @@ class GridEnv(_ParallelEnv):
         t = self.citylearn.time_step - 1
         bs = self.citylearn.buildings
         c0, g0, r0 = self._score_scale
-        e = np.array([b.net_electricity_consumption[t] for b in bs], np.float64)
-        before = np.array([b.net_electricity_consumption[t - 1] for b in bs], np.float64) if t > 0 else e
+        e, before = self._net()
         p, c = float(bs[0].pricing.electricity_pricing[t]), float(bs[0].carbon_intensity.carbon_intensity[t])
         scale = self.episode_steps * len(bs) / 3
         return -scale * (p * np.maximum(e, 0) / c0 + c * np.maximum(e, 0) / g0 + 0.5 * np.abs(e - before) / r0)
