@@ -7,6 +7,7 @@ Run from the repository root::
                                                # (and the N:M model through autograd: --autograd-patterns)
     python benchmarks/nm.py memory             # bytes per stored weight, from the layers' arrays
     python benchmarks/nm.py masks              # transposable masks: greedy 2-approximation vs exact, update time
+    python benchmarks/nm.py update             # one NMSET update as a share of one fused epoch of the same model
     python benchmarks/nm.py accuracy           # every pattern vs unstructured SET vs dense, 3 seeds, 2 data sets
     python benchmarks/nm.py all --quick        # everything, small (smoke run)
 
@@ -273,6 +274,44 @@ def masks(args) -> None:
     print(markdown_table(["pattern", "transposable", "s / update"], rows))
 
 
+def update(args) -> None:
+    """One NMSET update against one fused epoch of the same model, timed in turn in each round (1 thread)."""
+    from sparta.topology.nm import NMSET, check_nm
+    from sparta.train import teacher_student
+    from sparta.train.loop import batch_step
+
+    sizes = [1024, 1024, 1024, 1024, 10]  # every pattern can be transposable at this width
+    data = teacher_student(n_train=args.n_train, n_test=1000, n_features=sizes[0], n_classes=sizes[-1], seed=0)
+    x, y = data.x_train, data.y_train
+    set_threads(1, sparse=True)
+    rows = []
+    for pattern in args.epoch_patterns:
+        for transposable in (False, True):
+            model, opt = build(f"nm-{pattern}{'T' if transposable else ''}", sizes, 0)
+            topo = NMSET(model, opt, zeta=ZETA, every=10**9, seed=0)
+            epochs, updates = [], []
+            for r in range(args.repeats + 1):  # round 0: warm-up (kernels compiled or loaded)
+                n = args.n_train if r else 4 * BATCH
+                order = torch.randperm(args.n_train, generator=torch.Generator().manual_seed(r))[:n]
+                t0 = time.perf_counter()
+                for s in range(0, n, BATCH):
+                    idx = order[s:s + BATCH]
+                    batch_step(model, opt, x.index_select(0, idx), y.index_select(0, idx), keep_grad=False)
+                t1 = time.perf_counter()
+                topo.update()
+                t2 = time.perf_counter()
+                check_nm(model)
+                if r:
+                    epochs.append(t1 - t0)
+                    updates.append(t2 - t1)
+            share = [u / e * 100 for u, e in zip(updates, epochs, strict=True)]
+            rows.append([pattern, "yes" if transposable else "no", fmt(statistics.median(epochs)),
+                         fmt(statistics.median(updates)), fmt(statistics.median(share)), f"{fmt(min(share))}–{fmt(max(share))}"])
+    print(f"\n### One NMSET update (ζ = {ZETA}) against one fused epoch ({args.n_train} samples, batch {BATCH}) of "
+          f"the same {'-'.join(map(str, sizes))} NMMLP, 1 thread, median of {args.repeats} rounds\n")
+    print(markdown_table(["pattern", "transposable", "s / epoch", "s / update", "update % of epoch", "range %"], rows))
+
+
 # ---------------------------------------------------------------------------------------------- accuracy
 def accuracy(args) -> None:
     from sparta.nn.nm_mlp import NMMLP
@@ -333,7 +372,7 @@ def accuracy(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("kernels", "epoch", "memory", "masks", "accuracy", "all"))
+    ap.add_argument("what", choices=("kernels", "epoch", "memory", "masks", "update", "accuracy", "all"))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--patterns", nargs="+", default=list(SPEED_PATTERNS))
     ap.add_argument("--epoch-patterns", nargs="+", default=["2:32", "1:16", "2:4"])
@@ -359,7 +398,7 @@ def main() -> None:
     info = machine_info()
     print(f"sparta N:M benchmark `{' '.join(sys.argv[1:])}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
           f"{info.get('cpu', '?')}; load {info.get('load_average', '?')}; a shared machine: medians, ranges beside them")
-    for what in ("kernels", "epoch", "memory", "masks", "accuracy"):
+    for what in ("kernels", "epoch", "memory", "masks", "update", "accuracy"):
         if args.what in (what, "all"):
             globals()[what](args)
 

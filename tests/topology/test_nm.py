@@ -142,3 +142,78 @@ def test_apply_rejects_breaking_the_pattern():
     with pytest.raises(ValueError, match="not 2:4"):
         view.apply(keep, torch.empty(0, dtype=torch.int64), torch.empty(0), None)
     check_nm(model)  # nothing changed
+
+
+def _regrow(state, n, m, transposable, seed):
+    import numpy as np
+
+    from sparta.kernels.nm import regrow_random
+
+    out_f, in_f = state.shape
+    mask = np.empty(out_f * in_f, np.uint8)
+    regrow_random(np.ascontiguousarray(state, np.uint8).reshape(-1), n, m, out_f, in_f, transposable, seed, mask)
+    return torch.from_numpy(mask.reshape(out_f, in_f)).bool()
+
+
+def _drop_state(mask, frac, gen):
+    """state of a mask after dropping a random ``frac`` of its connections: 2 kept, 1 dropped, 0 absent."""
+    state = mask.to(torch.uint8) * 2
+    drop = mask & (torch.rand(mask.shape, generator=gen) < frac)
+    state[drop] = 1
+    return state
+
+
+@pytest.mark.parametrize("n,m,transposable", [(2, 32, False), (1, 16, False), (3, 4, False), (2, 5, False),
+                                              (2, 8, True), (3, 4, True), (4, 16, True)])
+def test_random_regrowth_kernel_keeps_nm_and_the_kept(n, m, transposable):
+    gen = torch.Generator().manual_seed(n * 100 + m)
+    out_f, in_f = (2 * m, 3 * m) if transposable else (7, 3 * m + (m // 2 if m > 4 else 0))
+    if in_f % m and n > in_f % m:
+        in_f = 3 * m
+    for seed in range(1, 6):
+        mask = magnitude_mask(torch.rand(out_f, in_f, generator=gen, dtype=torch.float64), n, m, transposable)
+        state = _drop_state(mask, 0.4, gen)
+        new = _regrow(state.numpy(), n, m, transposable, seed)
+        assert _counts_ok_padded(new, n, m, transposable)
+        kept, dropped = state == 2, state == 1
+        if not transposable:
+            assert new[kept].all()  # every kept connection stays
+            # a dropped one comes back only in a block where the absent positions cannot fill it
+            g = -(-in_f // m)
+            pad = torch.zeros(out_f, g * m, dtype=torch.bool)
+            for name, t in (("absent", state == 0), ("back", new & dropped), ("need", dropped)):
+                pad.zero_()
+                pad[:, :in_f] = t
+                if name == "absent":
+                    absent = pad.reshape(out_f, g, m).sum(-1)
+                elif name == "back":
+                    back = pad.reshape(out_f, g, m).sum(-1)
+                else:
+                    need = pad.reshape(out_f, g, m).sum(-1)
+            assert torch.equal(back, (need - absent).clamp(min=0))
+        else:  # augmenting paths may give up a kept connection (more often the denser the pattern)
+            assert float(new[kept].float().mean()) > 0.8
+
+
+def _counts_ok_padded(mask, n, m, transposable):
+    out_f, in_f = mask.shape
+    g = -(-in_f // m)
+    pad = torch.zeros(out_f, g * m, dtype=torch.bool)
+    pad[:, :in_f] = mask
+    rows_ok = bool((pad.reshape(out_f, g, m).sum(-1) == n).all())
+    return rows_ok and (_counts_ok(mask, n, m, True) if transposable else True)
+
+
+def test_random_regrowth_is_uniform_over_the_absent_positions():
+    # one row, one block of 8 with 2 kept and 6 absent: the 2 regrown of N = 4 are a uniform pair of the 6
+    state = torch.tensor([[2, 0, 0, 2, 0, 0, 0, 0]], dtype=torch.uint8).numpy()
+    counts = torch.zeros(8)
+    trials = 3000
+    for seed in range(1, trials + 1):
+        counts += _regrow(state, 4, 8, False, seed)[0].float()
+    assert counts[0] == counts[3] == trials
+    share = counts[[1, 2, 4, 5, 6, 7]] / (2 * trials)  # each absent position: 1/6 of the picks
+    assert float((share - 1 / 6).abs().max()) < 0.02, share
+    # the same seed gives the same mask; another seed another one
+    assert torch.equal(_regrow(state, 4, 8, False, 7), _regrow(state, 4, 8, False, 7))
+    assert any(not torch.equal(_regrow(state, 4, 8, False, 7), _regrow(state, 4, 8, False, s)) for s in range(8, 20))

@@ -449,3 +449,134 @@ def greedy_transposable(scores, n, m, n_out, n_in, mask):  # pragma: no cover - 
                 base = (bo * m + r) * n_in + bi * m
                 for cidx in range(m):
                     mask[base + cidx] = blk[r * m + cidx]
+
+
+@numba.njit(inline="always")
+def _next(s):  # pragma: no cover - compiled by numba
+    """xorshift64* step: ``(new state, 31 random bits)`` (the state is a non-zero uint64)."""
+    s ^= s >> np.uint64(12)
+    s ^= s << np.uint64(25)
+    s ^= s >> np.uint64(27)
+    return s, np.int64((s * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(33))
+
+
+@numba.njit(inline="always")
+def _shuffle_prefix(buf, count, take, s):  # pragma: no cover - compiled by numba
+    """Fisher–Yates on ``buf[:count]`` for its first ``take`` places (a uniform random ``take``-subset, in
+    random order, at ``buf[:take]``); returns the RNG state."""
+    for i in range(min(take, count)):
+        s, r = _next(s)
+        j = i + r % (count - i)
+        t = buf[i]
+        buf[i] = buf[j]
+        buf[j] = t
+    return s
+
+
+@numba.njit(cache=True, nogil=True)
+def regrow_random(state, n, m, n_out, n_in, transposable, seed, mask):  # pragma: no cover - compiled by numba
+    """SET's random regrowth for an N:M layer after a drop, per block and without a dense score matrix.
+
+    ``state`` uint8 flat ``(out · in)``: 2 kept, 1 just dropped, 0 absent. ``mask`` uint8 flat ``(out · in)`` is
+    written (1: in the new mask). Plain masks: per block of a row, the kept connections, then a uniformly random
+    subset of the absent positions, then (only where a block has no other room) a random subset of the dropped ones,
+    ``N`` in all (the last block of a row may be narrower than ``M``). Transposable masks (``out``, ``in``
+    multiples of ``M``): per ``M × M`` block, :func:`greedy_transposable`'s greedy over the kept positions, then the
+    absent ones in random order, then the dropped ones in random order, completed by augmenting paths (which may
+    give up a kept connection). The same masks in distribution as the greedy/top-N over scores "kept 2, absent
+    U(0, ½), dropped U(−1, −½)"; the draws come from a xorshift64* stream seeded by ``seed``.
+    """
+    s = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) | _U1
+    for k in range(mask.shape[0]):
+        mask[k] = 0
+    if not transposable:
+        absent = np.empty(m, np.int64)
+        dropped = np.empty(m, np.int64)
+        g_count = (n_in + m - 1) // m
+        for o in range(n_out):
+            for g in range(g_count):
+                c0 = g * m
+                w = min(m, n_in - c0)
+                base = o * n_in + c0
+                a = 0
+                d = 0
+                k = 0
+                for c in range(w):
+                    st = state[base + c]
+                    if st == 2:
+                        mask[base + c] = 1
+                        k += 1
+                    elif st == 1:
+                        dropped[d] = c
+                        d += 1
+                    else:
+                        absent[a] = c
+                        a += 1
+                need = n - k
+                s = _shuffle_prefix(absent, a, need, s)
+                for i in range(min(need, a)):
+                    mask[base + absent[i]] = 1
+                need -= min(need, a)
+                s = _shuffle_prefix(dropped, d, need, s)
+                for i in range(min(need, d)):
+                    mask[base + dropped[i]] = 1
+        return
+    mm = m * m
+    blk = np.zeros(mm, np.uint8)
+    absent = np.empty(mm, np.int64)
+    dropped = np.empty(mm, np.int64)
+    prev = np.empty(2 * m, np.int64)
+    seen = np.empty(2 * m, np.int64)
+    queue = np.empty(m, np.int64)
+    rc = np.zeros(m, np.int64)
+    cc = np.zeros(m, np.int64)
+    for bo in range(n_out // m):
+        for bi in range(n_in // m):
+            for r in range(m):
+                rc[r] = 0
+                cc[r] = 0
+            taken = 0
+            a = 0
+            d = 0
+            for r in range(m):  # the kept connections first (a valid transposable mask's subset: all fit)
+                base = (bo * m + r) * n_in + bi * m
+                for c in range(m):
+                    q = r * m + c
+                    st = state[base + c]
+                    blk[q] = 0
+                    if st == 2 and rc[r] < n and cc[c] < n:
+                        rc[r] += 1
+                        cc[c] += 1
+                        blk[q] = 1
+                        taken += 1
+                    elif st == 1:
+                        dropped[d] = q
+                        d += 1
+                    elif st == 0:
+                        absent[a] = q
+                        a += 1
+            for pool in range(2):  # then absent, then dropped positions, each in random order (lazy Fisher–Yates)
+                buf = absent if pool == 0 else dropped
+                cnt = a if pool == 0 else d
+                for i in range(cnt):
+                    if taken == m * n:
+                        break
+                    s, rnd = _next(s)
+                    j = i + rnd % (cnt - i)
+                    q = buf[j]
+                    buf[j] = buf[i]
+                    buf[i] = q
+                    r = q // m
+                    c = q - r * m
+                    if rc[r] < n and cc[c] < n:
+                        rc[r] += 1
+                        cc[c] += 1
+                        blk[q] = 1
+                        taken += 1
+            for r in range(m):
+                while rc[r] < n:
+                    _augment(blk, rc, cc, n, m, r, prev, seen, queue)
+            for r in range(m):
+                base = (bo * m + r) * n_in + bi * m
+                for c in range(m):
+                    mask[base + c] = blk[r * m + c]

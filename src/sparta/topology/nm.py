@@ -10,12 +10,14 @@ Masks (``scores (out, in)``, e.g. ``|W|``; bool ``(out, in)`` results):
 
 Dynamic training: :class:`NMSET` and :class:`NMRigL` are SET and RigL (same drop scores, same schedules) whose
 regrowth stays inside the blocks the drops emptied, so the layer is N:M (and transposable N:M) after every
-update. Their only new piece is :meth:`NMGrowth.grow_score`: random (SET) or ``|∂L/∂W|`` (RigL). Each update
-ranks, per block, the kept connections first, then the absent positions by grow score, then the connections
-just dropped (taken back, with their values and optimizer state, only where a block has no other room), and keeps
-the best ``N`` per block (transposable: greedy on the ``M × M`` block, completed by augmenting paths; where an
-augmenting path removes a kept connection it is dropped too). An update forms one dense ``(out, in)`` score
-matrix per layer: ``O(in · out)`` time and memory, cheap at the SET-MLP's sizes.
+update. Their only new piece is :meth:`NMGrowth.final_mask`. Each update ranks, per block, the kept connections
+first, then the absent positions by a grow score, then the connections just dropped (taken back, with their
+values and optimizer state, only where a block has no other room), and keeps the best ``N`` per block
+(transposable: greedy on the ``M × M`` block, completed by augmenting paths; where an augmenting path removes a
+kept connection it is dropped too). RigL's grow score is ``|∂L/∂W|`` (:meth:`NMRigL.grow_score`, one dense
+``(out, in)`` score matrix per layer); SET's is random, drawn per block inside one numba kernel
+(:func:`sparta.kernels.nm.regrow_random`) without a score matrix or a sort. Either is ``O(in · out)`` per layer
+(a byte of state per position), cheap at the SET-MLP's sizes.
 
 :class:`~sparta.topology.layers.NMView` is the :class:`~sparta.topology.layers.LayerView` of
 :class:`~sparta.nn.nm.NMLinear`, so GMP-free
@@ -24,9 +26,11 @@ algorithms that only drop and grow (``Static`` too) see N:M layers like any othe
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from sparta.kernels import nm as knm
 from sparta.nn.nm import NMLinear, check_shape, magnitude_mask
 from sparta.topology.layers import LayerView, NMView
 from sparta.topology.rigl import RigL
@@ -78,19 +82,25 @@ class NMGrowth:
         """Score of every position, float64 ``(out, in)`` (higher grows first); only absent ones matter."""
         raise NotImplementedError
 
-    def grow_from_kept(self, view: LayerView, n: int, keep: torch.Tensor) -> torch.Tensor:
-        """Keys of ``n`` new connections of an N:M layer, grown inside the blocks the drops emptied (other layers:
-        the base algorithm's rule)."""
-        if not isinstance(view, NMView):
-            return super().grow_from_kept(view, n, keep)  # type: ignore[misc]
+    def final_mask(self, view: NMView, keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The layer's mask after the update, bool flat ``(out · in)``: per block the kept connections ``keys[keep]``
+        first, then the absent positions by :meth:`grow_score`, then the connections just dropped (``keys[~keep]``),
+        ``N`` per block (transposable: greedy on the ``M × M`` block, completed by augmenting paths)."""
         m = view.module
-        keys = view.keys()
         score = self.grow_score(view).to(torch.float64).reshape(-1)
         lo, hi = float(score.min()), float(score.max())
         score = (score - lo) / (hi - lo) * 0.5 if hi > lo else torch.zeros_like(score)  # absent: [0, 0.5]
         score[keys[keep]] = 2.0  # kept first
         score[keys[~keep]] -= 1.0  # just dropped: last, taken back only where a block has no other room
-        final = magnitude_mask(score.reshape(view.n_out, view.n_in), m.n, m.m, m.transposable).reshape(-1)
+        return magnitude_mask(score.reshape(view.n_out, view.n_in), m.n, m.m, m.transposable).reshape(-1)
+
+    def grow_from_kept(self, view: LayerView, n: int, keep: torch.Tensor) -> torch.Tensor:
+        """Keys of ``n`` new connections of an N:M layer, grown inside the blocks the drops emptied (other layers:
+        the base algorithm's rule)."""
+        if not isinstance(view, NMView):
+            return super().grow_from_kept(view, n, keep)  # type: ignore[misc]
+        keys = view.keys()
+        final = self.final_mask(view, keys, keep)
         # a connection in the final mask stays (a dropped one taken back keeps its value and optimizer state); an
         # augmenting path of a transposable block may give up a kept one
         keep.copy_(final[keys])
@@ -103,9 +113,18 @@ class NMSET(NMGrowth, SET):
     """SET on N:M layers (Mocanu et al. 2018's drop rule and schedule; random regrowth inside the emptied blocks).
     Arguments as :class:`~sparta.topology.SET`; other sparse layers of the model evolve as under SET."""
 
-    def grow_score(self, view: LayerView) -> torch.Tensor:
-        """Random ``(out, in)`` float64 scores (SET's random regrowth)."""
-        return torch.rand(view.n_out, view.n_in, generator=self.generator, dtype=torch.float64)
+    def final_mask(self, view: NMView, keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """As :meth:`NMGrowth.final_mask` with uniformly random grow scores, drawn per block by
+        :func:`sparta.kernels.nm.regrow_random` (no dense score matrix, no sort); its seed comes from the
+        algorithm's generator, so a run restored from a checkpoint draws the same connections."""
+        mod = view.module
+        state = torch.zeros(view.n_out * view.n_in, dtype=torch.uint8)
+        state[keys[~keep]] = 1
+        state[keys[keep]] = 2
+        seed = int(torch.randint(1, 2**62, (1,), generator=self.generator))
+        mask = np.empty(view.n_out * view.n_in, np.uint8)
+        knm.regrow_random(state.numpy(), mod.n, mod.m, view.n_out, view.n_in, mod.transposable, seed, mask)
+        return torch.from_numpy(mask).bool()
 
 
 class NMRigL(NMGrowth, RigL):
