@@ -202,15 +202,16 @@ _SERIES: dict = {}  # the last evaluation's series: the loads without batteries 
 
 
 def variant(method: str, args: argparse.Namespace) -> str:
-    """The folder name of ``method``'s protocol runs: a learner's name says which agent, reward, residual mode and
-    number of training episodes it ran with when they are not the defaults (``td3-residual-gmp-0.95``,
+    """The folder name of ``method``'s protocol runs: a learner's name says which agent, reward, residual mode,
+    number of training episodes and updates per step it ran with when they are not the defaults (``td3-residual-gmp-0.95``,
     ``3ep-gmp-0.95``), so variants never share results."""
     name = method.replace(":", "-")
     if method in CONTROLLERS or method == "lp":
         return name
     tags = [args.agent if args.agent != "sac" else "", "residual" if args.residual else "",
             args.reward if args.reward != "solar_penalty" else "",
-            f"{args.episodes}ep" if args.protocol and (args.episodes or 1) != 1 else ""]
+            f"{args.episodes}ep" if args.protocol and (args.episodes or 1) != 1 else "",
+            f"{args.updates_per_step}ups" if args.updates_per_step != 1 else ""]
     return "-".join([*(t for t in tags if t), name])
 
 

@@ -219,6 +219,13 @@ def test_score_reward_is_each_buildings_share_of_the_challenge_score():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
+def test_cli_offers_every_reward_of_the_env():
+    from sparta.grid import cli
+    from sparta.grid.env import REWARDS
+
+    assert tuple(sorted(REWARDS)) == cli.REWARD_NAMES
+
+
 def test_solar_ramp_reward_is_solar_penalty_less_each_buildings_ramp():
     kw = dict(kpis_at_end=False, buildings=["Building_1", "Building_4"], batteries="challenge-2022")
     envs = [GridEnv(None, 10, 1, reward=r, **kw) for r in ("solar_penalty", "solar_ramp")]

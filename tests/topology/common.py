@@ -78,7 +78,9 @@ def dense_conv_model(seed: int = 0, dtype=torch.float64) -> nn.Sequential:
 
 def input_for(model: nn.Module, batch: int, seed: int, dtype=torch.float64) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    first = next(m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | SparseLinear))
+    from sparta.nn.nm import NMLinear
+
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d | SparseLinear | NMLinear))
     if isinstance(first, nn.Conv2d):
         return torch.randn(batch, first.in_channels, 5, 5, generator=gen, dtype=dtype)
     return torch.randn(batch, first.in_features, generator=gen, dtype=dtype)

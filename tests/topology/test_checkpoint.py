@@ -20,6 +20,18 @@ def build(case: str, seed: int):
         model = dense_conv_model(seed) if case == "gmp_conv" else dense_mlp(seed)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         return model, opt, GMP(model, opt, final_sparsity=0.9, start=2, end=12, every=2, breakeven=0.4)
+    if case.startswith("nm"):  # N:M layers under NMSET: the regrowth kernel's seed comes from the generator
+        from torch import nn
+
+        from sparta.nn.nm import NMLinear
+        from sparta.topology.nm import NMSET
+
+        g = torch.Generator().manual_seed(seed)
+        t = case == "nmT"
+        model = nn.Sequential(NMLinear(16, 16, 2, 8, transposable=t, generator=g), nn.ReLU(),
+                              NMLinear(16, 8, 2, 8, transposable=t, generator=g), nn.ReLU(), nn.Linear(8, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, opt, NMSET(model, opt, zeta=0.3, every=2, seed=seed)
     if case == "importance":
         model = chain(seed, sizes=(10, 24, 16, 4))
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -40,6 +52,8 @@ def build(case: str, seed: int):
 def run_steps(model, opt, algo, t0: int, steps: int) -> None:
     for t in range(t0, t0 + steps):
         x, y = input_for(model, 12, seed=1000 + t), targets(12, 4, seed=2000 + t)
+        if next(model.parameters()).dtype == torch.float32:
+            x = x.float()
         train_step(model, opt, x, y)
         algo.step()
 
@@ -79,7 +93,7 @@ def assert_same(a, b):
 
 
 CASES = ["sparse-set-sgd", "sparse-set-adam", "sparse-rigl-sgd", "sparse-rigl-adam", "masked-set-adam",
-         "masked-rigl-sgd", "conv-set-sgd", "conv-rigl-adam", "sparse-static-adam", "gmp", "gmp_conv", "importance"]
+         "masked-rigl-sgd", "conv-set-sgd", "conv-rigl-adam", "sparse-static-adam", "gmp", "gmp_conv", "importance", "nm", "nmT"]
 
 
 @pytest.mark.parametrize("case", CASES)

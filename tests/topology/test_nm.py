@@ -217,3 +217,31 @@ def test_random_regrowth_is_uniform_over_the_absent_positions():
     # the same seed gives the same mask; another seed another one
     assert torch.equal(_regrow(state, 4, 8, False, 7), _regrow(state, 4, 8, False, 7))
     assert any(not torch.equal(_regrow(state, 4, 8, False, 7), _regrow(state, 4, 8, False, s)) for s in range(8, 20))
+
+
+@pytest.mark.parametrize("n,m,transposable", [(7, 8, False), (3, 8, True)])
+def test_random_regrowth_matches_the_score_ranking_in_distribution(n, m, transposable):
+    # the kernel against the rule it replaces: top-N (or greedy transposable) over scores "kept 2, free U(0, ½),
+    # dropped U(−1, −½)"; per-position frequencies over many draws agree (dropped positions included)
+    gen = torch.Generator().manual_seed(5)
+    if transposable:
+        mask = magnitude_mask(torch.rand(m, m, generator=gen, dtype=torch.float64), n, m, True)
+        state = _drop_state(mask, 0.5, gen)
+    else:  # one block: 3 kept, 1 free, 4 dropped, N = 7: the free one always, 3 of the 4 dropped
+        state = torch.tensor([[2, 1, 0, 2, 1, 1, 2, 1]], dtype=torch.uint8)
+    trials = 2000
+    kernel = torch.zeros(state.shape)
+    ranked = torch.zeros(state.shape)
+    for seed in range(1, trials + 1):
+        kernel += _regrow(state.numpy(), n, m, transposable, seed).float()
+        score = torch.rand(state.shape, generator=gen, dtype=torch.float64) * 0.5
+        score[state == 2] = 2.0
+        score[state == 1] -= 1.0
+        ranked += magnitude_mask(score, n, m, transposable).float()
+    assert float((kernel / trials - ranked / trials).abs().max()) < 0.06
+    if not transposable:
+        np_state = state[0]
+        assert kernel[0, np_state == 0].eq(trials).all() and kernel[0, np_state == 2].eq(trials).all()
+        assert float((kernel[0, np_state == 1] / trials - 0.75).abs().max()) < 0.04
+    else:
+        assert (kernel[state == 1] > 0).any()  # dropped positions do come back in some draws

@@ -35,6 +35,8 @@ RBC_ALGO = "grid-controller"
 KPI_COLUMNS = ("cost_total", "carbon_emissions_total", "daily_peak_average", "all_time_peak_average",
                "ramping_average", "daily_one_minus_load_factor_average")
 EVAL_DIR = "eval"
+# the env's reward names (sparta.grid.env.REWARDS; not imported here: the parser stays light; a test keeps them equal)
+REWARD_NAMES = ("default", "independent_sac", "marl", "score", "solar_penalty", "solar_ramp")
 SHORT = {"one_minus_load_factor": "1-load factor", "average_score": "(C+G)/2", "score": "(C+G+D)/3"}
 
 
@@ -77,7 +79,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--episode-days", dest="episode_days", type=int, help="days per episode (default: the whole year)")
     t.add_argument("--start-day", dest="start_day", type=int, help="first day of the episode in the data (default 0, "
                                                                    "1 August)")
-    t.add_argument("--reward", choices=("default", "solar_penalty", "marl", "independent_sac", "score", "solar_ramp"),
+    t.add_argument("--reward", choices=REWARD_NAMES,
                    help="reward for --agent sac/td3: a CityLearn reward function (default solar_penalty, the reward of "
                         "CityLearn's SAC examples; 'default' is −max(net consumption, 0)) or score (each "
                         "building's share of the 2022 challenge's score: cost, emissions and ramping) or "

@@ -28,6 +28,8 @@ connections of a row.
   output-gradient row read once for it and for the connection's value gradient; optionally the next layer's
   derivative and bias gradient in the same pass.
 * :func:`greedy_transposable` — the 2-approximation of the best transposable mask (Hubara et al. 2021).
+* :func:`regrow_random` — SET's random regrowth inside the blocks a drop emptied (plain and transposable), per
+  block, without a score matrix.
 """
 
 from __future__ import annotations

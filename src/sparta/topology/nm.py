@@ -17,7 +17,7 @@ values and optimizer state, only where a block has no other room), and keeps the
 kept connection it is dropped too). RigL's grow score is ``|∂L/∂W|`` (:meth:`NMRigL.grow_score`, one dense
 ``(out, in)`` score matrix per layer); SET's is random, drawn per block inside one numba kernel
 (:func:`sparta.kernels.nm.regrow_random`) without a score matrix or a sort. Either is ``O(in · out)`` per layer
-(a byte of state per position), cheap at the SET-MLP's sizes.
+(SET: a byte of state per position; RigL: a float64 score), cheap at the SET-MLP's sizes.
 
 :class:`~sparta.topology.layers.NMView` is the :class:`~sparta.topology.layers.LayerView` of
 :class:`~sparta.nn.nm.NMLinear`, so GMP-free
@@ -75,8 +75,9 @@ def kept_fraction(scores: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 class NMGrowth:
-    """Mixin for a drop-and-grow algorithm on N:M layers: regrowth inside the blocks the drops emptied, ranked by
-    :meth:`grow_score`. Put it before the algorithm class (``class NMSET(NMGrowth, SET)``)."""
+    """Mixin for a drop-and-grow algorithm on N:M layers: regrowth inside the blocks the drops emptied. A subclass
+    gives either :meth:`grow_score` (a score per position, ranked by :meth:`final_mask`; RigL) or its own
+    :meth:`final_mask` (SET: random, per block). Put it before the algorithm class (``class NMSET(NMGrowth, SET)``)."""
 
     def grow_score(self, view: LayerView) -> torch.Tensor:
         """Score of every position, float64 ``(out, in)`` (higher grows first); only absent ones matter."""
@@ -124,7 +125,7 @@ class NMSET(NMGrowth, SET):
         seed = int(torch.randint(1, 2**62, (1,), generator=self.generator))
         mask = np.empty(view.n_out * view.n_in, np.uint8)
         knm.regrow_random(state.numpy(), mod.n, mod.m, view.n_out, view.n_in, mod.transposable, seed, mask)
-        return torch.from_numpy(mask).bool()
+        return torch.from_numpy(mask).view(torch.bool)
 
 
 class NMRigL(NMGrowth, RigL):
