@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -47,6 +48,7 @@ SEEDS = [0, 1, 2]
 FRAMES = 2_000_000
 LAST = 3  # a run's score: the mean return of its last 3 evaluations' episodes (the last 10 % of training)
 EVALS = 20  # evaluations per run (every 5 % of its frames)
+CLOCK_EVERY = 60.0  # seconds between writes of a run's time file (a killed session loses at most this much)
 EVAL_EPISODES = 10
 CONFIG = dict(learning_rate=2.5e-4, batch_size=32, buffer_size=100_000, learning_starts=5000, train_frequency=4,
               target_network_frequency=250, start_e=1.0, end_e=0.1, hidden=(128,), loss="huber", gamma=0.99)
@@ -99,14 +101,31 @@ def train_one(game: str, method: str, width: int, seed: int, frames: int, runs: 
     resume = (run_dir / "checkpoint.pt").is_file()
     meta = Path(runs) / f"{name}.time.json"  # wall-clock and CPU seconds of this run's sessions so far
     spent = json.loads(meta.read_text()) if resume and meta.is_file() else {"wall": 0.0, "cpu": 0.0, "sessions": 0}
-    spent["sessions"] += 1  # a session killed before it adds its time still counts
-    write_json_atomic(meta, spent)
+    spent["sessions"] += 1
+    base = dict(spent)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     t0, c0 = time.time(), ru.ru_utime + ru.ru_stime
-    result = dqn.train(cfg, run_dir, resume=resume, overwrite=not resume, stop_after=stop_after)
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    spent["wall"] += time.time() - t0  # a killed session's time is lost (not counted)
-    spent["cpu"] += ru.ru_utime + ru.ru_stime - c0
+
+    def clock() -> dict:  # base + this session so far (one run per process: RUSAGE_SELF is this run's CPU)
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return {"wall": base["wall"] + time.time() - t0, "cpu": base["cpu"] + r.ru_utime + r.ru_stime - c0,
+                "sessions": base["sessions"]}
+
+    stop = threading.Event()
+
+    def tick() -> None:  # a killed session loses at most CLOCK_EVERY seconds of its time
+        while not stop.wait(CLOCK_EVERY):
+            write_json_atomic(meta, clock())
+
+    write_json_atomic(meta, spent)
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        result = dqn.train(cfg, run_dir, resume=resume, overwrite=not resume, stop_after=stop_after)
+    finally:
+        stop.set()
+        ticker.join()
+    spent = clock()  # the time of work redone after a kill (since the last checkpoint) counts: it was spent
     write_json_atomic(meta, spent)
     if "stopped_at" in result:
         return ""
@@ -141,7 +160,7 @@ def estimate(results: Path, game: str, method: str, width: int, frames: int) -> 
     width's (either method), else FRAME_SECONDS."""
     for pattern in (f"{game}_{method}_x{width}_seed*.json", f"{game}_*_x{width}_seed*.json"):
         done = [json.loads(p.read_text()) for p in results.glob(pattern)]
-        done = [d for d in done if d["frames"] == frames]
+        done = [d for d in done if d["frames"] == frames and not d.get("time_note")]
         if done:
             return float(np.median([d["wall_seconds"] for d in done]))
     return FRAME_SECONDS.get(width, 1.3e-2) * frames
@@ -220,14 +239,16 @@ def report(results: Path, plots: Path, games: list[str], widths: list[int], meth
                 diag = [r["diagnostics"] for r in runs if r.get("diagnostics")]
                 dormant = f"{np.mean([d['dormant']['0.1'][-1] for d in diag]):.3f}" if diag else "–"
                 srank = f"{np.mean([d['effective_rank'] for d in diag]):.0f} / {diag[0]['width']}" if diag else "–"
+                timed = [r for r in runs if not r.get("time_note")]  # time_note: a session's time was not recorded
+                wall = f"{np.median([r['wall_seconds'] for r in timed]) / 60:.0f}" if timed else "–"
+                cpu = f"{np.median([r['cpu_seconds'] for r in timed]) / 60:.0f}" if timed else "–"
                 table.append(f"| {game} | {method} | ×{w} | {len(runs)} | {mid:.2f} | [{lo:.2f}, {hi:.2f}] | "
                              f"{np.mean([r['density'] for r in runs]):.3f} | {dormant} | {srank} | "
-                             f"{np.median([r['wall_seconds'] for r in runs]) / 60:.0f} | "
-                             f"{np.median([r['cpu_seconds'] for r in runs]) / 60:.0f} | {runs[0]['frames']} |")
+                             f"{wall} | {cpu} | {runs[0]['frames']} |")
                 label = f"{method} {game}" if (method, game) not in labelled else None
                 labelled.add((method, game))
-                axes[-1].scatter([w + (0.1 if method == "gmp" else -0.1)] * len(runs),
-                                 [r["wall_seconds"] / 60 for r in runs], color=colours.get(method, "k"),
+                axes[-1].scatter([w + (0.1 if method == "gmp" else -0.1)] * len(timed),
+                                 [r["wall_seconds"] / 60 for r in timed], color=colours.get(method, "k"),
                                  marker="o" if game == games[0] else "s", s=14, label=label)
             if xs:
                 label = "dense" if method == "dense" else f"{method.upper()} 95 %"

@@ -73,3 +73,25 @@ def test_bad_arguments_exit_with_one_line() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "width.py"), "--stop-by", "noon"], env=env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "sparta: error: --stop-by" in out.stderr
+
+
+def test_a_killed_sessions_time_is_kept(tmp_path, monkeypatch):
+    """The run's time file is rewritten every CLOCK_EVERY seconds while it trains, so a session that dies (here:
+    an exception out of the training loop, which skips the final write) has its time on record."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import width
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from sparta.rl import dqn
+
+    def dies(*args, **kwargs):
+        time.sleep(0.5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(width, "CLOCK_EVERY", 0.05)
+    monkeypatch.setattr(dqn, "train", dies)
+    with pytest.raises(KeyboardInterrupt):
+        width.train_one("Breakout", "dense", 1, 0, FRAMES, str(tmp_path / "runs"), str(tmp_path / "results"), 4)
+    spent = json.loads((tmp_path / "runs" / "Breakout_dense_x1_seed0.time.json").read_text())
+    assert spent["sessions"] == 1 and 0.3 <= spent["wall"] < 5.0
