@@ -36,7 +36,7 @@ KPI_COLUMNS = ("cost_total", "carbon_emissions_total", "daily_peak_average", "al
                "ramping_average", "daily_one_minus_load_factor_average")
 EVAL_DIR = "eval"
 # the env's reward names (sparta.grid.env.REWARDS; not imported here: the parser stays light; a test keeps them equal)
-REWARD_NAMES = ("default", "independent_sac", "marl", "score", "solar_penalty", "solar_ramp")
+REWARD_NAMES = ("default", "independent_sac", "marl", "score", "score_soc", "solar_penalty", "solar_ramp")
 SHORT = {"one_minus_load_factor": "1-load factor", "average_score": "(C+G)/2", "score": "(C+G+D)/3"}
 
 
@@ -83,7 +83,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="reward for --agent sac/td3: a CityLearn reward function (default solar_penalty, the reward of "
                         "CityLearn's SAC examples; 'default' is −max(net consumption, 0)) or score (each "
                         "building's share of the 2022 challenge's score: cost, emissions and ramping) or "
-                        "solar_ramp (solar_penalty less the building's ramp |e − e₋₁|, kWh)")
+                        "solar_ramp (solar_penalty less the building's ramp |e − e₋₁|, kWh) or score_soc (score plus "
+                        "potential-based shaping on the stored energy)")
     t.add_argument("--residual", action="store_true", help="with --mode features: the agent corrects the "
                    "self-consumption rule (the battery gets clip(rule + action, -1, 1)) instead of acting alone")
     t.add_argument("--learning-starts", dest="learning_starts", type=int, help="random-action steps first (default 72)")

@@ -35,9 +35,12 @@ STEPS_PER_DAY = 24
 INSTALL = ("pip install pettingzoo pandas simplejson pyyaml platformdirs requests && "
            "pip install --no-deps citylearn==3.0.2")
 REWARDS = {"default": "RewardFunction", "solar_penalty": "SolarPenaltyReward", "marl": "MARL",
-           "independent_sac": "IndependentSACReward", "score": "RewardFunction", "solar_ramp": "SolarPenaltyReward"}
+           "independent_sac": "IndependentSACReward", "score": "RewardFunction", "solar_ramp": "SolarPenaltyReward",
+           "score_soc": "RewardFunction"}
 # `score` is sparta's, computed in GridEnv.step (CityLearn's default reward is computed and discarded): see
-# GridEnv.score_rewards; `solar_ramp` is CityLearn's solar_penalty less each building's ramp (GridEnv.ramps)
+# GridEnv.score_rewards; `solar_ramp` is CityLearn's solar_penalty less each building's ramp (GridEnv.ramps);
+# `score_soc` is `score` plus potential-based shaping on the stored energy (GridEnv.storage_shaping)
+SHAPING_GAMMA = 0.99  # the discount the shaping assumes (the grid learners' default gamma)
 # CityLearn 1.3.x's fixed battery curves (its Battery defaults; the 2022 challenge schemas set none), which
 # CityLearn 3 replaces by random draws when a schema leaves them out: `batteries="challenge-2022"` writes them into
 # every battery's attributes (source: CityLearn v1.3.6, citylearn/energy_model.py, Battery.power_efficiency_curve
@@ -140,7 +143,8 @@ class GridEnv(_ParallelEnv):
         reward: one of CityLearn's reward functions: ``default`` (−max(net consumption, 0) per building),
             ``solar_penalty``, ``marl``, ``independent_sac``; or sparta's ``score``, each building's share of the
             2022 challenge's score (:meth:`score_rewards`), or ``solar_ramp``, ``solar_penalty`` less the building's
-            ramp ``|e − e₋₁|`` in kWh (:meth:`ramps`; the challenge's ``D`` charges the district's ramps).
+            ramp ``|e − e₋₁|`` in kWh (:meth:`ramps`; the challenge's ``D`` charges the district's ramps), or
+            ``score_soc``, ``score`` plus potential-based shaping on the stored energy (:meth:`storage_shaping`).
         kpis_at_end: put CityLearn's KPIs into the last step's infos (``"kpis"``: the building's,
             ``"district_kpis"``: the district's; ~1 s of ``CityLearnEnv.evaluate``).
         district_seed: CityLearn draws each battery's efficiency and power curves when it builds the district;
@@ -202,7 +206,8 @@ class GridEnv(_ParallelEnv):
         self._low = np.stack([s.low for s in self._obs_spaces.values()]) if self._same_obs_dims() else None
         self._high = np.stack([s.high for s in self._obs_spaces.values()]) if self._same_obs_dims() else None
         self.episode_steps = last - first  # steps until the episode ends (CityLearn ends one before the last row)
-        self._score_scale = self._score_normalisers() if reward == "score" else None
+        self._kappa: float | None = None
+        self._score_scale = self._score_normalisers() if reward in ("score", "score_soc") else None
 
     # ------------------------------------------------------------------ spaces
     def observation_space(self, agent: str):
@@ -251,6 +256,8 @@ class GridEnv(_ParallelEnv):
         done = bool(terminated or truncated)
         if self.reward == "score":
             rewards = self.score_rewards()
+        elif self.reward == "score_soc":
+            rewards = self.score_rewards() + self.storage_shaping()
         elif self.reward == "solar_ramp":
             rewards = np.asarray(rewards, np.float64) - self.ramps()
         rew = {a: float(r) for a, r in zip(self.possible_agents, rewards, strict=True)}
@@ -291,6 +298,28 @@ class GridEnv(_ParallelEnv):
         """``(n_buildings,)``: each building's ramp ``|e − e₋₁|`` (kWh) in the step just taken (0 at the first)."""
         e, before = self._net()
         return np.abs(e - before)
+
+    def storage_shaping(self) -> np.ndarray:
+        """``(n_buildings,)`` potential-based shaping (Ng et al. 1999) of the step just taken,
+        ``γ·Φ(s') − Φ(s)`` with ``Φ = κ · soc · capacity`` (the stored kWh) and ``γ`` = :data:`SHAPING_GAMMA`:
+        charging is credited at once with what the stored energy will be worth, discharging debited, so the
+        score reward's delayed value of a charged battery becomes immediate, and the optimal policy is unchanged.
+        ``κ = (T·n/3)·(p̄/C⁰ + c̄/G⁰)``, the score reward of one kWh not imported at the episode's mean price
+        ``p̄`` and carbon intensity ``c̄`` (the scales of :meth:`score_rewards`)."""
+        t = self.citylearn.time_step - 1
+        bs = self.citylearn.buildings
+        if self._kappa is None:
+            c0, g0, _ = self._score_scale
+            T = self.episode_steps
+            p = float(np.mean(np.asarray(bs[0].pricing.electricity_pricing, np.float64)[:T]))
+            c = float(np.mean(np.asarray(bs[0].carbon_intensity.carbon_intensity, np.float64)[:T]))
+            self._kappa = T * len(bs) / 3 * (p / c0 + c / g0)
+        out = np.empty(len(bs))
+        for i, b in enumerate(bs):
+            es = b.electrical_storage
+            before = float(es.soc[t - 1]) if t > 0 else float(es.initial_soc)
+            out[i] = self._kappa * float(es.capacity) * (SHAPING_GAMMA * float(es.soc[t]) - before)
+        return out
 
     def score_rewards(self) -> np.ndarray:
         """``(n_buildings,)`` rewards of the step just taken: each building's share of the 2022 challenge's score
