@@ -219,6 +219,33 @@ def test_score_reward_is_each_buildings_share_of_the_challenge_score():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
+def test_score_soc_reward_is_score_plus_potential_shaping_on_stored_energy():
+    from sparta.grid.env import SHAPING_GAMMA
+
+    kw = dict(kpis_at_end=False, buildings=["Building_1", "Building_4"], batteries="challenge-2022")
+    envs = [GridEnv(None, 10, 2, reward=r, **kw) for r in ("score", "score_soc")]
+    for env in envs:
+        env.reset(seed=0)
+    rng = np.random.default_rng(2)
+    got = []
+    while envs[0].agents:
+        acts = {a: rng.uniform(-1, 1, 1).astype(np.float32) for a in envs[0].agents}
+        plain, shaped = (np.array(list(env.step(acts)[1].values())) for env in envs)
+        got.append(shaped - plain)
+    got = np.array(got).T
+    T = got.shape[1]
+    s = envs[1].series()
+    p, c, e0 = s["price"][:T], s["carbon"][:T], s["net_without_storage"][..., :T]
+    c0, g0 = (p * np.maximum(e0.sum(0), 0)).sum(), (c * np.maximum(e0, 0)).sum()
+    kappa = T * 2 / 3 * (p.mean() / c0 + c.mean() / g0)
+    bs = envs[1].citylearn.buildings
+    soc = np.array([np.asarray(b.electrical_storage.soc, float)[:T] for b in bs])
+    cap = np.array([b.electrical_storage.capacity for b in bs])[:, None]
+    before = np.concatenate([np.array([[b.electrical_storage.initial_soc] for b in bs]), soc[:, :-1]], axis=1)
+    assert np.abs(soc - before).sum() > 0.5  # the batteries moved: the term is not vacuous
+    np.testing.assert_allclose(got, kappa * cap * (SHAPING_GAMMA * soc - before), rtol=1e-6, atol=1e-9)
+
+
 def test_cli_offers_every_reward_of_the_env():
     from sparta.grid import cli
     from sparta.grid.env import REWARDS
