@@ -219,20 +219,27 @@ def test_score_reward_is_each_buildings_share_of_the_challenge_score():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
+def _reward_pair(first: str, second: str, days: int, seed: int):
+    """Two 2-building envs with rewards ``first`` and ``second`` stepped with the same random actions from day 10:
+    ``(envs, rewards of first, rewards of second)``, the rewards ``(n_buildings, T)``."""
+    kw = dict(kpis_at_end=False, buildings=["Building_1", "Building_4"], batteries="challenge-2022")
+    envs = [GridEnv(None, 10, days, reward=r, **kw) for r in (first, second)]
+    for env in envs:
+        env.reset(seed=0)
+    rng = np.random.default_rng(seed)
+    out: list[list[list[float]]] = [[], []]
+    while envs[0].agents:
+        acts = {a: rng.uniform(-1, 1, 1).astype(np.float32) for a in envs[0].agents}
+        for rows, env in zip(out, envs, strict=True):
+            rows.append(list(env.step(acts)[1].values()))
+    return envs, np.array(out[0]).T, np.array(out[1]).T
+
+
 def test_score_soc_reward_is_score_plus_potential_shaping_on_stored_energy():
     from sparta.grid.env import SHAPING_GAMMA
 
-    kw = dict(kpis_at_end=False, buildings=["Building_1", "Building_4"], batteries="challenge-2022")
-    envs = [GridEnv(None, 10, 2, reward=r, **kw) for r in ("score", "score_soc")]
-    for env in envs:
-        env.reset(seed=0)
-    rng = np.random.default_rng(2)
-    got = []
-    while envs[0].agents:
-        acts = {a: rng.uniform(-1, 1, 1).astype(np.float32) for a in envs[0].agents}
-        plain, shaped = (np.array(list(env.step(acts)[1].values())) for env in envs)
-        got.append(shaped - plain)
-    got = np.array(got).T
+    envs, plain, shaped = _reward_pair("score", "score_soc", days=2, seed=2)
+    got = shaped - plain
     T = got.shape[1]
     s = envs[1].series()
     p, c, e0 = s["price"][:T], s["carbon"][:T], s["net_without_storage"][..., :T]
@@ -254,21 +261,11 @@ def test_cli_offers_every_reward_of_the_env():
 
 
 def test_solar_ramp_reward_is_solar_penalty_less_each_buildings_ramp():
-    kw = dict(kpis_at_end=False, buildings=["Building_1", "Building_4"], batteries="challenge-2022")
-    envs = [GridEnv(None, 10, 1, reward=r, **kw) for r in ("solar_penalty", "solar_ramp")]
-    for env in envs:
-        env.reset(seed=0)
-    rng = np.random.default_rng(1)
-    got, want = [], []
-    while envs[0].agents:
-        acts = {a: rng.uniform(-1, 1, 1).astype(np.float32) for a in envs[0].agents}
-        plain, ramped = (list(env.step(acts)[1].values()) for env in envs)
-        got.append(ramped)
-        want.append(plain)
-    e = envs[1].series()["net"][:, :len(got)]
+    envs, want, got = _reward_pair("solar_penalty", "solar_ramp", days=1, seed=1)
+    e = envs[1].series()["net"][:, :got.shape[1]]
     ramp = np.abs(np.diff(e, axis=1, prepend=e[:, :1]))
     assert ramp.sum() > 1.0  # random actions make ramps: the term is not vacuous
-    np.testing.assert_allclose(np.array(got).T, np.array(want).T - ramp, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got, want - ramp, rtol=1e-6, atol=1e-9)
 
 
 def test_residual_agent_adds_its_action_to_the_self_consumption_rule():

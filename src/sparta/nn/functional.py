@@ -25,6 +25,35 @@ ALL = fused._ALL  # as a row or column range end: every row or column
 MIN_WORK_PER_THREAD = 1 << 21  # connections × samples a thread must get before a batch is split
 
 
+def check_batch(x: torch.Tensor, y: torch.Tensor, n_in: int | None) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``x`` is a ``(batch, n_in)`` tensor and ``y`` an int64 ``(batch,)`` one
+    (a classifier's training batch); ``n_in=None``: the types only."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be torch.Tensors, got {type(x).__name__} and {type(y).__name__}")
+    if n_in is None:
+        return
+    if x.dim() != 2 or x.shape[1] != n_in:
+        raise ValueError(f"x must have shape (batch, {n_in}), got {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype != torch.int64:
+        raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+
+
+def autograd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer | None,
+                  keep_grad: bool) -> tuple[float, int]:
+    """The unfused training step of a classifier: cross-entropy of ``model(x (B, in))`` against ``y (B,)``,
+    ``zero_grad(set_to_none=True)``, ``backward``, ``optimizer.step()`` (``None``: gradients only; ``keep_grad=False``
+    frees them after the step). Returns the mean loss and the correct predictions (``argmax``)."""
+    out = model(x)
+    loss = torch.nn.functional.cross_entropy(out, y)
+    (optimizer or model).zero_grad(set_to_none=True)
+    loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+        if not keep_grad:
+            model.zero_grad(set_to_none=True)
+    return float(loss.detach()), int((out.detach().argmax(-1) == y).sum())
+
+
 def _use_numba(backend: str, device: torch.device) -> bool:
     if backend == "torch":
         return False

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from sparta.kernels import bf16, fused, hashrng
 from sparta.kernels.threads import POOL, get_num_threads
-from sparta.nn.functional import INFER_BATCH, threads_for
+from sparta.nn.functional import INFER_BATCH, autograd_step, check_batch, threads_for
 from sparta.nn.fused_step import (
     _FusedMLPFunction,
     _FusedRunner,
@@ -274,25 +274,13 @@ class SparseMLP(nn.Module):
         in ``.grad`` (the module's ``zero_grad(set_to_none=True)`` and ``backward`` alone). Returns the batch's mean
         loss and how many of its samples the network classified correctly (``argmax``).
         """
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(f"x and y must be torch.Tensors, got {type(x).__name__} and {type(y).__name__}")
+        check_batch(x, y, None)
         st = self._fused_structure(x)
         n_in, n_out = ((st.sizes[0], st.sizes[-1]) if st is not None
                        else (_in_features(self.layers[0]), _out_features(self.layers[-1])))
-        if x.dim() != 2 or x.shape[1] != n_in:
-            raise ValueError(f"x must have shape (batch, {n_in}), got {tuple(x.shape)}")
-        if y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype != torch.int64:
-            raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+        check_batch(x, y, n_in)
         if st is None or not self._plain_step(st, x):
-            out = self(x)
-            loss = F.cross_entropy(out, y)
-            (optimizer or self).zero_grad(set_to_none=True)
-            loss.backward()
-            if optimizer is not None:
-                optimizer.step()
-                if not keep_grad:
-                    self.zero_grad(set_to_none=True)
-            return float(loss.detach()), int((out.detach().argmax(-1) == y).sum())
+            return autograd_step(self, x, y, optimizer, keep_grad)
         yn = y.detach().contiguous().numpy()
         if yn.size and (int(yn.min()) < 0 or int(yn.max()) >= n_out):
             raise ValueError(f"y must hold class indices in [0, {n_out}), got values in "

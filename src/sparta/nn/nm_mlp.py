@@ -120,29 +120,14 @@ class NMMLP(nn.Sequential):
         ``x (B, in)`` float, ``y (B,)`` int64 class indices in ``[0, out)``; ``optimizer=None`` leaves the
         gradients in ``.grad``; ``keep_grad=False`` leaves every ``.grad`` None on return. Returns the batch's
         mean loss and how many of its samples the network classified correctly (``argmax``)."""
-        from torch.nn import functional as F
-
         from sparta.nn import nm_step
+        from sparta.nn.functional import autograd_step, check_batch
 
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(f"x and y must be torch.Tensors, got {type(x).__name__} and {type(y).__name__}")
-        n_in = self[0].in_features
-        if x.dim() != 2 or x.shape[1] != n_in:
-            raise ValueError(f"x must have shape (batch, {n_in}), got {tuple(x.shape)}")
-        if y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype != torch.int64:
-            raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+        check_batch(x, y, self[0].in_features)
         st = nm_step.structure(self, x)
         if st is not None and nm_step.plain_step(self, st, x):
             return nm_step.train_step(self, st, x, y, optimizer, keep_grad)
-        out = self(x)
-        loss = F.cross_entropy(out, y)
-        (optimizer or self).zero_grad(set_to_none=True)
-        loss.backward()
-        if optimizer is not None:
-            optimizer.step()
-            if not keep_grad:
-                self.zero_grad(set_to_none=True)
-        return float(loss.detach()), int((out.detach().argmax(-1) == y).sum())
+        return autograd_step(self, x, y, optimizer, keep_grad)
 
     def release_arrays(self) -> None:
         """Forget the fused step's cached views of the layers' arrays (topology algorithms call it before editing)."""
