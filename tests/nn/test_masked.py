@@ -64,3 +64,48 @@ def test_from_sparse_matches(backend, dtype, tol, with_bias, lead, layout):
     assert (masked.weight.grad[~masked.mask] == 0).all()
     if with_bias:
         torch.testing.assert_close(sparse.bias.grad, masked.bias.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_masked_weight_cache_follows_every_change(kind):
+    """Forwards without a graph reuse weight ⊙ mask until the weight or the mask changes: an optimizer step, an
+    in-place edit of either, a replaced mask buffer, a state-dict load and a replaced ``.data`` all show."""
+    from sparta import MaskedConv2d
+
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer, x = MaskedLinear(7, 5, torch.rand(5, 7) < 0.5), torch.randn(3, 7)
+    else:
+        layer, x = MaskedConv2d(2, 3, 3, mask=torch.rand(3, 2, 3, 3) < 0.5), torch.randn(2, 2, 5, 5)
+
+    def check():
+        with torch.no_grad():
+            got = layer(x)
+        ref = layer._conv_forward(x, layer.weight * layer.mask, layer.bias) if kind == "conv" \
+            else F.linear(x, layer.weight * layer.mask, layer.bias)
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+    with torch.no_grad():
+        first = layer.masked_weight()
+        assert layer.masked_weight() is first  # reused while nothing changes
+    check()
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    layer(x).pow(2).sum().backward()  # graph mode: no stale reuse, cache dropped
+    assert layer._masked_cache is None
+    opt.step()
+    check()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    check()
+    layer.mask[0].logical_not_()
+    check()
+    layer.mask = ~layer.mask
+    check()
+    layer.load_state_dict({k: v + 1 if v.is_floating_point() else v for k, v in layer.state_dict().items()})
+    check()
+    layer.weight.data = torch.randn_like(layer.weight)
+    check()
+    with torch.no_grad():
+        layer.masked_weight()
+    g = layer.masked_weight()  # grad mode: a fresh product in the graph
+    assert g.requires_grad and g is not layer.masked_weight()

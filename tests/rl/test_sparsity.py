@@ -111,3 +111,32 @@ def test_invalid_agent_configs(kw, msg):
 
 def test_width_multiplier():
     assert SparsityConfig(width=3).hidden((120, 84)) == [360, 252]
+
+
+def test_dense_agents_get_torch_fused_optimizers():
+    """Dense baselines step with torch's fused kernels (equal to the default implementation within rounding);
+    sparse ones with sparta.optim; a checkpoint keeps the setting it was made with."""
+    from sparta import optim as sparta_optim
+    from sparta.rl.sparsity import SparsityConfig, optimizers
+
+    torch.manual_seed(0)
+    assert optimizers(SparsityConfig(method="set", sparsity=0.9)) is sparta_optim
+    dense = optimizers(SparsityConfig(method="dense"))
+    nets = [torch.nn.Linear(6, 4) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = dense.Adam(nets[0].parameters(), lr=1e-2)
+    plain = torch.optim.Adam(nets[1].parameters(), lr=1e-2)
+    assert fused.param_groups[0]["fused"] is True and not plain.param_groups[0]["fused"]
+    for _ in range(20):
+        x = torch.randn(8, 6)
+        for net, opt in zip(nets, (fused, plain), strict=True):
+            opt.zero_grad()
+            net(x).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert dense.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1).param_groups[0]["fused"] is True
+    assert dense.AdamW([{"params": [torch.nn.Parameter(torch.ones(2))]}], lr=0.1).param_groups[0]["fused"] is True
+    again = dense.Adam(torch.nn.Linear(6, 4).parameters(), lr=1e-2)
+    again.load_state_dict(plain.state_dict())
+    assert not again.param_groups[0]["fused"]  # an older run resumes with the implementation it began with

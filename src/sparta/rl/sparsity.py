@@ -125,10 +125,42 @@ def make_sparse(net: nn.Module, cfg: SparsityConfig, total_steps: int, seed: int
     return net
 
 
+class TorchFused:
+    """``torch.optim``'s Adam, AdamW and SGD with ``fused=True``: one kernel per step over every parameter, the
+    fastest update plain PyTorch offers on the CPU (a dense agent's default single-tensor Adam runs ~10 element-wise
+    passes per parameter: 7× slower on a 1.2 M-weight MinAtar ×3 network). The updates are torch's, equal to the
+    default implementation's within float rounding. Parameters of a kind the fused kernels do not take (not
+    floating point, or on a device without them) get the default implementation."""
+
+    @staticmethod
+    def _fused(params) -> tuple[list, bool]:
+        params = list(params)
+        ts = [t for g in params for t in (g["params"] if isinstance(g, dict) else [g])]
+        ok = bool(ts) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in ts)
+        return params, ok
+
+    @classmethod
+    def Adam(cls, params, **kwargs) -> torch.optim.Adam:  # noqa: N802 - torch.optim's name
+        params, ok = cls._fused(params)
+        return torch.optim.Adam(params, fused=ok or None, **kwargs)
+
+    @classmethod
+    def AdamW(cls, params, **kwargs) -> torch.optim.AdamW:  # noqa: N802 - torch.optim's name
+        params, ok = cls._fused(params)
+        return torch.optim.AdamW(params, fused=ok or None, **kwargs)
+
+    @classmethod
+    def SGD(cls, params, **kwargs) -> torch.optim.SGD:  # noqa: N802 - torch.optim's name
+        params, ok = cls._fused(params)
+        return torch.optim.SGD(params, fused=ok or None, **kwargs)
+
+
 def optimizers(cfg: SparsityConfig):
     """The optimizer module for an agent: ``sparta.optim`` (fused, one pass per parameter) for sparse networks,
-    ``torch.optim`` for dense ones (the plain-PyTorch baseline)."""
-    return torch.optim if cfg.method == "dense" else sparta_optim
+    :class:`TorchFused` (``torch.optim`` with ``fused=True``) for dense ones: the plain-PyTorch baseline at its
+    fastest. A checkpoint restores its optimizer's own setting (``fused`` is part of ``state_dict()``'s groups),
+    so a run resumed from an older checkpoint continues bit for bit."""
+    return TorchFused if cfg.method == "dense" else sparta_optim
 
 
 def make_algorithm(net: nn.Module, optimizer: torch.optim.Optimizer, cfg: SparsityConfig, total_steps: int,
