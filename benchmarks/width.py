@@ -59,6 +59,26 @@ EXPLORATION_FRAMES = 100_000
 FRAME_SECONDS = {1: 2.5e-3, 3: 7e-3, 5: 1.3e-2}
 
 
+def current_optimizer(method: str) -> str:
+    """The optimizer implementation a run of ``method`` begun now steps with (:func:`sparta.rl.sparsity.optimizers`)."""
+    return "torch Adam (fused)" if method == "dense" else "sparta.optim Adam"
+
+
+def optimizer_of(result: dict) -> str:
+    """The optimizer implementation a run stepped with: recorded since dense agents took torch's fused Adam;
+    a dense run without the record began before, with torch's default single-tensor Adam (7× slower per step on
+    a ×3 network: its times are not comparable, its returns are)."""
+    if "optimizer" in result:
+        return result["optimizer"]
+    return "torch Adam (single-tensor)" if result["method"] == "dense" else current_optimizer(result["method"])
+
+
+def comparable_time(result: dict) -> bool:
+    """Whether a run's time enters the time columns: its whole time recorded (no ``time_note``) and stepped with
+    the implementation its method uses now."""
+    return not result.get("time_note") and optimizer_of(result) == current_optimizer(result["method"])
+
+
 def run_name(game: str, method: str, width: int, seed: int) -> str:
     return f"{game}_{method}_x{width}_seed{seed}"
 
@@ -100,7 +120,10 @@ def train_one(game: str, method: str, width: int, seed: int, frames: int, runs: 
     cfg = make_config(game, method, width, seed, frames, evals, every)
     resume = (run_dir / "checkpoint.pt").is_file()
     meta = Path(runs) / f"{name}.time.json"  # wall-clock and CPU seconds of this run's sessions so far
-    spent = json.loads(meta.read_text()) if resume and meta.is_file() else {"wall": 0.0, "cpu": 0.0, "sessions": 0}
+    spent = json.loads(meta.read_text()) if resume and meta.is_file() else {"wall": 0.0, "cpu": 0.0, "sessions": 0,
+                                                                            "optimizer": current_optimizer(method)}
+    # a run begun before dense agents took torch's fused Adam keeps its implementation through its checkpoints
+    spent.setdefault("optimizer", optimizer_of({"method": method}))
     spent["sessions"] += 1
     base = dict(spent)
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -109,7 +132,7 @@ def train_one(game: str, method: str, width: int, seed: int, frames: int, runs: 
     def clock() -> dict:  # base + this session so far (one run per process: RUSAGE_SELF is this run's CPU)
         r = resource.getrusage(resource.RUSAGE_SELF)
         return {"wall": base["wall"] + time.time() - t0, "cpu": base["cpu"] + r.ru_utime + r.ru_stime - c0,
-                "sessions": base["sessions"]}
+                "sessions": base["sessions"], "optimizer": base["optimizer"]}
 
     stop = threading.Event()
 
@@ -143,6 +166,7 @@ def train_one(game: str, method: str, width: int, seed: int, frames: int, runs: 
         "train_returns": [[r["step"], r["return"]] for r in episodes[::-(-len(episodes) // 500) or 1]],
         "density": result["density"], "nnz": result["nnz"], "dense_size": result["dense_size"],
         "wall_seconds": spent["wall"], "cpu_seconds": spent["cpu"], "sessions": spent["sessions"],
+        "optimizer": spent["optimizer"],
         "diagnostics": diagnose_run(run_dir),
         "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -160,7 +184,7 @@ def estimate(results: Path, game: str, method: str, width: int, frames: int) -> 
     width's (either method), else FRAME_SECONDS."""
     for pattern in (f"{game}_{method}_x{width}_seed*.json", f"{game}_*_x{width}_seed*.json"):
         done = [json.loads(p.read_text()) for p in results.glob(pattern)]
-        done = [d for d in done if d["frames"] == frames and not d.get("time_note")]
+        done = [d for d in done if d["frames"] == frames and comparable_time(d)]
         if done:
             return float(np.median([d["wall_seconds"] for d in done]))
     return FRAME_SECONDS.get(width, 1.3e-2) * frames
@@ -239,7 +263,7 @@ def report(results: Path, plots: Path, games: list[str], widths: list[int], meth
                 diag = [r["diagnostics"] for r in runs if r.get("diagnostics")]
                 dormant = f"{np.mean([d['dormant']['0.1'][-1] for d in diag]):.3f}" if diag else "–"
                 srank = f"{np.mean([d['effective_rank'] for d in diag]):.0f} / {diag[0]['width']}" if diag else "–"
-                timed = [r for r in runs if not r.get("time_note")]  # time_note: a session's time was not recorded
+                timed = [r for r in runs if comparable_time(r)]  # see comparable_time
                 wall = f"{np.median([r['wall_seconds'] for r in timed]) / 60:.0f}" if timed else "–"
                 cpu = f"{np.median([r['cpu_seconds'] for r in timed]) / 60:.0f}" if timed else "–"
                 table.append(f"| {game} | {method} | ×{w} | {len(runs)} | {mid:.2f} | [{lo:.2f}, {hi:.2f}] | "

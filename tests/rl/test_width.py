@@ -95,3 +95,36 @@ def test_a_killed_sessions_time_is_kept(tmp_path, monkeypatch):
         width.train_one("Breakout", "dense", 1, 0, FRAMES, str(tmp_path / "runs"), str(tmp_path / "results"), 4)
     spent = json.loads((tmp_path / "runs" / "Breakout_dense_x1_seed0.time.json").read_text())
     assert spent["sessions"] == 1 and 0.3 <= spent["wall"] < 5.0
+    assert spent["optimizer"] == "torch Adam (fused)"
+
+
+def test_runs_begun_with_the_old_dense_adam_keep_their_record_and_leave_the_time_columns(tmp_path, monkeypatch):
+    """A dense run resumed from a time file written before dense agents took torch's fused Adam is recorded as
+    single-tensor (its checkpoint keeps that setting); such runs, and runs missing a session's time, do not enter
+    the time columns; every other run does."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import width
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from sparta.rl import dqn
+
+    runs = tmp_path / "runs"
+    (runs / "Breakout_dense_x1_seed0").mkdir(parents=True)
+    (runs / "Breakout_dense_x1_seed0" / "checkpoint.pt").write_bytes(b"")
+    (runs / "Breakout_dense_x1_seed0.time.json").write_text(json.dumps({"wall": 5.0, "cpu": 4.0, "sessions": 1}))
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dqn, "train", dies)
+    with pytest.raises(KeyboardInterrupt):
+        width.train_one("Breakout", "dense", 1, 0, FRAMES, str(runs), str(tmp_path / "results"), 4)
+    spent = json.loads((runs / "Breakout_dense_x1_seed0.time.json").read_text())
+    assert spent["sessions"] == 2 and spent["optimizer"] == "torch Adam (single-tensor)"
+    assert width.optimizer_of({"method": "dense"}) == "torch Adam (single-tensor)"
+    assert width.optimizer_of({"method": "gmp"}) == "sparta.optim Adam"
+    assert not width.comparable_time({"method": "dense"})
+    assert width.comparable_time({"method": "dense", "optimizer": "torch Adam (fused)"})
+    assert width.comparable_time({"method": "gmp"})
+    assert not width.comparable_time({"method": "gmp", "time_note": "a session's time was lost"})
