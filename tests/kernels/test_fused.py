@@ -220,7 +220,7 @@ def test_kernels_match_dense(dtype, parts, n_out, n_in, density, batch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("batch", [1, 3, 63, 65, 600])
+@pytest.mark.parametrize("batch", [1, 3, 32, 45, 63, 65, 104, 600])  # 32, 45, 104: the T_TAIL register tile
 def test_kernels_unroll_tails(dtype, batch):
     rng = np.random.default_rng(batch)
     mask = staircase_mask(57, 41)

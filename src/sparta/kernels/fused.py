@@ -125,6 +125,35 @@ def _stack_empty(typingctx, size, dtype):  # pragma: no cover - runs at compile 
     return types.CPointer(dtype.dtype)(types.int64, dtype), impl
 
 
+T_TAIL = 32  # a register tile for a batch part's last < T samples, where that many are left (then one by one)
+
+
+@numba.njit(inline="always", **_NJIT)
+def _pair_tile(accp, n, vp, idxp, srcp, start, end, ldu, cb, init):  # pragma: no cover - compiled by numba
+    """``accp[t] = init + Σ_k vp[k] · srcp[idxp[k] · ldu + cb + t]`` for ``t < n`` (``n`` a constant where this is
+    inlined, so the sums stay in registers), the connections ``k ∈ [start, end)`` added two at a time
+    (``acc += v₀x₀ + v₁x₁``, then a last single one), as the full tiles add them: two independent products per
+    step keep the adds off one dependency chain (one connection at a time, a 32-sample register tile ran 3×
+    slower than the in-memory loop it replaces; paired, 3.5× faster). Arrays as pointers (:func:`_ptr`)."""
+    prefer_wide()
+    for t in range(n):
+        accp[t] = init
+    k = start
+    while k + _U1 < end:
+        v0 = vp[k]
+        v1 = vp[k + _U1]
+        b0 = np.uint64(idxp[k]) * ldu + cb
+        b1 = np.uint64(idxp[k + _U1]) * ldu + cb
+        for t in range(n):
+            accp[t] += v0 * load(srcp, b0 + np.uint64(t)) + v1 * load(srcp, b1 + np.uint64(t))
+        k += _U2
+    if k < end:
+        v0 = vp[k]
+        b0 = np.uint64(idxp[k]) * ldu + cb
+        for t in range(n):
+            accp[t] += v0 * load(srcp, b0 + np.uint64(t))
+
+
 @numba.njit(inline="always", **_NJIT)
 def _epilogue(n, adst, a, dst, d, code, mode, act, slope, thr, scale, ku, col0):  # pragma: no cover
     """Apply the ``mode`` epilogue in place to the ``n`` sums just written at ``a[adst:]`` for the columns
@@ -198,6 +227,8 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
     acc = numba.carray(accb, T)
     out = a
     ap, dp, cp = _ptr(a), _ptr(d), _ptr(code)
+    tailp = _stack_empty(T_TAIL, values.dtype)
+    vp, ixp, xp = _ptr(values), _ptr(indices), _ptr(x)
     half = is_bf16(a)
     nfull = (c1 - c0) // T
     ctail = c0 + nfull * T
@@ -251,15 +282,27 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
                 _epilogue(ntail, _U0, accb, dst, dp, cp, mode, act, slope, thr, scale, ku, ctail + cg)
                 for t in range(ntail):
                     store(out, dst + np.uint64(t), acc[t])
-            else:
-                for t in range(ntail):
-                    out[dst + np.uint64(t)] = bi
-                for k in range(start, end):
-                    v0 = values[k]
-                    b0 = np.uint64(indices[k]) * ldu + np.uint64(ctail)
-                    for t in range(ntail):
-                        out[dst + np.uint64(t)] += v0 * load(x, b0 + np.uint64(t))
-                _epilogue(ntail, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, ctail + cg)
+            else:  # a register tile of T_TAIL samples where there are enough, then the rest in memory
+                cb = np.uint64(ctail)
+                left = ntail
+                if left >= T_TAIL:
+                    _pair_tile(tailp, T_TAIL, vp, ixp, xp, start, end, ldu, cb, bi)
+                    dst = row + cb
+                    for t in range(T_TAIL):
+                        out[dst + np.uint64(t)] = tailp[t]
+                    _epilogue(T_TAIL, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
+                    cb += np.uint64(T_TAIL)
+                    left -= T_TAIL
+                if left > 0:  # one connection at a time, as _rows adds them
+                    dst = row + cb
+                    for t in range(left):
+                        out[dst + np.uint64(t)] = bi
+                    for k in range(start, end):
+                        v0 = values[k]
+                        b0 = np.uint64(indices[k]) * ldu + cb
+                        for t in range(left):
+                            out[dst + np.uint64(t)] += v0 * load(x, b0 + np.uint64(t))
+                    _epilogue(left, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
 
 
 
@@ -892,7 +935,8 @@ def forward_pass(indptrs, indicess, valuess, biases, acts, ds, codes, x, out, c0
 @numba.njit(inline="always", **_NJIT_ORDERED)
 def _rows(ip, ix, v, b, src, dst, act, slope, one):  # pragma: no cover - compiled by numba
     """``dst = act(W src + b)`` for one sample (``act`` < 0: none); each sum starts at the bias and adds the
-    connections in CSR order, as the tiled forward does for samples outside a full tile (bit for bit)."""
+    connections in CSR order one at a time, as the tiled forward does for the last samples of a part that fill no
+    register tile (bit for bit)."""
     prefer_wide()
     for i in range(ip.shape[0] - 1):
         z = b[i]
