@@ -44,7 +44,7 @@ def _layer(rng, n_out=70, n_in=90):
     return csr_from_mask(mask, rng, np.float32)
 
 
-@pytest.mark.parametrize("batch", [1, 64, 130])
+@pytest.mark.parametrize("batch", [1, 45, 64, 100, 130])  # 45, 100: the 32-sample tail tile
 @pytest.mark.parametrize("mode,leaky,thr", [(fused.MODE_TRAIN, True, 0), (fused.MODE_TRAIN, True, 1 << 30),
                                             (fused.MODE_TRAIN, False, 1 << 30), (fused.MODE_EVAL, True, 0),
                                             (fused.MODE_LINEAR, True, 0)])
@@ -80,7 +80,7 @@ def test_forward_reads_and_writes_bfloat16_as_float32_would(batch, mode, leaky, 
     assert np.abs(from_bf16(to_bf16(ref)) - ref).max() > 0  # the storage really rounds
 
 
-@pytest.mark.parametrize("batch", [1, 64, 130])
+@pytest.mark.parametrize("batch", [1, 45, 64, 100, 130])  # 45, 100: the 32-sample tail tile
 @pytest.mark.parametrize("leaky", [True, False])
 def test_backward_kernels_read_and_write_bfloat16_as_float32_would(batch, leaky):
     rng = np.random.default_rng(batch + 7)

@@ -140,3 +140,6 @@ def test_dense_agents_get_torch_fused_optimizers():
     again = dense.Adam(torch.nn.Linear(6, 4).parameters(), lr=1e-2)
     again.load_state_dict(plain.state_dict())
     assert not again.param_groups[0]["fused"]  # an older run resumes with the implementation it began with
+    # the caller's choice wins; where torch refuses the fused kernels, the default implementation
+    assert dense.Adam(torch.nn.Linear(2, 2).parameters(), foreach=True).param_groups[0]["fused"] is None
+    assert not dense.Adam(torch.nn.Linear(2, 2).parameters(), lr=0.1, differentiable=True).param_groups[0]["fused"]

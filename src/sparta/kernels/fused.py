@@ -7,8 +7,9 @@ each take their own part of the batch through a whole training step with no shar
 the value gradient, which each part writes to its own buffer.
 
 Inside a range, full tiles of ``T = 64`` samples keep their partial sums in registers across all the
-connections of a row (a stack array that LLVM promotes to registers); the remaining ``< T`` samples
-go through a plain loop. Indices are read as unsigned integers so that numba emits no negative-index
+connections of a row (a stack array that LLVM promotes to registers); of the remaining ``< T`` samples, the
+forward takes ``T_TAIL = 32`` in a register tile where that many are left, and the rest (every kernel: all of
+them) go through a plain loop. Indices are read as unsigned integers so that numba emits no negative-index
 wrap-around code in the inner loops.
 
 * :func:`forward` — ``z = W x + b`` for each output row, with an *epilogue* applied while the row is
@@ -271,17 +272,29 @@ def forward(indptr, indices, values, bias, x, ld, c0, c1, a, d, code, mode, act,
                 _epilogue(T, dst, ap, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
         if ntail > 0:
             dst = row + np.uint64(ctail)
-            if half:
-                for t in range(ntail):
-                    acc[t] = bi
-                for k in range(start, end):
-                    v0 = values[k]
-                    b0 = np.uint64(indices[k]) * ldu + np.uint64(ctail)
-                    for t in range(ntail):
-                        acc[t] += v0 * load(x, b0 + np.uint64(t))
-                _epilogue(ntail, _U0, accb, dst, dp, cp, mode, act, slope, thr, scale, ku, ctail + cg)
-                for t in range(ntail):
-                    store(out, dst + np.uint64(t), acc[t])
+            if half:  # as the float branch below sums, the epilogue on the float sums, then one rounding each
+                cb = np.uint64(ctail)
+                left = ntail
+                if left >= T_TAIL:
+                    _pair_tile(tailp, T_TAIL, vp, ixp, xp, start, end, ldu, cb, bi)
+                    dst = row + cb
+                    _epilogue(T_TAIL, _U0, tailp, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
+                    for t in range(T_TAIL):
+                        store(out, dst + np.uint64(t), tailp[t])
+                    cb += np.uint64(T_TAIL)
+                    left -= T_TAIL
+                if left > 0:
+                    dst = row + cb
+                    for t in range(left):
+                        acc[t] = bi
+                    for k in range(start, end):
+                        v0 = values[k]
+                        b0 = np.uint64(indices[k]) * ldu + cb
+                        for t in range(left):
+                            acc[t] += v0 * load(x, b0 + np.uint64(t))
+                    _epilogue(left, _U0, accb, dst, dp, cp, mode, act, slope, thr, scale, ku, cb + np.uint64(cg))
+                    for t in range(left):
+                        store(out, dst + np.uint64(t), acc[t])
             else:  # a register tile of T_TAIL samples where there are enough, then the rest in memory
                 cb = np.uint64(ctail)
                 left = ntail

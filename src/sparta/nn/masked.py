@@ -26,31 +26,12 @@ class _Masked:
             raise ValueError(f"mask must have shape {tuple(self.weight.shape)}, got {tuple(mask.shape)}")
         self.register_buffer("mask", mask.to(device=self.weight.device, dtype=torch.bool))  # type: ignore[attr-defined]
         self.capture: dict | None = None  # set to a dict to keep the dense gradient of weight ⊙ mask (RigL)
-        self._masked_cache: tuple | None = None  # weight ⊙ mask for forwards without a graph, and its sources
         with torch.no_grad():
             self.weight.mul_(self.mask)
 
     def masked_weight(self) -> torch.Tensor:
-        """``weight ⊙ mask``; with ``capture`` set, its dense gradient is stored as ``capture["grad"]``.
-
-        Without a graph to build (grad mode off, e.g. an agent acting or forming TD targets), the product is
-        kept and reused until ``weight`` or ``mask`` changes (their version counters, which every in-place write
-        through torch and every sparta optimizer step bumps, or their storage): one more weight-sized tensor per
-        layer, computed once per parameter update instead of once per forward."""
-        weight, mask = self.weight, self.mask
-        if not (torch.is_grad_enabled() and weight.requires_grad):
-            cached = self.__dict__.get("_masked_cache")
-            # the cache holds the storages it was computed from, so their addresses cannot be reused meanwhile
-            if cached is not None and cached[0].data_ptr() == weight.data_ptr() and cached[1] == weight._version \
-                    and cached[2].data_ptr() == mask.data_ptr() and cached[3] == mask._version \
-                    and cached[4].shape == weight.shape and cached[4].dtype == weight.dtype:
-                return cached[4]
-            with torch.no_grad():
-                w = weight * mask
-            self._masked_cache = (weight.detach(), weight._version, mask, mask._version, w)
-            return w
-        self._masked_cache = None  # a graph step follows: the optimizer will change the weight
-        w = weight * mask
+        """``weight ⊙ mask``; with ``capture`` set, its dense gradient is stored as ``capture["grad"]``."""
+        w = self.weight * self.mask
         capture = self.capture
         if capture is not None and w.requires_grad:
             w.register_hook(lambda g: capture.__setitem__("grad", g))

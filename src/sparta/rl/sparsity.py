@@ -129,30 +129,34 @@ class TorchFused:
     """``torch.optim``'s Adam, AdamW and SGD with ``fused=True``: one kernel per step over every parameter, the
     fastest update plain PyTorch offers on the CPU (a dense agent's default single-tensor Adam runs ~10 element-wise
     passes per parameter: 7× slower on a 1.2 M-weight MinAtar ×3 network). The updates are torch's, equal to the
-    default implementation's within float rounding. Parameters of a kind the fused kernels do not take (not
-    floating point, or on a device without them) get the default implementation."""
+    default implementation's within float rounding. Where the fused kernels do not apply (a torch without CPU fused
+    optimizers, parameters that are not floating point, or ``fused``/``foreach`` given by the caller) the optimizer
+    is built as ``torch.optim`` builds it by default."""
 
     @staticmethod
-    def _fused(params) -> tuple[list, bool]:
+    def _build(cls: type, params, kwargs: dict) -> torch.optim.Optimizer:
         params = list(params)
-        ts = [t for g in params for t in (g["params"] if isinstance(g, dict) else [g])]
-        ok = bool(ts) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in ts)
-        return params, ok
+        if "fused" in kwargs or "foreach" in kwargs:
+            return cls(params, **kwargs)
+        try:
+            return cls(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # no fused kernel for these parameters or this torch
+            return cls(params, **kwargs)
 
     @classmethod
     def Adam(cls, params, **kwargs) -> torch.optim.Adam:  # noqa: N802 - torch.optim's name
-        params, ok = cls._fused(params)
-        return torch.optim.Adam(params, fused=ok or None, **kwargs)
+        """``torch.optim.Adam(params, fused=True, **kwargs)`` where it applies (see the class)."""
+        return cls._build(torch.optim.Adam, params, kwargs)
 
     @classmethod
     def AdamW(cls, params, **kwargs) -> torch.optim.AdamW:  # noqa: N802 - torch.optim's name
-        params, ok = cls._fused(params)
-        return torch.optim.AdamW(params, fused=ok or None, **kwargs)
+        """``torch.optim.AdamW(params, fused=True, **kwargs)`` where it applies (see the class)."""
+        return cls._build(torch.optim.AdamW, params, kwargs)
 
     @classmethod
     def SGD(cls, params, **kwargs) -> torch.optim.SGD:  # noqa: N802 - torch.optim's name
-        params, ok = cls._fused(params)
-        return torch.optim.SGD(params, fused=ok or None, **kwargs)
+        """``torch.optim.SGD(params, fused=True, **kwargs)`` where it applies (see the class)."""
+        return cls._build(torch.optim.SGD, params, kwargs)
 
 
 def optimizers(cfg: SparsityConfig):
