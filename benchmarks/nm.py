@@ -102,20 +102,21 @@ def kernels(args) -> None:
                 models = {"nm": NMLinear(*shape, n, m), "csr": SparseLinear(*shape, density=d)}
                 if shape[0] % m == 0 and shape[1] % m == 0:
                     models["nm-T"] = NMLinear(*shape, n, m, transposable=True)
+                models["nm-V4"] = NMLinear(*shape, n, m, vector=4)  # vector-wise: groups of 4 rows share positions
                 models["dense"] = torch.nn.Linear(*shape)
                 fns = {k: layer_step(v, args.batch, args.inner) for k, v in models.items()}
                 log(f"kernels: {shape} {pattern} at {threads} thread(s)")
                 res = alternate(fns, args.repeats)
                 med = {k: statistics.median(v) for k, v in res.items()}
                 rows.append([threads, f"{shape[0]}→{shape[1]}", pattern, fmt(d * 100), fmt(med["nm"] * 1e3),
-                             fmt(med["nm-T"] * 1e3) if "nm-T" in med else "–", fmt(med["csr"] * 1e3),
-                             fmt(med["dense"] * 1e3), fmt(med["csr"] / med["nm"]),
-                             fmt(med["csr"] / med["nm-T"]) if "nm-T" in med else "–", fmt(med["dense"] / med["nm"]),
-                             spread(res["nm"])])
+                             fmt(med["nm-T"] * 1e3) if "nm-T" in med else "–", fmt(med["nm-V4"] * 1e3),
+                             fmt(med["csr"] * 1e3), fmt(med["dense"] * 1e3), fmt(med["csr"] / med["nm"]),
+                             fmt(med["csr"] / med["nm-T"]) if "nm-T" in med else "–", fmt(med["csr"] / med["nm-V4"]),
+                             fmt(med["dense"] / med["nm"]), spread(res["nm"]), spread(res["nm-V4"])])
     print(f"\n### One layer, forward + backward (x, values, bias gradients), batch {args.batch}, "
           f"median of {args.repeats} × {args.inner} steps, ms\n")
-    print(markdown_table(["threads", "layer", "pattern", "density %", "N:M", "N:M transp.", "CSR", "dense",
-                          "CSR / N:M", "CSR / N:M T", "dense / N:M", "N:M range"], rows))
+    print(markdown_table(["threads", "layer", "pattern", "density %", "N:M", "N:M transp.", "N:M V4", "CSR", "dense",
+                          "CSR / N:M", "CSR / N:M T", "CSR / N:M V4", "dense / N:M", "N:M range", "N:M V4 range"], rows))
 
 
 # ------------------------------------------------------------------------------------------------- epoch
@@ -140,7 +141,9 @@ def build(kind: str, sizes: list[int], seed: int):
     autograd = kind.endswith("-autograd")  # nm-2:32-autograd: the same model through autograd and torch.optim
     pattern = kind[3:].removesuffix("-autograd")
     transposable = pattern.endswith("T")
-    model = NMMLP(sizes, pattern.rstrip("T"), transposable=transposable, generator=gen, **common)
+    vector = 4 if pattern.endswith("V4") else 1  # nm-2:32V4: vector-wise (groups of 4 rows share positions)
+    model = NMMLP(sizes, pattern.removesuffix("V4").rstrip("T"), transposable=transposable, generator=gen,
+                  vector=vector, **common)
     return model, (torch.optim if autograd else sparta.optim).SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
                                                                   weight_decay=WD)
 
@@ -286,7 +289,7 @@ def update(args) -> None:
     set_threads(1, sparse=True)
     rows = []
     for pattern in args.epoch_patterns:
-        for transposable in (False, True):
+        for transposable in ((False,) if pattern.endswith(("V4", "T")) else (False, True)):
             model, opt = build(f"nm-{pattern}{'T' if transposable else ''}", sizes, 0)
             topo = NMSET(model, opt, zeta=ZETA, every=10**9, seed=0)
             epochs, updates = [], []
@@ -305,7 +308,7 @@ def update(args) -> None:
                     epochs.append(t1 - t0)
                     updates.append(t2 - t1)
             share = [u / e * 100 for u, e in zip(updates, epochs, strict=True)]
-            rows.append([pattern, "yes" if transposable else "no", fmt(statistics.median(epochs)),
+            rows.append([pattern, "yes" if transposable or pattern.endswith("T") else "no", fmt(statistics.median(epochs)),
                          fmt(statistics.median(updates)), fmt(statistics.median(share)), f"{fmt(min(share))}–{fmt(max(share))}"])
     print(f"\n### One NMSET update (ζ = {ZETA}) against one fused epoch ({args.n_train} samples, batch {BATCH}) of "
           f"the same {'-'.join(map(str, sizes))} NMMLP, 1 thread, median of {args.repeats} rounds\n")
@@ -331,13 +334,14 @@ def accuracy(args) -> None:
     }
     rows = []
     for name, (load, sizes, epochs) in sets.items():
-        configs: list[tuple[str, str | None, bool, float | None]] = [("dense", None, False, None)]
+        configs: list[tuple[str, str | None, bool, float | None, int]] = [("dense", None, False, None, 1)]
         for d in sorted({density_of(p) for p in args.acc_patterns}, reverse=True):
-            configs.append((f"SET {fmt(d * 100)} %", None, False, d))
+            configs.append((f"SET {fmt(d * 100)} %", None, False, d, 1))
         for p in args.acc_patterns:
-            configs.append((f"N:M {p}", p, False, None))
-            configs.append((f"N:M {p} T", p, True, None))
-        for label, pattern, transposable, density in configs:
+            for variant in args.acc_variants:  # plain, T (transposable), V4 (vector-wise, groups of 4 rows)
+                configs.append((f"N:M {p}" + ("" if variant == "plain" else f" {variant}"), p, variant == "T", None,
+                                4 if variant == "V4" else 1))
+        for label, pattern, transposable, density, vector in configs:
             accs = []
             for seed in range(args.seeds):
                 data = load(seed)
@@ -345,7 +349,7 @@ def accuracy(args) -> None:
                 gen = torch.Generator().manual_seed(seed)
                 common = dict(activation="allrelu", alpha=ALPHA, dropout=DROPOUT)
                 if pattern is not None:
-                    model = NMMLP(sizes, pattern, transposable=transposable, generator=gen, **common)
+                    model = NMMLP(sizes, pattern, transposable=transposable, generator=gen, vector=vector, **common)
                 elif density is not None:
                     model = mlp(sizes, density=density, fused=False, dense_last=True, generator=gen, **common)
                 else:
@@ -375,10 +379,13 @@ def main() -> None:
     ap.add_argument("what", choices=("kernels", "epoch", "memory", "masks", "update", "accuracy", "all"))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--patterns", nargs="+", default=list(SPEED_PATTERNS))
-    ap.add_argument("--epoch-patterns", nargs="+", default=["2:32", "1:16", "2:4"])
+    ap.add_argument("--epoch-patterns", nargs="+", default=["2:32", "1:16", "2:4", "2:32V4", "1:16V4"],
+                    help="epoch: N:M models (a T suffix: transposable; V4: vector-wise, groups of 4 rows)")
     ap.add_argument("--autograd-patterns", nargs="*", default=["2:32"],
                     help="epoch: patterns also timed through autograd (the step before the fused one)")
     ap.add_argument("--acc-patterns", nargs="+", default=list(ACC_PATTERNS))
+    ap.add_argument("--acc-variants", nargs="+", choices=("plain", "T", "V4"), default=["plain", "T", "V4"],
+                    help="accuracy: which N:M variants of each pattern (T: transposable; V4: vector-wise)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--inner", type=int, default=20)
     ap.add_argument("--batch", type=int, default=BATCH)

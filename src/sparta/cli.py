@@ -52,7 +52,7 @@ TRAIN_FLAGS = ("dataset", "data", "hidden", "algo", "density", "epsilon", "zeta"
                "alpha", "dropout", "init", "loss", "optimizer", "lr", "lr_fan_in", "momentum", "weight_decay", "batch_size",
                "epochs", "seed", "data_seed", "threads", "checkpoint_every", "compare_dense", "workers", "transpose",
                "activation_storage", "eval_batch_size", "importance_pruning", "ip_percentile", "ip_every", "ip_start",
-               "nm", "transposable")
+               "nm", "transposable", "nm_vector")
 RESUME_FLAGS = ("epochs", "threads", "checkpoint_every")
 
 
@@ -191,6 +191,10 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                     "(default: none: unstructured sparse layers)")
     nm.add_argument("--transposable", action=argparse.BooleanOptionalAction,
                     help="with --nm: masks N:M along the columns too (M must divide every hidden width and the input)")
+    nm.add_argument("--nm-vector", dest="nm_vector", type=int, choices=(1, 4), metavar="V",
+                    help="with --nm: 4 makes the layers vector-wise: groups of 4 output rows share their positions "
+                    "(each row its own values), so the kernels read each input row once for 4 rows (faster; every "
+                    "hidden width a multiple of 4)")
     from sparta.train.config import RunConfig
 
     defaults = RunConfig()

@@ -190,3 +190,86 @@ def test_to_nm_sparse_mlp_matches_masked_reference():
         else:
             h = h @ w.t() + layer.bias
     torch.testing.assert_close(conv(x), h)
+
+
+# ------------------------------------------------------------------ vector-wise N:M (groups of 4 rows share positions)
+@pytest.mark.parametrize("pattern", ["2:4", "1:16", "2:32", "4:64"])
+@pytest.mark.parametrize("batch", [5, 64, 131])  # tail only, one full tile, tiles + tail
+def test_vector_autograd_matches_dense_float64(pattern, batch):
+    n, m = parse_pattern(pattern)
+    g = torch.Generator().manual_seed(batch)
+    n_in, n_out = m + n + 3 if m + n + 3 < 2 * m else 2 * m, 12  # a narrower last block where it fits
+    layer = NMLinear(n_in, n_out, n, m, vector=4, dtype=torch.float64, generator=g)
+    layer.check()
+    mk = layer.mask()
+    assert torch.equal(mk.reshape(3, 4, n_in), mk.reshape(3, 4, n_in)[:, :1].expand(-1, 4, -1))  # shared by groups
+    x = torch.randn(batch, n_in, dtype=torch.float64, generator=g, requires_grad=True)
+    y = layer(x)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=g)
+    (y * gy).sum().backward()
+    w = layer.to_dense().requires_grad_(True)
+    b = layer.bias.detach().clone().requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    (((x2 @ w.t() + b) * gy).sum()).backward()
+    torch.testing.assert_close(y, x2.detach() @ w.detach().t() + b.detach())
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(layer.values.grad, w.grad[mk])
+    torch.testing.assert_close(layer.bias.grad, b.grad)
+
+
+def test_vector_equals_plain_kernels_float32_and_threads():
+    """A vector-wise layer computes what the plain N:M kernels compute on the same layout, at 1 and 2 threads."""
+    from sparta.nn.nm import nm_linear
+
+    layer = NMLinear(200, 64, 2, 32, vector=4, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(300, 200, generator=torch.Generator().manual_seed(5))
+    before = get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            set_num_threads(threads)
+            for vector in (1, 4):  # the same layout through the plain kernels (vector=1) and the vector-wise ones
+                xr = x.clone().requires_grad_(True)
+                v = layer.values.detach().clone().requires_grad_(True)
+                nm_linear(xr, v, layer.bias, layer.pos, layer.tpos, 2, 32, 200, vector=vector).square().sum().backward()
+                out.append((v.grad, xr.grad))
+    finally:
+        set_num_threads(before)
+    for dv, dx in out[1:]:
+        torch.testing.assert_close(dv, out[0][0], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(dx, out[0][1], rtol=1e-5, atol=1e-5)
+
+
+def test_vector_validation_and_masks():
+    with pytest.raises(ValueError, match="vector must be one of"):
+        NMLinear(32, 8, 2, 4, vector=3)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        NMLinear(32, 10, 2, 4, vector=4)
+    with pytest.raises(ValueError, match="transposable or vector-wise"):
+        NMLinear(32, 32, 2, 4, vector=4, transposable=True)
+    layer = NMLinear(16, 8, 1, 4, vector=4)
+    mk = layer.mask().clone()
+    mk[1] = mk[1].roll(1)  # row 1 leaves its group's positions (still 1:4)
+    with pytest.raises(ValueError, match="not vector-wise: rows 0–3"):
+        layer.set_mask(mk, torch.zeros(layer.nnz))
+    # the magnitude mask keeps the top n per block of each group's summed |w|
+    w = torch.randn(8, 16, generator=torch.Generator().manual_seed(6))
+    mk = magnitude_mask(w.abs(), 1, 4, vector=4)
+    group = w.abs().reshape(2, 4, 4, 4).sum(1)  # (groups, blocks, m)
+    want = torch.zeros_like(group, dtype=torch.bool).scatter_(-1, group.argmax(-1, keepdim=True), True)
+    assert torch.equal(mk, want.reshape(2, 16).repeat_interleave(4, 0))
+    conv = NMLinear.from_dense(w, 1, 4, vector=4)
+    assert conv.vector == 4 and torch.equal(conv.mask(), mk)
+    torch.testing.assert_close(conv.to_dense(), w * mk)
+
+
+def test_vector_state_dict_round_trip_and_refusals():
+    a = NMLinear(40, 8, 2, 8, vector=4, generator=torch.Generator().manual_seed(7))
+    b = NMLinear(40, 8, 2, 8, vector=4)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.to_dense(), b.to_dense()) and b.vector == 4
+    with pytest.raises(ValueError, match="state_dict is for an NMLinear"):
+        NMLinear(40, 8, 2, 8).load_state_dict(a.state_dict())
+    old = NMLinear(40, 8, 2, 8).state_dict()  # a state dict saved before vector-wise layers: vector 1
+    old["_extra_state"] = {k: v for k, v in old["_extra_state"].items() if k != "vector"}
+    NMLinear(40, 8, 2, 8).load_state_dict(old)

@@ -22,16 +22,19 @@ CASES = [("2:4", False, "allrelu"), ("2:4", True, "allrelu"), ("1:4", True, "rel
          ("4:8", True, "sigmoid"), ("1:16", False, "allrelu"), ("2:32", True, "allrelu"), ("3:256", False, "allrelu")]
 
 
-def _model(pattern, transposable, activation, seed, dropout=0.3, dtype=torch.float64):
+def _model(pattern, transposable, activation, seed, dropout=0.3, dtype=torch.float64, vector=1):
     n, m = (int(v) for v in pattern.split(":"))
     rng = np.random.default_rng(seed)
-    if transposable:
+    if vector > 1:  # hidden widths multiples of the group, the input leaving a narrower last block
+        sizes = [m * int(rng.integers(1, 3)) + int(rng.integers(n, m))]
+        sizes += [4 * int(rng.integers(2, 2 * m)) for _ in range(int(rng.integers(1, 3)))]
+    elif transposable:
         sizes = [m * int(rng.integers(1, 4)) for _ in range(1 + int(rng.integers(1, 3)))]
     else:  # widths that leave a narrower last block
         sizes = [m * int(rng.integers(1, 3)) + int(rng.integers(n, m)) for _ in range(1 + int(rng.integers(1, 3)))]
     sizes.append(int(rng.integers(2, 12)))
     model = NMMLP(sizes, pattern, transposable=transposable, activation=activation, dropout=dropout,
-                  generator=torch.Generator().manual_seed(seed))
+                  generator=torch.Generator().manual_seed(seed), vector=vector)
     return model.to(dtype)
 
 
@@ -70,13 +73,15 @@ def _reference_grads(model: NMMLP, x: torch.Tensor, y: torch.Tensor, step: int):
     return float(loss.detach()), grads
 
 
-@pytest.mark.parametrize("pattern,transposable,activation", CASES)
+@pytest.mark.parametrize("pattern,transposable,activation,vector",
+                         [(*c, 1) for c in CASES] + [("2:4", False, "allrelu", 4), ("1:16", False, "tanh", 4),
+                                                     ("2:32", False, "relu", 4)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gradients_and_sgd_match_dense_reference(pattern, transposable, activation, threads):
+def test_gradients_and_sgd_match_dense_reference(pattern, transposable, activation, vector, threads):
     sparta.set_num_threads(threads)
     try:
         for seed in range(2):
-            model = _model(pattern, transposable, activation, seed)
+            model = _model(pattern, transposable, activation, seed, vector=vector)
             rng = np.random.default_rng(seed)
             batch = int(rng.choice([1, 37, 64, 100, 150]))
             x = torch.randn(batch, model[0].in_features, generator=torch.Generator().manual_seed(seed),
@@ -110,14 +115,16 @@ def test_gradients_and_sgd_match_dense_reference(pattern, transposable, activati
         sparta.set_num_threads(None)
 
 
-@pytest.mark.parametrize("pattern,transposable", [("2:32", False), ("1:16", True), ("2:4", True)])
-def test_matches_the_autograd_step_with_topology_updates(pattern, transposable):
+@pytest.mark.parametrize("pattern,transposable,vector", [("2:32", False, 1), ("1:16", True, 1), ("2:4", True, 1),
+                                                          ("2:32", False, 4), ("1:4", False, 4)])
+def test_matches_the_autograd_step_with_topology_updates(pattern, transposable, vector):
     """float32: the fused step with sparta.optim.SGD against NMMLP through autograd with torch.optim.SGD, with
-    NMSET updates in between (the N:M structure checked after each); the same losses and parameters."""
+    NMSET updates in between (the N:M structure checked after each, vector-wise groups included); the same losses
+    and parameters."""
     n, m = (int(v) for v in pattern.split(":"))
-    sizes = [2 * m, 3 * m, 2 * m, 10] if transposable else [2 * m + n, 3 * m, 2 * m + n, 10]
+    sizes = [2 * m, 3 * m, 2 * m, 10] if transposable else [2 * m + n, 3 * m, 2 * m + 4, 10]
     fused_model = NMMLP(sizes, pattern, transposable=transposable, dropout=0.3,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0), vector=vector)
     auto_model = copy.deepcopy(fused_model)
     fused_opt = sparta.optim.SGD(fused_model.parameters(), lr=LR, momentum=MOM, weight_decay=WD)
     auto_opt = torch.optim.SGD(auto_model.parameters(), lr=LR, momentum=MOM, weight_decay=WD)

@@ -245,3 +245,44 @@ def test_random_regrowth_matches_the_score_ranking_in_distribution(n, m, transpo
         assert float((kernel[0, np_state == 1] / trials - 0.75).abs().max()) < 0.04
     else:
         assert (kernel[state == 1] > 0).any()  # dropped positions do come back in some draws
+
+
+@pytest.mark.parametrize("algo", ["set", "rigl"])
+@pytest.mark.parametrize("pattern", ["2:4", "1:16"])
+def test_dynamic_updates_keep_vector_wise_nm(algo, pattern):
+    """On vector-wise layers SET and RigL drop and grow whole units (a position shared by a group of 4 rows): the
+    layer stays N:M and shared by each group after every update, SET drops ζ of the units with the smallest
+    summed |w|, and kept connections keep their values."""
+    n, m = (int(v) for v in pattern.split(":"))
+    g = torch.Generator().manual_seed(2)
+    model = nn.Sequential(NMLinear(2 * m, 16, n, m, vector=4, generator=g), nn.ReLU(),
+                          NMLinear(16, 8, 1, 4, vector=4, generator=g), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    cls = NMSET if algo == "set" else NMRigL
+    kw = {"zeta": 0.3} if algo == "set" else {"alpha": 0.3, "end": 100}
+    topo = cls(model, opt, every=1, seed=1, **kw)
+    views = [v for v in topo.layers if isinstance(v, NMView)]
+    changed = 0
+    for _ in range(4):
+        _train_steps(model, opt)
+        before = [(v.module.mask().clone(), v.module.to_dense().clone()) for v in views]
+        topo.update()
+        check_nm(model)  # includes each group sharing its positions
+        for v, (b, w) in zip(views, before, strict=True):
+            mod = v.module
+            mk = mod.mask()
+            assert _counts_ok(mk, mod.n, mod.m, False)
+            groups = mk.reshape(mod.out_features // 4, 4, -1)
+            assert torch.equal(groups, groups[:, :1].expand(-1, 4, -1))
+            kept = mk & b
+            assert torch.equal(mod.to_dense()[kept], w[kept])
+            changed += int((mk != b).sum())
+            if algo == "set":  # the dropped units are the ζ smallest by their group's summed |w|
+                units = w.abs().reshape(mod.out_features // 4, 4, -1).sum(1)
+                gone = (b & ~mk).reshape(mod.out_features // 4, 4, -1)[:, 0]
+                present = b.reshape(mod.out_features // 4, 4, -1)[:, 0]
+                k = int(0.3 * int(present.sum()))
+                assert int(gone.sum()) <= k  # (a dropped unit may be grown back where its block has no other room)
+                if int(gone.sum()):
+                    assert float(units[gone].max()) <= float(torch.kthvalue(units[present], k).values) + 1e-12
+    assert changed > 0

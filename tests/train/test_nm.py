@@ -21,33 +21,37 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("pattern,transposable,algo", [("2:8", False, "set"), ("1:16", False, "rigl"),
-                                                         ("2:4", True, "set"), ("4:32", True, "static")])
-def test_train_eval_report_resume(tmp_path, capsys, pattern, transposable, algo):
+@pytest.mark.parametrize("pattern,transposable,algo,vector", [("2:8", False, "set", 1), ("1:16", False, "rigl", 1),
+                                                                ("2:4", True, "set", 1), ("4:32", True, "static", 1),
+                                                                ("2:8", False, "set", 4), ("1:16", False, "rigl", 4)])
+def test_train_eval_report_resume(tmp_path, capsys, pattern, transposable, algo, vector):
     run = tmp_path / "run"
     flags = ["--nm", pattern, "--algo", algo] + (["--transposable"] if transposable else [])
+    flags += ["--nm-vector", "4"] if vector == 4 else []
+    kind = " transposable" if transposable else " vector-wise (groups of 4 rows)" if vector == 4 else ""
+    label = " T" if transposable else " V4" if vector == 4 else ""
     code, out, err = run_cli(capsys, "train", *TINY, *flags, "--out", run, "--stop-after", "1")
     assert code == 0, err
     n, m = (int(v) for v in pattern.split(":"))
     d = f"{100 * n / m:.2f}%"
-    assert f"N:M {pattern}{' transposable' if transposable else ''}" in out
+    assert f"N:M {pattern}{kind} (" in out
     assert f"layer densities {d}, {d}, 100.00%" in out and "is dense: ε" not in out
     code, out, err = run_cli(capsys, "train", "--resume", run, "-q")
     assert code == 0, err
     ck = load_checkpoint(run)
-    model = NMMLP([64, 64, 32, 10], pattern, transposable=transposable, dropout=0.1)  # the default dropout
+    model = NMMLP([64, 64, 32, 10], pattern, transposable=transposable, dropout=0.1, vector=vector)  # default dropout
     model.load_state_dict(ck["model"])
-    check_nm(model)  # the trained masks are N:M (and column-wise N:M when transposable)
+    check_nm(model)  # the trained masks are N:M (column-wise N:M when transposable, shared by groups when vector-wise)
     if algo != "static":  # the topology evolved: masks differ from the initial ones of the same seed
         first = NMMLP([64, 64, 32, 10], pattern, transposable=transposable, dropout=0.1,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0), vector=vector)
         assert not torch.equal(first[0].pos, model[0].pos)
     code, out, err = run_cli(capsys, "eval", run, "--json")
     assert code == 0, err
     res = json.loads(out)
     assert res[0]["epoch"] == 2 and 0 <= res[0]["test_acc"] <= 1
     code, out, err = run_cli(capsys, "eval", run)
-    assert code == 0 and f"{algo.upper()} N:M {pattern}{' T' if transposable else ''} (sparse)" in out, out
+    assert code == 0 and f"{algo.upper()} N:M {pattern}{label} (sparse)" in out, out
     code, out, err = run_cli(capsys, "report", run)
     assert code == 0 and len(out.split()) == 5, err
     summary = json.loads((run / "summary.json").read_text())
@@ -62,6 +66,9 @@ def test_train_eval_report_resume(tmp_path, capsys, pattern, transposable, algo)
     (["--nm", "2:32", "--transposable", "--hidden", "64", "48"], "layer 2 (64 → 48)"),
     (["--nm", "2:32", "--hidden", "64", "33", "33"], "layer 3 (33 → 33)"),
     (["--transposable"], "transposable applies to N:M runs"),
+    (["--nm-vector", "4"], "nm_vector applies to N:M runs"),
+    (["--nm", "2:8", "--nm-vector", "4", "--transposable"], "either transposable or vector-wise"),
+    (["--nm", "2:8", "--nm-vector", "4", "--hidden", "64", "30"], "layer 2 (64 → 30)"),
     (["--nm", "2:4", "--algo", "gmp"], "algo static, set or rigl"),
     (["--nm", "2:4", "--density", "0.5"], "do not give density"),
 ])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from sparta.kernels import nm_vec
 from sparta.kernels.fused import (
     _ALL,
     _NJIT,
@@ -44,14 +45,16 @@ def full_structure(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
 
 @numba.njit(**_NJIT)
 def train_pass(poss, tposs, valuess, biases, n, m, ip, ix, w, wb, colptr, rowidx, perm, acts, ds, codes, dz0, dz1, x, y, out,
-               gy, grads, dbs, c0, c1, act, slopes, thr, scale, k1s, k2s, lut1s, lut2s, inv_batch,
-               stats):  # pragma: no cover - compiled by numba
+               gy, grads, dbs, c0, c1, act, slopes, thr, scale, k1s, k2s, lut1s, lut2s, inv_batch, stats,
+               vector):  # pragma: no cover - compiled by numba
     """Samples ``[c0, c1)`` of one training step of an N:M MLP with softmax cross-entropy, a tile at a time.
 
     Hidden layers ``j = 0 … L−1``: ``poss[j]`` (uint8) and ``valuess[j]`` in the N:M layout of
     :mod:`sparta.kernels.nm` (pattern ``n:m``), ``biases[j] (out_j,)``; ``tposs[j]`` the transposed blocks of a
     transposable layer (its gradients then gathered over them, :func:`sparta.kernels.nm.backward_gather`; an
     empty array for a plain layer: a scatter over the forward layout, :func:`sparta.kernels.nm.backward_rows`).
+    ``vector > 1``: the hidden layers are vector-wise (groups of ``vector`` rows share their positions) and run
+    :mod:`sparta.kernels.nm_vec`'s forward and backward.
     Output layer: ``w`` flat ``(C · in_L,)``
     on the full CSR ``ip``, ``ix`` (:func:`full_structure`) and its CSC ``colptr``, ``rowidx``, ``perm``
     (:func:`sparta.kernels.fused.csc`), bias ``wb (C,)``. Buffers of one tile, feature-major with row stride
@@ -74,8 +77,12 @@ def train_pass(poss, tposs, valuess, biases, n, m, ip, ix, w, wb, colptr, rowidx
         more = t0 > c0  # later tiles add to the sums the first one wrote
         to_feature_major(x[t0:t1], 0, nc, acts[0], T)
         for j in range(n_hidden):
-            forward_act(poss[j], valuess[j], biases[j], n, m, acts[j], T, 0, nc, acts[j + 1], ds[j + 1], codes[j + 1],
-                        MODE_TRAIN, act, slopes[j], thr, scale, k1s[j], k2s[j], t0)
+            if vector > 1:
+                nm_vec.forward_act(poss[j], valuess[j], biases[j], n, m, acts[j], T, 0, nc, acts[j + 1], ds[j + 1],
+                                   codes[j + 1], MODE_TRAIN, act, slopes[j], thr, scale, k1s[j], k2s[j], t0)
+            else:
+                forward_act(poss[j], valuess[j], biases[j], n, m, acts[j], T, 0, nc, acts[j + 1], ds[j + 1],
+                            codes[j + 1], MODE_TRAIN, act, slopes[j], thr, scale, k1s[j], k2s[j], t0)
         logits = acts[n_hidden + 1]
         forward(ip, ix, w, wb, acts[n_hidden], T, 0, nc, logits, ds[n_hidden + 1], codes[n_hidden + 1], MODE_LINEAR,
                 act, one, z32, one, z32, z32, 0, _ALL, t0)
@@ -98,7 +105,11 @@ def train_pass(poss, tposs, valuess, biases, n, m, ip, ix, w, wb, colptr, rowidx
                                 grads[j], j > 0, True, more, ds[j], codes[j], lut1s[j], lut2s[j], dbs[max(j - 1, 0)],
                                 j > 0)
                 continue
-            backward_rows(poss[j], valuess[j], n, m, n_in, cur[:n_out * T], acts[j], T, 0, nc, nxt, grads[j], j > 0,
-                          True, more)
+            if vector > 1:
+                nm_vec.backward_rows(poss[j], valuess[j], n, m, n_in, cur[:n_out * T], acts[j], T, 0, nc, nxt, grads[j],
+                                     j > 0, True, more)
+            else:
+                backward_rows(poss[j], valuess[j], n, m, n_in, cur[:n_out * T], acts[j], T, 0, nc, nxt, grads[j], j > 0,
+                              True, more)
             if j > 0:
                 apply_derivative(nxt, ds[j], codes[j], lut1s[j], lut2s[j], T, 0, nc, dbs[j - 1], more, 0, _ALL)

@@ -18,12 +18,14 @@ from torch import nn
 
 from sparta.kernels import fused
 from sparta.kernels import nm as knm
+from sparta.kernels import nm_vec as kvec
 from sparta.kernels.threads import POOL, get_num_threads
 from sparta.nn.functional import MIN_WORK_PER_THREAD, check_input, feature_major, rows_view
 from sparta.nn.init import INITS, bias_bound
 from sparta.nn.linear import set_param_data
 
 PATTERNS = ("2:4", "4:8", "1:4", "2:8", "1:16", "2:32", "1:32", "4:64")  # the literature's and the sparse regime's
+VECTORS = (1, kvec.V)  # rows per group sharing their positions (1: plain N:M)
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -42,10 +44,11 @@ def parse_pattern(pattern: str | tuple[int, int]) -> tuple[int, int]:
     return n, m
 
 
-def check_shape(in_features: int, out_features: int, n: int, m: int, transposable: bool) -> None:
+def check_shape(in_features: int, out_features: int, n: int, m: int, transposable: bool, vector: int = 1) -> None:
     """Whether an ``in → out`` layer can hold an N:M mask: the last block of inputs (``in mod M`` wide when ``M``
-    does not divide ``in``) must fit ``N`` connections; a transposable mask needs ``M`` to divide both sizes.
-    ``ValueError`` naming the sizes otherwise."""
+    does not divide ``in``) must fit ``N`` connections; a transposable mask needs ``M`` to divide both sizes; a
+    vector-wise one (``vector`` rows per group sharing their positions) needs ``vector`` to divide ``out`` and is
+    not transposable. ``ValueError`` naming the sizes otherwise."""
     for name, v in (("in_features", in_features), ("out_features", out_features)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -56,6 +59,14 @@ def check_shape(in_features: int, out_features: int, n: int, m: int, transposabl
     if transposable and (in_features % m or out_features % m):
         raise ValueError(f"a transposable {n}:{m} layer needs in_features and out_features divisible by {m}, "
                          f"got {in_features} → {out_features}")
+    if isinstance(vector, bool) or vector not in VECTORS:
+        raise ValueError(f"vector must be one of {VECTORS} (output rows per group sharing their N:M positions), "
+                         f"got {vector!r}")
+    if vector > 1 and transposable:
+        raise ValueError(f"a layer is either transposable or vector-wise (vector={vector}), not both")
+    if out_features % vector:
+        raise ValueError(f"a vector-wise layer (vector={vector}) needs out_features divisible by {vector}, "
+                         f"got {out_features}")
 
 
 def blocks(in_features: int, m: int) -> int:
@@ -78,6 +89,19 @@ def mask_to_pos(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return torch.nonzero(padded.reshape(-1, m))[:, 1].to(torch.uint8)
 
 
+def check_vector(pos: torch.Tensor, vector: int, out_features: int) -> None:
+    """``ValueError`` unless every group of ``vector`` consecutive rows of the positions ``pos (out · G · n,)``
+    holds the same positions (a vector-wise layer's kernels read a group's first row only)."""
+    if vector <= 1:
+        return
+    p = pos.reshape(out_features // vector, vector, -1)
+    differ = (p != p[:, :1]).any(-1).any(-1)
+    if bool(differ.any()):
+        h = int(torch.nonzero(differ)[0])
+        raise ValueError(f"the mask is not vector-wise: rows {h * vector}–{h * vector + vector - 1} do not share their "
+                         "N:M positions")
+
+
 def transposed_pos(pos: torch.Tensor, n: int, m: int, out_features: int, in_features: int) -> torch.Tensor:
     """The transposed blocks of a transposable layout: uint8 ``(in · H · n,)``, ``H = out / m``, the offset of each
     connection's row inside its block of ``m`` rows, rows ascending per input. ``ValueError`` if a column block
@@ -97,21 +121,26 @@ def transposed_pos(pos: torch.Tensor, n: int, m: int, out_features: int, in_feat
 
 
 def random_mask(out_features: int, in_features: int, n: int, m: int, transposable: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, vector: int = 1) -> torch.Tensor:
     """A uniformly random N:M mask, bool ``(out, in)`` (transposable: the greedy transposable mask of random
-    scores, :func:`sparta.kernels.nm.greedy_transposable`)."""
-    check_shape(in_features, out_features, n, m, transposable)
-    scores = torch.rand(out_features, in_features, generator=generator, dtype=torch.float64)
-    return magnitude_mask(scores, n, m, transposable)
+    scores, :func:`sparta.kernels.nm.greedy_transposable`; ``vector > 1``: one random pattern per group of
+    ``vector`` rows)."""
+    check_shape(in_features, out_features, n, m, transposable, vector)
+    scores = torch.rand(out_features // vector, in_features, generator=generator, dtype=torch.float64)
+    return magnitude_mask(scores, n, m, transposable).repeat_interleave(vector, 0)
 
 
-def magnitude_mask(scores: torch.Tensor, n: int, m: int, transposable: bool = False) -> torch.Tensor:
+def magnitude_mask(scores: torch.Tensor, n: int, m: int, transposable: bool = False, vector: int = 1) -> torch.Tensor:
     """The N:M mask keeping the largest ``scores (out, in)`` (e.g. ``|W|``): the top ``n`` of every block (exact),
-    or for a transposable mask the greedy 2-approximation (:func:`sparta.kernels.nm.greedy_transposable`).
-    Returns bool ``(out, in)``."""
+    or for a transposable mask the greedy 2-approximation (:func:`sparta.kernels.nm.greedy_transposable`); with
+    ``vector > 1``, the top ``n`` of every block of each group of ``vector`` rows by the group's summed scores
+    (exact), shared by the group's rows. Returns bool ``(out, in)``."""
     out_f, in_f = scores.shape
-    check_shape(in_f, out_f, n, m, transposable)
+    check_shape(in_f, out_f, n, m, transposable, vector)
     s = scores.detach().to(torch.float64).cpu().contiguous()
+    if vector > 1:
+        group = magnitude_mask(s.reshape(out_f // vector, vector, in_f).sum(1), n, m)
+        return group.repeat_interleave(vector, 0)
     if transposable:
         mask = np.empty(out_f * in_f, np.uint8)
         knm.greedy_transposable(s.reshape(-1).numpy(), n, m, out_f, in_f, mask)
@@ -130,8 +159,10 @@ class NMLinearFunction(torch.autograd.Function):
     (a feature-major buffer; the caller slices ``[:, :B]``); gradients flow to ``x``, ``values`` and ``bias``."""
 
     @staticmethod
-    def forward(ctx, x2d, values, bias, pos, tpos, n, m, n_in, capture):  # type: ignore[override]
-        """``y (batch, out) = x2d (batch, in) · Wᵀ + bias`` by the N:M forward kernel; saves what backward needs."""
+    def forward(ctx, x2d, values, bias, pos, tpos, n, m, n_in, capture, vector=1):  # type: ignore[override]
+        """``y (batch, out) = x2d (batch, in) · Wᵀ + bias`` by the N:M forward kernel (the vector-wise one,
+        :mod:`sparta.kernels.nm_vec`, where groups of ``vector`` rows share their positions); saves what backward
+        needs."""
         n_out = pos.numel() // (blocks(n_in, m) * n)
         batch = x2d.shape[0]
         xf, ld_x = feature_major(x2d)
@@ -148,11 +179,12 @@ class NMLinearFunction(torch.autograd.Function):
         p = pos.numpy()
         parts = fused.groups(batch, get_num_threads())
         threads = fused.threads_for(len(parts), values.numel() * batch, get_num_threads(), MIN_WORK_PER_THREAD)
-        POOL.run([lambda c0=c0, c1=c1: knm.forward(p, v, b, n, m, xf, ld, c0, c1, yf) for c0, c1 in parts],
+        fwd = kvec.forward if vector > 1 else knm.forward
+        POOL.run([lambda c0=c0, c1=c1: fwd(p, v, b, n, m, xf, ld, c0, c1, yf) for c0, c1 in parts],
                  threads, key=(id(values), "nm-forward", batch))
         ctx.xf, ctx.ld, ctx.parts, ctx.threads = xf, ld, parts, threads
         ctx.n, ctx.m, ctx.n_in, ctx.batch, ctx.has_bias = n, m, n_in, batch, bias is not None
-        ctx.capture = capture
+        ctx.capture, ctx.vector = capture, vector
         ctx.save_for_backward(values, pos, tpos, x2d)
         return y
 
@@ -179,8 +211,9 @@ class NMLinearFunction(torch.autograd.Function):
                                                                        dxf, partials[q], want_dx, want_dv)
                      for q, (c0, c1) in enumerate(parts)]
         else:
-            tasks = [lambda q=q, c0=c0, c1=c1: knm.backward_scatter(p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf,
-                                                                    partials[q], want_dx, want_dv)
+            bwd = kvec.backward if ctx.vector > 1 else knm.backward_scatter
+            tasks = [lambda q=q, c0=c0, c1=c1: bwd(p, v, n, m, n_in, n_out, dz, xf, ld, c0, c1, dxf, partials[q], want_dx,
+                                                   want_dv)
                      for q, (c0, c1) in enumerate(parts)]
         POOL.run(tasks, ctx.threads, key=(id(values), "nm-backward", want_dx, want_dv, batch))
         if want_dv:
@@ -194,20 +227,22 @@ class NMLinearFunction(torch.autograd.Function):
         if ctx.capture is not None:  # for gradient-based growth (RigL): dL/dW = dyt @ xtᵀ, formed by blocks of rows
             ctx.capture["xt"] = rows_view(xf, n_in, ld, batch)
             ctx.capture["dyt"] = rows_view(dz, n_out, ld, batch)
-        return dx, dvalues, dbias, None, None, None, None, None, None
+        return dx, dvalues, dbias, None, None, None, None, None, None, None
 
 
 def nm_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, pos: torch.Tensor,
-              tpos: torch.Tensor, n: int, m: int, in_features: int, capture: dict | None = None) -> torch.Tensor:
+              tpos: torch.Tensor, n: int, m: int, in_features: int, capture: dict | None = None,
+              vector: int = 1) -> torch.Tensor:
     """``y = x Wᵀ + b`` for ``W`` in the N:M layout (``values``, ``pos``; ``tpos`` the transposed blocks of a
-    transposable layer or an empty tensor). ``x (..., in)`` float32/float64 on the CPU → ``(..., out)``.
+    transposable layer or an empty tensor; ``vector = 4``: groups of 4 rows share their positions, and the
+    vector-wise kernels run). ``x (..., in)`` float32/float64 on the CPU → ``(..., out)``.
     ``capture``: if a dict, backward stores the feature-major ``xt (in, B)`` and ``dyt (out, B)`` in it."""
     check_input(x, values, in_features)
     if not x.is_cpu or not values.is_cpu:
         raise NotImplementedError("NMLinear has CPU kernels only")
     lead = x.shape[:-1]
     x2d = x.reshape(-1, in_features)
-    yt = NMLinearFunction.apply(x2d, values, bias, pos, tpos, n, m, in_features, capture)
+    yt = NMLinearFunction.apply(x2d, values, bias, pos, tpos, n, m, in_features, capture, vector)
     y = yt[:, :x2d.shape[0]].t()
     return y if x.dim() == 2 else y.reshape(*lead, yt.shape[0])
 
@@ -216,7 +251,10 @@ class NMLinear(nn.Module):
     """Linear layer ``y = x Wᵀ + b`` with an N:M sparse ``W (out × in)``: in every block of ``m`` consecutive
     inputs of every row exactly ``n`` connections (the last block may be narrower when ``m`` does not divide
     ``in``). With ``transposable=True`` the mask is N:M along the columns too (per ``m × m`` block, ``n`` per
-    row and per column; ``m`` must divide both sizes) and input gradients gather over the transposed blocks.
+    row and per column; ``m`` must divide both sizes) and input gradients gather over the transposed blocks. With
+    ``vector=4`` the output rows come in groups of 4 consecutive rows that share their positions (each row its own
+    values; ``out`` divisible by 4, not transposable): the same layout and memory, kernels that read each input row
+    once for the group's four rows (:mod:`sparta.kernels.nm_vec`; the V:N:M structure of VENOM, Castro et al. 2023).
 
     State: ``values`` — ``nn.Parameter (out · G · n,)`` (``G = ceil(in / m)``), in row-major order; ``bias``
     ``(out,)`` or None; buffers ``pos`` (uint8, the in-block position of each connection) and ``tpos`` (uint8
@@ -228,6 +266,7 @@ class NMLinear(nn.Module):
         n: kept connections per block (``1 ≤ n < m``); or give ``pattern="n:m"``.
         m: block length (``m ≤ 256``).
         transposable: keep the mask N:M along the columns too.
+        vector: 1 (plain N:M) or 4 (groups of 4 output rows share their positions; see above).
         bias: learn an additive bias.
         init: ``"uniform"`` (U(±1/√fan_in) with the fan-in ``G · n``) or another of ``sparta.nn.init.INITS``
             that only depends on the fan-in and fan-out.
@@ -241,7 +280,7 @@ class NMLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, n: int | None = None, m: int | None = None, *,
                  pattern: str | None = None, transposable: bool = False, bias: bool = True, init: str = "uniform",
-                 dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> None:
+                 dtype: torch.dtype | None = None, generator: torch.Generator | None = None, vector: int = 1) -> None:
         super().__init__()
         if pattern is not None:
             if n is not None or m is not None:
@@ -251,7 +290,7 @@ class NMLinear(nn.Module):
             raise ValueError("give the pattern as n, m or pattern='n:m'")
         else:
             n, m = parse_pattern((n, m))
-        check_shape(in_features, out_features, n, m, transposable)
+        check_shape(in_features, out_features, n, m, transposable, vector)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         dtype = dtype or torch.get_default_dtype()
@@ -259,9 +298,10 @@ class NMLinear(nn.Module):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.in_features, self.out_features, self.n, self.m = in_features, out_features, n, m
         self.transposable = bool(transposable)
+        self.vector = int(vector)
         self.init = init
         self.capture: dict | None = None  # set to a dict to keep the last backward's inputs (RigL's grow score)
-        mask = random_mask(out_features, in_features, n, m, transposable, generator)
+        mask = random_mask(out_features, in_features, n, m, transposable, generator, vector)
         self.register_buffer("pos", mask_to_pos(mask, n, m))
         self.register_buffer("tpos", self._tpos(self.pos))
         self.values = nn.Parameter(torch.empty(self.pos.numel(), dtype=dtype))
@@ -334,12 +374,14 @@ class NMLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in) → (..., out)``: ``x · Wᵀ + bias`` with the N:M weights."""
-        return nm_linear(x, self.values, self.bias, self.pos, self.tpos, self.n, self.m, self.in_features, self.capture)
+        return nm_linear(x, self.values, self.bias, self.pos, self.tpos, self.n, self.m, self.in_features, self.capture,
+                         self.vector)
 
     def extra_repr(self) -> str:
         """Sizes, pattern and whether the mask is transposable, for ``repr``."""
         return (f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern}"
-                f"{' transposable' if self.transposable else ''}, nnz={self.nnz}, density={self.density:.4g}, "
+                f"{' transposable' if self.transposable else ''}"
+                f"{f', vector={self.vector}' if self.vector > 1 else ''}, nnz={self.nnz}, density={self.density:.4g}, "
                 f"bias={self.bias is not None}")
 
     # ------------------------------------------------------------- conversions
@@ -369,15 +411,17 @@ class NMLinear(nn.Module):
             raise ValueError("positions are not strictly ascending within a block")
         if self.transposable and not torch.equal(self.tpos, self._tpos(self.pos)):
             raise ValueError("the transposed blocks do not match the mask")
+        check_vector(self.pos, self.vector, self.out_features)
 
     @classmethod
     @torch.no_grad()
     def from_dense(cls, weight: torch.Tensor | nn.Module, n: int, m: int, *, transposable: bool = False,
-                   bias: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> NMLinear:
+                   bias: torch.Tensor | None = None, mask: torch.Tensor | None = None, vector: int = 1) -> NMLinear:
         """An ``NMLinear`` holding the weights of ``weight`` (a ``(out, in)`` tensor, an ``nn.Linear``, a
         ``SparseLinear`` or anything with ``to_dense()``) at the N:M mask of largest magnitude
-        (:func:`magnitude_mask`; transposable: the greedy 2-approximation), or at ``mask`` if given; the bias
-        is copied from the module (or ``bias``)."""
+        (:func:`magnitude_mask`; transposable: the greedy 2-approximation; ``vector = 4``: by the summed
+        magnitude of each group of 4 rows), or at ``mask`` if given; the bias is copied from the module (or
+        ``bias``)."""
         if isinstance(weight, nn.Module):
             if bias is None and getattr(weight, "bias", None) is not None:
                 bias = weight.bias
@@ -388,8 +432,8 @@ class NMLinear(nn.Module):
         n, m = parse_pattern((n, m))
         out_f, in_f = w.shape
         if mask is None:
-            mask = magnitude_mask(w.abs(), n, m, transposable)
-        layer = cls(in_f, out_f, n, m, transposable=transposable, bias=bias is not None, dtype=w.dtype)
+            mask = magnitude_mask(w.abs(), n, m, transposable, vector)
+        layer = cls(in_f, out_f, n, m, transposable=transposable, bias=bias is not None, dtype=w.dtype, vector=vector)
         layer.set_mask(mask.bool(), w[mask.bool()])
         if bias is not None:
             layer.bias.copy_(bias.detach())  # type: ignore[union-attr]
@@ -397,11 +441,13 @@ class NMLinear(nn.Module):
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor, values: torch.Tensor) -> None:
-        """Replace the mask (bool ``(out, in)``, N:M, transposable if the layer is) and the values (``(nnz,)``,
-        in row-major order of the mask's positions). ``ValueError`` if the mask breaks the pattern."""
+        """Replace the mask (bool ``(out, in)``, N:M, transposable or shared by each group of ``vector`` rows if
+        the layer is) and the values (``(nnz,)``, in row-major order of the mask's positions). ``ValueError`` if the
+        mask breaks the pattern."""
         if tuple(mask.shape) != (self.out_features, self.in_features):
             raise ValueError(f"mask must have shape {(self.out_features, self.in_features)}, got {tuple(mask.shape)}")
         pos = mask_to_pos(mask, self.n, self.m)
+        check_vector(pos, self.vector, self.out_features)
         tpos = self._tpos(pos)
         self.pos, self.tpos = pos, tpos
         set_param_data(self.values, values.to(self.values.dtype).reshape(-1).clone())
@@ -410,10 +456,13 @@ class NMLinear(nn.Module):
     def get_extra_state(self) -> dict:
         """Sizes and pattern, saved in the state dict so that loading checks them."""
         return {"in_features": self.in_features, "out_features": self.out_features, "n": self.n, "m": self.m,
-                "transposable": self.transposable}
+                "transposable": self.transposable, "vector": self.vector}
 
     def set_extra_state(self, state: Any) -> None:
-        """Refuse (``ValueError``) a state dict saved from a layer of other sizes or pattern."""
+        """Refuse (``ValueError``) a state dict saved from a layer of other sizes or pattern (one saved before
+        vector-wise layers existed counts as ``vector=1``)."""
         mine = self.get_extra_state()
+        if isinstance(state, dict) and "vector" not in state:
+            state = {**state, "vector": 1}
         if not isinstance(state, dict) or any(state.get(k) != v for k, v in mine.items()):
             raise ValueError(f"state_dict is for an NMLinear {state!r}, this layer is {mine}")

@@ -36,6 +36,8 @@ class NMMLP(nn.Sequential):
     Args:
         sizes: layer widths; every N:M layer's input width must fit the pattern (:func:`check_shape`).
         pattern: ``"n:m"``. transposable: transposable masks (``m`` must divide every hidden width and the input).
+        vector: 1, or 4 for vector-wise layers (groups of 4 output rows share their positions, faster kernels;
+            every hidden width a multiple of 4; :class:`~sparta.nn.nm.NMLinear`).
         activation: ``"allrelu"`` (All-ReLU, sign alternating per hidden layer), ``"relu"``, ``"tanh"``,
             ``"sigmoid"``. alpha: All-ReLU's slope. dropout: probability after each hidden activation.
         init: value initialisation of the N:M layers. generator: masks, values and the dropout seed.
@@ -47,7 +49,7 @@ class NMMLP(nn.Sequential):
 
     def __init__(self, sizes: list[int], pattern: str, *, transposable: bool = False, activation: str = "allrelu",
                  alpha: float = 0.6, dropout: float = 0.0, init: str = "uniform",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, vector: int = 1) -> None:
         from sparta.nn.activations import Dropout
 
         sizes = [int(s) for s in sizes]
@@ -58,18 +60,18 @@ class NMMLP(nn.Sequential):
         n, m = parse_pattern(pattern)
         for j, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
             try:
-                check_shape(a, b, n, m, transposable)
+                check_shape(a, b, n, m, transposable, vector)
             except ValueError as e:
                 raise ValueError(f"layer {j + 1} ({a} → {b}): {e}") from None
         mods: list[nn.Module] = []
         for j, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
-            mods.append(NMLinear(a, b, n, m, transposable=transposable, init=init, generator=generator))
+            mods.append(NMLinear(a, b, n, m, transposable=transposable, init=init, generator=generator, vector=vector))
             mods.append(_activation(activation, alpha, j + 1))
             if dropout:
                 mods.append(Dropout(dropout))
         mods.append(nn.Linear(sizes[-2], sizes[-1]))
         super().__init__(*mods)
-        self.pattern, self.transposable = f"{n}:{m}", bool(transposable)
+        self.pattern, self.transposable, self.vector = f"{n}:{m}", bool(transposable), int(vector)
         self.activation, self.alpha, self.p = activation, float(alpha), float(dropout)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
         self.register_buffer("dropout_state", torch.tensor([seed, 0], dtype=torch.int64))
@@ -151,18 +153,20 @@ class NMMLP(nn.Sequential):
         for mod in self:
             if isinstance(mod, NMLinear):
                 out.append((f"{mod.in_features}→{mod.out_features} {mod.pattern}"
-                            f"{' T' if mod.transposable else ''}", mod.density))
+                            f"{' T' if mod.transposable else ''}{f' V{mod.vector}' if mod.vector > 1 else ''}",
+                            mod.density))
             elif isinstance(mod, nn.Linear):
                 out.append((f"{mod.in_features}→{mod.out_features} dense", 1.0))
         return out
 
 
 @torch.no_grad()
-def to_nm(model: nn.Module, pattern: str, *, transposable: bool = False) -> nn.Sequential:
+def to_nm(model: nn.Module, pattern: str, *, transposable: bool = False, vector: int = 1) -> nn.Sequential:
     """A trained MLP as an N:M one (magnitude conversion; fine-tune it afterwards if wanted): every weight layer
     but the last of ``model`` — an ``nn.Sequential`` of ``SparseLinear``/``nn.Linear``/``NMLinear`` and
     activation modules, or a :class:`~sparta.nn.SparseMLP` — becomes an ``NMLinear`` holding its largest
-    weights at the pattern (:meth:`NMLinear.from_dense`; transposable: the greedy 2-approximation); the last
+    weights at the pattern (:meth:`NMLinear.from_dense`; transposable: the greedy 2-approximation; ``vector=4``:
+    groups of 4 rows sharing their positions, by their summed magnitude); the last
     becomes a dense ``nn.Linear`` with the same weights. Activations and dropout are kept (a ``SparseMLP``'s are
     rebuilt as modules). The result's weights are copies; ``model`` is unchanged."""
     from sparta.nn.activations import Dropout
@@ -198,5 +202,5 @@ def to_nm(model: nn.Module, pattern: str, *, transposable: bool = False) -> nn.S
                 lin.bias.copy_(b.detach())
             out.append(lin)
         else:
-            out.append(NMLinear.from_dense(w, n, m, transposable=transposable, bias=b))
+            out.append(NMLinear.from_dense(w, n, m, transposable=transposable, bias=b, vector=vector))
     return nn.Sequential(*out)

@@ -38,7 +38,7 @@ class _NMStructure:
 
     def __init__(self, model: NMMLP, hidden: list[NMLinear], last: nn.Linear, dtype: np.dtype) -> None:
         self.hidden, self.last, self.dtype = hidden, last, dtype
-        self.n, self.m = hidden[0].n, hidden[0].m
+        self.n, self.m, self.vector = hidden[0].n, hidden[0].m, hidden[0].vector
         self.sizes = [hidden[0].in_features] + [h.out_features for h in hidden] + [last.out_features]
         self.poss = tuple(h.pos.numpy() for h in hidden)
         self.tposs = tuple(h.tpos.numpy() for h in hidden)
@@ -106,6 +106,8 @@ def structure(model: NMMLP, x: torch.Tensor) -> _NMStructure | None:
     hidden = [mod for mod in model if isinstance(mod, NMLinear)]
     last = model[len(model) - 1]
     key: list[Any] = [x.dtype, model.activation, model.alpha, model.p]
+    if len({(h.n, h.m, h.vector) for h in hidden}) > 1:  # the pass takes one pattern for every hidden layer
+        return None
     for mod in [*hidden, last]:
         w = mod.values if isinstance(mod, NMLinear) else mod.weight
         if mod.bias is None or w.dtype != x.dtype or mod.bias.dtype != x.dtype or not w.is_cpu:
@@ -175,7 +177,7 @@ def train_step(model: NMMLP, st: _NMStructure, x: torch.Tensor, y: torch.Tensor,
         try:
             knm_step.train_pass(st.poss, st.tposs, st.valuess, st.biases, st.n, st.m, st.ip, st.ix, st.w, st.wb, colptr,
                                 rowidx, perm, acts, ds, codes, dz0, dz1, xn, yn, out, gy, grads, dbs, c0, c1, st.act,
-                                st.slopes, thr, st.scale, k1s, k2s, st.luts1, st.luts2, inv, stats[p])
+                                st.slopes, thr, st.scale, k1s, k2s, st.luts1, st.luts2, inv, stats[p], st.vector)
             ok = True
         finally:
             if update is not None:

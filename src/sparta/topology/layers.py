@@ -14,7 +14,7 @@ from torch import nn
 from sparta.kernels import edit
 from sparta.nn.linear import SparseLinear, set_param_data
 from sparta.nn.masked import MaskedConv2d, MaskedLinear
-from sparta.nn.nm import NMLinear, mask_to_pos, transposed_pos
+from sparta.nn.nm import NMLinear, check_vector, mask_to_pos, transposed_pos
 from sparta.nn.structure import keys as csr_keys
 from sparta.nn.structure import remap
 
@@ -343,7 +343,8 @@ class MaskedView(LayerView):
 
 class NMView(_ValuesView):
     """An :class:`~sparta.nn.nm.NMLinear`: edits rebuild its positions (and transposed blocks) and check that the
-    result is still N:M (transposable N:M for a transposable layer); ``ValueError`` otherwise."""
+    result is still N:M (transposable N:M for a transposable layer, shared by each group of rows for a vector-wise
+    one); ``ValueError`` otherwise."""
 
     module: NMLinear
 
@@ -379,6 +380,7 @@ class NMView(_ValuesView):
             raise ValueError(f"{self.name}: a new connection is already present")
         mk = self.key_mask(all_keys)
         pos = mask_to_pos(mk, m.n, m.m)  # ValueError unless N:M
+        check_vector(pos, m.vector, m.out_features)  # and unless each group of rows shares its positions
         tpos = transposed_pos(pos, m.n, m.m, m.out_features, m.in_features) if m.transposable else m.tpos
         m.values.grad = None
         vals = remap(m.values.data, src, new_values if isinstance(new_values, torch.Tensor) else float(new_values))

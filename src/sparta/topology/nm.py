@@ -10,7 +10,9 @@ Masks (``scores (out, in)``, e.g. ``|W|``; bool ``(out, in)`` results):
 
 Dynamic training: :class:`NMSET` and :class:`NMRigL` are SET and RigL (same drop scores, same schedules) whose
 regrowth stays inside the blocks the drops emptied, so the layer is N:M (and transposable N:M) after every
-update. Their only new piece is :meth:`NMGrowth.final_mask`. Each update ranks, per block, the kept connections
+update. On a vector-wise layer (``NMLinear(vector=4)``) they drop and grow whole units — a position shared by a
+group of rows, scored by the group's summed ``|w|`` (drops) or grow scores — so the groups keep sharing their
+positions. Their only new piece is :meth:`NMGrowth.final_mask`. Each update ranks, per block, the kept connections
 first, then the absent positions by a grow score, then the connections just dropped (taken back, with their
 values and optimizer state, only where a block has no other room), and keeps the best ``N`` per block
 (transposable: greedy on the ``M × M`` block, completed by augmenting paths; where an augmenting path removes a
@@ -93,7 +95,26 @@ class NMGrowth:
         score = (score - lo) / (hi - lo) * 0.5 if hi > lo else torch.zeros_like(score)  # absent: [0, 0.5]
         score[keys[keep]] = 2.0  # kept first
         score[keys[~keep]] -= 1.0  # just dropped: last, taken back only where a block has no other room
-        return magnitude_mask(score.reshape(view.n_out, view.n_in), m.n, m.m, m.transposable).reshape(-1)
+        return magnitude_mask(score.reshape(view.n_out, view.n_in), m.n, m.m, m.transposable, m.vector).reshape(-1)
+
+    def unit_drops(self, view: NMView, n: int, units: int) -> int:
+        """How many of a vector-wise layer's ``units`` (a group of rows at one position) to drop, given the
+        algorithm's count ``n`` of connections: ``n // vector``."""
+        return n // view.module.vector
+
+    def drop_mask(self, view: LayerView, n: int) -> torch.Tensor:
+        """The base algorithm's drops; on a vector-wise N:M layer whole units instead — the positions a group of
+        rows shares, ranked by the group's summed ``|w|`` (:meth:`unit_drops` of them), every row's connection at
+        a dropped position dropped — so that regrowth can keep the groups' positions shared."""
+        if not isinstance(view, NMView) or view.module.vector == 1:
+            return super().drop_mask(view, n)  # type: ignore[misc]
+        v = view.module.vector
+        score = view.weights().detach().abs().to(torch.float64).cpu().reshape(view.n_out // v, v, -1).sum(1)
+        k = min(self.unit_drops(view, n, score.numel()), score.numel())
+        drop = torch.zeros_like(score, dtype=torch.bool)
+        if k > 0:
+            drop.view(-1)[torch.topk(score.reshape(-1), k, largest=False).indices] = True
+        return drop[:, None, :].expand(-1, v, -1).reshape(-1)
 
     def grow_from_kept(self, view: LayerView, n: int, keep: torch.Tensor) -> torch.Tensor:
         """Keys of ``n`` new connections of an N:M layer, grown inside the blocks the drops emptied (other layers:
@@ -114,11 +135,23 @@ class NMSET(NMGrowth, SET):
     """SET on N:M layers (Mocanu et al. 2018's drop rule and schedule; random regrowth inside the emptied blocks).
     Arguments as :class:`~sparta.topology.SET`; other sparse layers of the model evolve as under SET."""
 
+    def unit_drops(self, view: NMView, n: int, units: int) -> int:
+        """SET's fraction ``zeta`` of a vector-wise layer's units (the smallest by their group's summed |w|)."""
+        return int(self.zeta * units)
+
+    def grow_score(self, view: LayerView) -> torch.Tensor:
+        """Uniformly random scores ``(out, in)`` from the algorithm's generator (vector-wise layers, whose groups
+        rank the sum of their rows' scores)."""
+        return torch.rand(view.n_out, view.n_in, generator=self.generator, dtype=torch.float64)
+
     def final_mask(self, view: NMView, keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """As :meth:`NMGrowth.final_mask` with uniformly random grow scores, drawn per block by
         :func:`sparta.kernels.nm.regrow_random` (no dense score matrix, no sort); its seed comes from the
-        algorithm's generator, so a run restored from a checkpoint draws the same connections."""
+        algorithm's generator, so a run restored from a checkpoint draws the same connections. A vector-wise layer
+        ranks random scores of each group's units (:meth:`grow_score`) instead."""
         mod = view.module
+        if mod.vector > 1:
+            return super().final_mask(view, keys, keep)
         state = torch.zeros(view.n_out * view.n_in, dtype=torch.uint8)
         state[keys[~keep]] = 1
         state[keys[keep]] = 2

@@ -61,7 +61,8 @@ class RunConfig:
 
     N:M: ``nm`` (``"N:M"``, e.g. ``"2:4"``) builds the hidden layers as N:M sparse layers (the output layer dense)
     and evolves them with SET/RigL inside their blocks (``static``: fixed masks); ``transposable`` makes the masks
-    N:M along the columns too. See :mod:`sparta.train.nm`.
+    N:M along the columns too; ``nm_vector = 4`` makes them vector-wise (groups of 4 output rows share their
+    positions: faster kernels). See :mod:`sparta.train.nm`.
     """
 
     dataset: str = "digits"
@@ -104,6 +105,7 @@ class RunConfig:
     parallel: dict[str, Any] = field(default_factory=dict)
     nm: str | None = None  # N:M hidden layers (issue 33): "2:4", ...; see sparta.train.nm
     transposable: bool = False
+    nm_vector: int = 1  # 4: vector-wise N:M (groups of 4 rows share their positions); see sparta.nn.nm.NMLinear
 
     # ------------------------------------------------------------------ I/O
     def as_dict(self) -> dict[str, Any]:
@@ -220,10 +222,19 @@ class RunConfig:
         built (they depend on the data's features)."""
         if not isinstance(self.transposable, bool):
             raise ConfigError(f"transposable must be true or false, got {self.transposable!r}")
+        from sparta.nn.nm import VECTORS
+
+        if isinstance(self.nm_vector, bool) or self.nm_vector not in VECTORS:
+            raise ConfigError(f"nm_vector must be one of {', '.join(map(str, VECTORS))} (output rows per group "
+                              f"sharing their N:M positions), got {self.nm_vector!r}")
         if self.nm is None:
             if self.transposable:
                 raise ConfigError("transposable applies to N:M runs: give nm too (e.g. --nm 2:4 --transposable)")
+            if self.nm_vector != 1:
+                raise ConfigError("nm_vector applies to N:M runs: give nm too (e.g. --nm 2:32 --nm-vector 4)")
             return
+        if self.transposable and self.nm_vector != 1:
+            raise ConfigError("an N:M run is either transposable or vector-wise (nm_vector 4), not both")
         from sparta.nn.nm import parse_pattern
 
         try:
@@ -254,13 +265,15 @@ class RunConfig:
         """The same run with every layer dense (``algo="dense"``, one process), for the side-by-side comparison."""
         return dataclasses.replace(self, algo="dense", compare_dense=False, distribution=None, schedule_epochs=None,
                                    workers=None, parallel={}, importance_pruning=False, activation_storage="float32",
-                                   nm=None, transposable=False)
+                                   nm=None, transposable=False, nm_vector=1)
 
     @property
     def algo_label(self) -> str:
         """How tables name the run's algorithm: ``algo``, or for N:M runs e.g. ``"set N:M 2:4 T"`` (``T``:
-        transposable)."""
-        return self.algo if self.nm is None else f"{self.algo} N:M {self.nm}{' T' if self.transposable else ''}"
+        transposable; ``V4``: vector-wise)."""
+        if self.nm is None:
+            return self.algo
+        return f"{self.algo} N:M {self.nm}{' T' if self.transposable else ''}{' V4' if self.nm_vector == 4 else ''}"
 
     @property
     def ip_first_epoch(self) -> int:

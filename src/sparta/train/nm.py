@@ -1,4 +1,4 @@
-"""N:M runs: the model, optimizer and topology algorithm of ``sparta train --nm N:M [--transposable]``.
+"""N:M runs: the model, optimizer and topology algorithm of ``sparta train --nm N:M [--transposable | --nm-vector 4]``.
 
 A run with ``RunConfig.nm`` set trains a :class:`~sparta.nn.nm_mlp.NMMLP` (N:M hidden layers, dense output layer)
 with its fused training step (:meth:`~sparta.nn.nm_mlp.NMMLP.train_step`) and :mod:`sparta.optim` (SGD or
@@ -29,9 +29,10 @@ def build_nm(config: RunConfig, sizes: list[int], n_train: int):
     gen = torch.Generator().manual_seed(config.seed)
     try:
         model = NMMLP(sizes, config.nm, transposable=config.transposable, activation=config.activation,
-                      alpha=config.alpha, dropout=config.dropout, init=config.init, generator=gen)
+                      alpha=config.alpha, dropout=config.dropout, init=config.init, generator=gen,
+                      vector=config.nm_vector)
     except ValueError as e:
-        raise ConfigError(f"nm {config.nm}{' transposable' if config.transposable else ''}: {e}") from None
+        raise ConfigError(f"nm {_kind(config)}: {e}") from None
     groups = param_groups(model, config.lr, config.lr_fan_in)
     if config.optimizer == "sgd":
         opt: torch.optim.Optimizer = sparta_optim.SGD(groups, lr=config.lr, momentum=config.momentum,
@@ -63,7 +64,7 @@ def describe(config: RunConfig, sizes: list[int]) -> str:
     """The model line of ``sparta train``'s header for an N:M run, with the layer densities."""
     algo = {"set": f"NMSET, zeta {config.zeta:g}", "rigl": f"NMRigL, alpha {config.zeta:g}", "static": "static masks"}
     dens = ", ".join(f"{100 * d:.2f}%" for d in layer_densities(config, sizes))
-    return (f"N:M {config.nm}{' transposable' if config.transposable else ''} ({algo[config.algo]}; "
+    return (f"N:M {_kind(config)} ({algo[config.algo]}; "
             f"layer densities {dens}, the output layer dense)")
 
 
@@ -76,9 +77,18 @@ def check_sizes(config: RunConfig, sizes: list[int]) -> None:
     n, m = parse_pattern(config.nm)
     for j, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True)):
         try:
-            check_shape(a, b, n, m, config.transposable)
+            check_shape(a, b, n, m, config.transposable, config.nm_vector)
         except ValueError as e:
-            raise ConfigError(f"nm {config.nm}{' transposable' if config.transposable else ''}: layer {j + 1} "
+            raise ConfigError(f"nm {_kind(config)}: layer {j + 1} "
                               f"({a} → {b}): {e}") from None
 
 
+
+
+def _kind(config: RunConfig) -> str:
+    """The pattern and its variant, as messages and headers name it: ``"2:32"``, ``"2:4 transposable"``,
+    ``"2:32 vector-wise (groups of 4 rows)"``."""
+    extra = " transposable" if config.transposable else ""
+    if config.nm_vector > 1:
+        extra = f" vector-wise (groups of {config.nm_vector} rows)"
+    return f"{config.nm}{extra}"
