@@ -29,7 +29,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sparta.kernels.fused import _NJIT, ACT_LEAKY, MODE_LINEAR, T, _epilogue, _ptr, _stack_empty
+from sparta.kernels.fused import _NJIT, _W, _W4, ACT_LEAKY, MODE_LINEAR, T, _epilogue, _lane_sum4, _ptr, _stack_empty
 from sparta.kernels.hashrng import unit_key
 from sparta.kernels.vectors import prefer_wide
 
@@ -163,9 +163,14 @@ def backward_rows(pos, values, n, m, n_in, dz, x, ld, c0, c1, dx, dv, want_dx, w
     d1 = numba.carray(_stack_empty(T, values.dtype), T)
     d2 = numba.carray(_stack_empty(T, values.dtype), T)
     d3 = numba.carray(_stack_empty(T, values.dtype), T)
+    accb = _stack_empty(_W4, values.dtype)
+    acc = numba.carray(accb, _W4)
     zero = values.dtype.type(0)
     nfull = (c1 - c0) // T
     ntail = c1 - c0 - nfull * T
+    whole = want_dv and nfull >= 2  # value gradients over the whole range first: one fold per connection
+    if whole:
+        _value_grads(pos, n, m, dz, x, ld, c0, c1, dv, accumulate, n_out, accb)
     for tile in range(nfull + (1 if ntail > 0 else 0)):
         cb = np.uint64(c0 + tile * T)
         full = tile < nfull
@@ -184,17 +189,18 @@ def backward_rows(pos, values, n, m, n_in, dz, x, ld, c0, c1, dx, dv, want_dx, w
                 for _ in range(g_count):
                     for _ in range(n):
                         b = (base + np.uint64(pos[j])) * ldu + cb
-                        if want_dv:
-                            s0 = zero
-                            s1 = zero
-                            s2 = zero
-                            s3 = zero
-                            for t in range(T):
-                                xv = x[b + np.uint64(t)]
-                                s0 += d0[t] * xv
-                                s1 += d1[t] * xv
-                                s2 += d2[t] * xv
-                                s3 += d3[t] * xv
+                        if want_dv and not whole:  # four sums in lanes, folded together (_lane_sum4)
+                            for lane in range(_W4):
+                                acc[lane] = zero
+                            for blk in range(T // _W):
+                                for lane in range(_W):
+                                    t = blk * _W + lane
+                                    xv = x[b + np.uint64(t)]
+                                    acc[lane] += d0[t] * xv
+                                    acc[_W + lane] += d1[t] * xv
+                                    acc[2 * _W + lane] += d2[t] * xv
+                                    acc[3 * _W + lane] += d3[t] * xv
+                            s0, s1, s2, s3 = _lane_sum4(accb, 0)
                             if add:
                                 dv[j] += s0
                                 dv[j + per_row] += s1
@@ -218,7 +224,7 @@ def backward_rows(pos, values, n, m, n_in, dz, x, ld, c0, c1, dx, dv, want_dx, w
                         for r in range(V):
                             jr = j + np.uint64(r) * per_row
                             srow = src + np.uint64(r) * ldu
-                            if want_dv:
+                            if want_dv and not whole:
                                 s = zero
                                 for t in range(ntail):
                                     s += dz[srow + np.uint64(t)] * x[b + np.uint64(t)]
@@ -229,3 +235,62 @@ def backward_rows(pos, values, n, m, n_in, dz, x, ld, c0, c1, dx, dv, want_dx, w
                                     dx[b + np.uint64(t)] += w * dz[srow + np.uint64(t)]
                         j += _U1
                     base += mu
+
+
+@numba.njit(inline="always", **_NJIT)
+def _value_grads(pos, n, m, dz, x, ld, c0, c1, dv, accumulate, n_out, accb):  # pragma: no cover - compiled by numba
+    """The value gradients of :func:`backward_rows` over the whole column range, one connection at a time: the
+    group's four sums run in ``_W`` lanes each across every full tile (the output-gradient rows read from L1) and
+    are folded once (:func:`sparta.kernels.fused._lane_sum4`), where the tile-by-tile pass folds once per tile;
+    the ``< T`` columns left are added after the fold. ``accb``: a ``4 · _W`` stack buffer."""
+    per_row = np.uint64(pos.shape[0] // max(n_out, 1))
+    g_count = pos.shape[0] // max(n_out, 1) // n
+    ldu, mu = np.uint64(ld), np.uint64(m)
+    p2, p3 = per_row + per_row, per_row + per_row + per_row
+    acc = numba.carray(accb, _W4)
+    zero = dz.dtype.type(0)
+    nfull = (c1 - c0) // T
+    ctail = c0 + nfull * T
+    for h in range(n_out // V):
+        o = np.uint64(h * V)
+        r0 = o * ldu
+        r1 = r0 + ldu
+        r2 = r1 + ldu
+        r3 = r2 + ldu
+        j = o * per_row
+        base = np.uint64(0)
+        for _ in range(g_count):
+            for _ in range(n):
+                b = (base + np.uint64(pos[j])) * ldu
+                for lane in range(_W4):
+                    acc[lane] = zero
+                for tile in range(nfull):
+                    for blk in range(T // _W):
+                        cb = np.uint64(c0 + tile * T + blk * _W)
+                        for lane in range(_W):
+                            c = cb + np.uint64(lane)
+                            xv = x[b + c]
+                            acc[lane] += dz[r0 + c] * xv
+                            acc[_W + lane] += dz[r1 + c] * xv
+                            acc[2 * _W + lane] += dz[r2 + c] * xv
+                            acc[3 * _W + lane] += dz[r3 + c] * xv
+                s0, s1, s2, s3 = _lane_sum4(accb, 0)
+                for c in range(ctail, c1):
+                    cu = np.uint64(c)
+                    xv = x[b + cu]
+                    s0 += dz[r0 + cu] * xv
+                    s1 += dz[r1 + cu] * xv
+                    s2 += dz[r2 + cu] * xv
+                    s3 += dz[r3 + cu] * xv
+                if accumulate:
+                    dv[j] += s0
+                    dv[j + per_row] += s1
+                    dv[j + p2] += s2
+                    dv[j + p3] += s3
+                else:
+                    dv[j] = s0
+                    dv[j + per_row] = s1
+                    dv[j + p2] = s2
+                    dv[j + p3] = s3
+                j += _U1
+            base += mu
