@@ -2,7 +2,9 @@
 
 Run from the repository root::
 
-    python benchmarks/nm.py kernels            # fwd+bwd of one layer: N:M vs CSR at equal density vs dense
+    python benchmarks/nm.py kernels            # fwd+bwd of one layer: N:M (plain, transposable, vector-wise)
+                                               # vs CSR at equal density vs dense
+    python benchmarks/nm.py traffic            # a sparse forward with its inputs in L1 vs L2: what bounds it
     python benchmarks/nm.py epoch              # a SET-MLP epoch (784-1000-1000-1000-10): N:M vs CSR vs dense
                                                # (and the N:M model through autograd: --autograd-patterns)
     python benchmarks/nm.py memory             # bytes per stored weight, from the layers' arrays
@@ -117,6 +119,46 @@ def kernels(args) -> None:
           f"median of {args.repeats} × {args.inner} steps, ms\n")
     print(markdown_table(["threads", "layer", "pattern", "density %", "N:M", "N:M transp.", "N:M V4", "CSR", "dense",
                           "CSR / N:M", "CSR / N:M T", "CSR / N:M V4", "dense / N:M", "N:M range", "N:M V4 range"], rows))
+
+
+def traffic(args) -> None:
+    """What bounds a sparse forward on this CPU: sparta's CSR forward kernel (``sparta.kernels.fused.forward``) on a
+    1280-row layer with 52 connections per row, batch 128, 1 thread, its connections drawn from the first ``n_in``
+    inputs: with few inputs the gathered input rows stay in L1, with many they come from L2 in random order. The same
+    arithmetic in every case; the GFLOP/s say what the input traffic costs."""
+    import numpy as np
+
+    from sparta.kernels import fused
+
+    set_threads(1, sparse=True)
+    rng = np.random.default_rng(0)
+    n_out, fan, batch = 1280, 52, BATCH
+    ld = fused.leading_dim(batch)
+    y = fused.aligned_empty(n_out * ld, np.float32)
+    bias, e, ec = np.zeros(n_out, np.float32), np.empty(0, np.float32), np.empty(0, np.uint8)
+    one, z = np.float32(1), np.uint32(0)
+    fns, flops = {}, 2 * n_out * fan * batch
+    for n_in in (64, 256, 1280, 5120):
+        ip = np.arange(0, (n_out + 1) * fan, fan, dtype=np.uint64)
+        ix = np.concatenate([np.sort(rng.choice(n_in, fan, replace=False)) for _ in range(n_out)]).astype(np.uint32)
+        v = rng.standard_normal(n_out * fan).astype(np.float32)
+        x = fused.aligned_empty(n_in * ld, np.float32)
+        x[:] = rng.standard_normal(x.size)
+
+        def run(ip=ip, ix=ix, v=v, x=x) -> float:
+            t0 = time.perf_counter()
+            for _ in range(args.inner):
+                fused.forward(ip, ix, v, bias, x, ld, 0, batch, y, e, ec, fused.MODE_LINEAR, fused.ACT_LEAKY, one, z,
+                              one, z, z, 0, 1 << 62, 0)
+            return (time.perf_counter() - t0) / args.inner
+        run()
+        fns[n_in] = run
+    res = alternate(fns, args.repeats)
+    rows = [[n_in, fmt(n_in * ld * 4 / 1024), fmt(statistics.median(ts) * 1e6), fmt(flops / statistics.median(ts) / 1e9)]
+            for n_in, ts in res.items()]
+    print(f"\n### CSR forward, {n_out} rows × {fan} connections, batch {batch}, 1 thread: inputs drawn from the "
+          f"first n_in, median of {args.repeats} × {args.inner} calls\n")
+    print(markdown_table(["n_in", "input KiB", "µs / call", "GFLOP/s"], rows))
 
 
 # ------------------------------------------------------------------------------------------------- epoch
@@ -376,7 +418,7 @@ def accuracy(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("kernels", "epoch", "memory", "masks", "update", "accuracy", "all"))
+    ap.add_argument("what", choices=("kernels", "traffic", "epoch", "memory", "masks", "update", "accuracy", "all"))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--patterns", nargs="+", default=list(SPEED_PATTERNS))
     ap.add_argument("--epoch-patterns", nargs="+", default=["2:32", "1:16", "2:4", "2:32V4", "1:16V4"],
@@ -405,7 +447,7 @@ def main() -> None:
     info = machine_info()
     print(f"sparta N:M benchmark `{' '.join(sys.argv[1:])}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
           f"{info.get('cpu', '?')}; load {info.get('load_average', '?')}; a shared machine: medians, ranges beside them")
-    for what in ("kernels", "epoch", "memory", "masks", "update", "accuracy"):
+    for what in ("kernels", "traffic", "epoch", "memory", "masks", "update", "accuracy"):
         if args.what in (what, "all"):
             globals()[what](args)
 
