@@ -100,15 +100,18 @@ def set_mlp_step(kind: str, sizes: Sequence[int] = SET_MLP) -> Callable[[], None
 def nm_layer_step(pattern: str, sizes: Sequence[int]) -> Callable[[], None]:
     """One N:M layer's forward and backward (input, value and bias gradients) through autograd, as a function of
     no arguments: ``NMLinear(sizes[0], sizes[1], pattern)`` (``pattern`` ending in ``T``: transposable) on a random
-    batch of 128; what ``nm.py kernels`` times, for ``ab.py --kind nm-layer``."""
+    batch of 128 (a ``V4`` suffix: vector-wise, groups of 4 rows sharing their positions); what ``nm.py kernels``
+    times, for ``ab.py --kind nm-layer``."""
     import torch
 
     from sparta.nn.nm import NMLinear
 
     torch.manual_seed(0)
+    vector = 4 if pattern.endswith("V4") else 1
+    pattern = pattern.removesuffix("V4")
     transposable = pattern.endswith("T")
     n, m = (int(v) for v in pattern.rstrip("T").split(":"))
-    layer = NMLinear(sizes[0], sizes[1], n, m, transposable=transposable)
+    layer = NMLinear(sizes[0], sizes[1], n, m, transposable=transposable, vector=vector)
     x = torch.randn(128, sizes[0], requires_grad=True)
     gy = torch.randn(128, sizes[1])
 
@@ -122,15 +125,16 @@ def nm_layer_step(pattern: str, sizes: Sequence[int]) -> Callable[[], None]:
 
 def nm_mlp_step(pattern: str, sizes: Sequence[int]) -> Callable[[], None]:
     """One fused training step of an ``NMMLP`` at ``pattern`` (the SET-MLP's settings: All-ReLU α = 0.6, dropout
-    0.3, ``sparta.optim.SGD`` lr 0.01 momentum 0.9 weight decay 2e-4, batch 128 of 2048 fixed samples), for
-    ``ab.py --kind nm-mlp``."""
+    0.3, ``sparta.optim.SGD`` lr 0.01 momentum 0.9 weight decay 2e-4, batch 128 of 2048 fixed samples; a ``V4``
+    suffix: vector-wise), for ``ab.py --kind nm-mlp``."""
     import torch
 
     import sparta
     from sparta.nn.nm_mlp import NMMLP
 
     torch.manual_seed(0)
-    model = NMMLP(list(sizes), pattern, alpha=0.6, dropout=0.3)
+    vector = 4 if pattern.endswith("V4") else 1  # a V4 suffix: vector-wise
+    model = NMMLP(list(sizes), pattern.removesuffix("V4"), alpha=0.6, dropout=0.3, vector=vector)
     opt = sparta.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     x, y = torch.randn(2048, sizes[0]), torch.randint(0, sizes[-1], (2048,))
     g = torch.Generator().manual_seed(0)

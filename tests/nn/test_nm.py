@@ -217,9 +217,13 @@ def test_vector_autograd_matches_dense_float64(pattern, batch):
     torch.testing.assert_close(layer.bias.grad, b.grad)
 
 
-def test_vector_equals_plain_kernels_float32_and_threads():
-    """A vector-wise layer computes what the plain N:M kernels compute on the same layout, at 1 and 2 threads."""
+def test_vector_equals_plain_kernels_float32_and_threads(monkeypatch):
+    """A vector-wise layer computes what the plain N:M kernels compute on the same layout, at 1 and 2 threads (the
+    work threshold lowered so that two threads really take a part of the batch each)."""
+    import sparta.nn.nm as nm_mod
     from sparta.nn.nm import nm_linear
+
+    monkeypatch.setattr(nm_mod, "MIN_WORK_PER_THREAD", 1)
 
     layer = NMLinear(200, 64, 2, 32, vector=4, generator=torch.Generator().manual_seed(4))
     x = torch.randn(300, 200, generator=torch.Generator().manual_seed(5))
@@ -273,3 +277,14 @@ def test_vector_state_dict_round_trip_and_refusals():
     old = NMLinear(40, 8, 2, 8).state_dict()  # a state dict saved before vector-wise layers: vector 1
     old["_extra_state"] = {k: v for k, v in old["_extra_state"].items() if k != "vector"}
     NMLinear(40, 8, 2, 8).load_state_dict(old)
+    c = NMLinear(40, 8, 2, 8, vector=4, generator=torch.Generator().manual_seed(8))  # refused before any copy
+    before = (c.pos.clone(), c.values.detach().clone())
+    with pytest.raises(ValueError, match="state_dict is for an NMLinear"):
+        c.load_state_dict(NMLinear(40, 8, 2, 8, generator=torch.Generator().manual_seed(9)).state_dict())
+    assert torch.equal(c.pos, before[0]) and torch.equal(c.values.detach(), before[1])
+    c.check()
+    from sparta.nn.nm import nm_linear
+
+    with pytest.raises(ValueError, match="vector=4"):
+        nm_linear(torch.randn(3, 40), torch.zeros(30), None, torch.zeros(30, dtype=torch.uint8), torch.empty(0),
+                  2, 8, 40, vector=4)  # 6 rows: not a multiple of 4

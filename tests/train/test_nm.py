@@ -131,3 +131,12 @@ def test_runs_take_the_fused_step_and_every_parameter_is_optimised(monkeypatch):
     loss, right = batch_step(model, opt, x, y, keep_grad=False)
     assert calls and loss > 0 and 0 <= right <= 50
     assert not torch.equal(before, model[0].values) and model[0].values.grad is None
+
+
+@pytest.mark.parametrize("bad", [4.0, True, 2, "4"])
+def test_nm_vector_setting_refuses_other_values(bad):
+    from sparta.train.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="nm_vector must be one of 1, 4"):
+        RunConfig.from_dict({"nm": "2:32", "nm_vector": bad})
+    assert RunConfig.from_dict({"nm": "2:32", "nm_vector": 4}).algo_label == "set N:M 2:32 V4"

@@ -240,6 +240,8 @@ def nm_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, 
     check_input(x, values, in_features)
     if not x.is_cpu or not values.is_cpu:
         raise NotImplementedError("NMLinear has CPU kernels only")
+    if vector not in VECTORS or (vector > 1 and (pos.numel() // (blocks(in_features, m) * n)) % vector):
+        raise ValueError(f"vector={vector!r}: must be one of {VECTORS} and divide the layer's output rows")
     lead = x.shape[:-1]
     x2d = x.reshape(-1, in_features)
     yt = NMLinearFunction.apply(x2d, values, bias, pos, tpos, n, m, in_features, capture, vector)
@@ -466,3 +468,11 @@ class NMLinear(nn.Module):
             state = {**state, "vector": 1}
         if not isinstance(state, dict) or any(state.get(k) != v for k, v in mine.items()):
             raise ValueError(f"state_dict is for an NMLinear {state!r}, this layer is {mine}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # type: ignore[override]
+        key = prefix + "_extra_state"
+        if key in state_dict:  # refused before torch copies a tensor: a mismatch leaves the layer as it was
+            self.set_extra_state(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)

@@ -224,7 +224,7 @@ class RunConfig:
             raise ConfigError(f"transposable must be true or false, got {self.transposable!r}")
         from sparta.nn.nm import VECTORS
 
-        if isinstance(self.nm_vector, bool) or self.nm_vector not in VECTORS:
+        if not isinstance(self.nm_vector, int) or isinstance(self.nm_vector, bool) or self.nm_vector not in VECTORS:
             raise ConfigError(f"nm_vector must be one of {', '.join(map(str, VECTORS))} (output rows per group "
                               f"sharing their N:M positions), got {self.nm_vector!r}")
         if self.nm is None:
