@@ -114,11 +114,13 @@ def kernels(args) -> None:
                              fmt(med["nm-T"] * 1e3) if "nm-T" in med else "–", fmt(med["nm-V4"] * 1e3),
                              fmt(med["csr"] * 1e3), fmt(med["dense"] * 1e3), fmt(med["csr"] / med["nm"]),
                              fmt(med["csr"] / med["nm-T"]) if "nm-T" in med else "–", fmt(med["csr"] / med["nm-V4"]),
-                             fmt(med["dense"] / med["nm"]), spread(res["nm"]), spread(res["nm-V4"])])
+                             fmt(med["dense"] / med["nm"]), fmt(med["dense"] / med["nm-V4"]), spread(res["nm"]),
+                             spread(res["nm-V4"])])
     print(f"\n### One layer, forward + backward (x, values, bias gradients), batch {args.batch}, "
           f"median of {args.repeats} × {args.inner} steps, ms\n")
     print(markdown_table(["threads", "layer", "pattern", "density %", "N:M", "N:M transp.", "N:M V4", "CSR", "dense",
-                          "CSR / N:M", "CSR / N:M T", "CSR / N:M V4", "dense / N:M", "N:M range", "N:M V4 range"], rows))
+                          "CSR / N:M", "CSR / N:M T", "CSR / N:M V4", "dense / N:M", "dense / N:M V4", "N:M range",
+                          "N:M V4 range"], rows))
 
 
 def traffic(args) -> None:
