@@ -266,9 +266,14 @@ def test_dynamic_updates_keep_vector_wise_nm(algo, pattern):
     for _ in range(4):
         _train_steps(model, opt)
         before = [(v.module.mask().clone(), v.module.to_dense().clone()) for v in views]
+        mom = []
+        for v in views:  # each layer's momentum as a dense (out, in) matrix at its connections
+            st = torch.zeros(v.n_out, v.n_in)
+            st[v.module.rows(), v.module.cols()] = opt.state[v.module.values]["momentum_buffer"]
+            mom.append(st)
         topo.update()
         check_nm(model)  # includes each group sharing its positions
-        for v, (b, w) in zip(views, before, strict=True):
+        for v, (b, w), mo in zip(views, before, mom, strict=True):
             mod = v.module
             mk = mod.mask()
             assert _counts_ok(mk, mod.n, mod.m, False)
@@ -276,6 +281,10 @@ def test_dynamic_updates_keep_vector_wise_nm(algo, pattern):
             assert torch.equal(groups, groups[:, :1].expand(-1, 4, -1))
             kept = mk & b
             assert torch.equal(mod.to_dense()[kept], w[kept])
+            state = torch.zeros(v.n_out, v.n_in)  # kept connections keep their momentum, new ones start at zero
+            state[mod.rows(), mod.cols()] = opt.state[mod.values]["momentum_buffer"]
+            assert torch.equal(state[kept], mo[kept])
+            assert not state[mk & ~b].any()
             changed += int((mk != b).sum())
             if algo == "set":  # the dropped units are the ζ smallest by their group's summed |w|
                 units = w.abs().reshape(mod.out_features // 4, 4, -1).sum(1)
