@@ -201,16 +201,7 @@ def backward_rows(pos, values, n, m, n_in, dz, x, ld, c0, c1, dx, dv, want_dx, w
                                     acc[2 * _W + lane] += d2[t] * xv
                                     acc[3 * _W + lane] += d3[t] * xv
                             s0, s1, s2, s3 = _lane_sum4(accb, 0)
-                            if add:
-                                dv[j] += s0
-                                dv[j + per_row] += s1
-                                dv[j + p2] += s2
-                                dv[j + p3] += s3
-                            else:
-                                dv[j] = s0
-                                dv[j + per_row] = s1
-                                dv[j + p2] = s2
-                                dv[j + p3] = s3
+                            _put4(dv, j, per_row, s0, s1, s2, s3, add)
                         if want_dx:
                             w0, w1, w2, w3 = values[j], values[j + per_row], values[j + p2], values[j + p3]
                             for t in range(T):
@@ -246,7 +237,6 @@ def _value_grads(pos, n, m, dz, x, ld, c0, c1, dv, accumulate, n_out, accb):  # 
     per_row = np.uint64(pos.shape[0] // max(n_out, 1))
     g_count = pos.shape[0] // max(n_out, 1) // n
     ldu, mu = np.uint64(ld), np.uint64(m)
-    p2, p3 = per_row + per_row, per_row + per_row + per_row
     acc = numba.carray(accb, _W4)
     zero = dz.dtype.type(0)
     nfull = (c1 - c0) // T
@@ -282,15 +272,21 @@ def _value_grads(pos, n, m, dz, x, ld, c0, c1, dv, accumulate, n_out, accb):  # 
                     s1 += dz[r1 + cu] * xv
                     s2 += dz[r2 + cu] * xv
                     s3 += dz[r3 + cu] * xv
-                if accumulate:
-                    dv[j] += s0
-                    dv[j + per_row] += s1
-                    dv[j + p2] += s2
-                    dv[j + p3] += s3
-                else:
-                    dv[j] = s0
-                    dv[j + per_row] = s1
-                    dv[j + p2] = s2
-                    dv[j + p3] = s3
+                _put4(dv, j, per_row, s0, s1, s2, s3, accumulate)
                 j += _U1
             base += mu
+
+
+@numba.njit(inline="always", **_NJIT)
+def _put4(dv, j, per_row, s0, s1, s2, s3, add):  # pragma: no cover - compiled by numba
+    """The value gradients of a group's four rows at connection ``j`` of the first: written, or added when ``add``."""
+    if add:
+        dv[j] += s0
+        dv[j + per_row] += s1
+        dv[j + per_row + per_row] += s2
+        dv[j + per_row + per_row + per_row] += s3
+    else:
+        dv[j] = s0
+        dv[j + per_row] = s1
+        dv[j + per_row + per_row] = s2
+        dv[j + per_row + per_row + per_row] = s3
